@@ -1,0 +1,59 @@
+# batchgrid's front door. `make demo` and `make test` are all a new user needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO      ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+BIN        := $(TARGET_DIR)/debug
+RELEASE    := $(TARGET_DIR)/release
+DEMO_DIR   := build/demo
+DEMO_ROWS  ?= 1000000
+DEMO_SEED  ?= 42
+WORKERS    ?= 2
+ENV        ?=
+
+.PHONY: help setup build demo test lint bench render validate diff deploy teardown clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## check the toolchain (the Rust build needs nothing else)
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
+	@echo "using $$($(CARGO) --version), target dir $(TARGET_DIR)"
+
+build: setup ## build every binary (one debug profile, shared with the tests)
+	@echo "building batchgrid and the claims example..."
+	$(CARGO) build --workspace --bins
+
+demo: build ## generate 1,000,000 claims and run the claims job on 2 local workers
+	@mkdir -p $(DEMO_DIR)
+	@if [ ! -s $(DEMO_DIR)/claims.csv ] || [ "$$(cat $(DEMO_DIR)/claims.params 2>/dev/null)" != "$(DEMO_ROWS) $(DEMO_SEED)" ]; then \
+	  echo "generating $(DEMO_ROWS) synthetic claims (seed $(DEMO_SEED))..."; \
+	  $(BIN)/batchgrid-claims generate --rows $(DEMO_ROWS) --seed $(DEMO_SEED) --out $(DEMO_DIR)/claims.csv && \
+	  echo "$(DEMO_ROWS) $(DEMO_SEED)" > $(DEMO_DIR)/claims.params; \
+	fi
+	@rm -rf $(DEMO_DIR)/results
+	@echo "running the claims job on $(WORKERS) workers..."
+	PATH="$(BIN):$$PATH" $(BIN)/batchgrid run examples/claims/job.yaml --workers $(WORKERS) \
+	  --input $(DEMO_DIR)/claims.csv --output $(DEMO_DIR)/results
+	@echo; echo "head of $(DEMO_DIR)/results/totals.csv:"; head -n 6 $(DEMO_DIR)/results/totals.csv; echo "..."; tail -n 1 $(DEMO_DIR)/results/totals.csv
+	@echo; cat $(DEMO_DIR)/results/summary.txt
+
+test: build ## run every test (unit, conformance, end to end)
+	$(CARGO) test --workspace
+
+lint: ## formatting and clippy, as CI checks them
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: ## measure against baselines run in the same command (see README)
+	@command -v hyperfine >/dev/null || { echo "installing hyperfine (apt)..."; (apt-get update -qq && apt-get install -y -qq hyperfine) >/dev/null; }
+	$(CARGO) build --release --workspace --bins --benches
+	TARGET_DIR=$(TARGET_DIR) bash scripts/bench.sh
+
+render validate diff deploy teardown: ## provisioning (arrives with the provisioning issue)
+	@echo "make $@: provisioning through CloudFormation is not implemented yet"; exit 2
+
+clean: ## remove build outputs and local state
+	rm -rf build .batchgrid
+	$(CARGO) clean

@@ -1,0 +1,404 @@
+//! The embedded analytics store on SQLite, through the migrations PostgreSQL shares.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{
+    AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, AttemptTotals, JobRecord, JobState, StageProgress,
+    StageRecord, TaskRecord, WorkerRecord,
+};
+use crate::db::{now_millis, open_sqlite};
+use crate::spec::StageKind;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row statement, well under SQLite's bound-parameter limit.
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// An [`AnalyticsStore`] in a SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteAnalytics {
+    pool: SqlitePool,
+}
+
+fn kind_str(kind: StageKind) -> &'static str {
+    match kind {
+        StageKind::Map => "map",
+        StageKind::Reduce => "reduce",
+    }
+}
+
+fn parse_kind(text: &str) -> Result<StageKind, AnalyticsError> {
+    match text {
+        "map" => Ok(StageKind::Map),
+        "reduce" => Ok(StageKind::Reduce),
+        other => Err(AnalyticsError::Corrupt(format!("stage kind `{other}`"))),
+    }
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_u32(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord, AnalyticsError> {
+    let state: String = row.get("state");
+    Ok(JobRecord {
+        id: row.get("id"),
+        name: row.get("name"),
+        state: JobState::parse(&state).ok_or_else(|| AnalyticsError::Corrupt(format!("job state `{state}`")))?,
+        spec: row.get("spec"),
+        submitted_at: row.get("submitted_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+        error: row.get("error"),
+    })
+}
+
+fn task_from_row(row: &SqliteRow) -> TaskRecord {
+    TaskRecord {
+        job_id: row.get("job_id"),
+        stage: to_u32(row.get("stage")),
+        task_id: row.get("task_id"),
+        status: row.get("status"),
+        attempts: to_u32(row.get("attempts")),
+        worker_id: row.get("worker_id"),
+        last_error: row.get("last_error"),
+        duration_ms: row.get("duration_ms"),
+    }
+}
+
+/// When one batch names the same task twice, the record that must win: done over failed over
+/// retrying, then the later one.
+fn rank(outcome: AttemptOutcome) -> u8 {
+    match outcome {
+        AttemptOutcome::Succeeded => 2,
+        AttemptOutcome::Failed => 1,
+        AttemptOutcome::Retrying => 0,
+    }
+}
+
+impl SqliteAnalytics {
+    /// Opens (creating and migrating) the database at `path`.
+    pub async fn open(path: &Path) -> Result<Self, AnalyticsError> {
+        let pool = open_sqlite(path, 4).await?;
+        MIGRATOR.run(&pool).await.map_err(|e| AnalyticsError::Backend(Box::new(e)))?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl AnalyticsStore for SqliteAnalytics {
+    async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, name, state, spec, submitted_at, started_at, finished_at, error)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(job.state.as_str())
+        .bind(&job.spec)
+        .bind(job.submitted_at)
+        .bind(job.started_at)
+        .bind(job.finished_at)
+        .bind(&job.error)
+        .execute(&mut *tx)
+        .await?;
+        for stage in stages {
+            sqlx::query("INSERT INTO stages (job_id, stage, name, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(&job.id)
+                .bind(i64::from(stage.stage))
+                .bind(&stage.name)
+                .bind(kind_str(stage.kind))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_job_state(&self, job_id: &str, state: JobState, error: Option<&str>) -> Result<(), AnalyticsError> {
+        let now = now_millis();
+        let started = (state == JobState::Running).then_some(now);
+        let finished = state.is_terminal().then_some(now);
+        let done = sqlx::query(
+            "UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?), finished_at = COALESCE(?, finished_at),
+                             error = COALESCE(?, error)
+             WHERE id = ?",
+        )
+        .bind(state.as_str())
+        .bind(started)
+        .bind(finished)
+        .bind(error)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(AnalyticsError::JobNotFound(job_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn set_stage_expected(&self, job_id: &str, stage: u32, expected: u64) -> Result<(), AnalyticsError> {
+        sqlx::query("UPDATE stages SET expected_tasks = ? WHERE job_id = ? AND stage = ?")
+            .bind(i64::try_from(expected).unwrap_or(i64::MAX))
+            .bind(job_id)
+            .bind(i64::from(stage))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, AnalyticsError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?").bind(job_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>, AnalyticsError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY submitted_at DESC, id DESC").fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn stages(&self, job_id: &str) -> Result<Vec<StageProgress>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT s.stage, s.name, s.kind, s.expected_tasks,
+                    (SELECT COUNT(*) FROM tasks t WHERE t.job_id = s.job_id AND t.stage = s.stage AND t.status = 'done') AS done,
+                    (SELECT COUNT(*) FROM tasks t WHERE t.job_id = s.job_id AND t.stage = s.stage AND t.status = 'failed') AS failed,
+                    (SELECT COUNT(*) FROM tasks t WHERE t.job_id = s.job_id AND t.stage = s.stage AND t.status = 'retrying') AS retrying
+             FROM stages s WHERE s.job_id = ? ORDER BY s.stage",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StageProgress {
+                    stage: to_u32(row.get("stage")),
+                    name: row.get("name"),
+                    kind: parse_kind(row.get("kind"))?,
+                    expected: row.get::<Option<i64>, _>("expected_tasks").map(to_u64),
+                    done: to_u64(row.get("done")),
+                    failed: to_u64(row.get("failed")),
+                    retrying: to_u64(row.get("retrying")),
+                })
+            })
+            .collect()
+    }
+
+    async fn record_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), AnalyticsError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        // One row per task: the record that must win within this batch.
+        let mut winners: HashMap<(&str, u32, &str), &AttemptRecord> = HashMap::new();
+        for attempt in attempts {
+            let key = (attempt.job_id.as_str(), attempt.stage, attempt.task_id.as_str());
+            match winners.get(&key) {
+                Some(current) if rank(current.outcome) > rank(attempt.outcome) => {}
+                _ => {
+                    winners.insert(key, attempt);
+                }
+            }
+        }
+        let mut tasks: Vec<&AttemptRecord> = winners.into_values().collect();
+        tasks.sort_by(|a, b| (&a.job_id, a.stage, &a.task_id).cmp(&(&b.job_id, b.stage, &b.task_id)));
+
+        let mut per_worker: HashMap<&str, (i64, i64, i64)> = HashMap::new();
+        for attempt in attempts {
+            let entry = per_worker.entry(&attempt.worker_id).or_default();
+            if attempt.outcome == AttemptOutcome::Succeeded {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+            entry.2 = entry.2.max(attempt.ended_at);
+        }
+
+        let mut tx = self.pool.begin().await?;
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO attempts (job_id, stage, task_id, attempt, worker_id, started_at, ended_at, outcome,
+                                       exit_status, bytes_in, bytes_out, error) ",
+            );
+            query.push_values(chunk, |mut row, a| {
+                row.push_bind(&a.job_id)
+                    .push_bind(i64::from(a.stage))
+                    .push_bind(&a.task_id)
+                    .push_bind(i64::from(a.attempt))
+                    .push_bind(&a.worker_id)
+                    .push_bind(a.started_at)
+                    .push_bind(a.ended_at)
+                    .push_bind(a.outcome.as_str())
+                    .push_bind(a.exit_status)
+                    .push_bind(i64::try_from(a.bytes_in).unwrap_or(i64::MAX))
+                    .push_bind(i64::try_from(a.bytes_out).unwrap_or(i64::MAX))
+                    .push_bind(&a.error);
+            });
+            query.push(" ON CONFLICT (job_id, stage, task_id, attempt) DO NOTHING");
+            query.build().execute(&mut *tx).await?;
+        }
+        for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO tasks (job_id, stage, task_id, status, attempts, worker_id, last_error, bytes_in, bytes_out,
+                                    duration_ms, finished_at) ",
+            );
+            query.push_values(chunk, |mut row, a| {
+                let finished = (a.outcome != AttemptOutcome::Retrying).then_some(a.ended_at);
+                row.push_bind(&a.job_id)
+                    .push_bind(i64::from(a.stage))
+                    .push_bind(&a.task_id)
+                    .push_bind(a.outcome.task_status())
+                    .push_bind(i64::from(a.attempt))
+                    .push_bind(&a.worker_id)
+                    .push_bind(&a.error)
+                    .push_bind(i64::try_from(a.bytes_in).unwrap_or(i64::MAX))
+                    .push_bind(i64::try_from(a.bytes_out).unwrap_or(i64::MAX))
+                    .push_bind(a.ended_at - a.started_at)
+                    .push_bind(finished);
+            });
+            query.push(
+                " ON CONFLICT (job_id, stage, task_id) DO UPDATE SET
+                    status = excluded.status, attempts = excluded.attempts, worker_id = excluded.worker_id,
+                    last_error = COALESCE(excluded.last_error, tasks.last_error), bytes_in = excluded.bytes_in,
+                    bytes_out = excluded.bytes_out, duration_ms = excluded.duration_ms, finished_at = excluded.finished_at
+                  WHERE tasks.status <> 'done'",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        for (worker, (done, failed, seen)) in per_worker {
+            sqlx::query(
+                "UPDATE workers SET tasks_done = tasks_done + ?, tasks_failed = tasks_failed + ?,
+                                    last_seen = MAX(last_seen, ?) WHERE id = ?",
+            )
+            .bind(done)
+            .bind(failed)
+            .bind(seen)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn task(&self, job_id: &str, stage: u32, task_id: &str) -> Result<Option<TaskRecord>, AnalyticsError> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE job_id = ? AND stage = ? AND task_id = ?")
+            .bind(job_id)
+            .bind(i64::from(stage))
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(task_from_row))
+    }
+
+    async fn failed_tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>, AnalyticsError> {
+        let rows = sqlx::query("SELECT * FROM tasks WHERE job_id = ? AND status = 'failed' ORDER BY stage, task_id")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(task_from_row).collect())
+    }
+
+    async fn attempts(&self, job_id: &str, stage: u32, task_id: &str) -> Result<Vec<AttemptRecord>, AnalyticsError> {
+        let rows =
+            sqlx::query("SELECT * FROM attempts WHERE job_id = ? AND stage = ? AND task_id = ? ORDER BY attempt")
+                .bind(job_id)
+                .bind(i64::from(stage))
+                .bind(task_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let outcome: String = row.get("outcome");
+                Ok(AttemptRecord {
+                    job_id: row.get("job_id"),
+                    stage: to_u32(row.get("stage")),
+                    task_id: row.get("task_id"),
+                    attempt: to_u32(row.get("attempt")),
+                    worker_id: row.get("worker_id"),
+                    started_at: row.get("started_at"),
+                    ended_at: row.get("ended_at"),
+                    outcome: AttemptOutcome::parse(&outcome)
+                        .ok_or_else(|| AnalyticsError::Corrupt(format!("attempt outcome `{outcome}`")))?,
+                    exit_status: row.get::<Option<i64>, _>("exit_status").and_then(|s| i32::try_from(s).ok()),
+                    bytes_in: to_u64(row.get("bytes_in")),
+                    bytes_out: to_u64(row.get("bytes_out")),
+                    error: row.get("error"),
+                })
+            })
+            .collect()
+    }
+
+    async fn task_durations(&self, job_id: &str) -> Result<Vec<u64>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT duration_ms FROM tasks WHERE job_id = ? AND status = 'done' AND duration_ms IS NOT NULL
+             ORDER BY duration_ms",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|row| to_u64(row.get(0))).collect())
+    }
+
+    async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(outcome <> 'succeeded'), 0),
+                    COALESCE(SUM(CASE WHEN outcome = 'succeeded' THEN bytes_in ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN outcome = 'succeeded' THEN bytes_out ELSE 0 END), 0)
+             FROM attempts WHERE job_id = ?",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AttemptTotals {
+            attempts: to_u64(row.get(0)),
+            failed_attempts: to_u64(row.get(1)),
+            bytes_in: to_u64(row.get(2)),
+            bytes_out: to_u64(row.get(3)),
+        })
+    }
+
+    async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET last_seen = MAX(workers.last_seen, excluded.last_seen), state = excluded.state",
+        )
+        .bind(&worker.id)
+        .bind(&worker.host)
+        .bind(i64::from(worker.pid))
+        .bind(worker.started_at)
+        .bind(worker.last_seen)
+        .bind(&worker.state)
+        .bind(i64::try_from(worker.tasks_done).unwrap_or(i64::MAX))
+        .bind(i64::try_from(worker.tasks_failed).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>, AnalyticsError> {
+        let rows = sqlx::query("SELECT * FROM workers ORDER BY started_at, id").fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|row| WorkerRecord {
+                id: row.get("id"),
+                host: row.get("host"),
+                pid: to_u32(row.get("pid")),
+                started_at: row.get("started_at"),
+                last_seen: row.get("last_seen"),
+                state: row.get("state"),
+                tasks_done: to_u64(row.get("tasks_done")),
+                tasks_failed: to_u64(row.get("tasks_failed")),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,151 @@
+//! The [`AnalyticsStore`] contract.
+
+use crate::analytics::{AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, StageRecord, WorkerRecord};
+use crate::spec::StageKind;
+
+/// Runs every analytics check against an empty store.
+pub async fn run_all(store: &dyn AnalyticsStore) {
+    job_lifecycle(store).await;
+    a_task_that_runs_twice_counts_once(store).await;
+    retries_then_success(store).await;
+    final_failure_then_redrive(store).await;
+    workers_and_totals(store).await;
+}
+
+fn job(id: &str) -> JobRecord {
+    JobRecord {
+        id: id.to_owned(),
+        name: "conformance".into(),
+        state: JobState::Submitted,
+        spec: "{}".into(),
+        submitted_at: 1_000,
+        started_at: None,
+        finished_at: None,
+        error: None,
+    }
+}
+
+fn stages() -> Vec<StageRecord> {
+    vec![
+        StageRecord { stage: 0, name: "map".into(), kind: StageKind::Map },
+        StageRecord { stage: 1, name: "reduce".into(), kind: StageKind::Reduce },
+    ]
+}
+
+fn attempt(job: &str, task: &str, number: u32, outcome: AttemptOutcome) -> AttemptRecord {
+    AttemptRecord {
+        job_id: job.into(),
+        stage: 0,
+        task_id: task.into(),
+        attempt: number,
+        worker_id: "w1".into(),
+        started_at: 10_000,
+        ended_at: 10_000 + 100 * i64::from(number),
+        outcome,
+        exit_status: Some(if outcome == AttemptOutcome::Succeeded { 0 } else { 1 }),
+        bytes_in: 10,
+        bytes_out: 5,
+        error: (outcome != AttemptOutcome::Succeeded).then(|| format!("boom {number}")),
+    }
+}
+
+async fn job_lifecycle(store: &dyn AnalyticsStore) {
+    store.create_job(&job("life"), &stages()).await.expect("create");
+    store.create_job(&job("life"), &stages()).await.expect("creating the same job again is harmless");
+    store.set_job_state("life", JobState::Running, None).await.expect("running");
+    let running = store.job("life").await.expect("job").expect("exists");
+    assert_eq!(running.state, JobState::Running);
+    assert!(running.started_at.is_some(), "running stamps started_at");
+    store.set_job_state("life", JobState::Failed, Some("because")).await.expect("failed");
+    let failed = store.job("life").await.expect("job").expect("exists");
+    assert_eq!((failed.state, failed.error.as_deref()), (JobState::Failed, Some("because")));
+    assert!(failed.finished_at.is_some(), "a terminal state stamps finished_at");
+    assert!(store.job("nope").await.expect("lookup").is_none());
+    assert!(store.set_job_state("nope", JobState::Running, None).await.is_err(), "unknown jobs are an error");
+    assert!(store.jobs().await.expect("jobs").iter().any(|j| j.id == "life"));
+    store.set_stage_expected("life", 0, 7).await.expect("expected");
+    let progress = store.stages("life").await.expect("stages");
+    assert_eq!(progress.len(), 2);
+    assert_eq!((progress[0].expected, progress[1].expected), (Some(7), None));
+    assert_eq!(progress[1].kind, StageKind::Reduce);
+}
+
+async fn a_task_that_runs_twice_counts_once(store: &dyn AnalyticsStore) {
+    store.create_job(&job("twice"), &stages()).await.expect("create");
+    let success = attempt("twice", "t1", 1, AttemptOutcome::Succeeded);
+    store.record_attempts(std::slice::from_ref(&success)).await.expect("record");
+    store.record_attempts(std::slice::from_ref(&success)).await.expect("record the same attempt again");
+    let mut second_run = attempt("twice", "t1", 2, AttemptOutcome::Succeeded);
+    second_run.worker_id = "w2".into();
+    store.record_attempts(&[second_run.clone(), second_run]).await.expect("a duplicate in one batch");
+    let progress = store.stages("twice").await.expect("stages");
+    assert_eq!(progress[0].done, 1, "a task that runs twice is done once");
+    assert_eq!(
+        store.attempts("twice", 0, "t1").await.expect("attempts").len(),
+        2,
+        "each delivery's attempt is kept once"
+    );
+    let task = store.task("twice", 0, "t1").await.expect("task").expect("exists");
+    assert_eq!(task.worker_id.as_deref(), Some("w1"), "the first success wins");
+}
+
+async fn retries_then_success(store: &dyn AnalyticsStore) {
+    store.create_job(&job("retry"), &stages()).await.expect("create");
+    store.record_attempts(&[attempt("retry", "t", 1, AttemptOutcome::Retrying)]).await.expect("first");
+    assert_eq!(store.stages("retry").await.expect("stages")[0].retrying, 1);
+    store.record_attempts(&[attempt("retry", "t", 2, AttemptOutcome::Retrying)]).await.expect("second");
+    store.record_attempts(&[attempt("retry", "t", 3, AttemptOutcome::Succeeded)]).await.expect("third");
+    let progress = &store.stages("retry").await.expect("stages")[0];
+    assert_eq!(
+        (progress.done, progress.failed, progress.retrying),
+        (1, 0, 0),
+        "failed twice then succeeded counts once"
+    );
+    let task = store.task("retry", 0, "t").await.expect("task").expect("exists");
+    assert_eq!(task.attempts, 3);
+    // A late failure report must not undo a success.
+    store.record_attempts(&[attempt("retry", "t", 4, AttemptOutcome::Failed)]).await.expect("late");
+    assert_eq!(store.task("retry", 0, "t").await.expect("task").expect("exists").status, "done", "done is final");
+}
+
+async fn final_failure_then_redrive(store: &dyn AnalyticsStore) {
+    store.create_job(&job("fail"), &stages()).await.expect("create");
+    store.record_attempts(&[attempt("fail", "t", 1, AttemptOutcome::Failed)]).await.expect("fail");
+    let failed = store.failed_tasks("fail").await.expect("failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].last_error.as_deref(), Some("boom 1"), "the last error is kept");
+    assert_eq!(store.stages("fail").await.expect("stages")[0].failed, 1);
+    store.record_attempts(&[attempt("fail", "t", 2, AttemptOutcome::Succeeded)]).await.expect("redriven success");
+    let progress = &store.stages("fail").await.expect("stages")[0];
+    assert_eq!((progress.done, progress.failed), (1, 0), "a redriven task that succeeds is done, not failed");
+}
+
+async fn workers_and_totals(store: &dyn AnalyticsStore) {
+    let worker = WorkerRecord {
+        id: "w-stats".into(),
+        host: "h".into(),
+        pid: 1,
+        started_at: 1,
+        last_seen: 1,
+        state: "running".into(),
+        tasks_done: 0,
+        tasks_failed: 0,
+    };
+    store.upsert_worker(&worker).await.expect("worker");
+    store.create_job(&job("totals"), &stages()).await.expect("create");
+    let mut records = vec![
+        attempt("totals", "a", 1, AttemptOutcome::Succeeded),
+        attempt("totals", "b", 1, AttemptOutcome::Retrying),
+        attempt("totals", "b", 2, AttemptOutcome::Succeeded),
+    ];
+    for record in &mut records {
+        record.worker_id = "w-stats".into();
+    }
+    store.record_attempts(&records).await.expect("record");
+    let totals = store.attempt_totals("totals").await.expect("totals");
+    assert_eq!((totals.attempts, totals.failed_attempts, totals.bytes_in), (3, 1, 20));
+    assert_eq!(store.task_durations("totals").await.expect("durations"), vec![100, 200], "ascending durations");
+    let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
+    assert_eq!((stats.tasks_done, stats.tasks_failed), (2, 1), "worker statistics count attempts");
+    assert!(stats.last_seen >= 10_100, "recording attempts refreshes last_seen");
+}

@@ -1,0 +1,77 @@
+//! The [`ObjectStore`] contract.
+
+use bytes::Bytes;
+
+use crate::store::{ObjectStore, StoreError};
+
+/// Runs every object store check against an empty store.
+pub async fn run_all(store: &dyn ObjectStore) {
+    put_get_overwrite(store).await;
+    missing_objects(store).await;
+    list_by_prefix(store).await;
+    files_round_trip(store).await;
+    delete_is_idempotent(store).await;
+    invalid_keys(store).await;
+}
+
+async fn put_get_overwrite(store: &dyn ObjectStore) {
+    store.put("conf/a/one", Bytes::from_static(b"first")).await.expect("put");
+    assert_eq!(store.get("conf/a/one").await.expect("get"), Bytes::from_static(b"first"));
+    store.put("conf/a/one", Bytes::from_static(b"second")).await.expect("overwrite");
+    assert_eq!(store.get("conf/a/one").await.expect("get"), Bytes::from_static(b"second"), "a put replaces");
+    store.put("conf/a/empty", Bytes::new()).await.expect("empty put");
+    assert!(store.get("conf/a/empty").await.expect("get empty").is_empty());
+}
+
+async fn missing_objects(store: &dyn ObjectStore) {
+    assert!(matches!(store.get("conf/none").await, Err(StoreError::NotFound(_))), "get of a missing key is NotFound");
+    let target = tempfile::NamedTempFile::new().expect("temp file");
+    let result = store.get_to_file("conf/none", target.path()).await;
+    assert!(matches!(result, Err(StoreError::NotFound(_))), "get_to_file of a missing key is NotFound");
+}
+
+async fn list_by_prefix(store: &dyn ObjectStore) {
+    for key in ["conf/l/b/2", "conf/l/a", "conf/l/b/1", "conf/l/bc/9", "conf/m/x"] {
+        store.put(key, Bytes::from(key.to_owned())).await.expect("put");
+    }
+    let keys = |list: Vec<crate::store::ObjectMeta>| list.into_iter().map(|o| o.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.list("conf/l/").await.expect("list")),
+        ["conf/l/a", "conf/l/b/1", "conf/l/b/2", "conf/l/bc/9"],
+        "list returns every key under the prefix, sorted"
+    );
+    assert_eq!(keys(store.list("conf/l/b/").await.expect("list")), ["conf/l/b/1", "conf/l/b/2"]);
+    assert_eq!(
+        keys(store.list("conf/l/b").await.expect("list")),
+        ["conf/l/b/1", "conf/l/b/2", "conf/l/bc/9"],
+        "prefixes are plain string prefixes, as in S3"
+    );
+    assert!(store.list("conf/nothing/").await.expect("list").is_empty());
+    let sized = store.list("conf/m/").await.expect("list");
+    assert_eq!(sized[0].size, "conf/m/x".len() as u64, "list reports sizes");
+}
+
+async fn files_round_trip(store: &dyn ObjectStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("source");
+    let data: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&source, &data).expect("write");
+    assert_eq!(store.put_file("conf/f/big", &source).await.expect("put_file"), data.len() as u64);
+    let target = dir.path().join("target");
+    assert_eq!(store.get_to_file("conf/f/big", &target).await.expect("get_to_file"), data.len() as u64);
+    assert!(std::fs::read(&target).expect("read") == data, "a file round-trips byte for byte");
+}
+
+async fn delete_is_idempotent(store: &dyn ObjectStore) {
+    store.put("conf/d/x", Bytes::from_static(b"x")).await.expect("put");
+    store.delete(&["conf/d/x".to_owned()]).await.expect("delete");
+    assert!(matches!(store.get("conf/d/x").await, Err(StoreError::NotFound(_))));
+    store.delete(&["conf/d/x".to_owned(), "conf/d/never".to_owned()]).await.expect("deleting missing keys succeeds");
+}
+
+async fn invalid_keys(store: &dyn ObjectStore) {
+    for key in ["", "/abs", "a//b", "a/../b", "a/./b", "trailing/"] {
+        let result = store.put(key, Bytes::from_static(b"x")).await;
+        assert!(matches!(result, Err(StoreError::InvalidKey(_))), "key `{key}` must be rejected");
+    }
+}

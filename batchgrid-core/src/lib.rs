@@ -1,0 +1,32 @@
+//! The batchgrid runtime: what runs on the grid's machines, and on a laptop.
+//!
+//! - [`spec`]: job files, parsed strictly and validated.
+//! - [`store`], [`queue`], [`analytics`]: the three backend traits, each with a written contract
+//!   and an embedded implementation (a directory, SQLite, SQLite); the AWS ones (S3, SQS,
+//!   PostgreSQL) implement the same traits.
+//! - [`split`]: cuts input into first-stage tasks, streaming.
+//! - [`task`]: the queue message and the deterministic object key layout.
+//! - [`processor`]: what a task runs: a command, or a Rust [`processor::Processor`] registered
+//!   by name.
+//! - [`manager`]: submits, splits, schedules, tracks and completes jobs.
+//! - [`worker`]: receives tasks, runs them with a heartbeat, records and acknowledges them.
+//! - [`report`]: the end-of-job report.
+//! - [`grid`]: the backends of one grid, and the embedded grid under a state directory.
+//!
+//! Delivery is at least once; effects are exactly once: results have deterministic keys and
+//! progress is an upsert per (job, stage, task).
+
+pub mod analytics;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod db;
+pub mod grid;
+pub mod manager;
+pub mod processor;
+pub mod queue;
+pub mod report;
+pub mod spec;
+pub mod split;
+pub mod store;
+pub mod task;
+pub mod worker;

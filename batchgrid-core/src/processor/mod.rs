@@ -1,0 +1,158 @@
+//! What a task runs. A stage names either a command (see [`command`]) or a [`Processor`]
+//! registered by name in a [`ProcessorRegistry`]; teams that build their own worker binary
+//! register theirs next to the built-in ones.
+
+pub mod command;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
+
+/// Everything a task may know and touch.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// Job id.
+    pub job_id: String,
+    /// Stage position.
+    pub stage: u32,
+    /// Stage name.
+    pub stage_name: String,
+    /// Task id.
+    pub task_id: String,
+    /// Delivery number, from 1.
+    pub attempt: u32,
+    /// The task's input is every object under this prefix.
+    pub input_prefix: String,
+    /// The task's results go under this prefix (deterministic per job, stage and task).
+    pub output_prefix: String,
+    /// Whether the input is a first-stage chunk (one file) rather than earlier results.
+    pub first_stage: bool,
+    /// The stage's `params`.
+    pub params: serde_json::Value,
+    /// The grid's object store.
+    pub store: Arc<dyn ObjectStore>,
+    /// A directory for scratch files, removed by the caller.
+    pub scratch: PathBuf,
+}
+
+impl TaskContext {
+    /// The task's input objects.
+    pub async fn inputs(&self) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.store.list(&self.input_prefix).await
+    }
+
+    /// Writes one result object, `name` relative to the task's output prefix.
+    pub async fn write_output(&self, name: &str, data: Bytes) -> Result<u64, StoreError> {
+        let size = data.len() as u64;
+        self.store.put(&format!("{}{name}", self.output_prefix), data).await?;
+        Ok(size)
+    }
+}
+
+/// What a successful task reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskOutput {
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TaskFailure {
+    /// Error text for the report.
+    pub message: String,
+    /// A command's exit status, when it has one.
+    pub exit_status: Option<i32>,
+}
+
+impl TaskFailure {
+    /// A failure with a message and no exit status.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), exit_status: None }
+    }
+}
+
+impl From<StoreError> for TaskFailure {
+    fn from(error: StoreError) -> Self {
+        TaskFailure::new(error.to_string())
+    }
+}
+
+/// Task logic written in Rust. Results must go under `ctx.output_prefix` so that running a task
+/// twice overwrites instead of duplicating.
+#[async_trait]
+pub trait Processor: Send + Sync {
+    /// Runs one task.
+    async fn process(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskFailure>;
+}
+
+/// Processors known to a worker, by name.
+#[derive(Clone, Default)]
+pub struct ProcessorRegistry {
+    processors: HashMap<String, Arc<dyn Processor>>,
+}
+
+impl std::fmt::Debug for ProcessorRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.processors.keys().collect();
+        names.sort();
+        f.debug_struct("ProcessorRegistry").field("processors", &names).finish()
+    }
+}
+
+impl ProcessorRegistry {
+    /// A registry holding the built-in processors (`noop`, `concat`).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::default();
+        registry.register("noop", Noop);
+        registry.register("concat", Concat);
+        registry
+    }
+
+    /// Adds or replaces a processor.
+    pub fn register(&mut self, name: &str, processor: impl Processor + 'static) -> &mut Self {
+        self.processors.insert(name.to_owned(), Arc::new(processor));
+        self
+    }
+
+    /// Looks a processor up.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Processor>> {
+        self.processors.get(name).cloned()
+    }
+}
+
+/// Does nothing: for measuring the grid's own overhead.
+#[derive(Debug, Clone, Copy)]
+pub struct Noop;
+
+#[async_trait]
+impl Processor for Noop {
+    async fn process(&self, _ctx: &TaskContext) -> Result<TaskOutput, TaskFailure> {
+        Ok(TaskOutput::default())
+    }
+}
+
+/// Concatenates every input object, in key order, into one output object named `concat`.
+#[derive(Debug, Clone, Copy)]
+pub struct Concat;
+
+#[async_trait]
+impl Processor for Concat {
+    async fn process(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskFailure> {
+        let mut joined = Vec::new();
+        for object in ctx.inputs().await? {
+            joined.extend_from_slice(&ctx.store.get(&object.key).await?);
+        }
+        let bytes_in = joined.len() as u64;
+        let bytes_out = ctx.write_output("concat", Bytes::from(joined)).await?;
+        Ok(TaskOutput { bytes_in, bytes_out })
+    }
+}

@@ -1,0 +1,313 @@
+//! The embedded task queue: SQLite with SQS semantics, shared by every process of a local grid.
+//!
+//! All queues of a grid live in one table keyed by queue name; a queue's dead letters live under
+//! `<name>.dlq`. A receipt is `<id>.<receive_count>`, so a receipt from an earlier delivery no
+//! longer matches once the message has been delivered again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{QueryBuilder, Row};
+use tokio::sync::Notify;
+
+use super::{
+    check_batch, BatchFailures, DeadLetter, QueueDepth, QueueError, QueueMessage, Receipt, TaskQueue, MAX_BATCH,
+};
+use crate::db::{millis, now_millis, open_sqlite};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/queue-sqlite");
+
+/// Shortest and longest pause between polls while long-polling an empty queue. Other processes
+/// cannot wake us, so we poll; senders in this process wake us at once.
+const POLL_MIN: Duration = Duration::from_millis(10);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// A [`TaskQueue`] in a SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteQueue {
+    pool: SqlitePool,
+    name: String,
+    dead_letter_name: String,
+    max_receives: u32,
+    arrivals: Arc<Notify>,
+}
+
+/// Opens the queue database and migrates it; share the pool between the queues of one grid.
+pub async fn open_queue_database(path: &std::path::Path) -> Result<SqlitePool, QueueError> {
+    let pool = open_sqlite(path, 4).await.map_err(|e| backend("(database)", e))?;
+    MIGRATOR.run(&pool).await.map_err(|e| backend("(database)", e))?;
+    Ok(pool)
+}
+
+fn backend(queue: &str, error: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+    QueueError::Backend { queue: queue.to_owned(), source: Box::new(error) }
+}
+
+fn parse_receipt(receipt: &Receipt) -> Result<(i64, i64), QueueError> {
+    let invalid = || QueueError::InvalidReceipt(receipt.0.clone());
+    let (id, count) = receipt.0.split_once('.').ok_or_else(invalid)?;
+    Ok((id.parse().map_err(|_| invalid())?, count.parse().map_err(|_| invalid())?))
+}
+
+impl SqliteQueue {
+    /// A queue named `name` in the database behind `pool`, dead-lettering after `max_receives`.
+    pub fn new(pool: SqlitePool, name: &str, max_receives: u32) -> Self {
+        Self {
+            pool,
+            name: name.to_owned(),
+            dead_letter_name: format!("{name}.dlq"),
+            max_receives: max_receives.max(1),
+            arrivals: Arc::new(Notify::new()),
+        }
+    }
+
+    fn err(&self, error: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+        backend(&self.name, error)
+    }
+
+    async fn receive_once(&self, max: usize, visibility: Duration) -> Result<Vec<QueueMessage>, QueueError> {
+        let now = now_millis();
+        // One statement claims the batch atomically, even against other processes.
+        let rows = sqlx::query(
+            "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1
+             WHERE id IN (SELECT id FROM messages WHERE queue = ?2 AND visible_at <= ?3
+                          ORDER BY visible_at, id LIMIT ?4)
+             RETURNING id, body, receive_count",
+        )
+        .bind(now.saturating_add(millis(visibility)))
+        .bind(&self.name)
+        .bind(now)
+        .bind(max as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+
+        let mut delivered = Vec::with_capacity(rows.len());
+        let mut exhausted = Vec::new();
+        for row in rows {
+            let id: i64 = row.get(0);
+            let count: i64 = row.get(2);
+            if count > i64::from(self.max_receives) {
+                exhausted.push(id);
+                continue;
+            }
+            delivered.push(QueueMessage {
+                id: id.to_string(),
+                body: row.get(1),
+                receipt: Receipt(format!("{id}.{count}")),
+                receive_count: u32::try_from(count).unwrap_or(u32::MAX),
+            });
+        }
+        if !exhausted.is_empty() {
+            let mut query = QueryBuilder::new("UPDATE messages SET queue = ");
+            query.push_bind(&self.dead_letter_name).push(", visible_at = ").push_bind(now).push(
+                ", receive_count = receive_count - 1, reason = COALESCE(reason, 'exceeded max receives') WHERE id IN (",
+            );
+            let mut ids = query.separated(", ");
+            for id in &exhausted {
+                ids.push_bind(*id);
+            }
+            query.push(")");
+            query.build().execute(&self.pool).await.map_err(|e| self.err(e))?;
+        }
+        delivered.sort_by_key(|m| m.id.parse::<i64>().unwrap_or_default());
+        Ok(delivered)
+    }
+}
+
+#[async_trait]
+impl TaskQueue for SqliteQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send_batch(&self, bodies: &[String]) -> Result<(), QueueError> {
+        check_batch(bodies)?;
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        let now = now_millis();
+        let mut query = QueryBuilder::new("INSERT INTO messages (queue, body, visible_at, sent_at) ");
+        query.push_values(bodies, |mut row, body| {
+            row.push_bind(&self.name).push_bind(body).push_bind(now).push_bind(now);
+        });
+        query.build().execute(&self.pool).await.map_err(|e| self.err(e))?;
+        self.arrivals.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
+        if max > MAX_BATCH {
+            return Err(QueueError::BatchTooLarge(max));
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = POLL_MIN;
+        loop {
+            let arrived = self.arrivals.notified();
+            let messages = self.receive_once(max, visibility).await?;
+            let now = tokio::time::Instant::now();
+            if !messages.is_empty() || now >= deadline {
+                return Ok(messages);
+            }
+            let nap = pause.min(deadline - now);
+            tokio::select! {
+                () = arrived => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+
+    async fn change_visibility(&self, changes: &[(Receipt, Duration)]) -> Result<BatchFailures, QueueError> {
+        if changes.len() > MAX_BATCH {
+            return Err(QueueError::BatchTooLarge(changes.len()));
+        }
+        let now = now_millis();
+        let mut failures = BatchFailures::default();
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        for (index, (receipt, timeout)) in changes.iter().enumerate() {
+            let Ok((id, count)) = parse_receipt(receipt) else {
+                failures.0.push((index, format!("receipt `{}` is not valid", receipt.0)));
+                continue;
+            };
+            let done =
+                sqlx::query("UPDATE messages SET visible_at = ? WHERE id = ? AND receive_count = ? AND queue = ?")
+                    .bind(now.saturating_add(millis(*timeout)))
+                    .bind(id)
+                    .bind(count)
+                    .bind(&self.name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            if done.rows_affected() == 0 {
+                failures.0.push((index, "message is no longer held by this receipt".into()));
+            }
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        if changes.iter().any(|(_, t)| t.is_zero()) {
+            self.arrivals.notify_waiters();
+        }
+        Ok(failures)
+    }
+
+    async fn delete_batch(&self, receipts: &[Receipt]) -> Result<BatchFailures, QueueError> {
+        if receipts.len() > MAX_BATCH {
+            return Err(QueueError::BatchTooLarge(receipts.len()));
+        }
+        let mut failures = BatchFailures::default();
+        let mut parsed = Vec::with_capacity(receipts.len());
+        for (index, receipt) in receipts.iter().enumerate() {
+            match parse_receipt(receipt) {
+                Ok(pair) => parsed.push((index, pair)),
+                Err(e) => failures.0.push((index, e.to_string())),
+            }
+        }
+        if parsed.is_empty() {
+            return Ok(failures);
+        }
+        let mut query = QueryBuilder::new("DELETE FROM messages WHERE queue = ");
+        query.push_bind(&self.name).push(" AND (id, receive_count) IN (VALUES ");
+        let mut values = query.separated(", ");
+        for (_, (id, count)) in &parsed {
+            values
+                .push("(")
+                .push_bind_unseparated(*id)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*count)
+                .push_unseparated(")");
+        }
+        query.push(")");
+        let deleted = query.build().execute(&self.pool).await.map_err(|e| self.err(e))?;
+        if deleted.rows_affected() as usize == parsed.len() {
+            return Ok(failures);
+        }
+        // Some entries did not match: gone already (fine) or delivered again since (stale).
+        for (index, (id, _)) in parsed {
+            let still_here = sqlx::query("SELECT 1 FROM messages WHERE id = ? AND queue = ?")
+                .bind(id)
+                .bind(&self.name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+            if still_here.is_some() {
+                failures.0.push((index, "receipt is from an earlier delivery".into()));
+            }
+        }
+        failures.0.sort();
+        Ok(failures)
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
+        let (id, count) = parse_receipt(receipt)?;
+        let moved = sqlx::query(
+            "UPDATE messages SET queue = ?, visible_at = ?, reason = ? WHERE id = ? AND receive_count = ? AND queue = ?",
+        )
+        .bind(&self.dead_letter_name)
+        .bind(now_millis())
+        .bind(reason)
+        .bind(id)
+        .bind(count)
+        .bind(&self.name)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        if moved.rows_affected() == 0 {
+            return Err(QueueError::InvalidReceipt(receipt.0.clone()));
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let rows =
+            sqlx::query("SELECT id, body, receive_count, reason FROM messages WHERE queue = ? ORDER BY id LIMIT ?")
+                .bind(&self.dead_letter_name)
+                .bind(max as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DeadLetter {
+                id: row.get::<i64, _>(0).to_string(),
+                body: row.get(1),
+                receive_count: u32::try_from(row.get::<i64, _>(2)).unwrap_or(u32::MAX),
+                reason: row.get(3),
+            })
+            .collect())
+    }
+
+    async fn redrive(&self) -> Result<u64, QueueError> {
+        let moved = sqlx::query(
+            "UPDATE messages SET queue = ?, visible_at = ?, receive_count = 0, reason = NULL WHERE queue = ?",
+        )
+        .bind(&self.name)
+        .bind(now_millis())
+        .bind(&self.dead_letter_name)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        self.arrivals.notify_waiters();
+        Ok(moved.rows_affected())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(queue = ?1 AND visible_at <= ?3), 0), COALESCE(SUM(queue = ?1 AND visible_at > ?3), 0),
+                    COALESCE(SUM(queue = ?2), 0)
+             FROM messages WHERE queue IN (?1, ?2)",
+        )
+        .bind(&self.name)
+        .bind(&self.dead_letter_name)
+        .bind(now_millis())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let count = |i: usize| u64::try_from(row.get::<i64, _>(i)).unwrap_or(0);
+        Ok(QueueDepth { visible: count(0), in_flight: count(1), dead: count(2) })
+    }
+}

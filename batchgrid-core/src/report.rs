@@ -1,0 +1,218 @@
+//! The job report: what ran, what failed and why, and how fast.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::analytics::{AnalyticsError, AnalyticsStore, JobState, StageProgress};
+use crate::spec::StageKind;
+
+/// Task-time percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Slowest.
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of ascending `sorted` values.
+    pub fn of_sorted(sorted: &[u64]) -> Self {
+        let rank = |p: f64| -> u64 {
+            if sorted.is_empty() {
+                return 0;
+            }
+            let index = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+            sorted[index.clamp(1, sorted.len()) - 1]
+        };
+        Self { p50: rank(50.0), p90: rank(90.0), p99: rank(99.0), max: sorted.last().copied().unwrap_or(0) }
+    }
+}
+
+/// A task that failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedTask {
+    /// Stage name.
+    pub stage: String,
+    /// Task id.
+    pub task: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+}
+
+/// The end-of-job report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    /// Job id.
+    pub job_id: String,
+    /// Job name.
+    pub name: String,
+    /// Final (or current) state.
+    pub state: JobState,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Submission to end, in milliseconds.
+    pub wall_ms: u64,
+    /// Per-stage counts.
+    pub stages: Vec<StageProgress>,
+    /// Tasks done, all stages.
+    pub tasks_done: u64,
+    /// Tasks failed for good, all stages.
+    pub tasks_failed: u64,
+    /// Attempts recorded (retries included).
+    pub attempts: u64,
+    /// Attempts that failed.
+    pub failed_attempts: u64,
+    /// Tasks done per second of wall time.
+    pub tasks_per_second: f64,
+    /// Task-time percentiles of done tasks.
+    pub task_ms: Percentiles,
+    /// Bytes read by tasks.
+    pub bytes_in: u64,
+    /// Bytes written by tasks.
+    pub bytes_out: u64,
+    /// Every task that failed for good.
+    pub failures: Vec<FailedTask>,
+    /// Where the results were written.
+    pub output: Option<PathBuf>,
+}
+
+impl JobReport {
+    /// Builds the report of `job_id` from the analytics store.
+    pub async fn build(
+        analytics: &dyn AnalyticsStore,
+        job_id: &str,
+        output: Option<&Path>,
+    ) -> Result<Self, AnalyticsError> {
+        let job = analytics.job(job_id).await?.ok_or_else(|| AnalyticsError::JobNotFound(job_id.to_owned()))?;
+        let stages = analytics.stages(job_id).await?;
+        let durations = analytics.task_durations(job_id).await?;
+        let totals = analytics.attempt_totals(job_id).await?;
+        let failed = analytics.failed_tasks(job_id).await?;
+        let end = job.finished_at.unwrap_or_else(crate::db::now_millis);
+        let wall_ms = u64::try_from(end - job.submitted_at).unwrap_or(0);
+        let tasks_done: u64 = stages.iter().map(|s| s.done).sum();
+        let failures = failed
+            .into_iter()
+            .map(|t| FailedTask {
+                stage: stages.iter().find(|s| s.stage == t.stage).map(|s| s.name.clone()).unwrap_or_default(),
+                task: t.task_id,
+                attempts: t.attempts,
+                error: t.last_error.unwrap_or_default(),
+            })
+            .collect::<Vec<_>>();
+        Ok(Self {
+            job_id: job.id,
+            name: job.name,
+            state: job.state,
+            error: job.error,
+            wall_ms,
+            tasks_failed: failures.len() as u64,
+            tasks_done,
+            attempts: totals.attempts,
+            failed_attempts: totals.failed_attempts,
+            tasks_per_second: if wall_ms == 0 { 0.0 } else { tasks_done as f64 * 1000.0 / wall_ms as f64 },
+            task_ms: Percentiles::of_sorted(&durations),
+            bytes_in: totals.bytes_in,
+            bytes_out: totals.bytes_out,
+            stages,
+            failures,
+            output: if job.state == JobState::Completed { output.map(Path::to_path_buf) } else { None },
+        })
+    }
+
+    /// The report as text for a terminal or a log.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "job {} ({}) {} in {}", self.job_id, self.name, self.state, format_ms(self.wall_ms));
+        if let Some(error) = &self.error {
+            let _ = writeln!(out, "  reason: {error}");
+        }
+        let _ = writeln!(out, "  {:<20} {:<7} {:>9} {:>9} {:>7}", "stage", "kind", "tasks", "done", "failed");
+        for stage in &self.stages {
+            let kind = match stage.kind {
+                StageKind::Map => "map",
+                StageKind::Reduce => "reduce",
+            };
+            let expected = match stage.expected {
+                Some(0) if stage.kind == StageKind::Reduce => "skipped".to_owned(),
+                Some(n) => n.to_string(),
+                None => "-".to_owned(),
+            };
+            let _ =
+                writeln!(out, "  {:<20} {:<7} {:>9} {:>9} {:>7}", stage.name, kind, expected, stage.done, stage.failed);
+        }
+        let _ = writeln!(
+            out,
+            "  tasks: {} done, {} failed; attempts: {} ({} failed); {:.1} tasks/s",
+            self.tasks_done, self.tasks_failed, self.attempts, self.failed_attempts, self.tasks_per_second
+        );
+        let _ = writeln!(
+            out,
+            "  task time: p50 {} p90 {} p99 {} max {}",
+            format_ms(self.task_ms.p50),
+            format_ms(self.task_ms.p90),
+            format_ms(self.task_ms.p99),
+            format_ms(self.task_ms.max)
+        );
+        let _ = writeln!(out, "  data: {} read, {} written", format_bytes(self.bytes_in), format_bytes(self.bytes_out));
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "  failures:");
+            for failure in &self.failures {
+                let _ = writeln!(
+                    out,
+                    "    {}/{} after {} attempts: {}",
+                    failure.stage, failure.task, failure.attempts, failure.error
+                );
+            }
+        }
+        if let Some(output) = &self.output {
+            let _ = writeln!(out, "  results: {}", output.display());
+        }
+        out
+    }
+}
+
+fn format_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    }
+}
+
+fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(Percentiles::of_sorted(&values), Percentiles { p50: 50, p90: 90, p99: 99, max: 100 });
+        assert_eq!(Percentiles::of_sorted(&[7]), Percentiles { p50: 7, p90: 7, p99: 7, max: 7 });
+        assert_eq!(Percentiles::of_sorted(&[]), Percentiles::default());
+    }
+}

@@ -1,0 +1,566 @@
+//! Job specifications: the YAML a user writes, parsed strictly into a validated [`JobSpec`].
+//!
+//! Parsing happens in two steps, raw then validated: serde (with `deny_unknown_fields`) catches
+//! unknown keys and wrong types with serde_yaml's own location, and the validation pass checks
+//! values and cross-field rules, locating the offending field with [`locate`]. Every error names
+//! the file, line and field on one line.
+
+pub mod locate;
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use locate::{FieldPath, Position};
+
+/// Largest job file accepted; a job file is configuration, not data.
+const MAX_JOB_FILE_BYTES: usize = 1024 * 1024;
+
+/// A job file problem, with where it was found.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{origin}{at}: {field}: {message}", at = position_suffix(.position))]
+pub struct SpecError {
+    /// The file (or flag) the bad value came from.
+    pub origin: String,
+    /// Line and column, when known.
+    pub position: Option<Position>,
+    /// The field path, e.g. `stages[0].split.lines`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn position_suffix(position: &Option<Position>) -> String {
+    match position {
+        Some(p) => format!(":{}:{}", p.line, p.column),
+        None => String::new(),
+    }
+}
+
+/// A validated job: every value in it has been checked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobSpec {
+    /// Short name, used in job ids and reports.
+    pub name: String,
+    /// Where the job's data comes from.
+    pub input: InputSpec,
+    /// How the input becomes first-stage tasks.
+    pub split: SplitSpec,
+    /// Stages in order; the first is always a map stage.
+    pub stages: Vec<StageSpec>,
+    /// Where the final stage's results are copied when the job completes.
+    pub output: OutputSpec,
+    /// How failed tasks are retried.
+    pub retry: RetryPolicy,
+}
+
+/// The job's input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputSpec {
+    /// A local file or directory (absolute once validated).
+    Local(PathBuf),
+}
+
+/// How the input is cut into first-stage tasks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitSpec {
+    /// One task per input file.
+    PerFile,
+    /// Chunks of at most this many lines.
+    Lines {
+        /// Lines per chunk, header excluded.
+        lines: NonZeroU64,
+        /// Repeat the input's first line at the top of every chunk.
+        header: bool,
+    },
+    /// Chunks of about this many bytes, always cut after a newline.
+    Bytes {
+        /// Target bytes per chunk; a chunk ends at the first line end at or past it.
+        bytes: NonZeroU64,
+        /// Repeat the input's first line at the top of every chunk.
+        header: bool,
+    },
+}
+
+/// Whether a stage fans out or gathers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// One task per task of the stage before, streamed as each completes.
+    #[default]
+    Map,
+    /// One task over all outputs of the stage before, once that stage has completed.
+    Reduce,
+}
+
+/// One stage of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageSpec {
+    /// Unique within the job.
+    pub name: String,
+    /// Map or reduce.
+    pub kind: StageKind,
+    /// What a task of this stage runs.
+    pub run: StageRun,
+    /// Per-task time limit.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// What a stage runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum StageRun {
+    /// An executable; `{input}` and `{output}` in its arguments become the task's paths.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Extra environment variables.
+        env: BTreeMap<String, String>,
+    },
+    /// A processor registered with the worker by name.
+    Processor {
+        /// Registered name.
+        name: String,
+        /// Free-form parameters handed to the processor.
+        params: serde_json::Value,
+    },
+}
+
+/// Where results land.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputSpec {
+    /// Local directory (absolute once validated).
+    pub path: PathBuf,
+}
+
+/// Retry policy for failed tasks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before a task is dead-lettered and reported failed.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each attempt.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Upper bound on the delay.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before retrying after failed attempt number `attempt` (1-based).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+impl JobSpec {
+    /// Index of the last stage.
+    pub fn last_stage(&self) -> usize {
+        self.stages.len() - 1
+    }
+}
+
+// ---- raw form: what serde reads ------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: String,
+    input: RawInput,
+    #[serde(default)]
+    split: Option<RawSplit>,
+    stages: Vec<RawStage>,
+    output: RawOutput,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+    #[serde(default, with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSplit {
+    #[serde(default)]
+    lines: Option<u64>,
+    #[serde(default)]
+    bytes: Option<ByteSize>,
+    #[serde(default)]
+    per_file: Option<bool>,
+    #[serde(default)]
+    header: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    name: String,
+    #[serde(default)]
+    kind: StageKind,
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    processor: Option<String>,
+    #[serde(default)]
+    params: Option<serde_json::Value>,
+    #[serde(default, with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde::option")]
+    backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    max_backoff: Option<Duration>,
+}
+
+/// A byte count written as an integer or with a unit (`64MiB`, `1GB`).
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(u64),
+            Text(String),
+        }
+        match Either::deserialize(deserializer)? {
+            Either::Number(n) => Ok(ByteSize(n)),
+            Either::Text(text) => parse_byte_size(&text).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `123`, `64KiB`, `64MiB`, `2GiB`, `10KB`, `10MB`, `1GB`.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| format!("`{text}` is not a byte size such as 64MiB"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)")),
+    };
+    number.checked_mul(multiplier).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+// ---- parsing and validation ----------------------------------------------------------------
+
+/// Values given on the command line that replace the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Replaces `input.path`.
+    pub input: Option<PathBuf>,
+    /// Replaces `output.path`.
+    pub output: Option<PathBuf>,
+}
+
+/// Reads and validates a job file.
+pub fn load_job_file(path: &Path, overrides: &Overrides) -> Result<JobSpec, SpecError> {
+    let origin = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| SpecError {
+        origin: origin.clone(),
+        position: None,
+        field: "(file)".into(),
+        message: format!("cannot read job file: {e}"),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| SpecError {
+        origin: origin.clone(),
+        position: None,
+        field: "(file)".into(),
+        message: "job file is not UTF-8".into(),
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse_job(&text, &origin, &base, overrides)
+}
+
+/// Parses and validates job YAML; relative paths resolve against `base_dir`.
+pub fn parse_job(text: &str, origin: &str, base_dir: &Path, overrides: &Overrides) -> Result<JobSpec, SpecError> {
+    let error_at = |path: &FieldPath, message: String| SpecError {
+        origin: origin.to_owned(),
+        position: locate::locate(text, path),
+        field: path.to_string(),
+        message,
+    };
+    if text.len() > MAX_JOB_FILE_BYTES {
+        return Err(error_at(&FieldPath::root(), format!("job file exceeds {MAX_JOB_FILE_BYTES} bytes")));
+    }
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    let raw: RawJob = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let position = inner.location().map(|l| Position { line: l.line(), column: l.column() });
+        SpecError {
+            origin: origin.to_owned(),
+            position,
+            field: if field == "." { "(document)".into() } else { field },
+            message: strip_location(&inner.to_string()),
+        }
+    })?;
+    Validator { error_at: &error_at, base_dir, overrides }.job(raw)
+}
+
+/// serde_yaml appends " at line L column C"; we print the location in front instead.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+struct Validator<'a, F: Fn(&FieldPath, String) -> SpecError> {
+    error_at: &'a F,
+    base_dir: &'a Path,
+    overrides: &'a Overrides,
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
+    fn job(&self, raw: RawJob) -> Result<JobSpec, SpecError> {
+        let root = FieldPath::root();
+        check_name(&raw.name).map_err(|m| (self.error_at)(&root.key("name"), m))?;
+
+        let input = match &self.overrides.input {
+            Some(path) => self.existing_path(path, "--input", None)?,
+            None => {
+                let field = root.key("input").key("path");
+                self.existing_path(Path::new(&raw.input.path), "input.path", Some(&field))?
+            }
+        };
+        let split = self.split(raw.split.as_ref(), &input)?;
+
+        let default_timeout = match raw.timeout {
+            Some(t) if t.is_zero() => {
+                return Err((self.error_at)(&root.key("timeout"), "must be more than zero".into()))
+            }
+            Some(t) => t,
+            None => DEFAULT_TIMEOUT,
+        };
+        if raw.stages.is_empty() {
+            return Err((self.error_at)(&root.key("stages"), "a job needs at least one stage".into()));
+        }
+        let mut stages: Vec<StageSpec> = Vec::with_capacity(raw.stages.len());
+        for (index, stage) in raw.stages.into_iter().enumerate() {
+            let field = root.key("stages").index(index);
+            let spec = self.stage(stage, &field, default_timeout)?;
+            if index == 0 && spec.kind == StageKind::Reduce {
+                return Err((self.error_at)(&field.key("kind"), "the first stage must be a map stage".into()));
+            }
+            if stages.iter().any(|s| s.name == spec.name) {
+                return Err((self.error_at)(&field.key("name"), format!("stage name `{}` is used twice", spec.name)));
+            }
+            stages.push(spec);
+        }
+
+        let output = match &self.overrides.output {
+            Some(path) => self.absolute(path),
+            None => {
+                if raw.output.path.trim().is_empty() {
+                    return Err((self.error_at)(&root.key("output").key("path"), "must not be empty".into()));
+                }
+                self.absolute(Path::new(&raw.output.path))
+            }
+        };
+
+        let retry = self.retry(raw.retry.as_ref())?;
+        Ok(JobSpec {
+            name: raw.name,
+            input: InputSpec::Local(input),
+            split,
+            stages,
+            output: OutputSpec { path: output },
+            retry,
+        })
+    }
+
+    fn absolute(&self, path: &Path) -> PathBuf {
+        let joined = if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) };
+        std::path::absolute(&joined).unwrap_or(joined)
+    }
+
+    fn existing_path(&self, path: &Path, name: &str, field: Option<&FieldPath>) -> Result<PathBuf, SpecError> {
+        let resolved = self.absolute(path);
+        if resolved.exists() {
+            return Ok(resolved);
+        }
+        let message = format!("input `{}` does not exist", resolved.display());
+        Err(match field {
+            Some(field) => (self.error_at)(field, message),
+            None => SpecError { origin: name.to_owned(), position: None, field: name.to_owned(), message },
+        })
+    }
+
+    fn split(&self, raw: Option<&RawSplit>, input: &Path) -> Result<SplitSpec, SpecError> {
+        let field = FieldPath::root().key("split");
+        let Some(raw) = raw else {
+            return Ok(SplitSpec::PerFile);
+        };
+        let header = raw.header.unwrap_or(false);
+        let chosen = [raw.lines.is_some(), raw.bytes.is_some(), raw.per_file == Some(true)];
+        if chosen.iter().filter(|c| **c).count() > 1 {
+            return Err((self.error_at)(&field, "choose one of `lines`, `bytes` or `per_file`".into()));
+        }
+        let chunked = raw.lines.is_some() || raw.bytes.is_some();
+        if chunked && input.is_dir() {
+            return Err((self.error_at)(
+                &field,
+                "`lines` and `bytes` split one file; a directory input is split per file".into(),
+            ));
+        }
+        if header && !chunked {
+            return Err((self.error_at)(
+                &field.key("header"),
+                "`header` only applies to `lines` or `bytes` splits".into(),
+            ));
+        }
+        if let Some(lines) = raw.lines {
+            let lines = NonZeroU64::new(lines)
+                .ok_or_else(|| (self.error_at)(&field.key("lines"), "chunk size must be at least 1 line".into()))?;
+            return Ok(SplitSpec::Lines { lines, header });
+        }
+        if let Some(ByteSize(bytes)) = raw.bytes {
+            let bytes = NonZeroU64::new(bytes)
+                .ok_or_else(|| (self.error_at)(&field.key("bytes"), "chunk size must be at least 1 byte".into()))?;
+            return Ok(SplitSpec::Bytes { bytes, header });
+        }
+        Ok(SplitSpec::PerFile)
+    }
+
+    fn stage(&self, raw: RawStage, field: &FieldPath, default_timeout: Duration) -> Result<StageSpec, SpecError> {
+        check_name(&raw.name).map_err(|m| (self.error_at)(&field.key("name"), m))?;
+        let run = match (raw.command, raw.processor) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err((self.error_at)(field, "a stage needs exactly one of `command` or `processor`".into()))
+            }
+            (Some(argv), None) => {
+                let Some(program) = argv.first() else {
+                    return Err((self.error_at)(&field.key("command"), "must name a program".into()));
+                };
+                let program = self.program(program).map_err(|m| (self.error_at)(&field.key("command").index(0), m))?;
+                let mut argv = argv;
+                argv[0] = program;
+                if raw.params.is_some() {
+                    return Err((self.error_at)(
+                        &field.key("params"),
+                        "`params` is for processors; pass arguments to a command in `command`".into(),
+                    ));
+                }
+                StageRun::Command { argv, env: raw.env.unwrap_or_default() }
+            }
+            (None, Some(name)) => {
+                if name.trim().is_empty() {
+                    return Err((self.error_at)(&field.key("processor"), "must name a registered processor".into()));
+                }
+                if raw.env.is_some() {
+                    return Err((self.error_at)(&field.key("env"), "`env` is for commands".into()));
+                }
+                StageRun::Processor { name, params: raw.params.unwrap_or(serde_json::Value::Null) }
+            }
+        };
+        let timeout = match raw.timeout {
+            Some(t) if t.is_zero() => {
+                return Err((self.error_at)(&field.key("timeout"), "must be more than zero".into()))
+            }
+            Some(t) => t,
+            None => default_timeout,
+        };
+        Ok(StageSpec { name: raw.name, kind: raw.kind, run, timeout })
+    }
+
+    /// Resolves a command's program: a path relative to the job file, or a name on `PATH`.
+    fn program(&self, program: &str) -> Result<String, String> {
+        if program.contains('/') {
+            let path = self.absolute(Path::new(program));
+            return if path.is_file() {
+                Ok(path.display().to_string())
+            } else {
+                Err(format!("program `{}` does not exist", path.display()))
+            };
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+            .unwrap_or(false);
+        if on_path {
+            Ok(program.to_owned())
+        } else {
+            Err(format!("program `{program}` is not on PATH"))
+        }
+    }
+
+    fn retry(&self, raw: Option<&RawRetry>) -> Result<RetryPolicy, SpecError> {
+        let field = FieldPath::root().key("retry");
+        let mut policy =
+            RetryPolicy { max_attempts: 3, backoff: Duration::from_secs(2), max_backoff: Duration::from_secs(60) };
+        if let Some(raw) = raw {
+            if let Some(n) = raw.max_attempts {
+                if !(1..=100).contains(&n) {
+                    return Err((self.error_at)(&field.key("max_attempts"), "must be between 1 and 100".into()));
+                }
+                policy.max_attempts = n;
+            }
+            if let Some(b) = raw.backoff {
+                policy.backoff = b;
+            }
+            if let Some(m) = raw.max_backoff {
+                policy.max_backoff = m;
+            }
+            if policy.max_backoff < policy.backoff {
+                return Err((self.error_at)(&field.key("max_backoff"), "must not be less than `backoff`".into()));
+            }
+            if policy.max_backoff > Duration::from_secs(12 * 3600) {
+                // SQS caps a message's visibility timeout at 12 hours.
+                return Err((self.error_at)(&field.key("max_backoff"), "must be at most 12h".into()));
+            }
+        }
+        Ok(policy)
+    }
+}
+
+/// Job and stage names: used in object keys and ids, so kept to a safe alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a valid name (1-63 letters, digits, `-` or `_`, starting with a letter or digit)"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

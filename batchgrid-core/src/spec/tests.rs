@@ -1,0 +1,133 @@
+use super::*;
+
+fn parse(text: &str) -> Result<JobSpec, SpecError> {
+    let dir = std::env::temp_dir();
+    let input = dir.join("batchgrid-spec-test-input.csv");
+    std::fs::write(&input, "a\nb\n").expect("write input");
+    let text = text.replace("INPUT", &input.display().to_string());
+    parse_job(&text, "job.yaml", &dir, &Overrides::default())
+}
+
+const GOOD: &str = "\
+name: claims
+input:
+  path: INPUT
+split:
+  lines: 100
+  header: true
+stages:
+  - name: validate
+    command: [sh, -c, 'cp {input} {output}/']
+    timeout: 5m
+  - name: merge
+    kind: reduce
+    processor: noop
+    params: {x: 1}
+output:
+  path: out
+retry:
+  max_attempts: 4
+  backoff: 1s
+";
+
+#[test]
+fn accepts_a_full_job() {
+    let spec = parse(GOOD).expect("valid");
+    assert_eq!(spec.name, "claims");
+    assert_eq!(spec.stages.len(), 2);
+    assert_eq!(spec.stages[0].timeout, Duration::from_secs(300));
+    assert_eq!(spec.stages[1].kind, StageKind::Reduce);
+    assert_eq!(spec.retry.max_attempts, 4);
+    assert!(matches!(spec.split, SplitSpec::Lines { header: true, .. }));
+    assert!(spec.output.path.is_absolute());
+}
+
+fn error_of(text: &str) -> String {
+    let error = parse(text).expect_err("must be rejected");
+    let line = error.to_string();
+    assert!(!line.contains('\n'), "one line: {line}");
+    line
+}
+
+#[test]
+fn unknown_key_names_line_and_field() {
+    let line = error_of(&GOOD.replace("    timeout: 5m\n", "    timeout: 5m\n    retries: 3\n"));
+    assert!(line.starts_with("job.yaml:11:"), "{line}");
+    assert!(line.contains("stages[0]") && line.contains("retries"), "{line}");
+}
+
+#[test]
+fn wrong_type_names_line_and_field() {
+    let line = error_of(&GOOD.replace("max_attempts: 4", "max_attempts: many"));
+    assert!(line.starts_with("job.yaml:18:"), "{line}");
+    assert!(line.contains("retry.max_attempts"), "{line}");
+}
+
+#[test]
+fn missing_input_names_line_and_field() {
+    let line = error_of(&GOOD.replace("path: INPUT", "path: /nonexistent/claims.csv"));
+    assert!(line.starts_with("job.yaml:3:3: input.path: "), "{line}");
+    assert!(line.contains("does not exist"), "{line}");
+}
+
+#[test]
+fn zero_chunk_size_names_line_and_field() {
+    let line = error_of(&GOOD.replace("lines: 100", "lines: 0"));
+    assert!(line.starts_with("job.yaml:5:3: split.lines: "), "{line}");
+}
+
+#[test]
+fn impossible_combinations_are_rejected() {
+    let both = error_of(&GOOD.replace("    processor: noop\n", "    processor: noop\n    command: [true]\n"));
+    assert!(both.contains("stages[1]: a stage needs exactly one"), "{both}");
+    let reduce_first = error_of(&GOOD.replace("  - name: validate\n", "  - name: validate\n    kind: reduce\n"));
+    assert!(reduce_first.contains("stages[0].kind"), "{reduce_first}");
+    let duplicate = error_of(&GOOD.replace("name: merge", "name: validate"));
+    assert!(duplicate.contains("stages[1].name"), "{duplicate}");
+    let program = error_of(&GOOD.replace("command: [sh,", "command: [no-such-program-xyz,"));
+    assert!(program.contains("stages[0].command[0]") && program.contains("not on PATH"), "{program}");
+    let attempts = error_of(&GOOD.replace("max_attempts: 4", "max_attempts: 0"));
+    assert!(attempts.contains("retry.max_attempts"), "{attempts}");
+}
+
+#[test]
+fn byte_sizes_parse_with_units() {
+    assert_eq!(parse_byte_size("64MiB"), Ok(64 << 20));
+    assert_eq!(parse_byte_size("10KB"), Ok(10_000));
+    assert_eq!(parse_byte_size("512"), Ok(512));
+    assert!(parse_byte_size("12 parsecs").is_err());
+    let spec = parse(&GOOD.replace("lines: 100", "bytes: 1MiB")).expect("valid");
+    assert_eq!(spec.split, SplitSpec::Bytes { bytes: NonZeroU64::new(1 << 20).expect("nonzero"), header: true });
+}
+
+#[test]
+fn alias_bomb_is_refused_quickly() {
+    let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let prev = (b'a' + i - 1) as char;
+        let this = (b'a' + i) as char;
+        text.push_str(&format!("{this}: &{this} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+    }
+    text.push_str("name: *l\n");
+    let started = std::time::Instant::now();
+    let error = parse(&text).expect_err("rejected");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(error.to_string().starts_with("job.yaml"), "{error}");
+}
+
+#[test]
+fn deep_nesting_is_refused_without_overflow() {
+    let text = format!("name: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let error = parse(&text).expect_err("rejected");
+    assert!(error.to_string().contains("job.yaml"), "{error}");
+}
+
+#[test]
+fn retry_delay_doubles_up_to_the_cap() {
+    let policy = RetryPolicy { max_attempts: 5, backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(5) };
+    assert_eq!(policy.delay_after(1), Duration::from_secs(1));
+    assert_eq!(policy.delay_after(2), Duration::from_secs(2));
+    assert_eq!(policy.delay_after(3), Duration::from_secs(4));
+    assert_eq!(policy.delay_after(4), Duration::from_secs(5));
+    assert_eq!(policy.delay_after(400), Duration::from_secs(5));
+}

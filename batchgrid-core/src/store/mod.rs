@@ -1,0 +1,87 @@
+//! The object store: where raw input, staged chunks and results live.
+//!
+//! # Contract
+//! - Keys are `/`-separated paths of non-empty segments without `.` or `..`; anything else is
+//!   [`StoreError::InvalidKey`].
+//! - `put` and `put_file` are atomic: a reader sees the old object or the new one, never a part.
+//!   Writing a key again replaces it, which is what makes results idempotent: a task that runs
+//!   twice writes the same deterministic keys.
+//! - `get` of a missing key is [`StoreError::NotFound`].
+//! - `list(prefix)` returns every object whose key starts with `prefix`, sorted by key.
+//! - `delete` of a missing key succeeds.
+
+pub mod local;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use local::LocalStore;
+
+/// What a listing returns for each object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Object store errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The key breaks the key rules.
+    #[error("invalid object key `{0}`")]
+    InvalidKey(String),
+    /// No object has this key.
+    #[error("object `{0}` not found")]
+    NotFound(String),
+    /// The backend failed.
+    #[error("object store: {context}: {source}")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// Wraps a backend error with what was being done.
+    pub fn backend(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend { context: context.into(), source: Box::new(source) }
+    }
+}
+
+/// A key/value store of immutable-per-version objects (a directory, S3).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Stores `data` under `key`, replacing any object there.
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// Stores the file at `path` under `key`, streaming it; returns the bytes stored.
+    async fn put_file(&self, key: &str, path: &Path) -> Result<u64, StoreError>;
+    /// Reads a whole object.
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Streams an object into a local file (created or truncated); returns the bytes written.
+    async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StoreError>;
+    /// Every object under `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// Removes objects; missing keys are not an error.
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError>;
+}
+
+/// Checks a key against the contract's rules.
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    let valid = !key.is_empty()
+        && key.len() <= 1024
+        && key.split('/').all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+        && !key.contains('\0');
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidKey(key.to_owned()))
+    }
+}

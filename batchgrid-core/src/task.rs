@@ -1,0 +1,94 @@
+//! Task messages and the object key layout: one deterministic key per job, stage and task, so a
+//! redelivered task overwrites its result instead of adding another.
+
+use serde::{Deserialize, Serialize};
+
+/// Task id of a reduce stage's single task.
+pub const REDUCE_TASK_ID: &str = "all";
+
+/// What travels on the queues: which task to run and where its input is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    /// Job id.
+    pub job: String,
+    /// Stage position.
+    pub stage: u32,
+    /// Task id within the stage.
+    pub task: String,
+    /// Every object under this prefix is the task's input.
+    pub input: String,
+}
+
+/// Malformed queue payloads.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed task payload: {0}")]
+pub struct PayloadError(String);
+
+impl TaskMessage {
+    /// The message body.
+    pub fn encode(&self) -> String {
+        // A struct of strings and integers always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a message body.
+    pub fn decode(body: &str) -> Result<Self, PayloadError> {
+        let message: TaskMessage = serde_json::from_str(body).map_err(|e| PayloadError(e.to_string()))?;
+        let safe = |s: &str| !s.is_empty() && !s.contains('/') && s != "." && s != "..";
+        if !safe(&message.job) || !safe(&message.task) {
+            return Err(PayloadError("job and task ids must be non-empty and contain no `/`".into()));
+        }
+        if !message.input.starts_with(&format!("jobs/{}/", message.job)) {
+            return Err(PayloadError(format!("input `{}` is outside job `{}`", message.input, message.job)));
+        }
+        Ok(message)
+    }
+}
+
+/// Key of a job's stored spec.
+pub fn spec_key(job: &str) -> String {
+    format!("jobs/{job}/spec.json")
+}
+
+/// Prefix of a first-stage task's staged input.
+pub fn input_prefix(job: &str, task: &str) -> String {
+    format!("jobs/{job}/input/{task}/")
+}
+
+/// Prefix of every result of a stage.
+pub fn stage_prefix(job: &str, stage: u32, stage_name: &str) -> String {
+    format!("jobs/{job}/stages/{stage:02}-{stage_name}/")
+}
+
+/// Prefix of one task's results.
+pub fn output_prefix(job: &str, stage: u32, stage_name: &str, task: &str) -> String {
+    format!("{}{task}/", stage_prefix(job, stage, stage_name))
+}
+
+/// Id of the `index`th first-stage task; zero-padded so keys sort in input order.
+pub fn chunk_task_id(index: u64) -> String {
+    format!("{index:06}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_reject_escapes() {
+        let message =
+            TaskMessage { job: "j1".into(), stage: 0, task: "000001".into(), input: input_prefix("j1", "000001") };
+        assert_eq!(TaskMessage::decode(&message.encode()).ok(), Some(message));
+        assert!(TaskMessage::decode("not json").is_err());
+        let escape = r#"{"job":"j1","stage":0,"task":"t","input":"jobs/j2/input/t/"}"#;
+        assert!(TaskMessage::decode(escape).is_err());
+        let slash = r#"{"job":"j1","stage":0,"task":"../x","input":"jobs/j1/input/t/"}"#;
+        assert!(TaskMessage::decode(slash).is_err());
+    }
+
+    #[test]
+    fn keys_are_deterministic() {
+        assert_eq!(output_prefix("j", 1, "merge", REDUCE_TASK_ID), "jobs/j/stages/01-merge/all/");
+        assert_eq!(chunk_task_id(42), "000042");
+    }
+}

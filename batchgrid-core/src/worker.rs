@@ -1,0 +1,584 @@
+//! The worker: receives tasks, runs up to `concurrency` at once, keeps their messages
+//! invisible with a heartbeat while they run, and then, in this order, records the attempt,
+//! forwards the result to the next stage and acknowledges the message. A crash between any two
+//! steps repeats work but never loses it, and repeated work lands on the same keys and rows.
+//!
+//! Three loops share the work: the receive loop (which owns the concurrency limit), one
+//! heartbeat loop for all held messages (batched, as SQS wants), and the completer, which
+//! batches the bookkeeping of finished tasks. On shutdown the worker stops receiving, lets
+//! running tasks finish until the drain deadline, releases what is left so other workers pick it
+//! up at once, and exits.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, WorkerRecord};
+use crate::db::now_millis;
+use crate::grid::Grid;
+use crate::processor::command::CommandProcessor;
+use crate::processor::{Processor, ProcessorRegistry, TaskContext, TaskFailure, TaskOutput};
+use crate::queue::{QueueMessage, Receipt, TaskQueue, MAX_BATCH};
+use crate::spec::{JobSpec, StageKind, StageRun};
+use crate::task::{output_prefix, spec_key, TaskMessage};
+
+/// How often a worker re-reads a job's state (to notice cancellation).
+const JOB_STATE_TTL: Duration = Duration::from_secs(2);
+/// How often a worker records that it is alive.
+const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Delay before retrying a task whose job spec could not be read.
+const SPEC_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Unique id, recorded with every attempt.
+    pub id: String,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Visibility timeout a message gets on receive and on every heartbeat.
+    pub visibility: Duration,
+    /// Longest wait of one long poll.
+    pub poll_wait: Duration,
+    /// On shutdown, how long running tasks may take before they are given up and released.
+    pub drain_deadline: Duration,
+    /// Where tasks get their scratch directories.
+    pub scratch_dir: PathBuf,
+}
+
+impl WorkerSettings {
+    /// Defaults: one task per core, 30 s visibility, 1 s polls, 30 s drain.
+    pub fn new(id: impl Into<String>, scratch_dir: PathBuf) -> Self {
+        Self {
+            id: id.into(),
+            concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            visibility: Duration::from_secs(30),
+            poll_wait: Duration::from_secs(1),
+            drain_deadline: Duration::from_secs(30),
+            scratch_dir,
+        }
+    }
+}
+
+/// A worker's tally when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Tasks that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed.
+    pub failed: u64,
+    /// Tasks given back to the queue at shutdown.
+    pub released: u64,
+}
+
+/// Worker errors: only failures to start; task and backend trouble while running is logged and
+/// handled by redelivery.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The scratch directory is unusable.
+    #[error("scratch directory {path}: {source}")]
+    Scratch {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker could not register itself.
+    #[error(transparent)]
+    Analytics(#[from] crate::analytics::AnalyticsError),
+}
+
+/// A generated worker id: host, process and a random suffix.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    let suffix = ulid::Ulid::new().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 6..].to_lowercase())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    Tasks,
+    Chain,
+}
+
+#[derive(Debug)]
+enum Action {
+    Delete,
+    Retry(Duration),
+    DeadLetter(String),
+}
+
+#[derive(Debug)]
+struct Completion {
+    source: Source,
+    message_id: String,
+    receipt: Receipt,
+    attempt: Option<AttemptRecord>,
+    forward: Option<String>,
+    action: Action,
+}
+
+type Held = Arc<Mutex<HashMap<(Source, String), Receipt>>>;
+
+struct CachedJob {
+    spec: Arc<JobSpec>,
+    state: JobState,
+    checked: Instant,
+}
+
+/// A worker bound to a grid.
+pub struct Worker {
+    settings: WorkerSettings,
+    grid: Grid,
+    registry: Arc<ProcessorRegistry>,
+    jobs: tokio::sync::Mutex<HashMap<String, CachedJob>>,
+    held: Held,
+}
+
+impl Worker {
+    /// A worker for `grid` running the processors in `registry`.
+    pub fn new(settings: WorkerSettings, grid: Grid, registry: ProcessorRegistry) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            grid,
+            registry: Arc::new(registry),
+            jobs: tokio::sync::Mutex::new(HashMap::new()),
+            held: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn queue(&self, source: Source) -> &Arc<dyn TaskQueue> {
+        match source {
+            Source::Tasks => &self.grid.tasks,
+            Source::Chain => &self.grid.chain,
+        }
+    }
+
+    fn hold(&self, source: Source, message: &QueueMessage) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert((source, message.id.clone()), message.receipt.clone());
+        }
+    }
+
+    fn unhold(&self, source: Source, id: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&(source, id.to_owned()));
+        }
+    }
+
+    async fn record_self(&self, state: &str, started_at: i64) {
+        let record = WorkerRecord {
+            id: self.settings.id.clone(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
+            pid: std::process::id(),
+            started_at,
+            last_seen: now_millis(),
+            state: state.to_owned(),
+            tasks_done: 0,
+            tasks_failed: 0,
+        };
+        if let Err(error) = self.grid.analytics.upsert_worker(&record).await {
+            tracing::warn!(%error, "could not record worker state");
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then drains and returns.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<WorkerStats, WorkerError> {
+        std::fs::create_dir_all(&self.settings.scratch_dir)
+            .map_err(|source| WorkerError::Scratch { path: self.settings.scratch_dir.clone(), source })?;
+        let started_at = now_millis();
+        self.record_self("running", started_at).await;
+        tracing::info!(worker = %self.settings.id, concurrency = self.settings.concurrency, "worker started");
+
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+        let stats = Arc::new(Mutex::new(WorkerStats::default()));
+        let completer = tokio::spawn(self.clone().complete(done_rx, stats.clone()));
+        let heartbeat_stop = Arc::new(tokio::sync::Notify::new());
+        let heartbeat = tokio::spawn(self.clone().heartbeat(heartbeat_stop.clone(), started_at));
+
+        let mut running = JoinSet::new();
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        tokio::pin!(shutdown);
+        let mut turn = 0u64;
+        loop {
+            while running.try_join_next().is_some() {}
+            let first = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => batch.push(permit),
+                    Err(_) => break,
+                }
+            }
+            // Later stages first, so jobs in flight finish before new ones start; the input
+            // queue takes the long poll.
+            turn += 1;
+            let order = if turn.is_multiple_of(2) { [Source::Chain, Source::Tasks] } else { [Source::Tasks, Source::Chain] };
+            let mut received = Vec::new();
+            for (i, source) in order.into_iter().enumerate() {
+                let wait = if i == 0 { Duration::ZERO } else { self.settings.poll_wait };
+                let polled = tokio::select! {
+                    biased;
+                    () = &mut shutdown => None,
+                    result = self.queue(source).receive(batch.len(), self.settings.visibility, wait) => Some(result),
+                };
+                match polled {
+                    None => break,
+                    Some(Ok(messages)) if messages.is_empty() => continue,
+                    Some(Ok(messages)) => {
+                        received = messages.into_iter().map(|m| (source, m)).collect();
+                        break;
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, queue = self.queue(source).name(), "receive failed; retrying shortly");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            for (source, message) in received {
+                let Some(permit) = batch.pop() else { break };
+                self.hold(source, &message);
+                let worker = self.clone();
+                let done = done_tx.clone();
+                running.spawn(async move {
+                    let completion = worker.handle(source, message).await;
+                    // The completer outlives every task; a send error means we are shutting down.
+                    let _ = done.send(completion);
+                    drop(permit);
+                });
+            }
+        }
+
+        // Drain: let running tasks finish until the deadline, then give the rest back.
+        self.record_self("draining", started_at).await;
+        let in_flight = running.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, deadline = ?self.settings.drain_deadline, "draining");
+        }
+        let deadline = tokio::time::sleep(self.settings.drain_deadline);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = running.join_next() => if next.is_none() { break },
+                () = &mut deadline => {
+                    tracing::warn!(remaining = running.len(), "drain deadline reached; releasing tasks");
+                    running.shutdown().await;
+                    break;
+                }
+            }
+        }
+        drop(done_tx);
+        if let Err(error) = completer.await {
+            tracing::error!(%error, "completer failed");
+        }
+        let released = self.release_held().await;
+        heartbeat_stop.notify_one();
+        let _ = heartbeat.await;
+        self.record_self("stopped", started_at).await;
+        let mut stats = stats.lock().map(|s| *s).unwrap_or_default();
+        stats.released = released;
+        tracing::info!(?stats, "worker stopped");
+        Ok(stats)
+    }
+
+    /// Makes every message still held visible again at once.
+    async fn release_held(&self) -> u64 {
+        let held: Vec<((Source, String), Receipt)> =
+            self.held.lock().map(|mut h| h.drain().collect()).unwrap_or_default();
+        let mut released = 0;
+        for source in [Source::Tasks, Source::Chain] {
+            let receipts: Vec<(Receipt, Duration)> =
+                held.iter().filter(|((s, _), _)| *s == source).map(|(_, r)| (r.clone(), Duration::ZERO)).collect();
+            for chunk in receipts.chunks(MAX_BATCH) {
+                match self.queue(source).change_visibility(chunk).await {
+                    Ok(failures) => released += (chunk.len() - failures.0.len()) as u64,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not release tasks; they return after their visibility timeout")
+                    }
+                }
+            }
+        }
+        released
+    }
+
+    /// Extends the visibility of every held message, in batches, a few times per timeout.
+    async fn heartbeat(self: Arc<Self>, stop: Arc<tokio::sync::Notify>, started_at: i64) {
+        let period = (self.settings.visibility / 3).max(Duration::from_millis(100));
+        let mut last_alive = Instant::now();
+        loop {
+            tokio::select! {
+                () = stop.notified() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let held: Vec<((Source, String), Receipt)> =
+                self.held.lock().map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+            for source in [Source::Tasks, Source::Chain] {
+                let changes: Vec<(Receipt, Duration)> = held
+                    .iter()
+                    .filter(|((s, _), _)| *s == source)
+                    .map(|(_, r)| (r.clone(), self.settings.visibility))
+                    .collect();
+                for chunk in changes.chunks(MAX_BATCH) {
+                    match self.queue(source).change_visibility(chunk).await {
+                        Ok(failures) if !failures.is_empty() => {
+                            tracing::warn!(?failures, "heartbeat lost some messages; another worker may run them")
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "heartbeat failed"),
+                    }
+                }
+            }
+            if last_alive.elapsed() >= WORKER_HEARTBEAT {
+                last_alive = Instant::now();
+                self.record_self("running", started_at).await;
+            }
+        }
+    }
+
+    /// Records, forwards and acknowledges finished tasks, in batches.
+    async fn complete(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Completion>, stats: Arc<Mutex<WorkerStats>>) {
+        let mut batch = Vec::new();
+        while let Some(first) = done.recv().await {
+            batch.push(first);
+            while batch.len() < 512 {
+                match done.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.flush(std::mem::take(&mut batch), &stats).await;
+        }
+    }
+
+    async fn flush(&self, batch: Vec<Completion>, stats: &Mutex<WorkerStats>) {
+        let attempts: Vec<AttemptRecord> = batch.iter().filter_map(|c| c.attempt.clone()).collect();
+        if let Err(error) = self.grid.analytics.record_attempts(&attempts).await {
+            // Without the record the task is not done: leave the messages to be redelivered.
+            tracing::error!(%error, tasks = batch.len(), "could not record attempts; tasks will be redelivered");
+            for completion in &batch {
+                self.unhold(completion.source, &completion.message_id);
+            }
+            return;
+        }
+        let forwards: Vec<String> = batch.iter().filter_map(|c| c.forward.clone()).collect();
+        for chunk in forwards.chunks(MAX_BATCH) {
+            if let Err(error) = self.grid.chain.send_batch(chunk).await {
+                tracing::error!(%error, "could not forward results to the next stage; tasks will be redelivered");
+                for completion in &batch {
+                    self.unhold(completion.source, &completion.message_id);
+                }
+                return;
+            }
+        }
+        if let Ok(mut stats) = stats.lock() {
+            for attempt in &attempts {
+                if attempt.outcome == AttemptOutcome::Succeeded {
+                    stats.succeeded += 1;
+                } else {
+                    stats.failed += 1;
+                }
+            }
+        }
+        for source in [Source::Tasks, Source::Chain] {
+            let queue = self.queue(source);
+            let mine = batch.iter().filter(|c| c.source == source);
+            let deletes: Vec<Receipt> =
+                mine.clone().filter(|c| matches!(c.action, Action::Delete)).map(|c| c.receipt.clone()).collect();
+            for chunk in deletes.chunks(MAX_BATCH) {
+                match queue.delete_batch(chunk).await {
+                    Ok(failures) if !failures.is_empty() => tracing::warn!(?failures, "some acknowledgements failed"),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "acknowledge failed; tasks will be redelivered and counted once")
+                    }
+                }
+            }
+            let retries: Vec<(Receipt, Duration)> = mine
+                .clone()
+                .filter_map(|c| match c.action {
+                    Action::Retry(delay) => Some((c.receipt.clone(), delay)),
+                    _ => None,
+                })
+                .collect();
+            for chunk in retries.chunks(MAX_BATCH) {
+                if let Err(error) = queue.change_visibility(chunk).await {
+                    tracing::warn!(%error, "could not set retry backoff; tasks return after their visibility timeout");
+                }
+            }
+            for completion in mine {
+                if let Action::DeadLetter(reason) = &completion.action {
+                    if let Err(error) = queue.dead_letter(&completion.receipt, reason).await {
+                        tracing::warn!(%error, "could not dead-letter a task; it will be dead-lettered on redelivery");
+                    }
+                }
+            }
+        }
+        for completion in &batch {
+            self.unhold(completion.source, &completion.message_id);
+        }
+    }
+
+    async fn job(&self, job_id: &str) -> Result<(Arc<JobSpec>, JobState), String> {
+        let mut jobs = self.jobs.lock().await;
+        if let Some(cached) = jobs.get_mut(job_id) {
+            if cached.checked.elapsed() < JOB_STATE_TTL {
+                return Ok((cached.spec.clone(), cached.state));
+            }
+            if let Ok(Some(record)) = self.grid.analytics.job(job_id).await {
+                cached.state = record.state;
+            }
+            cached.checked = Instant::now();
+            return Ok((cached.spec.clone(), cached.state));
+        }
+        let bytes = self.grid.store.get(&spec_key(job_id)).await.map_err(|e| format!("reading job spec: {e}"))?;
+        let spec: JobSpec = serde_json::from_slice(&bytes).map_err(|e| format!("job spec is corrupt: {e}"))?;
+        let state = match self.grid.analytics.job(job_id).await {
+            Ok(Some(record)) => record.state,
+            _ => JobState::Running,
+        };
+        let spec = Arc::new(spec);
+        jobs.insert(job_id.to_owned(), CachedJob { spec: spec.clone(), state, checked: Instant::now() });
+        Ok((spec, state))
+    }
+
+    /// Runs one delivered message to a completion; never panics on bad payloads.
+    async fn handle(&self, source: Source, message: QueueMessage) -> Completion {
+        let started_at = now_millis();
+        let mut completion = Completion {
+            source,
+            message_id: message.id.clone(),
+            receipt: message.receipt.clone(),
+            attempt: None,
+            forward: None,
+            action: Action::Delete,
+        };
+        let task = match TaskMessage::decode(&message.body) {
+            Ok(task) => task,
+            Err(error) => {
+                tracing::error!(%error, id = %message.id, "dead-lettering a malformed message");
+                completion.action = Action::DeadLetter(error.to_string());
+                return completion;
+            }
+        };
+        let (spec, state) = match self.job(&task.job).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(job = %task.job, %error, "job spec unavailable; retrying later");
+                completion.action = if message.receive_count >= 10 {
+                    Action::DeadLetter(error)
+                } else {
+                    Action::Retry(SPEC_RETRY_DELAY)
+                };
+                return completion;
+            }
+        };
+        if state == JobState::Cancelled {
+            return completion; // Deleted unrun.
+        }
+        let Some(stage) = spec.stages.get(task.stage as usize) else {
+            completion.action = Action::DeadLetter(format!("job `{}` has no stage {}", task.job, task.stage));
+            return completion;
+        };
+
+        let scratch = match tempfile::Builder::new().prefix("task-").tempdir_in(&self.settings.scratch_dir) {
+            Ok(dir) => dir,
+            Err(error) => {
+                completion.action = Action::Retry(Duration::from_secs(1));
+                tracing::error!(%error, "cannot create a scratch directory");
+                return completion;
+            }
+        };
+        let ctx = TaskContext {
+            job_id: task.job.clone(),
+            stage: task.stage,
+            stage_name: stage.name.clone(),
+            task_id: task.task.clone(),
+            attempt: message.receive_count,
+            input_prefix: task.input.clone(),
+            output_prefix: output_prefix(&task.job, task.stage, &stage.name, &task.task),
+            first_stage: task.stage == 0,
+            params: match &stage.run {
+                StageRun::Processor { params, .. } => params.clone(),
+                StageRun::Command { .. } => serde_json::Value::Null,
+            },
+            store: self.grid.store.clone(),
+            scratch: scratch.path().to_path_buf(),
+        };
+        let processor: Result<Arc<dyn Processor>, TaskFailure> = match &stage.run {
+            StageRun::Command { argv, env } => Ok(Arc::new(CommandProcessor::new(argv.clone(), env.clone()))),
+            StageRun::Processor { name, .. } => self
+                .registry
+                .get(name)
+                .ok_or_else(|| TaskFailure::new(format!("no processor named `{name}` is registered with this worker"))),
+        };
+        let result: Result<TaskOutput, TaskFailure> = match processor {
+            Ok(processor) => match tokio::time::timeout(stage.timeout, processor.process(&ctx)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    Err(TaskFailure::new(format!("timed out after {}", humantime::format_duration(stage.timeout))))
+                }
+            },
+            Err(failure) => Err(failure),
+        };
+        drop(scratch);
+
+        let ended_at = now_millis();
+        let mut attempt = AttemptRecord {
+            job_id: task.job.clone(),
+            stage: task.stage,
+            task_id: task.task.clone(),
+            attempt: message.receive_count,
+            worker_id: self.settings.id.clone(),
+            started_at,
+            ended_at,
+            outcome: AttemptOutcome::Succeeded,
+            exit_status: Some(0),
+            bytes_in: 0,
+            bytes_out: 0,
+            error: None,
+        };
+        match result {
+            Ok(output) => {
+                attempt.bytes_in = output.bytes_in;
+                attempt.bytes_out = output.bytes_out;
+                let next = task.stage as usize + 1;
+                if spec.stages.get(next).is_some_and(|s| s.kind == StageKind::Map) {
+                    completion.forward = Some(
+                        TaskMessage {
+                            job: task.job.clone(),
+                            stage: task.stage + 1,
+                            task: task.task.clone(),
+                            input: ctx.output_prefix.clone(),
+                        }
+                        .encode(),
+                    );
+                }
+            }
+            Err(failure) => {
+                attempt.exit_status = failure.exit_status;
+                attempt.error = Some(failure.message.clone());
+                tracing::warn!(job = %task.job, stage = %stage.name, task = %task.task, attempt = message.receive_count, error = %failure.message, "task failed");
+                if message.receive_count >= spec.retry.max_attempts {
+                    attempt.outcome = AttemptOutcome::Failed;
+                    completion.action = Action::DeadLetter(failure.message);
+                } else {
+                    attempt.outcome = AttemptOutcome::Retrying;
+                    completion.action = Action::Retry(spec.retry.delay_after(message.receive_count));
+                }
+            }
+        }
+        completion.attempt = Some(attempt);
+        completion
+    }
+}

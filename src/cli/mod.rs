@@ -1,0 +1,124 @@
+//! Argument parsing and dispatch.
+
+mod progress;
+mod run;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use batchgrid_core::processor::ProcessorRegistry;
+use clap::{Parser, Subcommand};
+
+use crate::env;
+
+/// Stand up, run and tear down an on-demand batch-processing grid.
+#[derive(Debug, Parser)]
+#[command(name = "batchgrid", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a job on this machine: a manager and worker processes on the embedded backends.
+    Run(run::RunArgs),
+    /// Check a job file and print the job as it will run.
+    Validate(ValidateArgs),
+    /// Stage a job's input and enqueue its tasks in an embedded grid, without running them.
+    Split(SplitArgs),
+    /// Run a worker against an embedded grid until SIGTERM.
+    Worker(worker::WorkerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// The job file.
+    job: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct SplitArgs {
+    /// The job file.
+    job: PathBuf,
+    /// State directory of the embedded grid.
+    #[arg(long, env = env::STATE_DIR)]
+    state_dir: PathBuf,
+    /// Input to use instead of the file's `input.path`.
+    #[arg(long)]
+    input: Option<PathBuf>,
+}
+
+/// Parses `30s`, `5m`, `250ms`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let json = std::env::var(env::LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    // A second initialisation (in tests) is harmless; ignore it.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Parses the command line and runs it with the given processors; the whole of `main`.
+pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => {
+                init_logging("warn");
+                run::run(args).await
+            }
+            Command::Worker(args) => {
+                init_logging("info");
+                worker::run(args, registry).await
+            }
+            Command::Validate(args) => validate(args),
+            Command::Split(args) => {
+                init_logging("warn");
+                split(args).await
+            }
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            // One line: the cause chain joined, so a user sees file, line and field at once.
+            eprintln!("error: {}", format!("{error:#}").replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let spec = batchgrid_core::spec::load_job_file(&args.job, &Default::default())?;
+    println!("{}", serde_json::to_string_pretty(&spec)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let overrides = batchgrid_core::spec::Overrides { input: args.input, output: None };
+    let spec = batchgrid_core::spec::load_job_file(&args.job, &overrides)?;
+    let settings = batchgrid_core::grid::EmbeddedGridSettings { max_receives: spec.retry.max_attempts };
+    let grid = batchgrid_core::grid::Grid::open_embedded(&args.state_dir, &settings)
+        .await
+        .with_context(|| format!("opening the grid in {}", args.state_dir.display()))?;
+    let manager = batchgrid_core::manager::Manager::new(grid, batchgrid_core::manager::spool_dir(&args.state_dir));
+    let job = manager.submit(&spec).await?;
+    let tasks = manager.split(&job, &spec, |_| {}).await?;
+    println!("{job} {tasks}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,240 @@
+//! `batchgrid run`: a whole grid on one machine. The manager runs in this process; workers are
+//! separate processes of this same executable, so a worker that dies takes only its own tasks
+//! with it (they are redelivered) and is restarted.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use batchgrid_core::analytics::JobState;
+use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
+use batchgrid_core::manager::{spool_dir, Manager};
+use batchgrid_core::spec::{load_job_file, Overrides};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+use super::parse_duration;
+use super::progress::ProgressView;
+use super::worker::termination;
+
+/// Restarts of crashed workers allowed in one run before the run gives up on restarting.
+const MAX_RESTARTS: u32 = 20;
+/// How long workers get to drain when the job has ended.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Arguments of `batchgrid run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The job file.
+    pub job: PathBuf,
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Tasks each worker runs at once (default: the number of cores).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Input to use instead of the file's `input.path`.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Output directory to use instead of the file's `output.path`.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// State directory (default: a new directory under `.batchgrid/`, removed after a
+    /// successful run unless `--keep-state`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Keep the state directory after a successful run.
+    #[arg(long)]
+    pub keep_state: bool,
+    /// Visibility timeout of a received task; a heartbeat renews it while the task runs.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub visibility_timeout: Duration,
+    /// Print progress and the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Workers {
+    exe: PathBuf,
+    args: Vec<String>,
+    logs: PathBuf,
+    children: Vec<Option<Child>>,
+    restarts: u32,
+}
+
+impl Workers {
+    fn spawn_one(&self, index: usize) -> anyhow::Result<Child> {
+        let log_path = self.logs.join(format!("worker-{index}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let log_err = log.try_clone().with_context(|| format!("opening {}", log_path.display()))?;
+        let child = Command::new(&self.exe)
+            .arg("worker")
+            .args(&self.args)
+            .arg("--id")
+            .arg(format!("local-{index}-{}", std::process::id()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting worker {index} from {}", self.exe.display()))?;
+        Ok(child)
+    }
+
+    /// Restarts workers that exited; returns notes for the user.
+    fn check(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        for index in 0..self.children.len() {
+            let exited = match self.children[index].as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(error)) => Some(error.to_string()),
+                _ => None,
+            };
+            let Some(status) = exited else { continue };
+            self.children[index] = None;
+            if self.restarts >= MAX_RESTARTS {
+                notes.push(format!("worker {index} exited ({status}); restart limit reached"));
+                continue;
+            }
+            self.restarts += 1;
+            match self.spawn_one(index) {
+                Ok(child) => {
+                    self.children[index] = Some(child);
+                    notes.push(format!("worker {index} exited ({status}); restarted, its tasks will be redelivered"));
+                }
+                Err(error) => {
+                    notes.push(format!("worker {index} exited ({status}) and could not be restarted: {error:#}"))
+                }
+            }
+        }
+        notes
+    }
+
+    /// SIGTERM to every worker, then SIGKILL to those still running after the grace period.
+    async fn stop(&mut self) {
+        for child in self.children.iter().flatten() {
+            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        for child in self.children.iter_mut().flatten() {
+            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    Path::new(".batchgrid").join(format!("run-{}", ulid::Ulid::new().to_string().to_lowercase()))
+}
+
+/// Runs a job on an embedded grid with worker processes and prints its report.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
+    let overrides = Overrides { input: args.input.clone(), output: args.output.clone() };
+    let spec = load_job_file(&args.job, &overrides)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let logs = state_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+
+    let settings = EmbeddedGridSettings { max_receives: spec.retry.max_attempts };
+    let grid = Grid::open_embedded(&state_dir, &settings)
+        .await
+        .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
+
+    let exe = std::env::current_exe().context("locating the batchgrid executable")?;
+    let mut worker_args = vec![
+        "--state-dir".to_owned(),
+        state_dir.display().to_string(),
+        "--max-receives".to_owned(),
+        spec.retry.max_attempts.to_string(),
+        "--visibility-timeout".to_owned(),
+        format!("{}ms", args.visibility_timeout.as_millis()),
+    ];
+    if let Some(concurrency) = args.concurrency {
+        worker_args.extend(["--concurrency".to_owned(), concurrency.to_string()]);
+    }
+    let mut workers = Workers { exe, args: worker_args, logs: logs.clone(), children: Vec::new(), restarts: 0 };
+    for index in 0..args.workers {
+        let child = workers.spawn_one(index)?;
+        workers.children.push(Some(child));
+    }
+    let workers = Arc::new(Mutex::new(workers));
+
+    let manager = Manager::new(grid, spool_dir(&state_dir));
+    let view = Arc::new(std::sync::Mutex::new(ProgressView::new(args.json)));
+    let job_id: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+
+    // Supervise workers while the job runs.
+    let supervisor = {
+        let (workers, view) = (workers.clone(), view.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let notes = workers.lock().await.check();
+                if let Ok(view) = view.lock() {
+                    for note in notes {
+                        view.note(&note);
+                    }
+                }
+            }
+        })
+    };
+
+    let run = manager.run(&spec, Duration::from_millis(200), {
+        let (view, job_id) = (view.clone(), job_id.clone());
+        move |job, progress| {
+            if let Ok(mut slot) = job_id.lock() {
+                slot.get_or_insert_with(|| job.to_owned());
+            }
+            if let Ok(mut view) = view.lock() {
+                view.update(job, progress);
+            }
+        }
+    });
+    let outcome = tokio::select! {
+        report = run => Some(report),
+        () = termination() => None,
+    };
+    supervisor.abort();
+    let report = match outcome {
+        Some(report) => report?,
+        None => {
+            let id = job_id.lock().ok().and_then(|j| j.clone());
+            if let Some(id) = id {
+                manager.cancel(&id).await?;
+                if let Ok(view) = view.lock() {
+                    view.note(&format!("job {id} cancelled"));
+                }
+                batchgrid_core::report::JobReport::build(manager.grid().analytics.as_ref(), &id, None).await?
+            } else {
+                workers.lock().await.stop().await;
+                return Ok(ExitCode::from(130));
+            }
+        }
+    };
+    if let Ok(view) = view.lock() {
+        view.finish();
+    }
+    workers.lock().await.stop().await;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    let succeeded = report.state == JobState::Completed;
+    if succeeded && args.state_dir.is_none() && !args.keep_state {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    } else if !args.json {
+        eprintln!("state and worker logs: {}", state_dir.display());
+    }
+    Ok(if succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
