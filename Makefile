@@ -40,7 +40,10 @@ demo: build ## generate 1,000,000 claims and run the claims job on 2 local worke
 	@echo; cat $(DEMO_DIR)/results/summary.txt
 
 test: build ## run every test (unit, conformance, end to end)
-	$(CARGO) test --workspace
+	@mkdir -p build
+	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee build/test.log; status=$$?; \
+	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' build/test.log; \
+	  exit $$status
 
 lint: ## formatting and clippy, as CI checks them
 	$(CARGO) fmt --all -- --check

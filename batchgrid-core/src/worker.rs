@@ -224,7 +224,8 @@ impl Worker {
             // Later stages first, so jobs in flight finish before new ones start; the input
             // queue takes the long poll.
             turn += 1;
-            let order = if turn.is_multiple_of(2) { [Source::Chain, Source::Tasks] } else { [Source::Tasks, Source::Chain] };
+            let order =
+                if turn.is_multiple_of(2) { [Source::Chain, Source::Tasks] } else { [Source::Tasks, Source::Chain] };
             let mut received = Vec::new();
             for (i, source) in order.into_iter().enumerate() {
                 let wait = if i == 0 { Duration::ZERO } else { self.settings.poll_wait };

@@ -317,6 +317,14 @@ pub fn parse_job(text: &str, origin: &str, base_dir: &Path, overrides: &Override
     if text.len() > MAX_JOB_FILE_BYTES {
         return Err(error_at(&FieldPath::root(), format!("job file exceeds {MAX_JOB_FILE_BYTES} bytes")));
     }
+    if let Some(position) = too_deep(text) {
+        return Err(SpecError {
+            origin: origin.to_owned(),
+            position: Some(position),
+            field: "(document)".into(),
+            message: format!("nesting deeper than {MAX_FLOW_DEPTH} levels"),
+        });
+    }
     let deserializer = serde_yaml::Deserializer::from_str(text);
     let raw: RawJob = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let field = e.path().to_string();
@@ -326,10 +334,53 @@ pub fn parse_job(text: &str, origin: &str, base_dir: &Path, overrides: &Override
             origin: origin.to_owned(),
             position,
             field: if field == "." { "(document)".into() } else { field },
-            message: strip_location(&inner.to_string()),
+            message: strip_path(&strip_location(&inner.to_string())),
         }
     })?;
     Validator { error_at: &error_at, base_dir, overrides }.job(raw)
+}
+
+/// Deepest `[`/`{` nesting accepted; real job files use three or four.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// Where flow nesting first exceeds [`MAX_FLOW_DEPTH`], if it does. libyaml's time grows with
+/// the square of flow depth, so deep nesting is refused before parsing (a 1 MiB file of
+/// brackets would otherwise take minutes). Quoted text and comments are skipped; a bracket in a
+/// plain scalar may be over-counted, which only matters past the limit.
+fn too_deep(text: &str) -> Option<Position> {
+    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut previous = '\n';
+    for c in text.chars() {
+        column += 1;
+        if c == '\n' {
+            // Quoted scalars may span lines, so a quote stays open across them.
+            (line, column, comment) = (line + 1, 0, false);
+        } else if comment {
+            // Skipped to the end of the line.
+        } else if let Some(q) = quote {
+            if c == q && !(q == '"' && previous == '\\') {
+                quote = None;
+            }
+        } else {
+            match c {
+                // A quote opens a scalar only where a scalar can start (not in `don't`).
+                '\'' | '"' if previous.is_whitespace() || matches!(previous, '[' | '{' | ',' | ':') => quote = Some(c),
+                '#' if previous.is_whitespace() => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some(Position { line, column });
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        previous = c;
+    }
+    None
 }
 
 /// serde_yaml appends " at line L column C"; we print the location in front instead.
@@ -337,6 +388,14 @@ fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
         Some(at) => message[..at].to_owned(),
         None => message.to_owned(),
+    }
+}
+
+/// serde_yaml starts nested errors with its own path (`split.lines: ...`); we print ours.
+fn strip_path(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((path, rest)) if !path.is_empty() && !path.contains(' ') => rest.to_owned(),
+        _ => message.to_owned(),
     }
 }
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `make bench`: every figure next to a baseline measured in the same run, on this machine.
+#   1. 10,000 `true` tasks through `batchgrid run --workers 2` vs `seq 10000 | xargs -P 2 -n 1 true`
+#   2. no-op Rust processor tasks through the embedded queue and analytics store vs a plain
+#      batched SQLite queue, and the rate at 10,000 vs 1,000,000 queued tasks
+#   3. peak memory of the manager splitting a 2 GB input vs `cat` reading it
+# Results are printed and written to build/bench/results.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET_DIR="${TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}"
+BIN="$TARGET_DIR/release"
+OUT=build/bench
+mkdir -p "$OUT"
+RESULTS="$OUT/results.txt"
+: > "$RESULTS"
+say() { echo "$*" | tee -a "$RESULTS"; }
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
+
+say "# batchgrid benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
+
+# 1. Command tasks against xargs.
+seq 10000 > "$OUT/10k.txt"
+cat > "$OUT/true.yaml" <<JOB
+name: bench-true
+input:
+  path: 10k.txt
+split:
+  lines: 1
+stages:
+  - name: "true"
+    command: ["true"]
+output:
+  path: true-results
+JOB
+hyperfine --warmup 1 --runs "${BENCH_RUNS:-3}" --export-json "$OUT/true.json" \
+  -n xargs 'seq 10000 | xargs -P 2 -n 1 true' \
+  -n batchgrid "$BIN/batchgrid run $OUT/true.yaml --workers 2" | tee -a "$RESULTS"
+read -r xargs_s grid_s < <(python3 -c "
+import json; r = {x['command']: x['mean'] for x in json.load(open('$OUT/true.json'))['results']}
+print(r['xargs'], r['batchgrid'])")
+say "RESULT true_tasks: batchgrid ${grid_s}s vs xargs ${xargs_s}s = $(ratio "$grid_s" "$xargs_s")x (target <= 1.3x)"
+
+# 2. Queue and analytics throughput (in-process, real worker, no-op processor).
+cargo bench -q -p batchgrid-core --bench throughput 2>/dev/null | tee -a "$RESULTS"
+
+# 3. Manager memory while splitting 2 GB.
+BIG="$OUT/claims-2g.csv"
+if [ ! -s "$BIG" ]; then
+  echo "generating a 2 GB claims file..."
+  "$BIN/batchgrid-claims" generate --rows 40000000 --seed 7 --out "$BIG" 2>/dev/null
+fi
+size=$(stat -c %s "$BIG")
+cat > "$OUT/split.yaml" <<JOB
+name: bench-split
+input:
+  path: claims-2g.csv
+split:
+  lines: 50000
+  header: true
+stages:
+  - name: "noop"
+    processor: noop
+output:
+  path: split-results
+JOB
+rm -rf "$OUT/split-state"
+/usr/bin/time -f "%M %e" -o "$OUT/cat.time" cat "$BIG" > /dev/null
+/usr/bin/time -f "%M %e" -o "$OUT/split.time" "$BIN/batchgrid" split "$OUT/split.yaml" --state-dir "$OUT/split-state" > /dev/null
+read -r cat_kb cat_s < "$OUT/cat.time"
+read -r split_kb split_s < "$OUT/split.time"
+rm -rf "$OUT/split-state"
+say "RESULT split_2g: input $((size / 1048576)) MiB; manager peak RSS $((split_kb / 1024)) MiB in ${split_s}s (target < 100 MiB); cat peak RSS $((cat_kb / 1024)) MiB in ${cat_s}s"
+echo "results written to $RESULTS"

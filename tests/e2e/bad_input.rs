@@ -1,0 +1,64 @@
+//! Bad job files: one line naming file, line and field; a non-zero exit; no panic.
+
+use crate::harness::batchgrid;
+
+const GOOD: &str = "name: bad\ninput:\n  path: INPUT\nsplit:\n  lines: 10\nstages:\n  - name: work\n    command: [cat, \"{input}\"]\noutput:\n  path: out\n";
+
+fn reject(job: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "a\n").expect("input");
+    let path = dir.path().join("job.yaml");
+    std::fs::write(&path, job.replace("INPUT", &input.display().to_string())).expect("job");
+    let output =
+        batchgrid().arg("run").arg(&path).arg("--state-dir").arg(dir.path().join("state")).output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(output.stdout.is_empty(), "nothing on stdout");
+    assert!(!dir.path().join("state").exists(), "nothing was started");
+    lines[0].replace(&format!("{}", path.display()), "job.yaml")
+}
+
+#[test]
+fn good_job_is_accepted_by_validate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "a\n").expect("input");
+    let path = dir.path().join("job.yaml");
+    std::fs::write(&path, GOOD.replace("INPUT", &input.display().to_string())).expect("job");
+    let output = batchgrid().arg("validate").arg(&path).output().expect("validate");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn unknown_key() {
+    let line = reject(&GOOD.replace("  lines: 10\n", "  lines: 10\n  chunks: 3\n"));
+    assert!(line.starts_with("error: job.yaml:6:3: split.chunks: unknown field `chunks`, expected one of"), "{line}");
+}
+
+#[test]
+fn wrong_type() {
+    let line = reject(&GOOD.replace("lines: 10", "lines: ten"));
+    assert!(line.starts_with("error: job.yaml:5:10: split.lines: invalid type"), "{line}");
+}
+
+#[test]
+fn missing_input() {
+    let line = reject(&GOOD.replace("path: INPUT", "path: /no/such/claims.csv"));
+    assert!(line.starts_with("error: job.yaml:3:3: input.path: input `/no/such/claims.csv` does not exist"), "{line}");
+}
+
+#[test]
+fn zero_chunk_size() {
+    let line = reject(&GOOD.replace("lines: 10", "lines: 0"));
+    assert!(line.starts_with("error: job.yaml:5:3: split.lines: chunk size must be at least 1"), "{line}");
+}
+
+#[test]
+fn not_yaml_at_all() {
+    let line = reject("name: [unclosed\n");
+    assert!(line.starts_with("error: job.yaml:"), "{line}");
+}

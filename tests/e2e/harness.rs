@@ -1,0 +1,94 @@
+//! Helpers: temp dirs, the binaries under test, running jobs and reading their reports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The directory holding the workspace's binaries (`make test` builds them all first).
+pub fn bin_dir() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_batchgrid"));
+    exe.parent().expect("binary directory").to_path_buf()
+}
+
+/// The claims example's binary.
+pub fn claims_bin() -> PathBuf {
+    let path = bin_dir().join("batchgrid-claims");
+    assert!(
+        path.is_file(),
+        "{} is missing: build every binary first (`cargo build --workspace --bins`, which `make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// PATH with the workspace's binaries first, so job files can name `batchgrid-claims`.
+pub fn path_env() -> String {
+    let old = std::env::var("PATH").unwrap_or_default();
+    format!("{}:{old}", bin_dir().display())
+}
+
+/// A `batchgrid` command with PATH set.
+pub fn batchgrid() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_batchgrid"));
+    command.env("PATH", path_env()).env_remove("BATCHGRID_STATE_DIR");
+    command
+}
+
+/// The outcome of `batchgrid run --json`.
+pub struct RunResult {
+    /// Exit status code.
+    pub code: Option<i32>,
+    /// The parsed report (stdout).
+    pub report: Value,
+    /// Everything on stderr.
+    pub stderr: String,
+    /// The state directory, kept.
+    pub state_dir: PathBuf,
+}
+
+/// Writes `job` into `dir/job.yaml` and runs it with `--json --keep-state` and extra args.
+pub fn run_job(dir: &Path, job: &str, extra: &[&str]) -> RunResult {
+    let job_path = dir.join("job.yaml");
+    std::fs::write(&job_path, job).expect("write job");
+    let state_dir = dir.join("state");
+    let output: Output = batchgrid()
+        .arg("run")
+        .arg(&job_path)
+        .arg("--json")
+        .arg("--keep-state")
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .args(extra)
+        .output()
+        .expect("run batchgrid");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("report is not JSON ({e}); exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status.code())
+    });
+    RunResult { code: output.status.code(), report, stderr, state_dir }
+}
+
+/// Lines of input, one per task when split by one line.
+pub fn write_lines(path: &Path, count: usize) {
+    let text: String = (0..count).map(|i| format!("line-{i}\n")).collect();
+    std::fs::write(path, text).expect("write input");
+}
+
+/// Runs `diff -r` and panics with its output when the trees differ.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let output = Command::new("diff").arg("-r").arg(expected).arg(actual).output().expect("run diff");
+    assert!(
+        output.status.success(),
+        "{} and {} differ:\n{}",
+        expected.display(),
+        actual.display(),
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// Opens the analytics store of a kept state directory.
+pub async fn analytics(state_dir: &Path) -> batchgrid_core::analytics::SqliteAnalytics {
+    batchgrid_core::analytics::SqliteAnalytics::open(&state_dir.join("analytics.db")).await.expect("open analytics")
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `batchgrid` binary running whole jobs on the embedded grid, with
+//! real worker processes, and the claims example checked against its single-process reference.
+
+mod bad_input;
+mod claims;
+mod failures;
+mod harness;
