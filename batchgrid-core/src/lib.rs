@@ -25,6 +25,7 @@ pub mod manager;
 pub mod processor;
 pub mod queue;
 pub mod report;
+pub mod scratch;
 pub mod spec;
 pub mod split;
 pub mod store;

@@ -19,10 +19,10 @@ use crate::db::now_millis;
 use crate::grid::Grid;
 use crate::queue::{QueueError, TaskQueue, MAX_BATCH};
 use crate::report::JobReport;
-use crate::spec::{InputSpec, JobSpec, StageKind};
-use crate::split::{split_input, Chunk, SplitError};
+use crate::spec::{InputSpec, JobSpec, SplitSpec, StageKind};
+use crate::split::{split_input, Chunk, ChunkData, SplitError};
 use crate::store::StoreError;
-use crate::task::{chunk_task_id, input_prefix, spec_key, stage_prefix, TaskMessage, REDUCE_TASK_ID};
+use crate::task::{chunk_task_id, input_key, spec_key, stage_prefix, TaskMessage, MAX_INLINE_BYTES, REDUCE_TASK_ID};
 
 /// Batches of ten sent concurrently while enqueueing.
 const SEND_CONCURRENCY: usize = 8;
@@ -166,16 +166,30 @@ impl Manager {
         let mut failure: Option<ManagerError> = None;
         while let Some(chunk) = chunk_rx.recv().await {
             let task = chunk_task_id(chunk.index);
-            let prefix = input_prefix(job_id, &task);
-            let result = self.grid.store.put_file(&format!("{prefix}{}", chunk.file_name), &chunk.path).await;
-            if chunk.spooled {
-                let _ = std::fs::remove_file(&chunk.path);
-            }
+            let key = input_key(job_id, &task, &chunk.file_name, spec.split == SplitSpec::PerFile);
+            let mut inline = None;
+            let result = match chunk.data {
+                ChunkData::Memory(bytes) if bytes.len() <= MAX_INLINE_BYTES => match String::from_utf8(bytes) {
+                    Ok(text) => {
+                        inline = Some(text);
+                        Ok(())
+                    }
+                    Err(not_text) => self.grid.store.put(&key, Bytes::from(not_text.into_bytes())).await,
+                },
+                ChunkData::Memory(bytes) => self.grid.store.put(&key, Bytes::from(bytes)).await,
+                ChunkData::File { path, spooled } => {
+                    let stored = self.grid.store.put_file(&key, &path).await.map(|_| ());
+                    if spooled {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    stored
+                }
+            };
             if let Err(error) = result {
                 failure = Some(error.into());
                 break;
             }
-            pending.push(TaskMessage { job: job_id.to_owned(), stage: 0, task, input: prefix }.encode());
+            pending.push(TaskMessage { job: job_id.to_owned(), stage: 0, task, input: key, data: inline }.encode());
             staged += 1;
             if pending.len() >= MAX_BATCH * SEND_CONCURRENCY {
                 if let Err(error) = self.enqueue(&self.grid.tasks, std::mem::take(&mut pending)).await {
@@ -256,6 +270,7 @@ impl Manager {
                             stage: index as u32,
                             task: REDUCE_TASK_ID.to_owned(),
                             input: stage_prefix(job_id, (index - 1) as u32, &prior.name),
+                            data: None,
                         };
                         self.enqueue(&self.grid.tasks, vec![message.encode()]).await?;
                         1

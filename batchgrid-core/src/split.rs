@@ -1,6 +1,8 @@
 //! Cutting a job's input into first-stage tasks, streaming: one file per task, or chunks of N
 //! lines or about N bytes cut after a newline. Memory use does not depend on the input's size
-//! (nor on its line lengths): bytes are copied from the read buffer straight to the chunk file.
+//! (nor on its line lengths): bytes are copied from the read buffer into the chunk, which stays
+//! in memory while small (no file to create and delete per chunk) and moves to a spool file past
+//! [`SPOOL_THRESHOLD`].
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -8,22 +10,37 @@ use std::path::{Path, PathBuf};
 
 use crate::spec::SplitSpec;
 
+/// Chunks larger than this are written to a spool file instead of kept in memory.
+pub const SPOOL_THRESHOLD: usize = 4 * 1024 * 1024;
+
 /// Longest header line accepted when `header` is set.
 const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Where a chunk's bytes are.
+#[derive(Debug)]
+pub enum ChunkData {
+    /// Small chunks: in memory.
+    Memory(Vec<u8>),
+    /// A file: a spool file the consumer removes once staged, or (not spooled) the user's own.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Whether it is a spool file to remove.
+        spooled: bool,
+    },
+}
 
 /// One piece of input, ready to be staged.
 #[derive(Debug)]
 pub struct Chunk {
     /// Position in the input, from 0.
     pub index: u64,
-    /// The file holding the chunk.
-    pub path: PathBuf,
+    /// The chunk's bytes.
+    pub data: ChunkData,
     /// Name the staged object gets.
     pub file_name: String,
     /// Size in bytes.
     pub bytes: u64,
-    /// Whether `path` is a spool file to remove once staged (not the user's own file).
-    pub spooled: bool,
 }
 
 /// Splitting errors.
@@ -90,7 +107,7 @@ fn per_file(input: &Path, sink: &mut impl FnMut(Chunk) -> Result<(), SplitError>
     for (index, path) in files.into_iter().enumerate() {
         let bytes = std::fs::metadata(&path).map_err(io_error(format!("reading {}", path.display())))?.len();
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("input").to_owned();
-        sink(Chunk { index: index as u64, path, file_name, bytes, spooled: false })?;
+        sink(Chunk { index: index as u64, data: ChunkData::File { path, spooled: false }, file_name, bytes })?;
     }
     Ok(count)
 }
@@ -101,14 +118,38 @@ enum Limit {
     Bytes(u64),
 }
 
+enum ChunkSink {
+    Memory(Vec<u8>),
+    File(BufWriter<File>, PathBuf),
+}
+
 struct OpenChunk {
-    writer: BufWriter<File>,
-    path: PathBuf,
+    sink: ChunkSink,
     file_name: String,
     lines: u64,
     bytes: u64,
     /// Bytes written after the last newline (a line still being copied).
     partial: bool,
+}
+
+impl OpenChunk {
+    fn write(&mut self, data: &[u8], spool: &Path) -> Result<(), SplitError> {
+        if let ChunkSink::Memory(buffer) = &mut self.sink {
+            if buffer.len() + data.len() <= SPOOL_THRESHOLD {
+                buffer.extend_from_slice(data);
+                return Ok(());
+            }
+            let path = spool.join(&self.file_name);
+            let file = File::create(&path).map_err(io_error(format!("creating {}", path.display())))?;
+            let mut writer = BufWriter::with_capacity(1 << 20, file);
+            writer.write_all(buffer).map_err(io_error(format!("writing {}", path.display())))?;
+            self.sink = ChunkSink::File(writer, path);
+        }
+        if let ChunkSink::File(writer, path) = &mut self.sink {
+            writer.write_all(data).map_err(io_error(format!("writing {}", path.display())))?;
+        }
+        Ok(())
+    }
 }
 
 fn chunked(
@@ -133,20 +174,19 @@ fn chunked(
         }
         let chunk = match current.as_mut() {
             Some(chunk) => chunk,
-            None => {
-                let file_name = format!("part-{index:06}{extension}");
-                let path = spool.join(&file_name);
-                let file = File::create(&path).map_err(io_error(format!("creating {}", path.display())))?;
-                let mut writer = BufWriter::with_capacity(1 << 20, file);
-                writer.write_all(&header_line).map_err(io_error(format!("writing {}", path.display())))?;
-                current.insert(OpenChunk { writer, path, file_name, lines: 0, bytes: 0, partial: false })
-            }
+            None => current.insert(OpenChunk {
+                sink: ChunkSink::Memory(header_line.clone()),
+                file_name: format!("part-{index:06}{extension}"),
+                lines: 0,
+                bytes: 0,
+                partial: false,
+            }),
         };
         let (take, line_ended) = match memchr::memchr(b'\n', buffer) {
             Some(at) => (at + 1, true),
             None => (buffer.len(), false),
         };
-        chunk.writer.write_all(&buffer[..take]).map_err(io_error(format!("writing {}", chunk.path.display())))?;
+        chunk.write(&buffer[..take], spool)?;
         chunk.bytes += take as u64;
         chunk.partial = !line_ended;
         reader.consume(take);
@@ -191,13 +231,21 @@ fn finish(
     index: u64,
     sink: &mut impl FnMut(Chunk) -> Result<(), SplitError>,
 ) -> Result<(), SplitError> {
-    let OpenChunk { writer, path, file_name, .. } = chunk;
-    let file = writer
-        .into_inner()
-        .map_err(|e| SplitError::Io { context: format!("writing {}", path.display()), source: e.into_error() })?;
-    let bytes = file.metadata().map_err(io_error(format!("writing {}", path.display())))?.len();
-    drop(file);
-    sink(Chunk { index, path, file_name, bytes, spooled: true })
+    let OpenChunk { sink: chunk_sink, file_name, .. } = chunk;
+    let (data, bytes) = match chunk_sink {
+        ChunkSink::Memory(buffer) => {
+            let bytes = buffer.len() as u64;
+            (ChunkData::Memory(buffer), bytes)
+        }
+        ChunkSink::File(writer, path) => {
+            let context = format!("writing {}", path.display());
+            let file =
+                writer.into_inner().map_err(|e| SplitError::Io { context: context.clone(), source: e.into_error() })?;
+            let bytes = file.metadata().map_err(io_error(context))?.len();
+            (ChunkData::File { path, spooled: true }, bytes)
+        }
+    };
+    sink(Chunk { index, data, file_name, bytes })
 }
 
 #[cfg(test)]
@@ -215,7 +263,10 @@ mod tests {
         let mut chunks = Vec::new();
         let count = split_input(&input, split, &spool, |chunk| {
             assert_eq!(chunk.index, chunks.len() as u64);
-            chunks.push(std::fs::read_to_string(&chunk.path).expect("read chunk"));
+            chunks.push(match chunk.data {
+                ChunkData::Memory(bytes) => String::from_utf8(bytes).expect("utf-8"),
+                ChunkData::File { path, .. } => std::fs::read_to_string(path).expect("read chunk"),
+            });
             Ok(())
         })
         .expect("split");
@@ -264,7 +315,7 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "one").expect("write");
         let mut names = Vec::new();
         split_input(dir.path(), SplitSpec::PerFile, dir.path(), |c| {
-            names.push((c.file_name, c.spooled));
+            names.push((c.file_name, matches!(c.data, ChunkData::File { spooled: true, .. })));
             Ok(())
         })
         .expect("split");

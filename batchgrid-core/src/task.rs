@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Largest chunk carried inside its task message instead of as an object: a small task costs
+/// no object write and read (two S3 requests on AWS, two file creations locally).
+pub const MAX_INLINE_BYTES: usize = 8 * 1024;
+
 /// Task id of a reduce stage's single task.
 pub const REDUCE_TASK_ID: &str = "all";
 
@@ -15,8 +19,12 @@ pub struct TaskMessage {
     pub stage: u32,
     /// Task id within the stage.
     pub task: String,
-    /// Every object under this prefix is the task's input.
+    /// The task's input: one object key, or a prefix ending in `/` (every object under it).
+    /// With `data`, the key only names the input; no object is stored.
     pub input: String,
+    /// A small input carried in the message itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 /// Malformed queue payloads.
@@ -38,6 +46,12 @@ impl TaskMessage {
         if !safe(&message.job) || !safe(&message.task) {
             return Err(PayloadError("job and task ids must be non-empty and contain no `/`".into()));
         }
+        if message.data.as_ref().is_some_and(|d| d.len() > MAX_INLINE_BYTES) {
+            return Err(PayloadError(format!("inline data exceeds {MAX_INLINE_BYTES} bytes")));
+        }
+        if message.data.is_some() && message.input.ends_with('/') {
+            return Err(PayloadError("inline data needs a single input key, not a prefix".into()));
+        }
         if !message.input.starts_with(&format!("jobs/{}/", message.job)) {
             return Err(PayloadError(format!("input `{}` is outside job `{}`", message.input, message.job)));
         }
@@ -50,9 +64,14 @@ pub fn spec_key(job: &str) -> String {
     format!("jobs/{job}/spec.json")
 }
 
-/// Prefix of a first-stage task's staged input.
-pub fn input_prefix(job: &str, task: &str) -> String {
-    format!("jobs/{job}/input/{task}/")
+/// Key of a first-stage task's staged input. Chunks share one directory (no directory per
+/// task to create); a whole input file keeps its own name under a directory of its own.
+pub fn input_key(job: &str, task: &str, file_name: &str, per_file: bool) -> String {
+    if per_file {
+        format!("jobs/{job}/input/{task}/{file_name}")
+    } else {
+        format!("jobs/{job}/input/{file_name}")
+    }
 }
 
 /// Prefix of every result of a stage.
@@ -76,9 +95,19 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_reject_escapes() {
-        let message =
-            TaskMessage { job: "j1".into(), stage: 0, task: "000001".into(), input: input_prefix("j1", "000001") };
-        assert_eq!(TaskMessage::decode(&message.encode()).ok(), Some(message));
+        let mut message = TaskMessage {
+            job: "j1".into(),
+            stage: 0,
+            task: "000001".into(),
+            input: input_key("j1", "000001", "a.csv", true),
+            data: None,
+        };
+        assert_eq!(TaskMessage::decode(&message.encode()).ok(), Some(message.clone()));
+        assert!(!message.encode().contains("data"), "no inline field unless there is data");
+        message.data = Some("a,b\n".into());
+        assert_eq!(TaskMessage::decode(&message.encode()).ok(), Some(message.clone()));
+        message.data = Some("x".repeat(MAX_INLINE_BYTES + 1));
+        assert!(TaskMessage::decode(&message.encode()).is_err());
         assert!(TaskMessage::decode("not json").is_err());
         let escape = r#"{"job":"j1","stage":0,"task":"t","input":"jobs/j2/input/t/"}"#;
         assert!(TaskMessage::decode(escape).is_err());

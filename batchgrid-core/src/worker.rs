@@ -9,7 +9,7 @@
 //! running tasks finish until the drain deadline, releases what is left so other workers pick it
 //! up at once, and exits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ use crate::grid::Grid;
 use crate::processor::command::CommandProcessor;
 use crate::processor::{Processor, ProcessorRegistry, TaskContext, TaskFailure, TaskOutput};
 use crate::queue::{QueueMessage, Receipt, TaskQueue, MAX_BATCH};
+use crate::scratch::ScratchSlots;
 use crate::spec::{JobSpec, StageKind, StageRun};
 use crate::task::{output_prefix, spec_key, TaskMessage};
 
@@ -49,14 +50,19 @@ pub struct WorkerSettings {
     pub drain_deadline: Duration,
     /// Where tasks get their scratch directories.
     pub scratch_dir: PathBuf,
+    /// Messages received ahead of free slots, to receive in fuller batches. Keep it small for
+    /// long tasks: a prefetched message waits here while other workers may be idle.
+    pub prefetch: usize,
 }
 
 impl WorkerSettings {
-    /// Defaults: one task per core, 30 s visibility, 1 s polls, 30 s drain.
+    /// Defaults: one task per core, prefetch as many, 30 s visibility, 1 s polls, 30 s drain.
     pub fn new(id: impl Into<String>, scratch_dir: PathBuf) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Self {
             id: id.into(),
-            concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            concurrency: cores,
+            prefetch: cores,
             visibility: Duration::from_secs(30),
             poll_wait: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(30),
@@ -102,6 +108,11 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 6..].to_lowercase())
 }
 
+/// A worker id made safe as a directory name.
+fn sanitize(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
     Tasks,
@@ -129,9 +140,13 @@ type Held = Arc<Mutex<HashMap<(Source, String), Receipt>>>;
 
 struct CachedJob {
     spec: Arc<JobSpec>,
+    /// One per stage; a missing processor is the reason a task of that stage fails.
+    processors: Arc<Vec<Result<Arc<dyn Processor>, TaskFailure>>>,
     state: JobState,
     checked: Instant,
 }
+
+type StageProcessors = Arc<Vec<Result<Arc<dyn Processor>, TaskFailure>>>;
 
 /// A worker bound to a grid.
 pub struct Worker {
@@ -140,17 +155,20 @@ pub struct Worker {
     registry: Arc<ProcessorRegistry>,
     jobs: tokio::sync::Mutex<HashMap<String, CachedJob>>,
     held: Held,
+    scratch: Arc<ScratchSlots>,
 }
 
 impl Worker {
     /// A worker for `grid` running the processors in `registry`.
     pub fn new(settings: WorkerSettings, grid: Grid, registry: ProcessorRegistry) -> Arc<Self> {
+        let scratch = ScratchSlots::new(settings.scratch_dir.join(sanitize(&settings.id)));
         Arc::new(Self {
             settings,
             grid,
             registry: Arc::new(registry),
             jobs: tokio::sync::Mutex::new(HashMap::new()),
             held: Arc::new(Mutex::new(HashMap::new())),
+            scratch,
         })
     }
 
@@ -207,59 +225,40 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         tokio::pin!(shutdown);
         let mut turn = 0u64;
+        // Received but not yet started: at most `prefetch` beyond the free permits, held (and
+        // heartbeated) like running tasks, released at once on shutdown.
+        let mut buffered: VecDeque<(Source, QueueMessage)> = VecDeque::new();
         loop {
             while running.try_join_next().is_some() {}
-            let first = tokio::select! {
+            let permit = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match permits.clone().try_acquire_owned() {
-                    Ok(permit) => batch.push(permit),
-                    Err(_) => break,
-                }
-            }
-            // Later stages first, so jobs in flight finish before new ones start; the input
-            // queue takes the long poll.
-            turn += 1;
-            let order =
-                if turn.is_multiple_of(2) { [Source::Chain, Source::Tasks] } else { [Source::Tasks, Source::Chain] };
-            let mut received = Vec::new();
-            for (i, source) in order.into_iter().enumerate() {
-                let wait = if i == 0 { Duration::ZERO } else { self.settings.poll_wait };
-                let polled = tokio::select! {
-                    biased;
-                    () = &mut shutdown => None,
-                    result = self.queue(source).receive(batch.len(), self.settings.visibility, wait) => Some(result),
-                };
-                match polled {
+            if buffered.is_empty() {
+                let want = (permits.available_permits() + 1 + self.settings.prefetch).min(MAX_BATCH);
+                turn += 1;
+                match self.receive_any(want, turn, &mut shutdown).await {
+                    Some(received) => {
+                        for (source, message) in received {
+                            self.hold(source, &message);
+                            buffered.push_back((source, message));
+                        }
+                    }
                     None => break,
-                    Some(Ok(messages)) if messages.is_empty() => continue,
-                    Some(Ok(messages)) => {
-                        received = messages.into_iter().map(|m| (source, m)).collect();
-                        break;
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, queue = self.queue(source).name(), "receive failed; retrying shortly");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
                 }
             }
-            for (source, message) in received {
-                let Some(permit) = batch.pop() else { break };
-                self.hold(source, &message);
-                let worker = self.clone();
-                let done = done_tx.clone();
-                running.spawn(async move {
-                    let completion = worker.handle(source, message).await;
-                    // The completer outlives every task; a send error means we are shutting down.
-                    let _ = done.send(completion);
-                    drop(permit);
-                });
-            }
+            let Some((source, message)) = buffered.pop_front() else { continue };
+            let worker = self.clone();
+            let done = done_tx.clone();
+            running.spawn(async move {
+                let completion = worker.handle(source, message).await;
+                // The completer outlives every task; a send error means we are shutting down.
+                let _ = done.send(completion);
+                drop(permit);
+            });
         }
+        drop(buffered); // Still held: released below with whatever the drain gives up.
 
         // Drain: let running tasks finish until the deadline, then give the rest back.
         self.record_self("draining", started_at).await;
@@ -286,11 +285,41 @@ impl Worker {
         let released = self.release_held().await;
         heartbeat_stop.notify_one();
         let _ = heartbeat.await;
+        self.scratch.remove();
         self.record_self("stopped", started_at).await;
         let mut stats = stats.lock().map(|s| *s).unwrap_or_default();
         stats.released = released;
         tracing::info!(?stats, "worker stopped");
         Ok(stats)
+    }
+
+    /// Receives up to `want` messages from either queue, alternating which goes first (the
+    /// second takes the long poll); `None` when shutdown interrupts.
+    async fn receive_any(
+        &self,
+        want: usize,
+        turn: u64,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Vec<(Source, QueueMessage)>> {
+        let order =
+            if turn.is_multiple_of(2) { [Source::Chain, Source::Tasks] } else { [Source::Tasks, Source::Chain] };
+        for (i, source) in order.into_iter().enumerate() {
+            let wait = if i == 0 { Duration::ZERO } else { self.settings.poll_wait };
+            let polled = tokio::select! {
+                biased;
+                () = shutdown.as_mut() => return None,
+                result = self.queue(source).receive(want, self.settings.visibility, wait) => result,
+            };
+            match polled {
+                Ok(messages) if messages.is_empty() => continue,
+                Ok(messages) => return Some(messages.into_iter().map(|m| (source, m)).collect()),
+                Err(error) => {
+                    tracing::warn!(%error, queue = self.queue(source).name(), "receive failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        Some(Vec::new())
     }
 
     /// Makes every message still held visible again at once.
@@ -430,17 +459,16 @@ impl Worker {
         }
     }
 
-    async fn job(&self, job_id: &str) -> Result<(Arc<JobSpec>, JobState), String> {
+    async fn job(&self, job_id: &str) -> Result<(Arc<JobSpec>, StageProcessors, JobState), String> {
         let mut jobs = self.jobs.lock().await;
         if let Some(cached) = jobs.get_mut(job_id) {
-            if cached.checked.elapsed() < JOB_STATE_TTL {
-                return Ok((cached.spec.clone(), cached.state));
+            if cached.checked.elapsed() >= JOB_STATE_TTL {
+                if let Ok(Some(record)) = self.grid.analytics.job(job_id).await {
+                    cached.state = record.state;
+                }
+                cached.checked = Instant::now();
             }
-            if let Ok(Some(record)) = self.grid.analytics.job(job_id).await {
-                cached.state = record.state;
-            }
-            cached.checked = Instant::now();
-            return Ok((cached.spec.clone(), cached.state));
+            return Ok((cached.spec.clone(), cached.processors.clone(), cached.state));
         }
         let bytes = self.grid.store.get(&spec_key(job_id)).await.map_err(|e| format!("reading job spec: {e}"))?;
         let spec: JobSpec = serde_json::from_slice(&bytes).map_err(|e| format!("job spec is corrupt: {e}"))?;
@@ -448,9 +476,25 @@ impl Worker {
             Ok(Some(record)) => record.state,
             _ => JobState::Running,
         };
+        let processors: StageProcessors = Arc::new(
+            spec.stages
+                .iter()
+                .map(|stage| match &stage.run {
+                    StageRun::Command { argv, env } => {
+                        Ok(Arc::new(CommandProcessor::new(argv.clone(), env.clone())) as Arc<dyn Processor>)
+                    }
+                    StageRun::Processor { name, .. } => self.registry.get(name).ok_or_else(|| {
+                        TaskFailure::new(format!("no processor named `{name}` is registered with this worker"))
+                    }),
+                })
+                .collect(),
+        );
         let spec = Arc::new(spec);
-        jobs.insert(job_id.to_owned(), CachedJob { spec: spec.clone(), state, checked: Instant::now() });
-        Ok((spec, state))
+        jobs.insert(
+            job_id.to_owned(),
+            CachedJob { spec: spec.clone(), processors: processors.clone(), state, checked: Instant::now() },
+        );
+        Ok((spec, processors, state))
     }
 
     /// Runs one delivered message to a completion; never panics on bad payloads.
@@ -472,7 +516,7 @@ impl Worker {
                 return completion;
             }
         };
-        let (spec, state) = match self.job(&task.job).await {
+        let (spec, processors, state) = match self.job(&task.job).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(job = %task.job, %error, "job spec unavailable; retrying later");
@@ -492,7 +536,7 @@ impl Worker {
             return completion;
         };
 
-        let scratch = match tempfile::Builder::new().prefix("task-").tempdir_in(&self.settings.scratch_dir) {
+        let scratch = match self.scratch.acquire() {
             Ok(dir) => dir,
             Err(error) => {
                 completion.action = Action::Retry(Duration::from_secs(1));
@@ -506,23 +550,18 @@ impl Worker {
             stage_name: stage.name.clone(),
             task_id: task.task.clone(),
             attempt: message.receive_count,
-            input_prefix: task.input.clone(),
+            input: task.input.clone(),
+            inline: task.data.clone().map(bytes::Bytes::from),
             output_prefix: output_prefix(&task.job, task.stage, &stage.name, &task.task),
-            first_stage: task.stage == 0,
             params: match &stage.run {
                 StageRun::Processor { params, .. } => params.clone(),
                 StageRun::Command { .. } => serde_json::Value::Null,
             },
             store: self.grid.store.clone(),
-            scratch: scratch.path().to_path_buf(),
+            scratch: scratch.to_path_buf(),
         };
-        let processor: Result<Arc<dyn Processor>, TaskFailure> = match &stage.run {
-            StageRun::Command { argv, env } => Ok(Arc::new(CommandProcessor::new(argv.clone(), env.clone()))),
-            StageRun::Processor { name, .. } => self
-                .registry
-                .get(name)
-                .ok_or_else(|| TaskFailure::new(format!("no processor named `{name}` is registered with this worker"))),
-        };
+        let processor =
+            processors.get(task.stage as usize).cloned().unwrap_or_else(|| Err(TaskFailure::new("no such stage")));
         let result: Result<TaskOutput, TaskFailure> = match processor {
             Ok(processor) => match tokio::time::timeout(stage.timeout, processor.process(&ctx)).await {
                 Ok(result) => result,
@@ -561,6 +600,7 @@ impl Worker {
                             stage: task.stage + 1,
                             task: task.task.clone(),
                             input: ctx.output_prefix.clone(),
+                            data: None,
                         }
                         .encode(),
                     );

@@ -88,7 +88,7 @@ fn rank(outcome: AttemptOutcome) -> u8 {
 impl SqliteAnalytics {
     /// Opens (creating and migrating) the database at `path`.
     pub async fn open(path: &Path) -> Result<Self, AnalyticsError> {
-        let pool = open_sqlite(path, 4).await?;
+        let pool = open_sqlite(path, 1).await?;
         MIGRATOR.run(&pool).await.map_err(|e| AnalyticsError::Backend(Box::new(e)))?;
         Ok(Self { pool })
     }
@@ -168,12 +168,15 @@ impl AnalyticsStore for SqliteAnalytics {
     }
 
     async fn stages(&self, job_id: &str) -> Result<Vec<StageProgress>, AnalyticsError> {
+        // One pass over the (job, stage, status) index for all counts.
         let rows = sqlx::query(
             "SELECT s.stage, s.name, s.kind, s.expected_tasks,
-                    (SELECT COUNT(*) FROM tasks t WHERE t.job_id = s.job_id AND t.stage = s.stage AND t.status = 'done') AS done,
-                    (SELECT COUNT(*) FROM tasks t WHERE t.job_id = s.job_id AND t.stage = s.stage AND t.status = 'failed') AS failed,
-                    (SELECT COUNT(*) FROM tasks t WHERE t.job_id = s.job_id AND t.stage = s.stage AND t.status = 'retrying') AS retrying
-             FROM stages s WHERE s.job_id = ? ORDER BY s.stage",
+                    COALESCE(c.done, 0) AS done, COALESCE(c.failed, 0) AS failed, COALESCE(c.retrying, 0) AS retrying
+             FROM stages s
+             LEFT JOIN (SELECT stage, SUM(status = 'done') AS done, SUM(status = 'failed') AS failed,
+                               SUM(status = 'retrying') AS retrying
+                        FROM tasks WHERE job_id = ?1 GROUP BY stage) c ON c.stage = s.stage
+             WHERE s.job_id = ?1 ORDER BY s.stage",
         )
         .bind(job_id)
         .fetch_all(&self.pool)

@@ -3,8 +3,10 @@
 //! (and `BATCHGRID_*` variables set), and whatever it leaves in the output directory becomes the
 //! task's results.
 //!
-//! `{input}` is the staged file for a first-stage task, and a directory holding the earlier
-//! stage's results otherwise. The command runs in its own process group, which is killed
+//! `{input}` is the staged file for a first-stage task (a chunk or an input file), and a
+//! directory holding the earlier stage's results otherwise. Inputs are read-only: where the
+//! object store keeps the object as a local file, the command reads it in place (no copy per
+//! task), so a command must not modify its input. The command runs in its own process group, which is killed
 //! whole when the task times out or the worker gives the task up.
 
 use std::collections::{BTreeMap, HashSet};
@@ -27,8 +29,19 @@ pub struct CommandProcessor {
 }
 
 impl CommandProcessor {
-    /// A processor running `argv` with extra `env`.
-    pub fn new(argv: Vec<String>, env: BTreeMap<String, String>) -> Self {
+    /// A processor running `argv` with extra `env`. A bare program name is looked up on
+    /// `PATH` once here rather than on every task.
+    pub fn new(mut argv: Vec<String>, env: BTreeMap<String, String>) -> Self {
+        if let Some(program) = argv.first_mut() {
+            if !program.contains('/') {
+                let found = std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths).map(|dir| dir.join(&*program)).find(|path| path.is_file())
+                });
+                if let Some(path) = found {
+                    *program = path.to_string_lossy().into_owned();
+                }
+            }
+        }
         Self { argv, env }
     }
 }
@@ -51,26 +64,41 @@ fn failure(context: &str, error: impl std::fmt::Display) -> TaskFailure {
 #[async_trait]
 impl Processor for CommandProcessor {
     async fn process(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskFailure> {
-        let input_dir = ctx.scratch.join("in");
         let output_dir = ctx.scratch.join("out");
-        for dir in [&input_dir, &output_dir] {
-            tokio::fs::create_dir_all(dir).await.map_err(|e| failure("creating scratch directory", e))?;
-        }
+        tokio::fs::create_dir_all(&output_dir).await.map_err(|e| failure("creating scratch directory", e))?;
 
         let mut bytes_in = 0;
-        let mut input_path = input_dir.clone();
-        let inputs = ctx.inputs().await?;
-        for object in &inputs {
-            let relative = object.key.strip_prefix(&ctx.input_prefix).unwrap_or(&object.key);
-            let local = input_dir.join(relative);
-            if let Some(parent) = local.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| failure("creating scratch directory", e))?;
+        let in_place = if ctx.single_input() && ctx.inline.is_none() { ctx.store.local_path(&ctx.input) } else { None };
+        let input_path = if let Some(data) = &ctx.inline {
+            // A fixed name, rewritten in place task after task: no inode churn per task.
+            let name = ctx.input.rsplit('/').next().unwrap_or_default();
+            let extension =
+                Path::new(name).extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
+            let local = ctx.scratch.join(format!("{}{extension}", crate::scratch::REUSED_PREFIX));
+            tokio::fs::write(&local, data).await.map_err(|e| failure("writing inline input", e))?;
+            bytes_in += data.len() as u64;
+            local
+        } else if let Some(path) = in_place {
+            bytes_in += tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+            path
+        } else if ctx.single_input() {
+            let name = ctx.input.rsplit('/').next().unwrap_or("input");
+            let local = ctx.scratch.join(name);
+            bytes_in += ctx.store.get_to_file(&ctx.input, &local).await?;
+            local
+        } else {
+            let input_dir = ctx.scratch.join("in");
+            for key in ctx.input_keys().await? {
+                let relative = key.strip_prefix(&ctx.input).unwrap_or(&key);
+                let local = input_dir.join(relative);
+                if let Some(parent) = local.parent() {
+                    tokio::fs::create_dir_all(parent).await.map_err(|e| failure("creating scratch directory", e))?;
+                }
+                bytes_in += ctx.store.get_to_file(&key, &local).await?;
             }
-            bytes_in += ctx.store.get_to_file(&object.key, &local).await?;
-            if ctx.first_stage && inputs.len() == 1 {
-                input_path = local;
-            }
-        }
+            tokio::fs::create_dir_all(&input_dir).await.map_err(|e| failure("creating scratch directory", e))?;
+            input_dir
+        };
 
         let substitute = |arg: &str| {
             arg.replace("{input}", &input_path.to_string_lossy()).replace("{output}", &output_dir.to_string_lossy())

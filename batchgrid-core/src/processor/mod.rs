@@ -26,24 +26,40 @@ pub struct TaskContext {
     pub task_id: String,
     /// Delivery number, from 1.
     pub attempt: u32,
-    /// The task's input is every object under this prefix.
-    pub input_prefix: String,
+    /// The task's input: one object key, or a prefix ending in `/` (every object under it).
+    pub input: String,
+    /// A small input that came inside the task message; `input` then only names it.
+    pub inline: Option<Bytes>,
     /// The task's results go under this prefix (deterministic per job, stage and task).
     pub output_prefix: String,
-    /// Whether the input is a first-stage chunk (one file) rather than earlier results.
-    pub first_stage: bool,
     /// The stage's `params`.
     pub params: serde_json::Value,
     /// The grid's object store.
     pub store: Arc<dyn ObjectStore>,
-    /// A directory for scratch files, removed by the caller.
+    /// An empty directory for scratch files, emptied by the caller after the task.
     pub scratch: PathBuf,
 }
 
 impl TaskContext {
-    /// The task's input objects.
-    pub async fn inputs(&self) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.store.list(&self.input_prefix).await
+    /// Whether the input is a single object rather than a prefix.
+    pub fn single_input(&self) -> bool {
+        !self.input.ends_with('/')
+    }
+
+    /// The whole input of a single-input task: the inline data, or the object.
+    pub async fn read_single_input(&self) -> Result<Bytes, StoreError> {
+        match &self.inline {
+            Some(data) => Ok(data.clone()),
+            None => self.store.get(&self.input).await,
+        }
+    }
+
+    /// Keys of the task's input objects, in key order (inline input has none in the store).
+    pub async fn input_keys(&self) -> Result<Vec<String>, StoreError> {
+        if self.single_input() {
+            return Ok(vec![self.input.clone()]);
+        }
+        Ok(self.store.list(&self.input).await?.into_iter().map(|o: ObjectMeta| o.key).collect())
     }
 
     /// Writes one result object, `name` relative to the task's output prefix.
@@ -148,8 +164,12 @@ pub struct Concat;
 impl Processor for Concat {
     async fn process(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskFailure> {
         let mut joined = Vec::new();
-        for object in ctx.inputs().await? {
-            joined.extend_from_slice(&ctx.store.get(&object.key).await?);
+        if ctx.single_input() {
+            joined.extend_from_slice(&ctx.read_single_input().await?);
+        } else {
+            for key in ctx.input_keys().await? {
+                joined.extend_from_slice(&ctx.store.get(&key).await?);
+            }
         }
         let bytes_in = joined.len() as u64;
         let bytes_out = ctx.write_output("concat", Bytes::from(joined)).await?;

@@ -36,7 +36,7 @@ pub struct SqliteQueue {
 
 /// Opens the queue database and migrates it; share the pool between the queues of one grid.
 pub async fn open_queue_database(path: &std::path::Path) -> Result<SqlitePool, QueueError> {
-    let pool = open_sqlite(path, 4).await.map_err(|e| backend("(database)", e))?;
+    let pool = open_sqlite(path, 1).await.map_err(|e| backend("(database)", e))?;
     MIGRATOR.run(&pool).await.map_err(|e| backend("(database)", e))?;
     Ok(pool)
 }
@@ -210,8 +210,13 @@ impl TaskQueue for SqliteQueue {
         if parsed.is_empty() {
             return Ok(failures);
         }
-        let mut query = QueryBuilder::new("DELETE FROM messages WHERE queue = ");
-        query.push_bind(&self.name).push(" AND (id, receive_count) IN (VALUES ");
+        // `id IN (...)` first, so SQLite seeks the primary key instead of scanning the queue.
+        let mut query = QueryBuilder::new("DELETE FROM messages WHERE id IN (");
+        let mut ids = query.separated(", ");
+        for (_, (id, _)) in &parsed {
+            ids.push_bind(*id);
+        }
+        query.push(") AND queue = ").push_bind(&self.name).push(" AND (id, receive_count) IN (VALUES ");
         let mut values = query.separated(", ");
         for (_, (id, count)) in &parsed {
             values

@@ -170,6 +170,10 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path_of(key).ok().filter(|path| path.is_file())
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
         let paths = keys.iter().map(|k| self.path_of(k).map(|p| (k.clone(), p))).collect::<Result<Vec<_>, _>>()?;
         blocking(move || {

@@ -71,6 +71,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
     /// Removes objects; missing keys are not an error.
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError>;
+
+    /// Where the object already is a local file, its path, to be read and never written.
+    /// Stores on disk return one so that a task can read its input in place; remote stores
+    /// return `None` and the caller downloads.
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// Checks a key against the contract's rules.

@@ -1,0 +1,135 @@
+//! Scratch directories for tasks, reused: a worker keeps one directory per concurrent task and
+//! empties it after each task, instead of creating and removing a directory per task (on ext4
+//! the directory churn cost more than a short command itself).
+
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Top-level files of a slot whose names start with this are truncated, not removed, when the
+/// slot is emptied: the next task rewrites the same inode (inline inputs use it).
+pub const REUSED_PREFIX: &str = "input";
+
+/// A worker's pool of scratch directories under one root.
+#[derive(Debug)]
+pub struct ScratchSlots {
+    root: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
+    created: Mutex<usize>,
+}
+
+impl ScratchSlots {
+    /// A pool under `root` (created on first use; removed with [`ScratchSlots::remove`]).
+    pub fn new(root: PathBuf) -> Arc<Self> {
+        Arc::new(Self { root, free: Mutex::new(Vec::new()), created: Mutex::new(0) })
+    }
+
+    /// An empty directory for one task, returned to the pool (emptied) when dropped.
+    pub fn acquire(self: &Arc<Self>) -> io::Result<ScratchSlot> {
+        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
+        let path = match reused {
+            Some(path) => path,
+            None => {
+                let index = {
+                    let mut created = self.created.lock().map_err(|_| io::Error::other("scratch pool poisoned"))?;
+                    *created += 1;
+                    *created
+                };
+                let path = self.root.join(format!("slot-{index}"));
+                std::fs::create_dir_all(&path)?;
+                path
+            }
+        };
+        Ok(ScratchSlot { path: Some(path), pool: self.clone() })
+    }
+
+    /// Removes the whole pool directory.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// One task's scratch directory.
+#[derive(Debug)]
+pub struct ScratchSlot {
+    path: Option<PathBuf>,
+    pool: Arc<ScratchSlots>,
+}
+
+impl Deref for ScratchSlot {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+}
+
+/// Removes everything inside `dir`, keeping `dir` and its first-level directories (which the
+/// next task would create again) but emptying them.
+fn empty_dir(dir: &Path, top_level: bool) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if top_level {
+                empty_dir(&path, false)?;
+            } else {
+                std::fs::remove_dir_all(&path)?;
+            }
+        } else if top_level && kind.is_file() && entry.file_name().to_string_lossy().starts_with(REUSED_PREFIX) {
+            std::fs::OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+impl Drop for ScratchSlot {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else { return };
+        match empty_dir(&path, true) {
+            Ok(()) => {
+                if let Ok(mut free) = self.pool.free.lock() {
+                    free.push(path);
+                }
+            }
+            Err(error) => {
+                // An unemptiable slot is abandoned; the pool makes a new one.
+                tracing::warn!(%error, path = %path.display(), "could not empty a scratch directory");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_reused_empty() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let pool = ScratchSlots::new(root.path().join("w1"));
+        let first_path = {
+            let slot = pool.acquire().expect("slot");
+            std::fs::create_dir_all(slot.join("out/deep")).expect("mkdir");
+            std::fs::write(slot.join("out/deep/file"), "x").expect("write");
+            std::fs::write(slot.join("input.csv"), "x").expect("write");
+            std::fs::write(slot.join("other.csv"), "x").expect("write");
+            slot.to_path_buf()
+        };
+        let slot = pool.acquire().expect("slot again");
+        assert_eq!(&*slot, first_path.as_path(), "reused");
+        assert!(slot.join("out").is_dir(), "first-level directories are kept");
+        assert_eq!(std::fs::read_dir(slot.join("out")).expect("read").count(), 0, "and emptied");
+        assert!(!slot.join("other.csv").exists());
+        assert_eq!(std::fs::read(slot.join("input.csv")).expect("kept").len(), 0, "reused files are truncated");
+        let other = pool.acquire().expect("second slot");
+        assert_ne!(&*other, &*slot, "concurrent tasks get different directories");
+        drop((slot, other));
+        pool.remove();
+        assert!(!root.path().join("w1").exists());
+    }
+}
