@@ -75,7 +75,7 @@ impl Processor for CommandProcessor {
             let extension =
                 Path::new(name).extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
             let local = ctx.scratch.join(format!("{}{extension}", crate::scratch::REUSED_PREFIX));
-            tokio::fs::write(&local, data).await.map_err(|e| failure("writing inline input", e))?;
+            overwrite(&local, data).await.map_err(|e| failure("writing inline input", e))?;
             bytes_in += data.len() as u64;
             local
         } else if let Some(path) = in_place {
@@ -161,6 +161,15 @@ impl Processor for CommandProcessor {
         let bytes_out = upload_outputs(ctx, &output_dir).await?;
         Ok(TaskOutput { bytes_in, bytes_out })
     }
+}
+
+/// Replaces a file's contents without truncating it first, so its blocks are reused.
+async fn overwrite(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).await?;
+    file.write_all(data).await?;
+    file.set_len(data.len() as u64).await?;
+    file.flush().await
 }
 
 /// Uploads everything under `dir` to the task's output prefix, then removes results a previous
