@@ -19,6 +19,11 @@ CREATE TABLE stages (
     kind           TEXT   NOT NULL,
     -- Unknown until the stage before it has finished (or, for the first, the split).
     expected_tasks BIGINT,
+    -- Task counts by status, moved in the same transaction as the task rows they count, so
+    -- progress is read without scanning tasks.
+    done           BIGINT NOT NULL DEFAULT 0,
+    failed         BIGINT NOT NULL DEFAULT 0,
+    retrying       BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, stage)
 );
 

@@ -85,6 +85,60 @@ fn rank(outcome: AttemptOutcome) -> u8 {
     }
 }
 
+/// Position of a status in a `[done, failed, retrying]` counter triple.
+fn counter_index(status: &str) -> Option<usize> {
+    match status {
+        "done" => Some(0),
+        "failed" => Some(1),
+        "retrying" => Some(2),
+        _ => None,
+    }
+}
+
+/// How the stage counters move when `tasks` (one record per task) are upserted: a task leaves
+/// its current status and enters its new one, except that `done` is final.
+async fn status_deltas<'a>(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tasks: &[&'a AttemptRecord],
+) -> Result<HashMap<(&'a str, u32), [i64; 3]>, AnalyticsError> {
+    let mut groups: HashMap<(&str, u32), Vec<&AttemptRecord>> = HashMap::new();
+    for task in tasks {
+        groups.entry((task.job_id.as_str(), task.stage)).or_default().push(task);
+    }
+    let mut deltas = HashMap::new();
+    for ((job_id, stage), members) in groups {
+        let mut current: HashMap<String, String> = HashMap::new();
+        for chunk in members.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT task_id, status FROM tasks WHERE job_id = ");
+            query.push_bind(job_id).push(" AND stage = ").push_bind(i64::from(stage)).push(" AND task_id IN (");
+            let mut ids = query.separated(", ");
+            for task in chunk {
+                ids.push_bind(&task.task_id);
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&mut **tx).await? {
+                current.insert(row.get(0), row.get(1));
+            }
+        }
+        let mut delta = [0i64; 3];
+        for task in members {
+            let old = current.get(&task.task_id).map(String::as_str);
+            if old == Some("done") {
+                continue;
+            }
+            if let Some(i) = old.and_then(counter_index) {
+                delta[i] -= 1;
+            }
+            if let Some(i) = counter_index(task.outcome.task_status()) {
+                delta[i] += 1;
+            }
+        }
+        deltas.insert((job_id, stage), delta);
+    }
+    Ok(deltas)
+}
+
 impl SqliteAnalytics {
     /// Opens (creating and migrating) the database at `path`.
     pub async fn open(path: &Path) -> Result<Self, AnalyticsError> {
@@ -168,15 +222,8 @@ impl AnalyticsStore for SqliteAnalytics {
     }
 
     async fn stages(&self, job_id: &str) -> Result<Vec<StageProgress>, AnalyticsError> {
-        // One pass over the (job, stage, status) index for all counts.
         let rows = sqlx::query(
-            "SELECT s.stage, s.name, s.kind, s.expected_tasks,
-                    COALESCE(c.done, 0) AS done, COALESCE(c.failed, 0) AS failed, COALESCE(c.retrying, 0) AS retrying
-             FROM stages s
-             LEFT JOIN (SELECT stage, SUM(status = 'done') AS done, SUM(status = 'failed') AS failed,
-                               SUM(status = 'retrying') AS retrying
-                        FROM tasks WHERE job_id = ?1 GROUP BY stage) c ON c.stage = s.stage
-             WHERE s.job_id = ?1 ORDER BY s.stage",
+            "SELECT stage, name, kind, expected_tasks, done, failed, retrying FROM stages WHERE job_id = ? ORDER BY stage",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -225,6 +272,8 @@ impl AnalyticsStore for SqliteAnalytics {
             entry.2 = entry.2.max(attempt.ended_at);
         }
 
+        // The attempts insert comes first: it takes the write lock, so the statuses read below
+        // are current and the counter deltas computed from them are exact.
         let mut tx = self.pool.begin().await?;
         for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
             let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -248,6 +297,7 @@ impl AnalyticsStore for SqliteAnalytics {
             query.push(" ON CONFLICT (job_id, stage, task_id, attempt) DO NOTHING");
             query.build().execute(&mut *tx).await?;
         }
+        let deltas = status_deltas(&mut tx, &tasks).await?;
         for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
             let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO tasks (job_id, stage, task_id, status, attempts, worker_id, last_error, bytes_in, bytes_out,
@@ -275,6 +325,19 @@ impl AnalyticsStore for SqliteAnalytics {
                   WHERE tasks.status <> 'done'",
             );
             query.build().execute(&mut *tx).await?;
+        }
+        for ((job_id, stage), delta) in deltas {
+            if delta == [0; 3] {
+                continue;
+            }
+            sqlx::query("UPDATE stages SET done = done + ?, failed = failed + ?, retrying = retrying + ? WHERE job_id = ? AND stage = ?")
+                .bind(delta[0])
+                .bind(delta[1])
+                .bind(delta[2])
+                .bind(job_id)
+                .bind(i64::from(stage))
+                .execute(&mut *tx)
+                .await?;
         }
         for (worker, (done, failed, seen)) in per_worker {
             sqlx::query(

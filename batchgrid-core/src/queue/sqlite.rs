@@ -45,6 +45,28 @@ fn backend(queue: &str, error: impl std::error::Error + Send + Sync + 'static) -
     QueueError::Backend { queue: queue.to_owned(), source: Box::new(error) }
 }
 
+/// Appends the batch delete. `+queue` keeps SQLite from choosing the queue's visibility index
+/// (a scan of the whole backlog) over the primary key: without it each acknowledgement cost
+/// time proportional to the queue's depth.
+fn push_delete<'a>(query: &mut QueryBuilder<'a, sqlx::Sqlite>, queue: &'a str, pairs: &[(i64, i64)]) {
+    query.push("DELETE FROM messages WHERE id IN (");
+    let mut ids = query.separated(", ");
+    for (id, _) in pairs {
+        ids.push_bind(*id);
+    }
+    query.push(") AND +queue = ").push_bind(queue).push(" AND (id, receive_count) IN (VALUES ");
+    let mut values = query.separated(", ");
+    for (id, count) in pairs {
+        values
+            .push("(")
+            .push_bind_unseparated(*id)
+            .push_unseparated(", ")
+            .push_bind_unseparated(*count)
+            .push_unseparated(")");
+    }
+    query.push(")");
+}
+
 fn parse_receipt(receipt: &Receipt) -> Result<(i64, i64), QueueError> {
     let invalid = || QueueError::InvalidReceipt(receipt.0.clone());
     let (id, count) = receipt.0.split_once('.').ok_or_else(invalid)?;
@@ -210,23 +232,9 @@ impl TaskQueue for SqliteQueue {
         if parsed.is_empty() {
             return Ok(failures);
         }
-        // `id IN (...)` first, so SQLite seeks the primary key instead of scanning the queue.
-        let mut query = QueryBuilder::new("DELETE FROM messages WHERE id IN (");
-        let mut ids = query.separated(", ");
-        for (_, (id, _)) in &parsed {
-            ids.push_bind(*id);
-        }
-        query.push(") AND queue = ").push_bind(&self.name).push(" AND (id, receive_count) IN (VALUES ");
-        let mut values = query.separated(", ");
-        for (_, (id, count)) in &parsed {
-            values
-                .push("(")
-                .push_bind_unseparated(*id)
-                .push_unseparated(", ")
-                .push_bind_unseparated(*count)
-                .push_unseparated(")");
-        }
-        query.push(")");
+        let mut query = QueryBuilder::new("");
+        let pairs: Vec<(i64, i64)> = parsed.iter().map(|(_, pair)| *pair).collect();
+        push_delete(&mut query, &self.name, &pairs);
         let deleted = query.build().execute(&self.pool).await.map_err(|e| self.err(e))?;
         if deleted.rows_affected() as usize == parsed.len() {
             return Ok(failures);
@@ -314,5 +322,44 @@ impl TaskQueue for SqliteQueue {
         .map_err(|e| self.err(e))?;
         let count = |i: usize| u64::try_from(row.get::<i64, _>(i)).unwrap_or(0);
         Ok(QueueDepth { visible: count(0), in_flight: count(1), dead: count(2) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every per-message statement must seek the primary key: a plan that scans the queue makes
+    /// each operation cost time proportional to the backlog.
+    #[tokio::test]
+    async fn per_message_statements_use_the_primary_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pool = open_queue_database(&dir.path().join("q.db")).await.expect("open");
+        let plan = |rows: Vec<sqlx::sqlite::SqliteRow>| {
+            rows.iter().map(|r| r.get::<String, _>(3)).collect::<Vec<_>>().join("; ")
+        };
+
+        let mut delete = QueryBuilder::new("EXPLAIN QUERY PLAN ");
+        push_delete(&mut delete, "input", &[(1, 1), (2, 1)]);
+        let delete_plan = plan(delete.build().fetch_all(&pool).await.expect("explain delete"));
+        assert!(
+            delete_plan.contains("PRIMARY KEY") && !delete_plan.contains("messages_by_visibility"),
+            "{delete_plan}"
+        );
+
+        let receive_plan = plan(
+            sqlx::query(
+                "EXPLAIN QUERY PLAN UPDATE messages SET visible_at = 1 WHERE id IN (SELECT id FROM messages
+                 WHERE queue = 'input' AND visible_at <= 1 ORDER BY visible_at, id LIMIT 10)",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("explain receive"),
+        );
+        assert!(
+            receive_plan.contains("PRIMARY KEY") && receive_plan.contains("(queue=? AND visible_at<?)"),
+            "{receive_plan}"
+        );
+        assert!(!receive_plan.contains("TEMP B-TREE"), "receive must not sort the backlog: {receive_plan}");
     }
 }
