@@ -81,6 +81,9 @@ impl Workers {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
+            // Own process group: a Ctrl-C at the terminal reaches only `run`, which cancels the
+            // job and then stops the workers itself.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting worker {index} from {}", self.exe.display()))?;

@@ -467,7 +467,7 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
 
     fn absolute(&self, path: &Path) -> PathBuf {
         let joined = if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) };
-        std::path::absolute(&joined).unwrap_or(joined)
+        normalize(&std::path::absolute(&joined).unwrap_or(joined))
     }
 
     fn existing_path(&self, path: &Path, name: &str, field: Option<&FieldPath>) -> Result<PathBuf, SpecError> {
@@ -606,6 +606,22 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         }
         Ok(policy)
     }
+}
+
+/// Removes `.` and `..` lexically, so reports show `/data/out` rather than `/jobs/../data/out`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Job and stage names: used in object keys and ids, so kept to a safe alphabet.

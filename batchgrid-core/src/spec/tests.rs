@@ -24,7 +24,7 @@ stages:
     processor: noop
     params: {x: 1}
 output:
-  path: out
+  path: ../elsewhere/./out
 retry:
   max_attempts: 4
   backoff: 1s
@@ -40,6 +40,7 @@ fn accepts_a_full_job() {
     assert_eq!(spec.retry.max_attempts, 4);
     assert!(matches!(spec.split, SplitSpec::Lines { header: true, .. }));
     assert!(spec.output.path.is_absolute());
+    assert!(!spec.output.path.to_string_lossy().contains(".."), "{}", spec.output.path.display());
 }
 
 fn error_of(text: &str) -> String {
