@@ -2,6 +2,8 @@
 //! real worker processes, and the claims example checked against its single-process reference.
 
 mod bad_input;
+mod chaining;
 mod claims;
 mod failures;
 mod harness;
+mod shutdown;
