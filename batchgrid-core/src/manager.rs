@@ -389,6 +389,12 @@ impl Manager {
         Ok(())
     }
 
+    /// Ends a job as failed for a reason outside its tasks (its grid went away).
+    pub async fn fail(&self, job_id: &str, reason: &str) -> Result<(), ManagerError> {
+        self.grid.analytics.set_job_state(job_id, JobState::Failed, Some(reason)).await?;
+        Ok(())
+    }
+
     /// Runs a job from submission to its end, reporting progress on every tick.
     pub async fn run(
         &self,

@@ -141,6 +141,7 @@ fn default_state_dir() -> PathBuf {
 /// Runs a job on an embedded grid with worker processes and prints its report.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
+    anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
     let overrides = Overrides { input: args.input.clone(), output: args.output.clone() };
     let spec = load_job_file(&args.job, &overrides)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -175,17 +176,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let view = Arc::new(std::sync::Mutex::new(ProgressView::new(args.json)));
     let job_id: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
 
-    // Supervise workers while the job runs.
-    let supervisor = {
+    // Supervise workers while the job runs; the supervisor returns only when none is left.
+    let mut supervisor = {
         let (workers, view) = (workers.clone(), view.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                let notes = workers.lock().await.check();
+                let mut workers = workers.lock().await;
+                let notes = workers.check();
                 if let Ok(view) = view.lock() {
                     for note in notes {
                         view.note(&note);
                     }
+                }
+                if workers.children.iter().all(Option::is_none) {
+                    return;
                 }
             }
         })
@@ -202,25 +207,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    let outcome = tokio::select! {
-        report = run => Some(report),
-        () = termination() => None,
+    enum Ending<T> {
+        Finished(T),
+        Interrupted,
+        NoWorkers,
+    }
+    let ending = tokio::select! {
+        report = run => Ending::Finished(report),
+        () = termination() => Ending::Interrupted,
+        _ = &mut supervisor => Ending::NoWorkers,
     };
     supervisor.abort();
-    let report = match outcome {
-        Some(report) => report?,
-        None => {
+    let report = match ending {
+        Ending::Finished(report) => report?,
+        Ending::Interrupted | Ending::NoWorkers => {
             let id = job_id.lock().ok().and_then(|j| j.clone());
-            if let Some(id) = id {
-                manager.cancel(&id).await?;
-                if let Ok(view) = view.lock() {
-                    view.note(&format!("job {id} cancelled"));
-                }
-                batchgrid_core::report::JobReport::build(manager.grid().analytics.as_ref(), &id, None).await?
-            } else {
+            let Some(id) = id else {
                 workers.lock().await.stop().await;
                 return Ok(ExitCode::from(130));
+            };
+            if matches!(ending, Ending::Interrupted) {
+                manager.cancel(&id).await?;
+            } else {
+                let reason = format!("every worker exited; see {}", logs.display());
+                manager.fail(&id, &reason).await?;
             }
+            batchgrid_core::report::JobReport::build(manager.grid().analytics.as_ref(), &id, None).await?
         }
     };
     if let Ok(view) = view.lock() {

@@ -58,6 +58,23 @@ async fn a_task_that_always_fails_is_dead_lettered_and_reported() {
 }
 
 #[tokio::test]
+async fn a_task_whose_worker_always_dies_is_dead_lettered_and_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_lines(&dir.path().join("input.txt"), 2);
+    let command = r#"[sh, -c, 'if grep -q line-1 "$0"; then sleep 0.5; kill -9 $PPID; sleep 5; fi', "{input}"]"#;
+    let job = job(dir.path(), command, "  max_attempts: 2\n  backoff: 100ms");
+    // One task per worker, so the dying task takes no innocent one with it.
+    let result = run_job(dir.path(), &job, &["--workers", "2", "--concurrency", "1", "--visibility-timeout", "1s"]);
+    assert_eq!(result.code, Some(1), "stderr: {}", result.stderr);
+    let failures = result.report["failures"].as_array().expect("failures");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["task"], "000001");
+    let error = failures[0]["error"].as_str().expect("error");
+    assert!(error.contains("worker never finished it"), "{error}");
+    assert_eq!(result.report["tasks_done"], 1);
+}
+
+#[tokio::test]
 async fn a_task_longer_than_the_visibility_timeout_runs_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_lines(&dir.path().join("input.txt"), 2);
