@@ -110,7 +110,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 
 async fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    let overrides = batchgrid_core::spec::Overrides { input: args.input, output: None };
+    let overrides = batchgrid_core::spec::Overrides { input: args.input.as_deref().map(run::from_cwd), output: None };
     let spec = batchgrid_core::spec::load_job_file(&args.job, &overrides)?;
     let settings = batchgrid_core::grid::EmbeddedGridSettings { max_receives: spec.retry.max_attempts };
     let grid = batchgrid_core::grid::Grid::open_embedded(&args.state_dir, &settings)

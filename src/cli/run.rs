@@ -134,6 +134,12 @@ impl Workers {
     }
 }
 
+/// A path from the command line, relative to the working directory (job file paths are
+/// relative to the job file).
+pub fn from_cwd(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn default_state_dir() -> PathBuf {
     Path::new(".batchgrid").join(format!("run-{}", ulid::Ulid::new().to_string().to_lowercase()))
 }
@@ -142,7 +148,8 @@ fn default_state_dir() -> PathBuf {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
     anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
-    let overrides = Overrides { input: args.input.clone(), output: args.output.clone() };
+    let overrides =
+        Overrides { input: args.input.as_deref().map(from_cwd), output: args.output.as_deref().map(from_cwd) };
     let spec = load_job_file(&args.job, &overrides)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let logs = state_dir.join("logs");

@@ -62,3 +62,26 @@ fn not_yaml_at_all() {
     let line = reject("name: [unclosed\n");
     assert!(line.starts_with("error: job.yaml:"), "{line}");
 }
+
+#[test]
+fn command_line_paths_are_relative_to_the_working_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("jobs")).expect("mkdir");
+    std::fs::write(dir.path().join("data.txt"), "a\nb\n").expect("input");
+    let job = GOOD.replace("INPUT", "does-not-matter.txt").replace("[cat, \"{input}\"]", "[\"true\"]");
+    std::fs::write(dir.path().join("jobs/job.yaml"), job).expect("job");
+    let output = batchgrid()
+        .current_dir(dir.path())
+        .args(["run", "jobs/job.yaml", "--input", "data.txt", "--output", "results", "--state-dir", "state"])
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let missing = batchgrid()
+        .current_dir(dir.path())
+        .args(["run", "jobs/job.yaml", "--input", "nope.txt"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.starts_with("error: command line: --input: input `"), "{stderr}");
+    assert!(stderr.contains(&format!("{}", dir.path().join("nope.txt").display())), "{stderr}");
+}

@@ -278,7 +278,8 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
 
 // ---- parsing and validation ----------------------------------------------------------------
 
-/// Values given on the command line that replace the file's.
+/// Values given on the command line that replace the file's; relative paths here are taken
+/// as they are (the caller resolves them against its working directory).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// Replaces `input.path`.
@@ -478,7 +479,7 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         let message = format!("input `{}` does not exist", resolved.display());
         Err(match field {
             Some(field) => (self.error_at)(field, message),
-            None => SpecError { origin: name.to_owned(), position: None, field: name.to_owned(), message },
+            None => SpecError { origin: "command line".to_owned(), position: None, field: name.to_owned(), message },
         })
     }
 
