@@ -161,7 +161,9 @@ pub struct Worker {
 impl Worker {
     /// A worker for `grid` running the processors in `registry`.
     pub fn new(settings: WorkerSettings, grid: Grid, registry: ProcessorRegistry) -> Arc<Self> {
-        let scratch = ScratchSlots::new(settings.scratch_dir.join(sanitize(&settings.id)));
+        // Absolute: commands run inside their slot and get paths under it.
+        let scratch_root = std::path::absolute(&settings.scratch_dir).unwrap_or_else(|_| settings.scratch_dir.clone());
+        let scratch = ScratchSlots::new(scratch_root.join(sanitize(&settings.id)));
         Arc::new(Self {
             settings,
             grid,

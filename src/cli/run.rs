@@ -151,7 +151,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let overrides =
         Overrides { input: args.input.as_deref().map(from_cwd), output: args.output.as_deref().map(from_cwd) };
     let spec = load_job_file(&args.job, &overrides)?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    // Absolute: workers and the commands they run (in their scratch directories) use it too.
+    let state_dir = from_cwd(&args.state_dir.clone().unwrap_or_else(default_state_dir));
     let logs = state_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
 

@@ -54,12 +54,12 @@ pub async fn termination() {
 
 /// Runs the worker until SIGTERM.
 pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Result<ExitCode> {
+    let state_dir = super::run::from_cwd(&args.state_dir);
     let settings = EmbeddedGridSettings { max_receives: args.max_receives };
-    let grid = Grid::open_embedded(&args.state_dir, &settings)
+    let grid = Grid::open_embedded(&state_dir, &settings)
         .await
-        .with_context(|| format!("opening the grid in {}", args.state_dir.display()))?;
-    let mut worker_settings =
-        WorkerSettings::new(args.id.unwrap_or_else(default_worker_id), args.state_dir.join("scratch"));
+        .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
+    let mut worker_settings = WorkerSettings::new(args.id.unwrap_or_else(default_worker_id), state_dir.join("scratch"));
     if let Some(concurrency) = args.concurrency {
         anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
         worker_settings.concurrency = concurrency;

@@ -67,15 +67,28 @@ fn not_yaml_at_all() {
 fn command_line_paths_are_relative_to_the_working_directory() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir(dir.path().join("jobs")).expect("mkdir");
-    std::fs::write(dir.path().join("data.txt"), "a\nb\n").expect("input");
-    let job = GOOD.replace("INPUT", "does-not-matter.txt").replace("[cat, \"{input}\"]", "[\"true\"]");
+    // One chunk big enough to be stored as an object, one small enough to travel inline.
+    let lines: String = (0..3000).map(|i| format!("row {i}\n")).collect();
+    std::fs::write(dir.path().join("data.txt"), &lines).expect("input");
+    let job = GOOD
+        .replace("INPUT", "does-not-matter.txt")
+        .replace("lines: 10", "lines: 2000")
+        .replace("[cat, \"{input}\"]", "[cp, \"{input}\", \"{output}/\"]");
     std::fs::write(dir.path().join("jobs/job.yaml"), job).expect("job");
     let output = batchgrid()
         .current_dir(dir.path())
         .args(["run", "jobs/job.yaml", "--input", "data.txt", "--output", "results", "--state-dir", "state"])
         .output()
         .expect("run");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    let mut copied = String::new();
+    for task in ["000000", "000001"] {
+        let task_dir = dir.path().join("results").join(task);
+        for entry in std::fs::read_dir(&task_dir).expect("task results") {
+            copied.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
+        }
+    }
+    assert_eq!(copied, lines, "both chunks were read from relative state and output paths");
     let missing = batchgrid()
         .current_dir(dir.path())
         .args(["run", "jobs/job.yaml", "--input", "nope.txt"])

@@ -21,9 +21,11 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) a store rooted at `root`.
+    /// Opens (creating if needed) a store rooted at `root`, made absolute so that the paths it
+    /// hands out stay valid from any working directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
+        let root = std::path::absolute(&root).unwrap_or(root);
         std::fs::create_dir_all(root.join(STAGING))
             .map_err(|e| StoreError::backend(format!("creating {}", root.display()), e))?;
         Ok(Self { root })
