@@ -54,7 +54,12 @@ bench: ## measure against baselines run in the same command (see README)
 	$(CARGO) build --release --workspace --bins --benches
 	TARGET_DIR=$(TARGET_DIR) bash scripts/bench.sh
 
-render validate diff deploy teardown: ## provisioning (arrives with the provisioning issue)
+validate: build ## check environments/$(ENV).yaml over base.yaml (templates and cfn-lint: next)
+	@[ -n "$(ENV)" ] || { echo "usage: make validate ENV=name"; exit 2; }
+	$(BIN)/batchgrid environment $(ENV) > /dev/null && echo "environment $(ENV): valid"
+	@echo "(rendering templates and cfn-lint arrive with the provisioning issue)"
+
+render diff deploy teardown: ## provisioning (arrives with the provisioning issue)
 	@echo "make $@: provisioning through CloudFormation is not implemented yet"; exit 2
 
 clean: ## remove build outputs and local state

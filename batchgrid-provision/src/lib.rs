@@ -1,6 +1,11 @@
-//! Provisioning for batchgrid: per-environment configuration rendered to CloudFormation and
-//! deployed, diffed and torn down. The environment model, templates and the deployer arrive with
-//! the provisioning issue; this crate holds the seam the CLI will call.
+//! Provisioning for batchgrid: per-environment configuration, to be rendered to CloudFormation
+//! and deployed, diffed and torn down.
+//!
+//! - [`environment`]: `environments/base.yaml` deep-merged with one environment's overrides,
+//!   `${VAR}` expanded, checked strictly (file, line and key on every error) into a validated
+//!   [`environment::Environment`] before anything is rendered or sent.
+
+pub mod environment;
 
 /// Where the rendered template for an environment is written, relative to the project root.
 pub fn render_path(environment: &str) -> std::path::PathBuf {

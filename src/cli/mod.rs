@@ -31,6 +31,17 @@ enum Command {
     Split(SplitArgs),
     /// Run a worker against an embedded grid until SIGTERM.
     Worker(worker::WorkerArgs),
+    /// Check an environment (base.yaml merged with NAME.yaml) and print it as it will be used.
+    Environment(EnvironmentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EnvironmentArgs {
+    /// The environment's name: `environments/NAME.yaml` over `environments/base.yaml`.
+    name: String,
+    /// The directory holding the environment files.
+    #[arg(long, default_value = "environments")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +97,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
                 worker::run(args, registry).await
             }
             Command::Validate(args) => validate(args),
+            Command::Environment(args) => environment(args),
             Command::Split(args) => {
                 init_logging("warn");
                 split(args).await
@@ -100,6 +112,13 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn environment(args: EnvironmentArgs) -> anyhow::Result<ExitCode> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    let environment = batchgrid_provision::environment::load(&args.dir, &args.name, &lookup)?;
+    println!("{}", serde_json::to_string_pretty(&environment)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {

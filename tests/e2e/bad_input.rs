@@ -98,3 +98,27 @@ fn command_line_paths_are_relative_to_the_working_directory() {
     assert!(stderr.starts_with("error: command line: --input: input `"), "{stderr}");
     assert!(stderr.contains(&format!("{}", dir.path().join("nope.txt").display())), "{stderr}");
 }
+
+#[test]
+fn environments_are_checked_with_file_line_and_key() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let good = batchgrid()
+        .current_dir(root)
+        .env("PIPELINE_ID", "p-7")
+        .args(["environment", "ci"])
+        .output()
+        .expect("environment");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&good.stdout).expect("json");
+    assert_eq!(shown["name_suffix"], "p-7");
+
+    let unset =
+        batchgrid().current_dir(root).env_remove("PIPELINE_ID").args(["environment", "ci"]).output().expect("run");
+    assert_eq!(unset.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unset.stderr);
+    assert!(
+        stderr
+            .starts_with("error: environments/ci.yaml:2:1: name_suffix: environment variable `PIPELINE_ID` is not set"),
+        "{stderr}"
+    );
+}

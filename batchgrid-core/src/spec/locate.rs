@@ -164,11 +164,20 @@ impl MarkedEventReceiver for Locator<'_> {
 /// The position of `path` in `text`: the key's position for a mapping entry, the item's for a
 /// sequence element; when the field is absent, the position of the nearest enclosing field.
 pub fn locate(text: &str, path: &FieldPath) -> Option<Position> {
+    locate_with_depth(text, path).map(|(_, position)| position)
+}
+
+/// The position of `path` in `text` only if the field itself is there (no parent fallback).
+pub fn locate_exact(text: &str, path: &FieldPath) -> Option<Position> {
+    locate_with_depth(text, path).filter(|(depth, _)| *depth == path.0.len()).map(|(_, position)| position)
+}
+
+fn locate_with_depth(text: &str, path: &FieldPath) -> Option<(usize, Position)> {
     let mut locator = Locator { target: &path.0, stack: Vec::new(), path: Vec::new(), best: None };
     let mut parser = Parser::new_from_str(text);
     // Errors here mean the document is not YAML at all; serde_yaml has already said so.
     let _ = parser.load(&mut locator, false);
-    locator.best.map(|(_, position)| position)
+    locator.best
 }
 
 #[cfg(test)]
@@ -191,6 +200,8 @@ mod tests {
     fn absent_field_points_at_nearest_parent() {
         let path = FieldPath::root().key("stages").index(0).key("timeout");
         assert_eq!(locate(DOC, &path).map(|p| p.line), Some(5));
+        assert_eq!(locate_exact(DOC, &path), None);
+        assert_eq!(locate_exact(DOC, &FieldPath::root().key("input").key("path")).map(|p| p.line), Some(3));
         assert_eq!(path.to_string(), "stages[0].timeout");
     }
 }

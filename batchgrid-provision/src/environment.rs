@@ -1,0 +1,457 @@
+//! Environments: `base.yaml` plus one file of overrides, merged, expanded and validated.
+//!
+//! Loading goes raw, then merged, then validated: each file is parsed on its own (with
+//! `${VAR}` expanded there, so an unset variable is blamed on the file that uses it), the two
+//! trees are deep-merged (maps key by key; scalars and lists replaced), and the result is
+//! deserialized strictly. An error found on the merged tree names its field path; the file and
+//! line are found by looking the path up in the override file first, then in the base.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use batchgrid_core::spec::locate::{locate, locate_exact, FieldPath, Position};
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+
+/// An environment problem: file, line and key, on one line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}{at}: {key}: {message}", at = position_suffix(.position))]
+pub struct EnvironmentError {
+    /// The file the problem is in (or would be).
+    pub file: PathBuf,
+    /// Line and column, when known.
+    pub position: Option<Position>,
+    /// The key path, e.g. `grid.max_size`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn position_suffix(position: &Option<Position>) -> String {
+    position.map(|p| format!(":{}:{}", p.line, p.column)).unwrap_or_default()
+}
+
+/// A validated environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Project name, the first part of every resource name.
+    pub project: String,
+    /// AWS region.
+    pub region: String,
+    /// Appended to the stack name so that many grids coexist (a CI pipeline id).
+    pub name_suffix: String,
+    /// Protected environments ask before changes and refuse teardown without confirmation.
+    pub protected: bool,
+    /// Cost centre tag on every resource.
+    pub cost_centre: String,
+    /// Extra tags on every resource.
+    pub tags: BTreeMap<String, String>,
+    /// The network.
+    pub network: Network,
+    /// The buckets.
+    pub storage: Storage,
+    /// The queues.
+    pub queues: Queues,
+    /// The analytics database.
+    pub analytics: Analytics,
+    /// The worker group.
+    pub grid: GridGroup,
+    /// The manager instance.
+    pub manager: ManagerInstance,
+    /// Log retention.
+    pub logs: Logs,
+}
+
+/// Network settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// CIDR of the VPC batchgrid creates.
+    pub vpc_cidr: String,
+    /// Add a gateway endpoint for S3 (saves NAT traffic).
+    pub s3_gateway_endpoint: bool,
+}
+
+/// Bucket settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Keep object versions.
+    pub versioning: bool,
+    /// Days before interim results expire.
+    pub interim_expiry_days: u32,
+}
+
+/// Queue settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queues {
+    /// Visibility timeout of the input and output queues.
+    pub visibility_timeout_seconds: u32,
+    /// Message retention, 1 to 14 days.
+    pub retention_days: u32,
+    /// Deliveries before a message moves to the dead-letter queue.
+    pub max_receives: u32,
+}
+
+/// Analytics database settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Analytics {
+    /// RDS instance class.
+    pub instance_class: String,
+    /// Storage in GiB.
+    pub allocated_storage_gb: u32,
+    /// Standby in a second zone.
+    pub multi_az: bool,
+    /// Days of automated backups, 0 to 35.
+    pub backup_retention_days: u32,
+    /// Refuse deletion of the database.
+    pub deletion_protection: bool,
+}
+
+/// Worker Auto Scaling group settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridGroup {
+    /// Instance types, in order of preference.
+    pub instance_types: Vec<String>,
+    /// Smallest group size.
+    pub min_size: u32,
+    /// Size at creation.
+    pub desired_size: u32,
+    /// Largest group size.
+    pub max_size: u32,
+    /// Use spot capacity.
+    pub spot: bool,
+    /// Target queue backlog per in-service instance for scaling.
+    pub backlog_per_instance: u32,
+}
+
+/// Manager instance settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerInstance {
+    /// EC2 instance type.
+    pub instance_type: String,
+    /// `private` (reached through SSM port forwarding only).
+    pub access: String,
+}
+
+/// Log settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// CloudWatch Logs retention in days (one of the values CloudWatch accepts).
+    pub retention_days: u32,
+}
+
+/// Retention periods CloudWatch Logs accepts.
+const LOG_RETENTION_DAYS: [u32; 22] =
+    [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
+
+/// Nesting accepted in environment files.
+const MAX_DEPTH: usize = 16;
+
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn error(&self, path: &FieldPath, message: impl Into<String>) -> EnvironmentError {
+        EnvironmentError {
+            file: self.path.clone(),
+            position: locate(&self.text, path),
+            key: path.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Loads `dir/base.yaml` and `dir/NAME.yaml`, reading `${VAR}` through `lookup`.
+pub fn load(dir: &Path, name: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Environment, EnvironmentError> {
+    let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !valid_name || name == "base" {
+        return Err(EnvironmentError {
+            file: dir.join(format!("{name}.yaml")),
+            position: None,
+            key: "(environment)".into(),
+            message: format!("`{name}` is not an environment name (letters, digits and `-`; not `base`)"),
+        });
+    }
+    let base = read(&dir.join("base.yaml"))?;
+    let overrides = read(&dir.join(format!("{name}.yaml")))?;
+    let mut merged = parse(&base, lookup)?;
+    let top = parse(&overrides, lookup)?;
+    merge(&mut merged, top);
+
+    // Errors on the merged tree are located where the user wrote the key: the override first.
+    let blame = |path: &FieldPath, message: String| {
+        if locate_exact(&overrides.text, path).is_some() {
+            overrides.error(path, message)
+        } else if locate_exact(&base.text, path).is_some() {
+            base.error(path, message)
+        } else {
+            overrides.error(path, message)
+        }
+    };
+    let environment: Environment = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let path = to_field_path(e.path());
+        let message = strip_location(&e.into_inner().to_string());
+        blame(&path, message)
+    })?;
+    validate(&environment).map_err(|(path, message)| blame(&path, message))?;
+    Ok(environment)
+}
+
+fn read(path: &Path) -> Result<Source, EnvironmentError> {
+    let text = std::fs::read_to_string(path).map_err(|e| EnvironmentError {
+        file: path.to_path_buf(),
+        position: None,
+        key: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    Ok(Source { path: path.to_path_buf(), text })
+}
+
+fn parse(source: &Source, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Value, EnvironmentError> {
+    let value: Value = serde_yaml::from_str(&source.text).map_err(|e| EnvironmentError {
+        file: source.path.clone(),
+        position: e.location().map(|l| Position { line: l.line(), column: l.column() }),
+        key: "(document)".into(),
+        message: strip_location(&e.to_string()),
+    })?;
+    let mut value = match value {
+        Value::Null => Value::Mapping(Mapping::new()),
+        Value::Mapping(_) => value,
+        _ => return Err(source.error(&FieldPath::root(), "an environment file is a mapping of keys")),
+    };
+    expand(&mut value, &FieldPath::root(), source, lookup, 0)?;
+    Ok(value)
+}
+
+/// Replaces `${VAR}` in every string, in place; an unset variable is an error at its key.
+fn expand(
+    value: &mut Value,
+    path: &FieldPath,
+    source: &Source,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    depth: usize,
+) -> Result<(), EnvironmentError> {
+    if depth > MAX_DEPTH {
+        return Err(source.error(path, format!("nesting deeper than {MAX_DEPTH} levels")));
+    }
+    match value {
+        Value::String(text) => {
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let Some(end) = after.find('}') else {
+                    return Err(source.error(path, "unclosed `${` (write `${NAME}`)"));
+                };
+                let name = &after[..end];
+                let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(source.error(path, format!("`${{{name}}}` is not a variable name")));
+                }
+                match lookup(name) {
+                    Some(value) => out.push_str(&value),
+                    None => return Err(source.error(path, format!("environment variable `{name}` is not set"))),
+                }
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *text = out;
+        }
+        Value::Mapping(map) => {
+            for (key, child) in map.iter_mut() {
+                let key = key.as_str().map(str::to_owned).unwrap_or_else(|| format!("{key:?}"));
+                expand(child, &path.key(&key), source, lookup, depth + 1)?;
+            }
+        }
+        Value::Sequence(items) => {
+            for (index, child) in items.iter_mut().enumerate() {
+                expand(child, &path.index(index), source, lookup, depth + 1)?;
+            }
+        }
+        Value::Tagged(tagged) => expand(&mut tagged.value, path, source, lookup, depth + 1)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Deep merge: maps key by key, everything else replaced by `top`.
+fn merge(base: &mut Value, top: Value) {
+    match (base, top) {
+        (Value::Mapping(base), Value::Mapping(top)) => {
+            for (key, value) in top {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, top) => *base = top,
+    }
+}
+
+fn to_field_path(path: &serde_path_to_error::Path) -> FieldPath {
+    let mut out = FieldPath::root();
+    for segment in path.iter() {
+        out = match segment {
+            serde_path_to_error::Segment::Seq { index } => out.index(*index),
+            serde_path_to_error::Segment::Map { key } => out.key(key),
+            serde_path_to_error::Segment::Enum { variant } => out.key(variant),
+            serde_path_to_error::Segment::Unknown => out,
+        };
+    }
+    out
+}
+
+fn strip_location(message: &str) -> String {
+    let message = match message.find(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    };
+    match message.split_once(": ") {
+        Some((path, rest)) if !path.is_empty() && !path.contains(' ') => rest.to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+type Invalid = (FieldPath, String);
+
+fn validate(env: &Environment) -> Result<(), Invalid> {
+    let root = FieldPath::root();
+    let name_ok =
+        |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !name_ok(&env.project) {
+        return Err((root.key("project"), "use lowercase letters, digits and `-`".into()));
+    }
+    if !env.name_suffix.is_empty() && !name_ok(&env.name_suffix) {
+        return Err((root.key("name_suffix"), format!("`{}`: use lowercase letters, digits and `-`", env.name_suffix)));
+    }
+    if !env.region.split('-').count().eq(&3)
+        || !env.region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err((root.key("region"), format!("`{}` is not an AWS region such as eu-west-1", env.region)));
+    }
+    parse_cidr(&env.network.vpc_cidr).map_err(|m| (root.key("network").key("vpc_cidr"), m))?;
+    if !(1..=3650).contains(&env.storage.interim_expiry_days) {
+        return Err((root.key("storage").key("interim_expiry_days"), "must be between 1 and 3650".into()));
+    }
+    let queues = root.key("queues");
+    if env.queues.visibility_timeout_seconds > 43_200 {
+        return Err((queues.key("visibility_timeout_seconds"), "SQS allows at most 43200 (12 hours)".into()));
+    }
+    if !(1..=14).contains(&env.queues.retention_days) {
+        return Err((queues.key("retention_days"), "SQS keeps messages 1 to 14 days".into()));
+    }
+    if !(1..=1000).contains(&env.queues.max_receives) {
+        return Err((queues.key("max_receives"), "must be between 1 and 1000".into()));
+    }
+    let analytics = root.key("analytics");
+    if !env.analytics.instance_class.starts_with("db.") || !instance_type_ok(&env.analytics.instance_class[3..]) {
+        return Err((
+            analytics.key("instance_class"),
+            format!("`{}` is not an RDS class such as db.t4g.micro", env.analytics.instance_class),
+        ));
+    }
+    if !(20..=65_536).contains(&env.analytics.allocated_storage_gb) {
+        return Err((analytics.key("allocated_storage_gb"), "must be between 20 and 65536".into()));
+    }
+    if env.analytics.backup_retention_days > 35 {
+        return Err((analytics.key("backup_retention_days"), "RDS keeps backups 0 to 35 days".into()));
+    }
+    if env.protected && !env.analytics.deletion_protection {
+        return Err((analytics.key("deletion_protection"), "a protected environment needs deletion protection".into()));
+    }
+    let grid = root.key("grid");
+    if env.grid.instance_types.is_empty() {
+        return Err((grid.key("instance_types"), "name at least one instance type".into()));
+    }
+    for (i, kind) in env.grid.instance_types.iter().enumerate() {
+        if !instance_type_ok(kind) {
+            return Err((
+                grid.key("instance_types").index(i),
+                format!("`{kind}` is not an instance type such as m7g.large"),
+            ));
+        }
+    }
+    if env.grid.min_size > env.grid.max_size {
+        return Err((
+            grid.key("min_size"),
+            format!("min_size {} is above max_size {}", env.grid.min_size, env.grid.max_size),
+        ));
+    }
+    if !(env.grid.min_size..=env.grid.max_size).contains(&env.grid.desired_size) {
+        return Err((
+            grid.key("desired_size"),
+            format!(
+                "desired_size {} is outside min_size..max_size ({}..{})",
+                env.grid.desired_size, env.grid.min_size, env.grid.max_size
+            ),
+        ));
+    }
+    if env.grid.backlog_per_instance == 0 {
+        return Err((grid.key("backlog_per_instance"), "must be at least 1".into()));
+    }
+    if !instance_type_ok(&env.manager.instance_type) {
+        return Err((
+            root.key("manager").key("instance_type"),
+            format!("`{}` is not an instance type", env.manager.instance_type),
+        ));
+    }
+    if env.manager.access != "private" {
+        return Err((
+            root.key("manager").key("access"),
+            "only `private` (SSM port forwarding) is supported yet".into(),
+        ));
+    }
+    if !LOG_RETENTION_DAYS.contains(&env.logs.retention_days) {
+        return Err((
+            root.key("logs").key("retention_days"),
+            format!("CloudWatch accepts one of {LOG_RETENTION_DAYS:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `family.size`, e.g. `m7g.large`, `t4g.small`, `c6in.2xlarge`.
+fn instance_type_ok(kind: &str) -> bool {
+    let Some((family, size)) = kind.split_once('.') else { return false };
+    let family_ok = family.len() >= 2
+        && family.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && family.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let size_ok = !size.is_empty() && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    family_ok && size_ok
+}
+
+/// An IPv4 CIDR with a prefix of /16 to /28 (what a VPC accepts) and no host bits set.
+fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad = || format!("`{text}` is not a CIDR such as 10.40.0.0/16");
+    let (address, prefix) = text.split_once('/').ok_or_else(bad)?;
+    let address: Ipv4Addr = address.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    if !(16..=28).contains(&prefix) {
+        return Err(format!("`{text}`: a VPC's prefix must be between /16 and /28"));
+    }
+    let mask = u32::MAX << (32 - u32::from(prefix));
+    if u32::from(address) & !mask != 0 {
+        return Err(format!(
+            "`{text}` has host bits set; did you mean {}/{prefix}?",
+            Ipv4Addr::from(u32::from(address) & mask)
+        ));
+    }
+    Ok((address, prefix))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+use super::*;
+
+fn project_environments() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../environments")
+}
+
+fn with_pipeline(name: &str) -> Option<String> {
+    (name == "PIPELINE_ID").then(|| "pipeline-42".to_owned())
+}
+
+#[test]
+fn every_shipped_environment_loads() {
+    for name in ["local", "dev", "ci", "prod"] {
+        let env = load(&project_environments(), name, &with_pipeline).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(env.project, "batchgrid");
+        if name == "ci" {
+            assert_eq!(env.name_suffix, "pipeline-42", "${{PIPELINE_ID}} is expanded");
+        }
+        if name == "prod" {
+            assert!(env.protected && env.analytics.deletion_protection && env.analytics.multi_az);
+            assert_eq!(env.grid.instance_types, ["m7g.xlarge", "m6g.xlarge"], "lists are replaced, not appended");
+            assert_eq!(env.queues.max_receives, 5, "unset keys keep the base's value");
+        }
+    }
+}
+
+/// Writes base.yaml (the shipped one, optionally edited) and `test.yaml`, loads `test`.
+fn load_with(base_edit: impl Fn(String) -> String, overrides: &str) -> Result<Environment, EnvironmentError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = std::fs::read_to_string(project_environments().join("base.yaml")).expect("base");
+    std::fs::write(dir.path().join("base.yaml"), base_edit(base)).expect("write base");
+    std::fs::write(dir.path().join("test.yaml"), overrides).expect("write env");
+    load(dir.path(), "test", &with_pipeline).map_err(|mut e| {
+        e.file = PathBuf::from(e.file.file_name().expect("file name"));
+        e
+    })
+}
+
+fn error(base_edit: impl Fn(String) -> String, overrides: &str) -> String {
+    let line = load_with(base_edit, overrides).expect_err("must be rejected").to_string();
+    assert!(!line.contains('\n'), "one line: {line}");
+    line
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let line = error(|b| b, "grid:\n  max_size: 4\n  maximum: 9\n");
+    assert!(line.starts_with("test.yaml:3:3: grid.maximum: unknown field `maximum`"), "{line}");
+}
+
+#[test]
+fn wrong_type_names_file_line_and_key() {
+    let line = error(|b| b, "queues:\n  retention_days: four\n");
+    assert!(line.starts_with("test.yaml:2:3: queues.retention_days: invalid type"), "{line}");
+}
+
+#[test]
+fn min_above_max_is_blamed_on_the_file_that_set_it() {
+    let line = error(|b| b, "grid:\n  min_size: 20\n  max_size: 5\n");
+    assert!(line.starts_with("test.yaml:2:3: grid.min_size: min_size 20 is above max_size 5"), "{line}");
+    let in_base = error(|b| b.replace("desired_size: 0", "desired_size: 99"), "region: eu-west-1\n");
+    assert!(in_base.starts_with("base.yaml:"), "the base set it: {in_base}");
+    assert!(in_base.contains("grid.desired_size: desired_size 99 is outside"), "{in_base}");
+}
+
+#[test]
+fn unset_variable_names_its_key() {
+    let line = error(|b| b, "cost_centre: ${TEAM_BUDGET}\n");
+    assert_eq!(line, "test.yaml:1:1: cost_centre: environment variable `TEAM_BUDGET` is not set");
+}
+
+#[test]
+fn missing_base_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("dev.yaml"), "region: eu-west-1\n").expect("write");
+    let line = load(dir.path(), "dev", &with_pipeline).expect_err("no base").to_string();
+    assert!(line.contains("base.yaml: (file): cannot read"), "{line}");
+}
+
+#[test]
+fn impossible_values_are_rejected() {
+    let cases = [
+        ("network:\n  vpc_cidr: 10.40.0.1/16\n", "network.vpc_cidr"),
+        ("network:\n  vpc_cidr: 10.40.0.0/8\n", "network.vpc_cidr"),
+        ("queues:\n  retention_days: 15\n", "queues.retention_days"),
+        ("logs:\n  retention_days: 8\n", "logs.retention_days"),
+        ("protected: true\n", "analytics.deletion_protection"),
+        ("grid:\n  instance_types: [large]\n", "grid.instance_types[0]"),
+        ("name_suffix: Has Spaces\n", "name_suffix"),
+    ];
+    for (overrides, key) in cases {
+        let line = error(|b| b, overrides);
+        assert!(line.contains(&format!(": {key}: ")), "{overrides:?} -> {line}");
+    }
+}
+
+#[test]
+fn cidrs_parse_strictly() {
+    assert!(parse_cidr("10.0.0.0/16").is_ok());
+    assert!(parse_cidr("10.0.0.0").is_err());
+    assert!(parse_cidr("300.0.0.0/16").is_err());
+    assert!(parse_cidr("10.0.0.0/29").is_err());
+}
