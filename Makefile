@@ -12,7 +12,7 @@ DEMO_SEED  ?= 42
 WORKERS    ?= 2
 ENV        ?=
 
-.PHONY: help setup build demo test lint bench render validate diff deploy teardown clean
+.PHONY: help setup build tools demo test lint bench render validate diff deploy teardown clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,7 +39,11 @@ demo: build ## generate 1,000,000 claims and run the claims job on 2 local worke
 	@echo; echo "head of $(DEMO_DIR)/results/totals.csv:"; head -n 6 $(DEMO_DIR)/results/totals.csv; echo "..."; tail -n 1 $(DEMO_DIR)/results/totals.csv
 	@echo; cat $(DEMO_DIR)/results/summary.txt
 
-test: build ## run every test (unit, conformance, end to end)
+tools: ## install the test tools that do not come with cargo (cfn-lint, from PyPI)
+	@command -v cfn-lint >/dev/null || { echo "installing cfn-lint (pip)..."; python3 -m pip install --quiet 'cfn-lint>=1.20'; }
+	@echo "using $$(cfn-lint --version)"
+
+test: build tools ## run every test (unit, conformance, end to end, cfn-lint on every template)
 	@mkdir -p build
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee build/test.log; status=$$?; \
 	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' build/test.log; \
@@ -54,12 +58,14 @@ bench: ## measure against baselines run in the same command (see README)
 	$(CARGO) build --release --workspace --bins --benches
 	TARGET_DIR=$(TARGET_DIR) bash scripts/bench.sh
 
-validate: build ## check environments/$(ENV).yaml over base.yaml (templates and cfn-lint: next)
-	@[ -n "$(ENV)" ] || { echo "usage: make validate ENV=name"; exit 2; }
-	$(BIN)/batchgrid environment $(ENV) > /dev/null && echo "environment $(ENV): valid"
-	@echo "(rendering templates and cfn-lint arrive with the provisioning issue)"
+render: build ## render build/$(ENV)/template.yaml from environments/$(ENV).yaml
+	@[ -n "$(ENV)" ] || { echo "usage: make render ENV=name"; exit 2; }
+	$(BIN)/batchgrid render $(ENV)
 
-render diff deploy teardown: ## provisioning (arrives with the provisioning issue)
+validate: render tools ## check the environment, render it, and cfn-lint the result
+	cfn-lint build/$(ENV)/template.yaml && echo "environment $(ENV): valid; template passes cfn-lint"
+
+diff deploy teardown: ## provisioning through CloudFormation (next step of the provisioning issue)
 	@echo "make $@: provisioning through CloudFormation is not implemented yet"; exit 2
 
 clean: ## remove build outputs and local state

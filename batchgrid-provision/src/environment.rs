@@ -72,6 +72,18 @@ pub struct Network {
     pub vpc_cidr: String,
     /// Add a gateway endpoint for S3 (saves NAT traffic).
     pub s3_gateway_endpoint: bool,
+    /// Use this VPC and its private subnets instead of creating a network.
+    pub existing: Option<ExistingNetwork>,
+}
+
+/// A network the grid joins instead of creating one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExistingNetwork {
+    /// The VPC id.
+    pub vpc_id: String,
+    /// Private subnets in at least two zones, with a route to AWS APIs.
+    pub private_subnet_ids: Vec<String>,
 }
 
 /// Bucket settings.
@@ -116,6 +128,8 @@ pub struct Analytics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GridGroup {
+    /// AMI id, or a `{{resolve:ssm:...}}` reference to a public parameter.
+    pub ami: String,
     /// Instance types, in order of preference.
     pub instance_types: Vec<String>,
     /// Smallest group size.
@@ -344,6 +358,36 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
         return Err((root.key("region"), format!("`{}` is not an AWS region such as eu-west-1", env.region)));
     }
     parse_cidr(&env.network.vpc_cidr).map_err(|m| (root.key("network").key("vpc_cidr"), m))?;
+    if let Some(existing) = &env.network.existing {
+        let existing_path = root.key("network").key("existing");
+        if !aws_id_ok(&existing.vpc_id, "vpc-") {
+            return Err((
+                existing_path.key("vpc_id"),
+                format!("`{}` is not a VPC id such as vpc-0abc", existing.vpc_id),
+            ));
+        }
+        if existing.private_subnet_ids.len() < 2 {
+            return Err((existing_path.key("private_subnet_ids"), "name private subnets in at least two zones".into()));
+        }
+        for (i, id) in existing.private_subnet_ids.iter().enumerate() {
+            if !aws_id_ok(id, "subnet-") {
+                return Err((existing_path.key("private_subnet_ids").index(i), format!("`{id}` is not a subnet id")));
+            }
+        }
+    }
+    for key in env.tags.keys() {
+        if RESERVED_TAGS.contains(&key.as_str()) || key.starts_with("aws:") {
+            return Err((root.key("tags").key(key), format!("`{key}` is set by batchgrid (or AWS) on every resource")));
+        }
+    }
+    let ami = &env.grid.ami;
+    let resolves = ami.starts_with("{{resolve:ssm:") && ami.ends_with("}}");
+    if !resolves && !aws_id_ok(ami, "ami-") {
+        return Err((
+            root.key("grid").key("ami"),
+            format!("`{ami}` is not an AMI id or a {{{{resolve:ssm:...}}}} reference"),
+        ));
+    }
     if !(1..=3650).contains(&env.storage.interim_expiry_days) {
         return Err((root.key("storage").key("interim_expiry_days"), "must be between 1 and 3650".into()));
     }
@@ -424,6 +468,14 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Tag keys batchgrid sets itself.
+pub const RESERVED_TAGS: [&str; 3] = ["Project", "Environment", "CostCentre"];
+
+/// `vpc-0abc...`-style ids: the prefix then hex digits.
+fn aws_id_ok(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 /// `family.size`, e.g. `m7g.large`, `t4g.small`, `c6in.2xlarge`.
 fn instance_type_ok(kind: &str) -> bool {
     let Some((family, size)) = kind.split_once('.') else { return false };
@@ -440,8 +492,9 @@ fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
     let (address, prefix) = text.split_once('/').ok_or_else(bad)?;
     let address: Ipv4Addr = address.parse().map_err(|_| bad())?;
     let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-    if !(16..=28).contains(&prefix) {
-        return Err(format!("`{text}`: a VPC's prefix must be between /16 and /28"));
+    if !(16..=26).contains(&prefix) {
+        // Four subnets are cut from it, and AWS's smallest subnet is a /28.
+        return Err(format!("`{text}`: the prefix must be between /16 and /26"));
     }
     let mask = u32::MAX << (32 - u32::from(prefix));
     if u32::from(address) & !mask != 0 {

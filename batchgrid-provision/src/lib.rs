@@ -6,6 +6,7 @@
 //!   [`environment::Environment`] before anything is rendered or sent.
 
 pub mod environment;
+pub mod render;
 
 /// Where the rendered template for an environment is written, relative to the project root.
 pub fn render_path(environment: &str) -> std::path::PathBuf {

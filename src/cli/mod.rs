@@ -33,6 +33,20 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Check an environment (base.yaml merged with NAME.yaml) and print it as it will be used.
     Environment(EnvironmentArgs),
+    /// Render an environment's CloudFormation template to build/NAME/template.yaml.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RenderArgs {
+    #[command(flatten)]
+    environment: EnvironmentArgs,
+    /// The directory holding the templates.
+    #[arg(long, default_value = "templates")]
+    templates: PathBuf,
+    /// Where build/NAME/template.yaml goes.
+    #[arg(long, default_value = "build")]
+    out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +112,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             }
             Command::Validate(args) => validate(args),
             Command::Environment(args) => environment(args),
+            Command::Render(args) => render(args),
             Command::Split(args) => {
                 init_logging("warn");
                 split(args).await
@@ -112,6 +127,21 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let name = &args.environment.name;
+    let environment = batchgrid_provision::environment::load(&args.environment.dir, name, &lookup)?;
+    let engine = batchgrid_provision::render::engine(&args.templates)?;
+    let template = batchgrid_provision::render::render(&engine, name, &environment)?;
+    let dir = args.out.join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("template.yaml");
+    std::fs::write(&path, template).with_context(|| format!("writing {}", path.display()))?;
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn environment(args: EnvironmentArgs) -> anyhow::Result<ExitCode> {

@@ -87,6 +87,12 @@ fn impossible_values_are_rejected() {
         ("protected: true\n", "analytics.deletion_protection"),
         ("grid:\n  instance_types: [large]\n", "grid.instance_types[0]"),
         ("name_suffix: Has Spaces\n", "name_suffix"),
+        ("tags:\n  Project: other\n", "tags.Project"),
+        ("grid:\n  ami: ubuntu\n", "grid.ami"),
+        (
+            "network:\n  existing: {vpc_id: vpc-12, private_subnet_ids: [subnet-1]}\n",
+            "network.existing.private_subnet_ids",
+        ),
     ];
     for (overrides, key) in cases {
         let line = error(|b| b, overrides);
@@ -99,5 +105,5 @@ fn cidrs_parse_strictly() {
     assert!(parse_cidr("10.0.0.0/16").is_ok());
     assert!(parse_cidr("10.0.0.0").is_err());
     assert!(parse_cidr("300.0.0.0/16").is_err());
-    assert!(parse_cidr("10.0.0.0/29").is_err());
+    assert!(parse_cidr("10.0.0.0/27").is_err());
 }

@@ -1,0 +1,211 @@
+//! Rendering an environment to a CloudFormation template: a pure function of the validated
+//! environment (the same input gives the same bytes), through handlebars partials in
+//! `templates/`, one per concern.
+//!
+//! The engine runs with HTML escaping off and strict mode on (a missing value is an error, not
+//! an empty string), and every value from the environment is written by the `yaml` helper as a
+//! JSON scalar, which YAML reads as a quoted string or a number: a value holding a colon, a
+//! quote, a newline or `{{` stays one value.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use handlebars::Handlebars;
+use serde::Serialize;
+
+use crate::environment::{Environment, RESERVED_TAGS};
+
+/// The partials, in the order `main` includes them.
+const PARTIALS: [&str; 11] = [
+    "tags",
+    "tags_deep",
+    "network",
+    "storage",
+    "queues",
+    "analytics",
+    "grid_data_access",
+    "grid",
+    "manager",
+    "outputs",
+    "main",
+];
+
+/// Rendering errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A template file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A template is malformed.
+    #[error("template {name}: {message}")]
+    Template {
+        /// Which template.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Serialize)]
+struct Tag {
+    key: String,
+    value: String,
+}
+
+#[derive(Serialize)]
+struct Subnet {
+    id: &'static str,
+    cidr: String,
+    zone: u8,
+    route_table: &'static str,
+}
+
+#[derive(Serialize)]
+struct Named {
+    id: &'static str,
+}
+
+#[derive(Serialize)]
+struct Context<'a> {
+    description: String,
+    renderer: String,
+    name: &'a str,
+    env: &'a Environment,
+    stack_name: String,
+    group_name: String,
+    log_group_name: String,
+    tags: Vec<Tag>,
+    create_network: bool,
+    subnets: Vec<Subnet>,
+    vpc_ref: String,
+    vpc_cidr: &'a str,
+    private_subnet_refs: Vec<String>,
+    first_private_subnet_ref: String,
+    buckets: [Named; 2],
+    queues: [Named; 2],
+    retain_policy: &'static str,
+    versioning_status: &'static str,
+    queue_retention_seconds: u32,
+    database_deletion_policy: &'static str,
+    on_demand_percent: u32,
+}
+
+/// The CloudFormation stack name of an environment.
+pub fn stack_name(name: &str, env: &Environment) -> String {
+    let mut stack = format!("{}-{name}", env.project);
+    if !env.name_suffix.is_empty() {
+        stack.push('-');
+        stack.push_str(&env.name_suffix);
+    }
+    stack
+}
+
+/// Four equal subnets of a validated VPC CIDR (prefix 16 to 26): two public, two private.
+fn quarter(cidr: &str) -> [String; 4] {
+    let (address, prefix) = cidr.split_once('/').unwrap_or((cidr, "16"));
+    let base = u32::from(address.parse::<Ipv4Addr>().unwrap_or(Ipv4Addr::new(10, 0, 0, 0)));
+    let prefix: u32 = prefix.parse().unwrap_or(16);
+    let size = 1u32 << (32 - (prefix + 2));
+    [0, 1, 2, 3].map(|i| format!("{}/{}", Ipv4Addr::from(base + i * size), prefix + 2))
+}
+
+fn json(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
+    let stack = stack_name(name, env);
+    let mut tags = vec![
+        Tag { key: RESERVED_TAGS[0].into(), value: env.project.clone() },
+        Tag { key: RESERVED_TAGS[1].into(), value: name.into() },
+        Tag { key: RESERVED_TAGS[2].into(), value: env.cost_centre.clone() },
+    ];
+    tags.extend(env.tags.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }));
+    let [public1, public2, private1, private2] = quarter(&env.network.vpc_cidr);
+    let (create_network, vpc_ref, private_subnet_refs) = match &env.network.existing {
+        Some(existing) => {
+            (false, json(&existing.vpc_id), existing.private_subnet_ids.iter().map(|s| json(s)).collect())
+        }
+        None => (true, "!Ref Vpc".to_owned(), vec!["!Ref PrivateSubnet1".to_owned(), "!Ref PrivateSubnet2".to_owned()]),
+    };
+    let first_private_subnet_ref = private_subnet_refs.first().cloned().unwrap_or_default();
+    let subnet = |id, cidr, zone, route_table| Subnet { id, cidr, zone, route_table };
+    Context {
+        description: format!("batchgrid: the {name} grid ({stack})"),
+        renderer: format!("batchgrid-provision {}", env!("CARGO_PKG_VERSION")),
+        name,
+        env,
+        group_name: format!("{stack}-workers"),
+        log_group_name: format!("/batchgrid/{stack}"),
+        stack_name: stack,
+        tags,
+        create_network,
+        subnets: vec![
+            subnet("PublicSubnet1", public1, 0, "PublicRouteTable"),
+            subnet("PublicSubnet2", public2, 1, "PublicRouteTable"),
+            subnet("PrivateSubnet1", private1, 0, "PrivateRouteTable"),
+            subnet("PrivateSubnet2", private2, 1, "PrivateRouteTable"),
+        ],
+        vpc_ref,
+        vpc_cidr: &env.network.vpc_cidr,
+        private_subnet_refs,
+        first_private_subnet_ref,
+        buckets: [Named { id: "RawBucket" }, Named { id: "ResultsBucket" }],
+        queues: [Named { id: "InputQueue" }, Named { id: "OutputQueue" }],
+        // Protected environments keep their data when the stack goes: buckets stay and the
+        // database leaves a final snapshot.
+        retain_policy: if env.protected { "Retain" } else { "Delete" },
+        versioning_status: if env.storage.versioning { "Enabled" } else { "Suspended" },
+        queue_retention_seconds: env.queues.retention_days * 86_400,
+        database_deletion_policy: if env.protected { "Snapshot" } else { "Delete" },
+        on_demand_percent: if env.grid.spot { 0 } else { 100 },
+    }
+}
+
+/// Template helpers: `yaml` writes any value as a JSON (so quoted YAML) scalar, `concat` joins
+/// two strings, `str` turns a number into a string (CloudFormation wants some numbers as text).
+mod helpers {
+    #![allow(missing_docs)]
+    use handlebars::handlebars_helper;
+
+    handlebars_helper!(yaml_scalar: |value: Json| serde_json::to_string(value).unwrap_or_default());
+    handlebars_helper!(concat: |a: str, b: str| format!("{a}{b}"));
+    handlebars_helper!(to_str: |value: Json| match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+}
+
+/// The template engine with the project's templates loaded from `dir`.
+pub fn engine(dir: &Path) -> Result<Handlebars<'static>, RenderError> {
+    let mut engine = Handlebars::new();
+    engine.register_escape_fn(handlebars::no_escape);
+    engine.set_strict_mode(true);
+    engine.register_helper("yaml", Box::new(helpers::yaml_scalar));
+    engine.register_helper("concat", Box::new(helpers::concat));
+    engine.register_helper("str", Box::new(helpers::to_str));
+    for name in PARTIALS {
+        let path = dir.join(format!("{name}.yaml.hbs"));
+        let text = std::fs::read_to_string(&path).map_err(|source| RenderError::Read { path: path.clone(), source })?;
+        engine
+            .register_template_string(name, text)
+            .map_err(|e| RenderError::Template { name: name.to_owned(), message: e.to_string() })?;
+    }
+    Ok(engine)
+}
+
+/// Renders the template of environment `name`.
+pub fn render(engine: &Handlebars<'_>, name: &str, env: &Environment) -> Result<String, RenderError> {
+    engine
+        .render("main", &context(name, env))
+        .map_err(|e| RenderError::Template { name: "main".to_owned(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests;

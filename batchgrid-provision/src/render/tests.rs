@@ -1,0 +1,103 @@
+use super::*;
+use crate::environment::load;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn lookup(name: &str) -> Option<String> {
+    (name == "PIPELINE_ID").then(|| "golden".to_owned())
+}
+
+fn rendered(name: &str) -> String {
+    let env = load(&root().join("environments"), name, &lookup).expect("environment");
+    render(&engine(&root().join("templates")).expect("engine"), name, &env).expect("render")
+}
+
+#[test]
+fn subnets_quarter_the_vpc() {
+    assert_eq!(quarter("10.40.0.0/16"), ["10.40.0.0/18", "10.40.64.0/18", "10.40.128.0/18", "10.40.192.0/18"]);
+    assert_eq!(quarter("192.168.1.0/26"), ["192.168.1.0/28", "192.168.1.16/28", "192.168.1.32/28", "192.168.1.48/28"]);
+}
+
+#[test]
+fn rendering_is_pure() {
+    assert_eq!(rendered("prod"), rendered("prod"));
+}
+
+/// Every environment renders to its checked-in template; `UPDATE_GOLDEN=1` rewrites them.
+#[test]
+fn every_environment_matches_its_golden_template() {
+    let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for name in ["local", "dev", "ci", "prod"] {
+        let text = rendered(name);
+        let path = golden_dir.join(format!("{name}.yaml"));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(&golden_dir).expect("mkdir");
+            std::fs::write(&path, &text).expect("write golden");
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert!(text == expected, "{name} differs from {}; review and rerun with UPDATE_GOLDEN=1", path.display());
+    }
+}
+
+#[test]
+fn hostile_values_cannot_change_the_structure() {
+    let mut env = load(&root().join("environments"), "dev", &lookup).expect("environment");
+    let hostile = [
+        "a: b",
+        "quote \" and ' here",
+        "line\nbreak: x\n  - y",
+        "{{name}} and {{> tags}}",
+        "!Ref Vpc",
+        "# not a comment",
+    ];
+    for (i, value) in hostile.iter().enumerate() {
+        env.tags.insert(format!("Hostile{i}"), (*value).to_owned());
+    }
+    env.cost_centre = "cc: {{evil}}\n".to_owned();
+    let text = render(&engine(&root().join("templates")).expect("engine"), "dev", &env).expect("render");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&text).expect("still YAML");
+    let tags = parsed["Resources"]["RawBucket"]["Properties"]["Tags"].as_sequence().expect("tags list").clone();
+    for (i, value) in hostile.iter().enumerate() {
+        let found = tags.iter().find(|t| t["Key"].as_str() == Some(&format!("Hostile{i}"))).expect("tag present");
+        assert_eq!(found["Value"].as_str(), Some(*value), "value kept verbatim as one scalar");
+    }
+    let centre = tags.iter().find(|t| t["Key"].as_str() == Some("CostCentre")).expect("cost centre");
+    assert_eq!(centre["Value"].as_str(), Some("cc: {{evil}}\n"));
+    let resources = parsed["Resources"].as_mapping().expect("resources");
+    let clean = serde_yaml::from_str::<serde_yaml::Value>(&rendered("dev")).expect("clean");
+    assert_eq!(resources.len(), clean["Resources"].as_mapping().expect("resources").len(), "no resource added or lost");
+}
+
+#[test]
+fn an_existing_network_replaces_the_created_one() {
+    let mut env = load(&root().join("environments"), "dev", &lookup).expect("environment");
+    env.network.existing = Some(crate::environment::ExistingNetwork {
+        vpc_id: "vpc-0abc".into(),
+        private_subnet_ids: vec!["subnet-01".into(), "subnet-02".into()],
+    });
+    let text = render(&engine(&root().join("templates")).expect("engine"), "dev", &env).expect("render");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    assert!(parsed["Resources"].get("Vpc").is_none() && parsed["Resources"].get("NatGateway").is_none());
+    assert_eq!(parsed["Resources"]["WorkerSecurityGroup"]["Properties"]["VpcId"].as_str(), Some("vpc-0abc"));
+}
+
+/// cfn-lint on every golden template: no errors and no warnings. `make test` installs it.
+#[test]
+fn golden_templates_pass_cfn_lint() {
+    let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let files: Vec<PathBuf> =
+        ["local", "dev", "ci", "prod"].iter().map(|n| golden_dir.join(format!("{n}.yaml"))).collect();
+    let output = std::process::Command::new("cfn-lint").args(&files).output().unwrap_or_else(|e| {
+        panic!("cannot run cfn-lint ({e}): install it with `python3 -m pip install cfn-lint` (make test does)")
+    });
+    assert!(
+        output.status.success(),
+        "cfn-lint found problems (exit {:?}):\n{}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
