@@ -12,7 +12,7 @@ DEMO_SEED  ?= 42
 WORKERS    ?= 2
 ENV        ?=
 
-.PHONY: help setup build tools demo test lint bench render validate diff deploy teardown clean
+.PHONY: help setup build tools emulator demo test lint bench render validate diff deploy outputs teardown clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,9 +39,11 @@ demo: build ## generate 1,000,000 claims and run the claims job on 2 local worke
 	@echo; echo "head of $(DEMO_DIR)/results/totals.csv:"; head -n 6 $(DEMO_DIR)/results/totals.csv; echo "..."; tail -n 1 $(DEMO_DIR)/results/totals.csv
 	@echo; cat $(DEMO_DIR)/results/summary.txt
 
-tools: ## install the test tools that do not come with cargo (cfn-lint, from PyPI)
+tools: ## install the test tools that do not come with cargo (cfn-lint, moto, from PyPI)
 	@command -v cfn-lint >/dev/null || { echo "installing cfn-lint (pip)..."; python3 -m pip install --quiet 'cfn-lint>=1.20'; }
-	@echo "using $$(cfn-lint --version)"
+	@command -v moto_server >/dev/null || { echo "installing moto[server], the local AWS emulator (pip)..."; python3 -m pip install --quiet 'moto[server]>=5'; }
+	@command -v pyenv >/dev/null && pyenv rehash || true
+	@echo "using $$(cfn-lint --version) and moto $$(python3 -c 'import moto; print(moto.__version__)')"
 
 test: build tools ## run every test (unit, conformance, end to end, cfn-lint on every template)
 	@mkdir -p build
@@ -65,8 +67,19 @@ render: build ## render build/$(ENV)/template.yaml from environments/$(ENV).yaml
 validate: render tools ## check the environment, render it, and cfn-lint the result
 	cfn-lint build/$(ENV)/template.yaml && echo "environment $(ENV): valid; template passes cfn-lint"
 
-diff deploy teardown: ## provisioning through CloudFormation (next step of the provisioning issue)
-	@echo "make $@: provisioning through CloudFormation is not implemented yet"; exit 2
+# ENV=local talks to moto on $(MOTO_PORT), started here when nothing listens there.
+MOTO_PORT ?= 5055
+LOCAL_AWS = $(if $(filter local,$(ENV)),AWS_ENDPOINT_URL=http://127.0.0.1:$(MOTO_PORT) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true,)
+
+emulator: tools ## start the local AWS emulator (moto) on MOTO_PORT unless it is running
+	@if (exec 3<>/dev/tcp/127.0.0.1/$(MOTO_PORT)) 2>/dev/null; then echo "emulator already on port $(MOTO_PORT)"; else \
+	  echo "starting moto on 127.0.0.1:$(MOTO_PORT) (log: build/moto.log)"; mkdir -p build; \
+	  nohup moto_server -H 127.0.0.1 -p $(MOTO_PORT) > build/moto.log 2>&1 & \
+	  for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$(MOTO_PORT)) 2>/dev/null && break; sleep 0.2; done; fi
+
+diff deploy outputs teardown: build $(if $(filter local,$(ENV)),emulator,) ## change set preview, deploy, outputs, teardown (ENV=...)
+	@[ -n "$(ENV)" ] || { echo "usage: make $@ ENV=name"; exit 2; }
+	$(LOCAL_AWS) $(BIN)/batchgrid $@ $(ENV) $(ARGS)
 
 clean: ## remove build outputs and local state
 	rm -rf build .batchgrid

@@ -72,6 +72,10 @@ pub struct Network {
     pub vpc_cidr: String,
     /// Add a gateway endpoint for S3 (saves NAT traffic).
     pub s3_gateway_endpoint: bool,
+    /// Give the private subnets a way out (internet gateway, NAT, routes). Off creates only
+    /// the VPC and its private subnets: for the local emulator, which cannot delete gateways
+    /// and routes again.
+    pub internet: bool,
     /// Use this VPC and its private subnets instead of creating a network.
     pub existing: Option<ExistingNetwork>,
 }
@@ -112,6 +116,9 @@ pub struct Queues {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Analytics {
+    /// `rds` (the stack creates the database) or `external` (the grid is given one: `local`
+    /// uses the PostgreSQL on loopback, since the emulator's RDS has no database behind it).
+    pub provider: String,
     /// RDS instance class.
     pub instance_class: String,
     /// Storage in GiB.
@@ -358,6 +365,12 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
         return Err((root.key("region"), format!("`{}` is not an AWS region such as eu-west-1", env.region)));
     }
     parse_cidr(&env.network.vpc_cidr).map_err(|m| (root.key("network").key("vpc_cidr"), m))?;
+    if env.network.s3_gateway_endpoint && !env.network.internet && env.network.existing.is_none() {
+        return Err((
+            root.key("network").key("s3_gateway_endpoint"),
+            "needs `internet: true` (the endpoint lives in its route table)".into(),
+        ));
+    }
     if let Some(existing) = &env.network.existing {
         let existing_path = root.key("network").key("existing");
         if !aws_id_ok(&existing.vpc_id, "vpc-") {
@@ -414,7 +427,10 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
     if env.analytics.backup_retention_days > 35 {
         return Err((analytics.key("backup_retention_days"), "RDS keeps backups 0 to 35 days".into()));
     }
-    if env.protected && !env.analytics.deletion_protection {
+    if !["rds", "external"].contains(&env.analytics.provider.as_str()) {
+        return Err((analytics.key("provider"), format!("`{}`: use `rds` or `external`", env.analytics.provider)));
+    }
+    if env.protected && env.analytics.provider == "rds" && !env.analytics.deletion_protection {
         return Err((analytics.key("deletion_protection"), "a protected environment needs deletion protection".into()));
     }
     let grid = root.key("grid");

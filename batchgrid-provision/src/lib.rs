@@ -5,6 +5,8 @@
 //!   `${VAR}` expanded, checked strictly (file, line and key on every error) into a validated
 //!   [`environment::Environment`] before anything is rendered or sent.
 
+pub mod aws;
+pub mod deploy;
 pub mod environment;
 pub mod render;
 

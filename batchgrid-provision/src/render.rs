@@ -94,6 +94,8 @@ struct Context<'a> {
     queue_retention_seconds: u32,
     database_deletion_policy: &'static str,
     on_demand_percent: u32,
+    rds: bool,
+    internet: bool,
 }
 
 /// The CloudFormation stack name of an environment.
@@ -136,6 +138,15 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
     };
     let first_private_subnet_ref = private_subnet_refs.first().cloned().unwrap_or_default();
     let subnet = |id, cidr, zone, route_table| Subnet { id, cidr, zone, route_table };
+    let mut subnets = vec![
+        subnet("PublicSubnet1", public1, 0, "PublicRouteTable"),
+        subnet("PublicSubnet2", public2, 1, "PublicRouteTable"),
+        subnet("PrivateSubnet1", private1, 0, "PrivateRouteTable"),
+        subnet("PrivateSubnet2", private2, 1, "PrivateRouteTable"),
+    ];
+    if !env.network.internet {
+        subnets.drain(..2);
+    }
     Context {
         description: format!("batchgrid: the {name} grid ({stack})"),
         renderer: format!("batchgrid-provision {}", env!("CARGO_PKG_VERSION")),
@@ -146,12 +157,7 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
         stack_name: stack,
         tags,
         create_network,
-        subnets: vec![
-            subnet("PublicSubnet1", public1, 0, "PublicRouteTable"),
-            subnet("PublicSubnet2", public2, 1, "PublicRouteTable"),
-            subnet("PrivateSubnet1", private1, 0, "PrivateRouteTable"),
-            subnet("PrivateSubnet2", private2, 1, "PrivateRouteTable"),
-        ],
+        subnets,
         vpc_ref,
         vpc_cidr: &env.network.vpc_cidr,
         private_subnet_refs,
@@ -165,6 +171,8 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
         queue_retention_seconds: env.queues.retention_days * 86_400,
         database_deletion_policy: if env.protected { "Snapshot" } else { "Delete" },
         on_demand_percent: if env.grid.spot { 0 } else { 100 },
+        rds: env.analytics.provider == "rds",
+        internet: env.network.internet,
     }
 }
 

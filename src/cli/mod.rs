@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch.
 
 mod progress;
+mod provision;
 mod run;
 mod worker;
 
@@ -34,19 +35,27 @@ enum Command {
     /// Check an environment (base.yaml merged with NAME.yaml) and print it as it will be used.
     Environment(EnvironmentArgs),
     /// Render an environment's CloudFormation template to build/NAME/template.yaml.
-    Render(RenderArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct RenderArgs {
-    #[command(flatten)]
-    environment: EnvironmentArgs,
-    /// The directory holding the templates.
-    #[arg(long, default_value = "templates")]
-    templates: PathBuf,
-    /// Where build/NAME/template.yaml goes.
-    #[arg(long, default_value = "build")]
-    out: PathBuf,
+    Render(provision::Place),
+    /// Show what a deploy would add, modify, remove or replace.
+    Diff(provision::Place),
+    /// Deploy an environment's stack through a change set; save its outputs.
+    Deploy {
+        #[command(flatten)]
+        place: provision::Place,
+        /// Apply to a protected environment without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print a deployed stack's outputs.
+    Outputs(provision::Place),
+    /// Empty an environment's buckets and delete its stack.
+    Teardown {
+        #[command(flatten)]
+        place: provision::Place,
+        /// The environment's name, required for protected environments.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,7 +121,11 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             }
             Command::Validate(args) => validate(args),
             Command::Environment(args) => environment(args),
-            Command::Render(args) => render(args),
+            Command::Render(place) => provision::run(place, provision::Action::Render).await,
+            Command::Diff(place) => provision::run(place, provision::Action::Diff).await,
+            Command::Deploy { place, yes } => provision::run(place, provision::Action::Deploy { yes }).await,
+            Command::Outputs(place) => provision::run(place, provision::Action::Outputs).await,
+            Command::Teardown { place, confirm } => provision::teardown(place, confirm).await,
             Command::Split(args) => {
                 init_logging("warn");
                 split(args).await
@@ -127,21 +140,6 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
-    let lookup = |name: &str| std::env::var(name).ok();
-    let name = &args.environment.name;
-    let environment = batchgrid_provision::environment::load(&args.environment.dir, name, &lookup)?;
-    let engine = batchgrid_provision::render::engine(&args.templates)?;
-    let template = batchgrid_provision::render::render(&engine, name, &environment)?;
-    let dir = args.out.join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("template.yaml");
-    std::fs::write(&path, template).with_context(|| format!("writing {}", path.display()))?;
-    println!("{}", path.display());
-    Ok(ExitCode::SUCCESS)
 }
 
 fn environment(args: EnvironmentArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,533 @@
+//! Deploy, diff, outputs and teardown through CloudFormation change sets.
+//!
+//! Deploy creates a change set (CREATE for a new stack, UPDATE otherwise, as the emulator
+//! requires it explicit), shows it, asks before executing in a protected environment, executes
+//! it, streams stack events until the stack settles, and returns the outputs. A change set with
+//! no changes is success. A stack left in ROLLBACK_COMPLETE (a failed first create) cannot be
+//! updated, so it is deleted and created again. Teardown empties the stack's buckets (every
+//! version and delete marker) before deleting the stack.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use aws_sdk_cloudformation::error::ProvideErrorMetadata;
+use aws_sdk_cloudformation::types::{
+    Capability, ChangeAction, ChangeSetStatus, ChangeSetType, Replacement, StackStatus, Tag,
+};
+use aws_sdk_cloudformation::Client;
+
+/// Largest template CloudFormation accepts inline.
+pub const MAX_INLINE_TEMPLATE: usize = 51_200;
+
+/// Deployment errors. AWS errors are carried as text: no SDK types in this crate's API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// An AWS call failed.
+    #[error("{operation}: {message}")]
+    Aws {
+        /// The API operation.
+        operation: &'static str,
+        /// AWS's code and message.
+        message: String,
+    },
+    /// The change set could not be created for a reason other than "no changes".
+    #[error("change set failed: {0}")]
+    ChangeSetFailed(String),
+    /// The stack ended in a failed state; the reasons come from its events.
+    #[error("stack {stack} ended {status}: {reasons}")]
+    StackFailed {
+        /// The stack.
+        stack: String,
+        /// Its final status.
+        status: String,
+        /// The failed resources and why.
+        reasons: String,
+    },
+    /// The user declined the change set.
+    #[error("not applied: the change set was declined")]
+    Declined,
+    /// The stack does not exist.
+    #[error("stack {0} does not exist")]
+    NoStack(String),
+    /// The template is too large to send inline.
+    #[error("template is {0} bytes; CloudFormation takes at most {MAX_INLINE_TEMPLATE} inline")]
+    TemplateTooLarge(usize),
+    /// Waiting took longer than allowed.
+    #[error("gave up waiting for {0}")]
+    Timeout(String),
+}
+
+fn aws<E: ProvideErrorMetadata + std::error::Error>(operation: &'static str) -> impl Fn(E) -> DeployError {
+    move |error| {
+        let message = match (error.code(), error.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (_, Some(message)) => message.to_owned(),
+            // No AWS answer (no credentials, no network): the cause chain, innermost last.
+            _ => {
+                let mut chain = vec![error.to_string()];
+                let mut source = error.source();
+                while let Some(cause) = source {
+                    let text = cause.to_string();
+                    if chain.last() != Some(&text) {
+                        chain.push(text);
+                    }
+                    source = cause.source();
+                }
+                chain.join(": ")
+            }
+        };
+        DeployError::Aws { operation, message }
+    }
+}
+
+/// One planned change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedChange {
+    /// `add`, `modify`, `remove` or `replace`.
+    pub action: &'static str,
+    /// The template's name for the resource.
+    pub logical_id: String,
+    /// The resource type.
+    pub resource_type: String,
+}
+
+impl std::fmt::Display for PlannedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:<8} {} ({})", self.action, self.logical_id, self.resource_type)
+    }
+}
+
+/// A stack event worth showing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The resource.
+    pub logical_id: String,
+    /// Its new status.
+    pub status: String,
+    /// Why, for failures.
+    pub reason: Option<String>,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeployOutcome {
+    /// The stack already matched the template.
+    Unchanged,
+    /// The changes were applied.
+    Applied(Vec<PlannedChange>),
+}
+
+/// What to deploy.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    /// Stack name.
+    pub stack: String,
+    /// Template body.
+    pub template: String,
+    /// Stack-level tags.
+    pub tags: BTreeMap<String, String>,
+    /// Turn termination protection on.
+    pub protected: bool,
+}
+
+/// Drives CloudFormation (and S3, to empty buckets) for one region.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    cfn: Client,
+    s3: aws_sdk_s3::Client,
+    poll: Duration,
+    max_polls: u32,
+}
+
+fn is_missing(error: &impl ProvideErrorMetadata) -> bool {
+    error.message().is_some_and(|m| m.contains("does not exist"))
+}
+
+fn no_changes(reason: &str) -> bool {
+    reason.contains("didn't contain changes") || reason.contains("No updates are to be performed")
+}
+
+fn terminal(status: &StackStatus) -> bool {
+    let text = status.as_str();
+    text.ends_with("_COMPLETE") || text.ends_with("_FAILED")
+}
+
+fn failed(status: &StackStatus) -> bool {
+    let text = status.as_str();
+    text.ends_with("_FAILED") || text.contains("ROLLBACK")
+}
+
+impl Deployer {
+    /// A deployer with these clients, polling every `poll`.
+    pub fn new(cfn: Client, s3: aws_sdk_s3::Client, poll: Duration) -> Self {
+        Self { cfn, s3, poll, max_polls: 4 * 3600 }
+    }
+
+    /// The stack's status, or `None` when it does not exist.
+    pub async fn status(&self, stack: &str) -> Result<Option<StackStatus>, DeployError> {
+        match self.cfn.describe_stacks().stack_name(stack).send().await {
+            Ok(out) => Ok(out.stacks().first().and_then(|s| s.stack_status().cloned())),
+            Err(error) => {
+                let error = error.into_service_error();
+                if is_missing(&error) {
+                    Ok(None)
+                } else {
+                    Err(aws("DescribeStacks")(error))
+                }
+            }
+        }
+    }
+
+    /// The stack's outputs; where the stack reports none although `template` declares some (the
+    /// local emulator does not compute outputs for stacks built from change sets), the outputs
+    /// that are a plain `!Ref` are read from the stack's resources instead.
+    pub async fn outputs_for(&self, stack: &str, template: &str) -> Result<BTreeMap<String, String>, DeployError> {
+        let outputs = self.outputs(stack).await?;
+        if !outputs.is_empty() {
+            return Ok(outputs);
+        }
+        let parsed: serde_yaml::Value = serde_yaml::from_str(template).unwrap_or_default();
+        let Some(declared) = parsed.get("Outputs").and_then(|o| o.as_mapping()) else { return Ok(outputs) };
+        let resources = self
+            .cfn
+            .describe_stack_resources()
+            .stack_name(stack)
+            .send()
+            .await
+            .map_err(|e| aws("DescribeStackResources")(e.into_service_error()))?;
+        let physical: BTreeMap<&str, &str> = resources
+            .stack_resources()
+            .iter()
+            .filter_map(|r| Some((r.logical_resource_id()?, r.physical_resource_id()?)))
+            .collect();
+        let mut derived = BTreeMap::new();
+        for (key, output) in declared {
+            let referenced = match output.get("Value") {
+                Some(serde_yaml::Value::Tagged(tagged)) if tagged.tag == "!Ref" => tagged.value.as_str(),
+                _ => None,
+            };
+            if let (Some(key), Some(id)) = (key.as_str(), referenced.and_then(|r| physical.get(r))) {
+                derived.insert(key.to_owned(), (*id).to_owned());
+            }
+        }
+        Ok(derived)
+    }
+
+    /// The stack's outputs as CloudFormation reports them.
+    pub async fn outputs(&self, stack: &str) -> Result<BTreeMap<String, String>, DeployError> {
+        let out = self.cfn.describe_stacks().stack_name(stack).send().await.map_err(|e| {
+            let error = e.into_service_error();
+            if is_missing(&error) {
+                DeployError::NoStack(stack.to_owned())
+            } else {
+                aws("DescribeStacks")(error)
+            }
+        })?;
+        let mut outputs = BTreeMap::new();
+        for output in out.stacks().first().map(|s| s.outputs()).unwrap_or_default() {
+            if let (Some(key), Some(value)) = (output.output_key(), output.output_value()) {
+                outputs.insert(key.to_owned(), value.to_owned());
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Creates a change set and waits for it; `None` when it holds no changes (and is gone).
+    async fn change_set(
+        &self,
+        request: &DeployRequest,
+        kind: ChangeSetType,
+    ) -> Result<Option<(String, Vec<PlannedChange>)>, DeployError> {
+        if request.template.len() > MAX_INLINE_TEMPLATE {
+            return Err(DeployError::TemplateTooLarge(request.template.len()));
+        }
+        let name = format!(
+            "batchgrid-{}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        );
+        let tags: Vec<Tag> = request.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        self.cfn
+            .create_change_set()
+            .stack_name(&request.stack)
+            .change_set_name(&name)
+            .change_set_type(kind)
+            .template_body(&request.template)
+            .capabilities(Capability::CapabilityIam)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| aws("CreateChangeSet")(e.into_service_error()))?;
+        for _ in 0..self.max_polls {
+            let described = self
+                .cfn
+                .describe_change_set()
+                .stack_name(&request.stack)
+                .change_set_name(&name)
+                .send()
+                .await
+                .map_err(|e| aws("DescribeChangeSet")(e.into_service_error()))?;
+            match described.status() {
+                Some(ChangeSetStatus::CreateComplete) => {
+                    let changes = described
+                        .changes()
+                        .iter()
+                        .filter_map(|c| c.resource_change())
+                        .map(|rc| PlannedChange {
+                            action: match (rc.action(), rc.replacement()) {
+                                (Some(ChangeAction::Add), _) => "add",
+                                (Some(ChangeAction::Remove), _) => "remove",
+                                (_, Some(Replacement::True)) => "replace",
+                                _ => "modify",
+                            },
+                            logical_id: rc.logical_resource_id().unwrap_or_default().to_owned(),
+                            resource_type: rc.resource_type().unwrap_or_default().to_owned(),
+                        })
+                        .collect();
+                    return Ok(Some((name, changes)));
+                }
+                Some(ChangeSetStatus::Failed) => {
+                    let reason = described.status_reason().unwrap_or_default().to_owned();
+                    let _ = self.cfn.delete_change_set().stack_name(&request.stack).change_set_name(&name).send().await;
+                    if no_changes(&reason) {
+                        return Ok(None);
+                    }
+                    return Err(DeployError::ChangeSetFailed(reason));
+                }
+                _ => tokio::time::sleep(self.poll).await,
+            }
+        }
+        Err(DeployError::Timeout(format!("change set {name}")))
+    }
+
+    /// What a deploy would change, without changing anything.
+    pub async fn diff(&self, request: &DeployRequest) -> Result<Vec<PlannedChange>, DeployError> {
+        // A change set for a stack that does not exist would leave one in REVIEW_IN_PROGRESS:
+        // a new stack simply adds every resource.
+        if self.status(&request.stack).await?.is_none() {
+            return Ok(self.plan_new(request));
+        }
+        match self.change_set(request, ChangeSetType::Update).await? {
+            None => Ok(Vec::new()),
+            Some((name, changes)) => {
+                self.cfn
+                    .delete_change_set()
+                    .stack_name(&request.stack)
+                    .change_set_name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| aws("DeleteChangeSet")(e.into_service_error()))?;
+                Ok(changes)
+            }
+        }
+    }
+
+    /// A stack that does not exist yet would add every resource of the template.
+    fn plan_new(&self, request: &DeployRequest) -> Vec<PlannedChange> {
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&request.template).unwrap_or_default();
+        let mut changes = Vec::new();
+        if let Some(resources) = parsed.get("Resources").and_then(|r| r.as_mapping()) {
+            for (id, body) in resources {
+                changes.push(PlannedChange {
+                    action: "add",
+                    logical_id: id.as_str().unwrap_or_default().to_owned(),
+                    resource_type: body.get("Type").and_then(|t| t.as_str()).unwrap_or_default().to_owned(),
+                });
+            }
+        }
+        changes
+    }
+
+    /// Deploys: change set, confirmation, execution, events until settled, outputs.
+    pub async fn deploy(
+        &self,
+        request: &DeployRequest,
+        confirm: &mut dyn FnMut(&[PlannedChange]) -> bool,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(DeployOutcome, BTreeMap<String, String>), DeployError> {
+        let mut status = self.status(&request.stack).await?;
+        if status == Some(StackStatus::RollbackComplete) {
+            // A failed first create leaves a stack that can only be deleted.
+            on_event(&Event {
+                logical_id: request.stack.clone(),
+                status: "ROLLBACK_COMPLETE: deleting to create again".into(),
+                reason: None,
+            });
+            self.delete_and_wait(&request.stack, on_event).await?;
+            status = None;
+        }
+        let kind = if status.is_none() { ChangeSetType::Create } else { ChangeSetType::Update };
+        let Some((name, changes)) = self.change_set(request, kind).await? else {
+            return Ok((DeployOutcome::Unchanged, self.outputs_for(&request.stack, &request.template).await?));
+        };
+        if !confirm(&changes) {
+            let _ = self.cfn.delete_change_set().stack_name(&request.stack).change_set_name(&name).send().await;
+            return Err(DeployError::Declined);
+        }
+        let seen = self.event_ids(&request.stack).await;
+        self.cfn
+            .execute_change_set()
+            .stack_name(&request.stack)
+            .change_set_name(&name)
+            .send()
+            .await
+            .map_err(|e| aws("ExecuteChangeSet")(e.into_service_error()))?;
+        self.wait(&request.stack, seen, on_event).await?;
+        if request.protected {
+            self.cfn
+                .update_termination_protection()
+                .stack_name(&request.stack)
+                .enable_termination_protection(true)
+                .send()
+                .await
+                .map_err(|e| aws("UpdateTerminationProtection")(e.into_service_error()))?;
+        }
+        Ok((DeployOutcome::Applied(changes), self.outputs_for(&request.stack, &request.template).await?))
+    }
+
+    async fn event_ids(&self, stack: &str) -> HashSet<String> {
+        match self.cfn.describe_stack_events().stack_name(stack).send().await {
+            Ok(out) => out.stack_events().iter().filter_map(|e| e.event_id().map(str::to_owned)).collect(),
+            Err(_) => HashSet::new(),
+        }
+    }
+
+    /// Streams new events until the stack reaches a terminal status; fails with the reasons of
+    /// failed resources when that status is a failure.
+    async fn wait(
+        &self,
+        stack: &str,
+        mut seen: HashSet<String>,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(), DeployError> {
+        let mut reasons: Vec<String> = Vec::new();
+        for _ in 0..self.max_polls {
+            if let Ok(out) = self.cfn.describe_stack_events().stack_name(stack).send().await {
+                let mut fresh: Vec<_> =
+                    out.stack_events().iter().filter(|e| e.event_id().is_some_and(|id| !seen.contains(id))).collect();
+                fresh.reverse(); // Oldest first.
+                for event in fresh {
+                    seen.insert(event.event_id().unwrap_or_default().to_owned());
+                    let status = event.resource_status().map(|s| s.as_str().to_owned()).unwrap_or_default();
+                    let reason = event.resource_status_reason().map(str::to_owned);
+                    if status.ends_with("_FAILED") {
+                        if let Some(reason) = &reason {
+                            reasons.push(format!("{}: {reason}", event.logical_resource_id().unwrap_or_default()));
+                        }
+                    }
+                    on_event(&Event {
+                        logical_id: event.logical_resource_id().unwrap_or_default().to_owned(),
+                        status,
+                        reason,
+                    });
+                }
+            }
+            match self.status(stack).await? {
+                None => return Ok(()),
+                Some(status) if terminal(&status) => {
+                    if failed(&status) {
+                        return Err(DeployError::StackFailed {
+                            stack: stack.to_owned(),
+                            status: status.as_str().to_owned(),
+                            reasons: if reasons.is_empty() { "no reason given".into() } else { reasons.join("; ") },
+                        });
+                    }
+                    return Ok(());
+                }
+                Some(_) => tokio::time::sleep(self.poll).await,
+            }
+        }
+        Err(DeployError::Timeout(format!("stack {stack}")))
+    }
+
+    async fn delete_and_wait(&self, stack: &str, on_event: &mut dyn FnMut(&Event)) -> Result<(), DeployError> {
+        let seen = self.event_ids(stack).await;
+        self.cfn
+            .delete_stack()
+            .stack_name(stack)
+            .send()
+            .await
+            .map_err(|e| aws("DeleteStack")(e.into_service_error()))?;
+        match self.wait(stack, seen, on_event).await {
+            Err(DeployError::StackFailed { status, .. }) if status == "DELETE_COMPLETE" => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Empties `buckets` (every version and delete marker) and deletes the stack.
+    pub async fn teardown(
+        &self,
+        stack: &str,
+        buckets: &[String],
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<u64, DeployError> {
+        if self.status(stack).await?.is_none() {
+            return Err(DeployError::NoStack(stack.to_owned()));
+        }
+        let mut removed = 0;
+        for bucket in buckets {
+            removed += self.empty_bucket(bucket).await?;
+            on_event(&Event {
+                logical_id: bucket.clone(),
+                status: format!("emptied ({removed} objects and versions)"),
+                reason: None,
+            });
+        }
+        self.delete_and_wait(stack, on_event).await?;
+        Ok(removed)
+    }
+
+    async fn empty_bucket(&self, bucket: &str) -> Result<u64, DeployError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let mut removed = 0;
+        loop {
+            let page = match self.s3.list_object_versions().bucket(bucket).max_keys(1000).send().await {
+                Ok(page) => page,
+                Err(error) => {
+                    let error = error.into_service_error();
+                    if error.code() == Some("NoSuchBucket") {
+                        return Ok(removed);
+                    }
+                    return Err(aws("ListObjectVersions")(error));
+                }
+            };
+            let mut ids = Vec::new();
+            for version in page.versions() {
+                ids.push(
+                    ObjectIdentifier::builder()
+                        .key(version.key().unwrap_or_default())
+                        .set_version_id(version.version_id().map(str::to_owned))
+                        .build(),
+                );
+            }
+            for marker in page.delete_markers() {
+                ids.push(
+                    ObjectIdentifier::builder()
+                        .key(marker.key().unwrap_or_default())
+                        .set_version_id(marker.version_id().map(str::to_owned))
+                        .build(),
+                );
+            }
+            let ids: Vec<ObjectIdentifier> = ids.into_iter().filter_map(Result::ok).collect();
+            if ids.is_empty() {
+                return Ok(removed);
+            }
+            removed += ids.len() as u64;
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| DeployError::Aws { operation: "DeleteObjects", message: e.to_string() })?;
+            self.s3
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| aws("DeleteObjects")(e.into_service_error()))?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! The deploy logic against scripted CloudFormation responses: no server.
+
+use aws_sdk_cloudformation::error::ErrorMetadata;
+use aws_sdk_cloudformation::operation::create_change_set::CreateChangeSetOutput;
+use aws_sdk_cloudformation::operation::delete_change_set::DeleteChangeSetOutput;
+use aws_sdk_cloudformation::operation::delete_stack::DeleteStackOutput;
+use aws_sdk_cloudformation::operation::describe_change_set::DescribeChangeSetOutput;
+use aws_sdk_cloudformation::operation::describe_stack_events::DescribeStackEventsOutput;
+use aws_sdk_cloudformation::operation::describe_stacks::{DescribeStacksError, DescribeStacksOutput};
+use aws_sdk_cloudformation::operation::execute_change_set::ExecuteChangeSetOutput;
+use aws_sdk_cloudformation::types::{Change, Output, ResourceChange, ResourceStatus, Stack, StackEvent};
+use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+
+use super::*;
+
+fn stack(status: StackStatus) -> DescribeStacksOutput {
+    let stack = Stack::builder()
+        .stack_name("grid")
+        .stack_status(status)
+        .creation_time(aws_sdk_cloudformation::primitives::DateTime::from_secs(0))
+        .outputs(Output::builder().output_key("RawBucketName").output_value("raw-1").build())
+        .build();
+    DescribeStacksOutput::builder().stacks(stack).build()
+}
+
+fn missing() -> DescribeStacksError {
+    DescribeStacksError::generic(
+        ErrorMetadata::builder().code("ValidationError").message("Stack with id grid does not exist").build(),
+    )
+}
+
+fn event(id: &str, logical: &str, status: ResourceStatus, reason: Option<&str>) -> StackEvent {
+    StackEvent::builder()
+        .event_id(id)
+        .stack_id("grid-id")
+        .stack_name("grid")
+        .logical_resource_id(logical)
+        .resource_status(status)
+        .set_resource_status_reason(reason.map(str::to_owned))
+        .timestamp(aws_sdk_cloudformation::primitives::DateTime::from_secs(0))
+        .build()
+}
+
+fn change_set_with(changes: Vec<Change>) -> DescribeChangeSetOutput {
+    DescribeChangeSetOutput::builder().status(ChangeSetStatus::CreateComplete).set_changes(Some(changes)).build()
+}
+
+fn add(logical: &str) -> Change {
+    Change::builder()
+        .resource_change(
+            ResourceChange::builder()
+                .action(ChangeAction::Add)
+                .logical_resource_id(logical)
+                .resource_type("AWS::SQS::Queue")
+                .build(),
+        )
+        .build()
+}
+
+fn deployer(rules: &[&Rule]) -> Deployer {
+    let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, rules);
+    let s3_config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("eu-west-1"))
+        .build();
+    Deployer::new(cfn, aws_sdk_s3::Client::from_conf(s3_config), Duration::ZERO)
+}
+
+fn request() -> DeployRequest {
+    DeployRequest { stack: "grid".into(), template: "Resources: {}\n".into(), tags: BTreeMap::new(), protected: false }
+}
+
+fn common_rules() -> (Rule, Rule, Rule) {
+    (
+        mock!(Client::create_change_set).then_output(|| CreateChangeSetOutput::builder().id("cs").build()),
+        mock!(Client::execute_change_set).then_output(|| ExecuteChangeSetOutput::builder().build()),
+        mock!(Client::delete_change_set).then_output(|| DeleteChangeSetOutput::builder().build()),
+    )
+}
+
+#[tokio::test]
+async fn create_waits_through_in_progress_and_returns_outputs() {
+    let describe = mock!(Client::describe_stacks)
+        .sequence()
+        .error(missing)
+        .output(|| stack(StackStatus::CreateInProgress))
+        .times(2)
+        .output(|| stack(StackStatus::CreateComplete))
+        .repeatedly()
+        .build();
+    let create_kind = mock!(Client::create_change_set)
+        .match_requests(|r| r.change_set_type() == Some(&ChangeSetType::Create))
+        .then_output(|| CreateChangeSetOutput::builder().id("cs").build());
+    let change_set = mock!(Client::describe_change_set)
+        .sequence()
+        .output(|| DescribeChangeSetOutput::builder().status(ChangeSetStatus::CreatePending).build())
+        .output(|| change_set_with(vec![add("InputQueue")]))
+        .build();
+    let events = mock!(Client::describe_stack_events).then_output(|| {
+        DescribeStackEventsOutput::builder()
+            .stack_events(event("e1", "InputQueue", ResourceStatus::CreateComplete, None))
+            .build()
+    });
+    let (_, execute, _) = common_rules();
+    let deployer = deployer(&[&describe, &create_kind, &change_set, &events, &execute]);
+    let mut shown = Vec::new();
+    let mut seen_events = Vec::new();
+    let (outcome, outputs) = deployer
+        .deploy(
+            &request(),
+            &mut |changes| {
+                shown.extend_from_slice(changes);
+                true
+            },
+            &mut |e| seen_events.push(e.clone()),
+        )
+        .await
+        .expect("deploy");
+    assert_eq!(outcome, DeployOutcome::Applied(shown.clone()));
+    assert_eq!(shown[0].to_string(), "add      InputQueue (AWS::SQS::Queue)");
+    assert_eq!(outputs.get("RawBucketName").map(String::as_str), Some("raw-1"));
+    assert_eq!(create_kind.num_calls(), 1, "a new stack gets a CREATE change set");
+    assert_eq!(execute.num_calls(), 1);
+    assert!(describe.num_calls() >= 4, "polled through IN_PROGRESS twice");
+}
+
+#[tokio::test]
+async fn a_failed_create_reports_the_reasons() {
+    let describe = mock!(Client::describe_stacks)
+        .sequence()
+        .error(missing)
+        .output(|| stack(StackStatus::RollbackInProgress))
+        .output(|| stack(StackStatus::RollbackComplete))
+        .repeatedly()
+        .build();
+    let change_set = mock!(Client::describe_change_set).then_output(|| change_set_with(vec![add("Database")]));
+    // Before execution the stack has no events; afterwards, the failure.
+    let events = mock!(Client::describe_stack_events)
+        .sequence()
+        .output(|| DescribeStackEventsOutput::builder().build())
+        .output(|| {
+            DescribeStackEventsOutput::builder()
+                .stack_events(event(
+                    "e2",
+                    "Database",
+                    ResourceStatus::CreateFailed,
+                    Some("DB instance class db.x1 is not supported"),
+                ))
+                .build()
+        })
+        .repeatedly()
+        .build();
+    let (create, execute, _) = common_rules();
+    let deployer = deployer(&[&describe, &create, &change_set, &events, &execute]);
+    let error = deployer.deploy(&request(), &mut |_| true, &mut |_| {}).await.expect_err("must fail");
+    let text = error.to_string();
+    assert!(
+        text.contains("ROLLBACK_COMPLETE") && text.contains("Database: DB instance class db.x1 is not supported"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stack_in_rollback_complete_is_deleted_and_created_again() {
+    let describe = mock!(Client::describe_stacks)
+        .sequence()
+        .output(|| stack(StackStatus::RollbackComplete))
+        .output(|| stack(StackStatus::DeleteInProgress))
+        .error(missing)
+        .output(|| stack(StackStatus::CreateComplete))
+        .repeatedly()
+        .build();
+    let delete = mock!(Client::delete_stack).then_output(|| DeleteStackOutput::builder().build());
+    let create_kind = mock!(Client::create_change_set)
+        .match_requests(|r| r.change_set_type() == Some(&ChangeSetType::Create))
+        .then_output(|| CreateChangeSetOutput::builder().id("cs").build());
+    let change_set = mock!(Client::describe_change_set).then_output(|| change_set_with(vec![add("InputQueue")]));
+    let events = mock!(Client::describe_stack_events).then_output(|| DescribeStackEventsOutput::builder().build());
+    let (_, execute, _) = common_rules();
+    let deployer = deployer(&[&describe, &delete, &create_kind, &change_set, &events, &execute]);
+    let (outcome, _) = deployer.deploy(&request(), &mut |_| true, &mut |_| {}).await.expect("deploy");
+    assert!(matches!(outcome, DeployOutcome::Applied(_)));
+    assert_eq!(delete.num_calls(), 1, "the dead stack was deleted first");
+    assert_eq!(create_kind.num_calls(), 1, "then created anew");
+}
+
+#[tokio::test]
+async fn no_changes_is_success() {
+    let describe = mock!(Client::describe_stacks).then_output(|| stack(StackStatus::UpdateComplete));
+    let change_set = mock!(Client::describe_change_set).then_output(|| {
+        DescribeChangeSetOutput::builder()
+            .status(ChangeSetStatus::Failed)
+            .status_reason("The submitted information didn't contain changes. Submit different information to create a change set.")
+            .build()
+    });
+    let (create, execute, delete_cs) = common_rules();
+    let deployer = deployer(&[&describe, &create, &change_set, &execute, &delete_cs]);
+    let mut asked = false;
+    let (outcome, outputs) = deployer
+        .deploy(
+            &request(),
+            &mut |_| {
+                asked = true;
+                true
+            },
+            &mut |_| {},
+        )
+        .await
+        .expect("deploy");
+    assert_eq!(outcome, DeployOutcome::Unchanged);
+    assert!(!asked, "nothing to confirm");
+    assert_eq!(execute.num_calls(), 0, "nothing executed");
+    assert_eq!(delete_cs.num_calls(), 1, "the empty change set is removed");
+    assert_eq!(outputs.len(), 1);
+}
+
+#[tokio::test]
+async fn a_declined_change_set_changes_nothing() {
+    let describe = mock!(Client::describe_stacks).then_output(|| stack(StackStatus::UpdateComplete));
+    let change_set = mock!(Client::describe_change_set).then_output(|| change_set_with(vec![add("OutputQueue")]));
+    let (create, execute, delete_cs) = common_rules();
+    let deployer = deployer(&[&describe, &create, &change_set, &execute, &delete_cs]);
+    let error = deployer.deploy(&request(), &mut |_| false, &mut |_| {}).await.expect_err("declined");
+    assert!(matches!(error, DeployError::Declined));
+    assert_eq!(execute.num_calls(), 0);
+}
