@@ -50,8 +50,8 @@ pub enum DeployError {
     /// The stack does not exist.
     #[error("stack {0} does not exist")]
     NoStack(String),
-    /// The template is too large to send inline.
-    #[error("template is {0} bytes; CloudFormation takes at most {MAX_INLINE_TEMPLATE} inline")]
+    /// The template is too large to send inline and no bucket was named for it.
+    #[error("template is {0} bytes; CloudFormation takes at most {MAX_INLINE_TEMPLATE} inline: set `template_bucket` in the environment")]
     TemplateTooLarge(usize),
     /// Waiting took longer than allowed.
     #[error("gave up waiting for {0}")]
@@ -109,6 +109,26 @@ pub struct Event {
     pub reason: Option<String>,
 }
 
+/// A resource that no longer matches the template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftedResource {
+    /// The template's name for it.
+    pub logical_id: String,
+    /// Its type.
+    pub resource_type: String,
+    /// `MODIFIED` or `DELETED`.
+    pub status: String,
+}
+
+/// The result of drift detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// `IN_SYNC`, `DRIFTED`, ...
+    pub status: String,
+    /// What drifted.
+    pub resources: Vec<DriftedResource>,
+}
+
 /// What a deploy did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeployOutcome {
@@ -138,6 +158,7 @@ pub struct Deployer {
     s3: aws_sdk_s3::Client,
     poll: Duration,
     max_polls: u32,
+    template_bucket: Option<String>,
 }
 
 fn is_missing(error: &impl ProvideErrorMetadata) -> bool {
@@ -161,7 +182,35 @@ fn failed(status: &StackStatus) -> bool {
 impl Deployer {
     /// A deployer with these clients, polling every `poll`.
     pub fn new(cfn: Client, s3: aws_sdk_s3::Client, poll: Duration) -> Self {
-        Self { cfn, s3, poll, max_polls: 4 * 3600 }
+        Self { cfn, s3, poll, max_polls: 4 * 3600, template_bucket: None }
+    }
+
+    /// Templates over [`MAX_INLINE_TEMPLATE`] are uploaded to `bucket` and passed by URL.
+    pub fn with_template_bucket(mut self, bucket: Option<String>) -> Self {
+        self.template_bucket = bucket.filter(|b| !b.is_empty());
+        self
+    }
+
+    /// Uploads a large template and returns its URL (path-style, which CloudFormation accepts
+    /// in every region).
+    async fn upload_template(&self, stack: &str, template: &str) -> Result<String, DeployError> {
+        let Some(bucket) = &self.template_bucket else {
+            return Err(DeployError::TemplateTooLarge(template.len()));
+        };
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        template.hash(&mut hasher);
+        let key = format!("batchgrid/{stack}/template-{:016x}.yaml", hasher.finish());
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(&key)
+            .body(template.as_bytes().to_vec().into())
+            .send()
+            .await
+            .map_err(|e| aws("PutObject")(e.into_service_error()))?;
+        let region = self.s3.config().region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".to_owned());
+        Ok(format!("https://s3.{region}.amazonaws.com/{bucket}/{key}"))
     }
 
     /// The stack's status, or `None` when it does not exist.
@@ -239,9 +288,11 @@ impl Deployer {
         request: &DeployRequest,
         kind: ChangeSetType,
     ) -> Result<Option<(String, Vec<PlannedChange>)>, DeployError> {
-        if request.template.len() > MAX_INLINE_TEMPLATE {
-            return Err(DeployError::TemplateTooLarge(request.template.len()));
-        }
+        let template_url = if request.template.len() > MAX_INLINE_TEMPLATE {
+            Some(self.upload_template(&request.stack, &request.template).await?)
+        } else {
+            None
+        };
         let name = format!(
             "batchgrid-{}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -252,7 +303,8 @@ impl Deployer {
             .stack_name(&request.stack)
             .change_set_name(&name)
             .change_set_type(kind)
-            .template_body(&request.template)
+            .set_template_body(template_url.is_none().then(|| request.template.clone()))
+            .set_template_url(template_url)
             .capabilities(Capability::CapabilityIam)
             .set_tags(Some(tags))
             .send()
@@ -452,6 +504,60 @@ impl Deployer {
             Err(DeployError::StackFailed { status, .. }) if status == "DELETE_COMPLETE" => Ok(()),
             other => other,
         }
+    }
+
+    /// Runs drift detection and reports the stack's status and each drifted resource.
+    pub async fn drift(&self, stack: &str) -> Result<Drift, DeployError> {
+        use aws_sdk_cloudformation::types::{StackDriftDetectionStatus, StackResourceDriftStatus};
+        let started = self
+            .cfn
+            .detect_stack_drift()
+            .stack_name(stack)
+            .send()
+            .await
+            .map_err(|e| aws("DetectStackDrift")(e.into_service_error()))?;
+        let id = started.stack_drift_detection_id().unwrap_or_default().to_owned();
+        for _ in 0..self.max_polls {
+            let status = self
+                .cfn
+                .describe_stack_drift_detection_status()
+                .stack_drift_detection_id(&id)
+                .send()
+                .await
+                .map_err(|e| aws("DescribeStackDriftDetectionStatus")(e.into_service_error()))?;
+            match status.detection_status() {
+                Some(StackDriftDetectionStatus::DetectionInProgress) | None => tokio::time::sleep(self.poll).await,
+                Some(StackDriftDetectionStatus::DetectionFailed) => {
+                    return Err(DeployError::Aws {
+                        operation: "DetectStackDrift",
+                        message: status.detection_status_reason().unwrap_or("detection failed").to_owned(),
+                    })
+                }
+                _ => {
+                    let drifts = self
+                        .cfn
+                        .describe_stack_resource_drifts()
+                        .stack_name(stack)
+                        .stack_resource_drift_status_filters(StackResourceDriftStatus::Modified)
+                        .stack_resource_drift_status_filters(StackResourceDriftStatus::Deleted)
+                        .send()
+                        .await
+                        .map_err(|e| aws("DescribeStackResourceDrifts")(e.into_service_error()))?;
+                    let resources = drifts
+                        .stack_resource_drifts()
+                        .iter()
+                        .map(|d| DriftedResource {
+                            logical_id: d.logical_resource_id().unwrap_or_default().to_owned(),
+                            resource_type: d.resource_type().unwrap_or_default().to_owned(),
+                            status: d.stack_resource_drift_status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                        })
+                        .collect();
+                    let stack_status = status.stack_drift_status().map(|s| s.as_str().to_owned()).unwrap_or_default();
+                    return Ok(Drift { status: stack_status, resources });
+                }
+            }
+        }
+        Err(DeployError::Timeout(format!("drift detection of {stack}")))
     }
 
     /// Empties `buckets` (every version and delete marker) and deletes the stack.

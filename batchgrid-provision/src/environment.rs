@@ -48,6 +48,8 @@ pub struct Environment {
     pub cost_centre: String,
     /// Extra tags on every resource.
     pub tags: BTreeMap<String, String>,
+    /// An existing bucket for templates too large to send inline (empty: none).
+    pub template_bucket: String,
     /// The network.
     pub network: Network,
     /// The buckets.
@@ -363,6 +365,13 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
         || !env.region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
         return Err((root.key("region"), format!("`{}` is not an AWS region such as eu-west-1", env.region)));
+    }
+    let bucket = &env.template_bucket;
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !bucket.is_empty() && !bucket_ok {
+        return Err((root.key("template_bucket"), format!("`{bucket}` is not an S3 bucket name")));
     }
     parse_cidr(&env.network.vpc_cidr).map_err(|m| (root.key("network").key("vpc_cidr"), m))?;
     if env.network.s3_gateway_endpoint && !env.network.internet && env.network.existing.is_none() {

@@ -94,3 +94,30 @@ async fn deploy_change_no_change_and_teardown_on_the_emulator() {
     let names: Vec<&str> = left.buckets().iter().filter_map(|b| b.name()).collect();
     assert!(!names.contains(&raw.as_str()), "no bucket left: {names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_over_the_inline_limit_goes_through_the_bucket() {
+    let moto = moto::Moto::start();
+    let config = moto.sdk_config("us-east-1").await;
+    let s3 = aws::s3(&config);
+    s3.create_bucket().bucket("templates").send().await.expect("bucket");
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(project().join("environments/base.yaml"), dir.path().join("base.yaml")).expect("copy");
+    // Enough tags on every resource to pass 51,200 bytes.
+    let tags: String = (0..40).map(|i| format!("  Team{i}: platform-engineering-{i}\n")).collect();
+    let local = std::fs::read_to_string(project().join("environments/local.yaml")).expect("local");
+    std::fs::write(dir.path().join("local.yaml"), format!("{local}template_bucket: templates\ntags:\n{tags}"))
+        .expect("write");
+    let big = request(dir.path());
+    assert!(big.template.len() > batchgrid_provision::deploy::MAX_INLINE_TEMPLATE, "{} bytes", big.template.len());
+
+    let inline_only = Deployer::new(aws::cloudformation(&config), aws::s3(&config), Duration::from_millis(200));
+    let refused = inline_only.deploy(&big, &mut |_| true, &mut |_| {}).await.expect_err("no bucket, no deploy");
+    assert!(refused.to_string().contains("template_bucket"), "{refused}");
+
+    let deployer = inline_only.with_template_bucket(Some("templates".into()));
+    let (outcome, _) = deployer.deploy(&big, &mut |_| true, &mut |_| {}).await.expect("deploy through the bucket");
+    assert!(matches!(outcome, DeployOutcome::Applied(_)));
+    let stored = s3.list_objects_v2().bucket("templates").send().await.expect("list");
+    assert_eq!(stored.contents().len(), 1, "the template was uploaded once");
+}

@@ -48,6 +48,8 @@ enum Command {
     },
     /// Print a deployed stack's outputs.
     Outputs(provision::Place),
+    /// Detect and print drift between the deployed stack and its template.
+    Drift(provision::Place),
     /// Empty an environment's buckets and delete its stack.
     Teardown {
         #[command(flatten)]
@@ -125,6 +127,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Diff(place) => provision::run(place, provision::Action::Diff).await,
             Command::Deploy { place, yes } => provision::run(place, provision::Action::Deploy { yes }).await,
             Command::Outputs(place) => provision::run(place, provision::Action::Outputs).await,
+            Command::Drift(place) => provision::run(place, provision::Action::Drift).await,
             Command::Teardown { place, confirm } => provision::teardown(place, confirm).await,
             Command::Split(args) => {
                 init_logging("warn");

@@ -42,6 +42,8 @@ pub enum Action {
     },
     /// Print saved or live outputs.
     Outputs,
+    /// Detect and print drift.
+    Drift,
 }
 
 struct Prepared {
@@ -69,6 +71,7 @@ async fn deployer(environment: &Environment) -> Deployer {
     // The emulator settles in milliseconds; AWS in minutes.
     let poll = if aws::endpoint_override(&config) { Duration::from_millis(300) } else { Duration::from_secs(5) };
     Deployer::new(aws::cloudformation(&config), aws::s3(&config), poll)
+        .with_template_bucket(Some(environment.template_bucket.clone()))
 }
 
 fn print_changes(changes: &[PlannedChange]) {
@@ -80,12 +83,50 @@ fn print_changes(changes: &[PlannedChange]) {
     }
 }
 
-fn show_event(event: &Event) {
-    match &event.reason {
-        Some(reason) if event.status.ends_with("_FAILED") => {
-            eprintln!("  {:<28} {}: {reason}", event.status, event.logical_id)
+/// Shows stack events: a progress bar over the planned resources on a terminal, one line per
+/// event otherwise. Failures always get a line of their own, with the reason.
+struct EventView {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl EventView {
+    fn new(total: u64) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self { bar: None };
         }
-        _ => eprintln!("  {:<28} {}", event.status, event.logical_id),
+        let bar = indicatif::ProgressBar::new(total.max(1));
+        let style = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Self { bar: Some(bar) }
+    }
+
+    fn show(&self, event: &Event) {
+        let line = match &event.reason {
+            Some(reason) if event.status.ends_with("_FAILED") => {
+                format!("  {:<28} {}: {reason}", event.status, event.logical_id)
+            }
+            _ => format!("  {:<28} {}", event.status, event.logical_id),
+        };
+        let Some(bar) = &self.bar else {
+            eprintln!("{line}");
+            return;
+        };
+        if event.status.ends_with("_COMPLETE") && !event.status.contains("ROLLBACK") {
+            bar.inc(1);
+        }
+        if event.status.ends_with("_FAILED") {
+            bar.println(line);
+        } else {
+            bar.set_message(format!("{} {}", event.status, event.logical_id));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -119,7 +160,7 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
             let deployer = deployer(&prepared.environment).await;
             let protected = prepared.environment.protected;
             let name = place.name.clone();
-            let mut confirm = |changes: &[PlannedChange]| {
+            let confirm = |changes: &[PlannedChange]| {
                 println!("stack {}: {} change(s)", prepared.stack, changes.len());
                 print_changes(changes);
                 if !protected || yes {
@@ -133,8 +174,20 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
                 let mut answer = String::new();
                 std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == name
             };
-            let (outcome, outputs) =
-                deployer.deploy(&request(&prepared, &place.name), &mut confirm, &mut show_event).await?;
+            // The bar's length is the number of planned changes, known once the change set is.
+            let view = std::cell::RefCell::new(EventView { bar: None });
+            let mut confirm_then_watch = |changes: &[PlannedChange]| {
+                let go = confirm(changes);
+                if go {
+                    *view.borrow_mut() = EventView::new(changes.len() as u64);
+                }
+                go
+            };
+            let result = deployer
+                .deploy(&request(&prepared, &place.name), &mut confirm_then_watch, &mut |e| view.borrow().show(e))
+                .await;
+            view.borrow().finish();
+            let (outcome, outputs) = result?;
             match outcome {
                 DeployOutcome::Unchanged => println!("stack {} is up to date: nothing to do", prepared.stack),
                 DeployOutcome::Applied(changes) => {
@@ -148,6 +201,14 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
                 println!("  {key} = {value}");
             }
             println!("outputs saved to {}", path.display());
+        }
+        Action::Drift => {
+            let deployer = deployer(&prepared.environment).await;
+            let drift = deployer.drift(&prepared.stack).await?;
+            println!("stack {}: {}", prepared.stack, drift.status);
+            for resource in &drift.resources {
+                println!("  {:<9} {} ({})", resource.status, resource.logical_id, resource.resource_type);
+            }
         }
         Action::Outputs => {
             let deployer = deployer(&prepared.environment).await;
@@ -168,7 +229,10 @@ pub async fn teardown(place: Place, confirm: Option<String>) -> anyhow::Result<E
     let outputs = deployer.outputs_for(&prepared.stack, &prepared.template).await?;
     let buckets: Vec<String> =
         ["RawBucketName", "ResultsBucketName"].iter().filter_map(|key| outputs.get(*key).cloned()).collect();
-    let removed = deployer.teardown(&prepared.stack, &buckets, &mut show_event).await?;
+    let view = EventView::new(buckets.len() as u64 + 1);
+    let result = deployer.teardown(&prepared.stack, &buckets, &mut |e| view.show(e)).await;
+    view.finish();
+    let removed = result?;
     let _ = std::fs::remove_file(prepared.dir.join("outputs.json"));
     println!(
         "stack {} deleted ({removed} objects and versions removed from {} bucket(s))",

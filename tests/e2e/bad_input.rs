@@ -122,3 +122,52 @@ fn environments_are_checked_with_file_line_and_key() {
         "{stderr}"
     );
 }
+
+/// A bad environment stops every provisioning command before anything is sent to AWS.
+#[test]
+fn bad_environments_send_nothing_to_aws() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(root.join("environments/base.yaml"), dir.path().join("base.yaml")).expect("base");
+    let cases = [
+        ("grid:\n  max_size: 4\n  maximum: 9\n", "bad.yaml:3:3: grid.maximum: unknown field"),
+        ("grid:\n  max_size: lots\n", "bad.yaml:2:3: grid.max_size: invalid type"),
+        ("grid:\n  min_size: 9\n  max_size: 2\n", "bad.yaml:2:3: grid.min_size: min_size 9 is above max_size 2"),
+        (
+            "name_suffix: ${NOT_SET_ANYWHERE}\n",
+            "bad.yaml:1:1: name_suffix: environment variable `NOT_SET_ANYWHERE` is not set",
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(dir.path().join("bad.yaml"), text).expect("env");
+        for command in ["diff", "deploy", "teardown"] {
+            let output = batchgrid()
+                .env("AWS_ENDPOINT_URL", &endpoint)
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env_remove("NOT_SET_ANYWHERE")
+                .args([command, "bad", "--environments"])
+                .arg(dir.path())
+                .arg("--templates")
+                .arg(root.join("templates"))
+                .arg("--out")
+                .arg(dir.path().join("build"))
+                .output()
+                .expect("run");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{command}: one line: {stderr}");
+            assert!(stderr.contains(expected), "{command}: {stderr}");
+        }
+    }
+    let missing_base = tempfile::tempdir().expect("temp dir");
+    std::fs::write(missing_base.path().join("bad.yaml"), "region: eu-west-1\n").expect("env");
+    let output = batchgrid().args(["deploy", "bad", "--environments"]).arg(missing_base.path()).output().expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("base.yaml: (file): cannot read"));
+    assert!(listener.accept().is_err(), "no request reached the AWS endpoint");
+}

@@ -215,6 +215,60 @@ async fn no_changes_is_success() {
 }
 
 #[tokio::test]
+async fn drift_waits_for_detection_and_lists_drifted_resources() {
+    use aws_sdk_cloudformation::operation::describe_stack_drift_detection_status::DescribeStackDriftDetectionStatusOutput;
+    use aws_sdk_cloudformation::operation::describe_stack_resource_drifts::DescribeStackResourceDriftsOutput;
+    use aws_sdk_cloudformation::operation::detect_stack_drift::DetectStackDriftOutput;
+    use aws_sdk_cloudformation::types::{
+        StackDriftDetectionStatus, StackDriftStatus, StackResourceDrift, StackResourceDriftStatus,
+    };
+    let detect = mock!(Client::detect_stack_drift)
+        .then_output(|| DetectStackDriftOutput::builder().stack_drift_detection_id("d1").build());
+    let status = mock!(Client::describe_stack_drift_detection_status)
+        .sequence()
+        .output(|| {
+            DescribeStackDriftDetectionStatusOutput::builder()
+                .stack_id("grid-id")
+                .stack_drift_detection_id("d1")
+                .detection_status(StackDriftDetectionStatus::DetectionInProgress)
+                .timestamp(aws_sdk_cloudformation::primitives::DateTime::from_secs(0))
+                .build()
+        })
+        .output(|| {
+            DescribeStackDriftDetectionStatusOutput::builder()
+                .stack_id("grid-id")
+                .stack_drift_detection_id("d1")
+                .detection_status(StackDriftDetectionStatus::DetectionComplete)
+                .stack_drift_status(StackDriftStatus::Drifted)
+                .timestamp(aws_sdk_cloudformation::primitives::DateTime::from_secs(0))
+                .build()
+        })
+        .build();
+    let drifts = mock!(Client::describe_stack_resource_drifts).then_output(|| {
+        DescribeStackResourceDriftsOutput::builder()
+            .stack_resource_drifts(
+                StackResourceDrift::builder()
+                    .stack_id("grid-id")
+                    .logical_resource_id("InputQueue")
+                    .resource_type("AWS::SQS::Queue")
+                    .stack_resource_drift_status(StackResourceDriftStatus::Modified)
+                    .timestamp(aws_sdk_cloudformation::primitives::DateTime::from_secs(0))
+                    .build(),
+            )
+            .build()
+    });
+    let deployer = deployer(&[&detect, &status, &drifts]);
+    let drift = deployer.drift("grid").await.expect("drift");
+    assert_eq!(drift.status, "DRIFTED");
+    assert_eq!(drift.resources.len(), 1);
+    assert_eq!(
+        (drift.resources[0].logical_id.as_str(), drift.resources[0].status.as_str()),
+        ("InputQueue", "MODIFIED")
+    );
+    assert_eq!(status.num_calls(), 2, "waited while detection was in progress");
+}
+
+#[tokio::test]
 async fn a_declined_change_set_changes_nothing() {
     let describe = mock!(Client::describe_stacks).then_output(|| stack(StackStatus::UpdateComplete));
     let change_set = mock!(Client::describe_change_set).then_output(|| change_set_with(vec![add("OutputQueue")]));

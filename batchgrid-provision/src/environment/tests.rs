@@ -88,6 +88,7 @@ fn impossible_values_are_rejected() {
         ("grid:\n  instance_types: [large]\n", "grid.instance_types[0]"),
         ("name_suffix: Has Spaces\n", "name_suffix"),
         ("tags:\n  Project: other\n", "tags.Project"),
+        ("template_bucket: My_Bucket\n", "template_bucket"),
         ("grid:\n  ami: ubuntu\n", "grid.ami"),
         (
             "network:\n  existing: {vpc_id: vpc-12, private_subnet_ids: [subnet-1]}\n",
