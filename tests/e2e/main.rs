@@ -6,4 +6,5 @@ mod chaining;
 mod claims;
 mod failures;
 mod harness;
+mod provision;
 mod shutdown;

@@ -1,0 +1,48 @@
+//! The provisioning commands through the real binary against the local AWS emulator: deploy
+//! saves outputs, a second deploy has nothing to do, teardown removes the stack.
+
+#[path = "../../batchgrid-provision/tests/moto.rs"]
+#[allow(dead_code)]
+mod moto;
+
+use crate::harness::batchgrid;
+
+#[test]
+fn deploy_outputs_and_teardown_of_the_local_environment() {
+    let emulator = moto::Moto::start();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |args: &[&str]| {
+        let output = batchgrid()
+            .env("AWS_ENDPOINT_URL", &emulator.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(args)
+            .arg("local")
+            .arg("--environments")
+            .arg(root.join("environments"))
+            .arg("--templates")
+            .arg(root.join("templates"))
+            .arg("--out")
+            .arg(dir.path().join("build"))
+            .output()
+            .expect("run batchgrid");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(output.status.success(), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        stdout
+    };
+    let first = run(&["deploy"]);
+    assert!(first.contains("applied"), "{first}");
+    let saved = dir.path().join("build/local/outputs.json");
+    let outputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).expect("outputs saved")).expect("json");
+    assert!(outputs["InputQueueUrl"].as_str().is_some_and(|u| u.contains("InputQueue")), "{outputs}");
+    let again = run(&["deploy"]);
+    assert!(again.contains("up to date: nothing to do"), "{again}");
+    let listed = run(&["outputs"]);
+    assert!(listed.contains("RawBucketName"), "{listed}");
+    let gone = run(&["teardown"]);
+    assert!(gone.contains("deleted"), "{gone}");
+    assert!(!saved.exists(), "saved outputs go with the stack");
+}
