@@ -45,8 +45,11 @@ tools: ## install the test tools that do not come with cargo (cfn-lint, moto, fr
 	@command -v pyenv >/dev/null && pyenv rehash || true
 	@echo "using $$(cfn-lint --version) and moto $$(python3 -c 'import moto; print(moto.__version__)')"
 
-test: build tools ## run every test (unit, conformance, end to end, cfn-lint on every template)
+# cargo test builds every binary the end-to-end tests run, with the same features as the tests
+# (a separate `cargo build` would compile much of the tree twice).
+test: setup tools ## run every test (unit, conformance, end to end, cfn-lint on every template)
 	@mkdir -p build
+	@echo "building and running every test..."
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee build/test.log; status=$$?; \
 	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' build/test.log; \
 	  exit $$status
