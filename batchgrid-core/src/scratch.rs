@@ -5,6 +5,7 @@
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Top-level files of a slot whose names start with this are left in place when the slot is
@@ -17,13 +18,13 @@ pub const REUSED_PREFIX: &str = "input";
 pub struct ScratchSlots {
     root: PathBuf,
     free: Mutex<Vec<PathBuf>>,
-    created: Mutex<usize>,
+    created: AtomicUsize,
 }
 
 impl ScratchSlots {
     /// A pool under `root` (created on first use; removed with [`ScratchSlots::remove`]).
     pub fn new(root: PathBuf) -> Arc<Self> {
-        Arc::new(Self { root, free: Mutex::new(Vec::new()), created: Mutex::new(0) })
+        Arc::new(Self { root, free: Mutex::new(Vec::new()), created: AtomicUsize::new(0) })
     }
 
     /// An empty directory for one task, returned to the pool (emptied) when dropped.
@@ -32,11 +33,7 @@ impl ScratchSlots {
         let path = match reused {
             Some(path) => path,
             None => {
-                let index = {
-                    let mut created = self.created.lock().map_err(|_| io::Error::other("scratch pool poisoned"))?;
-                    *created += 1;
-                    *created
-                };
+                let index = self.created.fetch_add(1, Ordering::Relaxed) + 1;
                 let path = self.root.join(format!("slot-{index}"));
                 std::fs::create_dir_all(&path)?;
                 path

@@ -102,8 +102,7 @@ pub enum WorkerError {
 
 /// A generated worker id: host, process and a random suffix.
 pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    let host = hostname();
     let suffix = ulid::Ulid::new().to_string();
     format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 6..].to_lowercase())
 }
@@ -111,6 +110,16 @@ pub fn default_worker_id() -> String {
 /// A worker id made safe as a directory name.
 fn sanitize(id: &str) -> String {
     id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// This machine's name, read once per worker.
+fn hostname() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    if host.is_empty() {
+        "localhost".to_owned()
+    } else {
+        host
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,6 +165,7 @@ pub struct Worker {
     jobs: tokio::sync::Mutex<HashMap<String, CachedJob>>,
     held: Held,
     scratch: Arc<ScratchSlots>,
+    host: String,
 }
 
 impl Worker {
@@ -171,6 +181,7 @@ impl Worker {
             jobs: tokio::sync::Mutex::new(HashMap::new()),
             held: Arc::new(Mutex::new(HashMap::new())),
             scratch,
+            host: hostname(),
         })
     }
 
@@ -196,7 +207,7 @@ impl Worker {
     async fn record_self(&self, state: &str, started_at: i64) {
         let record = WorkerRecord {
             id: self.settings.id.clone(),
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
+            host: self.host.clone(),
             pid: std::process::id(),
             started_at,
             last_seen: now_millis(),

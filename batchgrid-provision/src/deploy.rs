@@ -500,10 +500,8 @@ impl Deployer {
             .send()
             .await
             .map_err(|e| aws("DeleteStack")(e.into_service_error()))?;
-        match self.wait(stack, seen, on_event).await {
-            Err(DeployError::StackFailed { status, .. }) if status == "DELETE_COMPLETE" => Ok(()),
-            other => other,
-        }
+        // A deleted stack stops resolving by name, which `wait` takes as done.
+        self.wait(stack, seen, on_event).await
     }
 
     /// Runs drift detection and reports the stack's status and each drifted resource.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use batchgrid_core::spec::locate::{locate, locate_exact, FieldPath, Position};
+use batchgrid_core::spec::locate::{bare_message, locate, locate_exact, position_suffix, FieldPath, Position};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
@@ -26,10 +26,6 @@ pub struct EnvironmentError {
     pub key: String,
     /// What is wrong.
     pub message: String,
-}
-
-fn position_suffix(position: &Option<Position>) -> String {
-    position.map(|p| format!(":{}:{}", p.line, p.column)).unwrap_or_default()
 }
 
 /// A validated environment.
@@ -223,7 +219,7 @@ pub fn load(dir: &Path, name: &str, lookup: &dyn Fn(&str) -> Option<String>) -> 
     };
     let environment: Environment = serde_path_to_error::deserialize(merged).map_err(|e| {
         let path = to_field_path(e.path());
-        let message = strip_location(&e.into_inner().to_string());
+        let message = bare_message(&e.into_inner().to_string());
         blame(&path, message)
     })?;
     validate(&environment).map_err(|(path, message)| blame(&path, message))?;
@@ -245,7 +241,7 @@ fn parse(source: &Source, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Val
         file: source.path.clone(),
         position: e.location().map(|l| Position { line: l.line(), column: l.column() }),
         key: "(document)".into(),
-        message: strip_location(&e.to_string()),
+        message: bare_message(&e.to_string()),
     })?;
     let mut value = match value {
         Value::Null => Value::Mapping(Mapping::new()),
@@ -336,17 +332,6 @@ fn to_field_path(path: &serde_path_to_error::Path) -> FieldPath {
         };
     }
     out
-}
-
-fn strip_location(message: &str) -> String {
-    let message = match message.find(" at line ") {
-        Some(at) => &message[..at],
-        None => message,
-    };
-    match message.split_once(": ") {
-        Some((path, rest)) if !path.is_empty() && !path.contains(' ') => rest.to_owned(),
-        _ => message.to_owned(),
-    }
 }
 
 type Invalid = (FieldPath, String);

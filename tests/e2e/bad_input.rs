@@ -1,6 +1,6 @@
 //! Bad job files: one line naming file, line and field; a non-zero exit; no panic.
 
-use crate::harness::batchgrid;
+use crate::harness::{batchgrid, batchgrid_against};
 
 const GOOD: &str = "name: bad\ninput:\n  path: INPUT\nsplit:\n  lines: 10\nstages:\n  - name: work\n    command: [cat, \"{input}\"]\noutput:\n  path: out\n";
 
@@ -144,11 +144,7 @@ fn bad_environments_send_nothing_to_aws() {
     for (text, expected) in cases {
         std::fs::write(dir.path().join("bad.yaml"), text).expect("env");
         for command in ["diff", "deploy", "teardown"] {
-            let output = batchgrid()
-                .env("AWS_ENDPOINT_URL", &endpoint)
-                .env("AWS_ACCESS_KEY_ID", "testing")
-                .env("AWS_SECRET_ACCESS_KEY", "testing")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
+            let output = batchgrid_against(&endpoint)
                 .env_remove("NOT_SET_ANYWHERE")
                 .args([command, "bad", "--environments"])
                 .arg(dir.path())

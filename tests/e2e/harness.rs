@@ -35,6 +35,18 @@ pub fn batchgrid() -> Command {
     command
 }
 
+/// A `batchgrid` command pointed at an AWS endpoint on loopback, with dummy credentials and
+/// no instance-metadata lookups (which would leave the machine).
+pub fn batchgrid_against(endpoint: &str) -> Command {
+    let mut command = batchgrid();
+    command
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    command
+}
+
 /// The outcome of `batchgrid run --json`.
 pub struct RunResult {
     /// Exit status code.

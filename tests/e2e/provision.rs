@@ -5,7 +5,7 @@
 #[allow(dead_code)]
 mod moto;
 
-use crate::harness::batchgrid;
+use crate::harness::batchgrid_against;
 
 #[test]
 fn deploy_outputs_and_teardown_of_the_local_environment() {
@@ -13,11 +13,7 @@ fn deploy_outputs_and_teardown_of_the_local_environment() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("temp dir");
     let run = |args: &[&str]| {
-        let output = batchgrid()
-            .env("AWS_ENDPOINT_URL", &emulator.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+        let output = batchgrid_against(&emulator.endpoint)
             .args(args)
             .arg("local")
             .arg("--environments")

@@ -64,6 +64,25 @@ pub struct Position {
     pub column: usize,
 }
 
+/// `:line:column`, or nothing when the position is unknown: what follows the file name in a
+/// one-line error.
+pub fn position_suffix(position: &Option<Position>) -> String {
+    position.map(|p| format!(":{}:{}", p.line, p.column)).unwrap_or_default()
+}
+
+/// A serde_yaml error message without the ` at line L column C` it appends and the path it
+/// prepends (`split.lines: `): our errors print both in their own places.
+pub fn bare_message(message: &str) -> String {
+    let message = match message.find(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    };
+    match message.split_once(": ") {
+        Some((path, rest)) if !path.is_empty() && !path.contains(' ') => rest.to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
 enum Frame {
     Mapping { key: Option<String>, expecting_key: bool },
     Sequence { next: usize },

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use locate::position_suffix;
 pub use locate::{FieldPath, Position};
 
 /// Largest job file accepted; a job file is configuration, not data.
@@ -31,13 +32,6 @@ pub struct SpecError {
     pub field: String,
     /// What is wrong with it.
     pub message: String,
-}
-
-fn position_suffix(position: &Option<Position>) -> String {
-    match position {
-        Some(p) => format!(":{}:{}", p.line, p.column),
-        None => String::new(),
-    }
 }
 
 /// A validated job: every value in it has been checked.
@@ -335,7 +329,7 @@ pub fn parse_job(text: &str, origin: &str, base_dir: &Path, overrides: &Override
             origin: origin.to_owned(),
             position,
             field: if field == "." { "(document)".into() } else { field },
-            message: strip_path(&strip_location(&inner.to_string())),
+            message: locate::bare_message(&inner.to_string()),
         }
     })?;
     Validator { error_at: &error_at, base_dir, overrides }.job(raw)
@@ -382,22 +376,6 @@ fn too_deep(text: &str) -> Option<Position> {
         previous = c;
     }
     None
-}
-
-/// serde_yaml appends " at line L column C"; we print the location in front instead.
-fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(at) => message[..at].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-/// serde_yaml starts nested errors with its own path (`split.lines: ...`); we print ours.
-fn strip_path(message: &str) -> String {
-    match message.split_once(": ") {
-        Some((path, rest)) if !path.is_empty() && !path.contains(' ') => rest.to_owned(),
-        _ => message.to_owned(),
-    }
 }
 
 struct Validator<'a, F: Fn(&FieldPath, String) -> SpecError> {
