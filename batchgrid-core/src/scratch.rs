@@ -23,7 +23,12 @@ pub struct ScratchSlots {
 
 impl ScratchSlots {
     /// A pool under `root` (created on first use; removed with [`ScratchSlots::remove`]).
+    ///
+    /// Whatever is already under `root` is removed: it is what a crashed predecessor with the same
+    /// worker id left behind, and a reused slot with its stale outputs would leak them into the next
+    /// task's results.
     pub fn new(root: PathBuf) -> Arc<Self> {
+        let _ = std::fs::remove_dir_all(&root);
         Arc::new(Self { root, free: Mutex::new(Vec::new()), created: AtomicUsize::new(0) })
     }
 
@@ -35,6 +40,10 @@ impl ScratchSlots {
             None => {
                 let index = self.created.fetch_add(1, Ordering::Relaxed) + 1;
                 let path = self.root.join(format!("slot-{index}"));
+                // A slot must start empty even if something recreated the directory meanwhile.
+                if path.exists() {
+                    std::fs::remove_dir_all(&path)?;
+                }
                 std::fs::create_dir_all(&path)?;
                 path
             }
@@ -129,5 +138,18 @@ mod tests {
         drop((slot, other));
         pool.remove();
         assert!(!root.path().join("w1").exists());
+    }
+
+    /// A worker restarted under the same id must not hand its tasks the outputs its killed
+    /// predecessor left in the slots (they ended up in a reduce stage's results).
+    #[test]
+    fn a_new_pool_starts_without_a_predecessors_leftovers() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let stale = root.path().join("w1/slot-1/output");
+        std::fs::create_dir_all(&stale).expect("mkdir");
+        std::fs::write(stale.join("aggregates.csv"), "stale").expect("write");
+        let pool = ScratchSlots::new(root.path().join("w1"));
+        let slot = pool.acquire().expect("slot");
+        assert_eq!(std::fs::read_dir(&*slot).expect("read").count(), 0, "the slot starts empty");
     }
 }
