@@ -6,3 +6,29 @@ pub const LOG: &str = "BATCHGRID_LOG";
 pub const LOG_FORMAT: &str = "BATCHGRID_LOG_FORMAT";
 /// State directory of an embedded grid.
 pub const STATE_DIR: &str = "BATCHGRID_STATE_DIR";
+/// The environment a command's deployed grid belongs to (`--env`).
+pub const ENV: &str = "BATCHGRID_ENV";
+/// Region of the deployed grid (on its instances).
+pub const REGION: &str = "BATCHGRID_REGION";
+/// Bucket for raw job input.
+pub const RAW_BUCKET: &str = "BATCHGRID_RAW_BUCKET";
+/// Bucket for staged chunks and results.
+pub const RESULTS_BUCKET: &str = "BATCHGRID_RESULTS_BUCKET";
+/// URL of the input queue.
+pub const INPUT_QUEUE_URL: &str = "BATCHGRID_INPUT_QUEUE_URL";
+/// URL of the output queue.
+pub const OUTPUT_QUEUE_URL: &str = "BATCHGRID_OUTPUT_QUEUE_URL";
+/// The RDS instance's address.
+pub const DATABASE_HOST: &str = "BATCHGRID_DATABASE_HOST";
+/// ARN of the RDS-managed credentials secret.
+pub const DATABASE_SECRET_ARN: &str = "BATCHGRID_DATABASE_SECRET_ARN";
+/// A PostgreSQL URL (an external analytics database; overrides the stack's RDS).
+pub const DATABASE_URL: &str = "BATCHGRID_DATABASE_URL";
+/// The manager API's bearer token.
+pub const API_TOKEN: &str = "BATCHGRID_API_TOKEN";
+/// ARN of a Secrets Manager secret holding the API token.
+pub const API_TOKEN_SECRET_ARN: &str = "BATCHGRID_API_TOKEN_SECRET_ARN";
+/// Where the CLI reaches the manager's API.
+pub const MANAGER_URL: &str = "BATCHGRID_MANAGER_URL";
+/// Where the manager listens.
+pub const LISTEN: &str = "BATCHGRID_LISTEN";

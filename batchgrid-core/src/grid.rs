@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::analytics::{AnalyticsError, AnalyticsStore, SqliteAnalytics};
+use crate::metering::RequestMeter;
 use crate::queue::sqlite::open_queue_database;
 use crate::queue::{QueueError, SqliteQueue, TaskQueue};
 use crate::store::{LocalStore, ObjectStore, StoreError};
@@ -26,6 +27,8 @@ pub struct Grid {
     pub chain: Arc<dyn TaskQueue>,
     /// Progress and statistics.
     pub analytics: Arc<dyn AnalyticsStore>,
+    /// Requests this process made to AWS (nothing on the embedded grid).
+    pub meter: RequestMeter,
 }
 
 /// Failures opening a grid's backends.
@@ -49,6 +52,9 @@ pub enum GridError {
     /// The analytics store failed to open.
     #[error(transparent)]
     Analytics(#[from] AnalyticsError),
+    /// A setting is missing or unusable.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Settings of an embedded grid.
@@ -72,6 +78,83 @@ impl Grid {
             tasks: Arc::new(SqliteQueue::new(queue_db.clone(), TASK_QUEUE, settings.max_receives)),
             chain: Arc::new(SqliteQueue::new(queue_db, CHAIN_QUEUE, settings.max_receives)),
             analytics: Arc::new(analytics),
+            meter: RequestMeter::new(),
+        })
+    }
+
+    /// Publishes this process's request counts so the manager can sum them into reports.
+    pub async fn publish_requests(&self, process_id: &str) {
+        let counts = self.meter.snapshot();
+        if counts.is_empty() {
+            return;
+        }
+        if let Err(error) = self.analytics.record_requests(process_id, &counts).await {
+            tracing::warn!(%error, "could not record request counts");
+        }
+    }
+}
+
+/// Where the AWS grid's analytics database is.
+#[cfg(all(feature = "aws", feature = "postgres"))]
+#[derive(Debug, Clone)]
+pub enum DatabaseSource {
+    /// A PostgreSQL URL (an external database; `local` uses the one on loopback).
+    Url(crate::aws::secrets::Secret),
+    /// An RDS instance whose credentials Secrets Manager holds.
+    Rds {
+        /// The instance's endpoint address.
+        host: String,
+        /// The ARN of the RDS-managed master user secret.
+        secret_arn: String,
+    },
+}
+
+/// The names an AWS grid runs against: a deployed stack's outputs, or the environment
+/// variables its instances are started with.
+#[cfg(all(feature = "aws", feature = "postgres"))]
+#[derive(Debug, Clone)]
+pub struct AwsGridSettings {
+    /// The stack's region.
+    pub region: String,
+    /// Bucket for staged chunks and results.
+    pub results_bucket: String,
+    /// The input queue's URL (its dead-letter queue is found through its redrive policy).
+    pub input_queue_url: String,
+    /// The output queue's URL.
+    pub output_queue_url: String,
+    /// The analytics database.
+    pub database: DatabaseSource,
+    /// Pooled database connections per process.
+    pub database_connections: u32,
+}
+
+#[cfg(all(feature = "aws", feature = "postgres"))]
+impl Grid {
+    /// Opens the grid on S3, SQS and PostgreSQL; every client counts its requests in the
+    /// returned grid's meter.
+    pub async fn open_aws(settings: &AwsGridSettings) -> Result<Self, GridError> {
+        use crate::aws;
+        let meter = RequestMeter::new();
+        let config = aws::sdk_config(&settings.region).await;
+        let s3 = aws::s3_client(&config, &meter);
+        let sqs = aws::sqs_client(&config, &meter);
+        let tasks = crate::queue::SqsQueue::open(sqs.clone(), &settings.input_queue_url).await?;
+        let chain = crate::queue::SqsQueue::open(sqs, &settings.output_queue_url).await?;
+        let url = match &settings.database {
+            DatabaseSource::Url(url) => url.clone(),
+            DatabaseSource::Rds { host, secret_arn } => {
+                aws::secrets::database_url(&aws::secrets_client(&config, &meter), secret_arn, host, "postgres")
+                    .await
+                    .map_err(|e| GridError::Settings(e.to_string()))?
+            }
+        };
+        let analytics = crate::analytics::PgAnalytics::connect(url.expose(), settings.database_connections).await?;
+        Ok(Self {
+            store: Arc::new(crate::store::S3Store::new(s3, &settings.results_bucket, "")),
+            tasks: Arc::new(tasks),
+            chain: Arc::new(chain),
+            analytics: Arc::new(analytics),
+            meter,
         })
     }
 }

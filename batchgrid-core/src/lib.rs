@@ -17,15 +17,20 @@
 //! progress is an upsert per (job, stage, task).
 
 pub mod analytics;
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod db;
 pub mod grid;
 pub mod manager;
+pub mod metering;
 pub mod processor;
 pub mod queue;
 pub mod report;
 pub mod scratch;
+pub mod secret;
+pub mod service;
 pub mod spec;
 pub mod split;
 pub mod store;

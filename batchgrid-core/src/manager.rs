@@ -21,13 +21,17 @@ use crate::queue::{QueueError, TaskQueue, MAX_BATCH};
 use crate::report::JobReport;
 use crate::spec::{InputSpec, JobSpec, SplitSpec, StageKind};
 use crate::split::{split_input, Chunk, ChunkData, SplitError};
-use crate::store::StoreError;
-use crate::task::{chunk_task_id, input_key, spec_key, stage_prefix, TaskMessage, MAX_INLINE_BYTES, REDUCE_TASK_ID};
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::task::{
+    chunk_task_id, input_key, report_key, spec_key, stage_prefix, TaskMessage, MAX_INLINE_BYTES, REDUCE_TASK_ID,
+};
 
 /// Batches of ten sent concurrently while enqueueing.
 const SEND_CONCURRENCY: usize = 8;
 /// Chunks staged ahead of the enqueuer; bounds spool disk and memory.
 const SPLIT_AHEAD: usize = 4;
+/// How long a finished job's report waits for workers' last request counts.
+const REQUESTS_SETTLE: Duration = Duration::from_millis(2500);
 /// Dead letters read per tick.
 const DEAD_LETTER_SCAN: usize = 100;
 
@@ -55,6 +59,14 @@ pub enum ManagerError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The job's input cannot be read.
+    #[error("input {input}: {message}")]
+    Input {
+        /// The input as given.
+        input: String,
+        /// What is wrong.
+        message: String,
     },
     /// The spool directory is unusable.
     #[error("spool directory {path}: {source}")]
@@ -95,17 +107,60 @@ impl JobProgress {
     }
 }
 
+/// Opens an object store over a named bucket, for `s3://` inputs.
+pub type BucketOpener = Arc<dyn Fn(&str) -> Arc<dyn ObjectStore> + Send + Sync>;
+
 /// The job manager.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Manager {
     grid: Grid,
     spool: PathBuf,
+    buckets: Option<BucketOpener>,
+    copy_results: bool,
+    process_id: String,
+    dead_letter_every: Duration,
+    last_dead_letter_scan: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("grid", &self.grid).field("spool", &self.spool).finish_non_exhaustive()
+    }
 }
 
 impl Manager {
     /// A manager for `grid`, spooling chunks under `spool`.
     pub fn new(grid: Grid, spool: impl Into<PathBuf>) -> Self {
-        Self { grid, spool: spool.into() }
+        let process_id = format!("manager-{}", ulid::Ulid::new().to_string().to_lowercase());
+        Self {
+            grid,
+            spool: spool.into(),
+            buckets: None,
+            copy_results: true,
+            process_id,
+            dead_letter_every: Duration::ZERO,
+            last_dead_letter_scan: Arc::default(),
+        }
+    }
+
+    /// Lets jobs read `s3://` inputs through `opener`.
+    pub fn with_buckets(mut self, opener: BucketOpener) -> Self {
+        self.buckets = Some(opener);
+        self
+    }
+
+    /// Reads the dead-letter queues at most this often per job (each read is a billed request
+    /// on SQS; the embedded queue's are free, so it reads them every tick).
+    pub fn with_dead_letter_scan_every(mut self, every: Duration) -> Self {
+        self.dead_letter_every = every;
+        self
+    }
+
+    /// Leaves results in the object store instead of copying them to the job's local output
+    /// directory (a manager service, whose users fetch them through its API).
+    pub fn keep_results_in_store(mut self) -> Self {
+        self.copy_results = false;
+        self
     }
 
     /// The grid this manager drives.
@@ -147,7 +202,17 @@ impl Manager {
         self.grid.analytics.set_job_state(job_id, JobState::Splitting, None).await?;
         let spool = self.spool.join(job_id);
         std::fs::create_dir_all(&spool).map_err(|source| ManagerError::Spool { path: spool.clone(), source })?;
-        let InputSpec::Local(input) = &spec.input;
+        let input = match &spec.input {
+            InputSpec::Local(path) => path.clone(),
+            InputSpec::S3 { bucket, key } => match self.fetch_input(bucket, key, spec.split, &spool).await {
+                Ok(path) => path,
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&spool);
+                    return Err(error);
+                }
+            },
+        };
+        let input = &input;
 
         // The splitter is blocking file work; chunks come through a small bounded channel.
         let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Chunk>(SPLIT_AHEAD);
@@ -220,6 +285,56 @@ impl Manager {
         Ok(count)
     }
 
+    /// Downloads an `s3://` input into the spool: the one object for a chunked split, every
+    /// object under the prefix otherwise (keeping their relative paths). Returns the local path.
+    async fn fetch_input(
+        &self,
+        bucket: &str,
+        key: &str,
+        split: SplitSpec,
+        spool: &Path,
+    ) -> Result<PathBuf, ManagerError> {
+        let describe = || format!("s3://{bucket}/{key}");
+        let Some(opener) = &self.buckets else {
+            return Err(ManagerError::Input { input: describe(), message: "s3:// inputs need a grid on AWS".into() });
+        };
+        let store = opener(bucket);
+        let root = spool.join("input");
+        let objects: Vec<String> = if split == SplitSpec::PerFile {
+            store.list(key).await?.into_iter().map(|o| o.key).filter(|k| !k.ends_with('/')).collect()
+        } else {
+            vec![key.to_owned()]
+        };
+        if objects.is_empty() {
+            return Err(ManagerError::Input { input: describe(), message: "no objects under this prefix".into() });
+        }
+        let base = match key.rfind('/') {
+            Some(i) => &key[..=i],
+            None => "",
+        };
+        let spool_error = |path: &Path, source| ManagerError::Spool { path: path.to_path_buf(), source };
+        let mut single = None;
+        for object in &objects {
+            let relative = object.strip_prefix(base).unwrap_or(object);
+            let target = root.join(relative);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| spool_error(parent, e))?;
+            }
+            match store.get_to_file(object, &target).await {
+                Err(StoreError::NotFound(_)) => {
+                    return Err(ManagerError::Input { input: describe(), message: "no such object".into() })
+                }
+                other => other?,
+            };
+            single = Some(target);
+        }
+        // One object named exactly by the key is a file input; anything else a directory.
+        Ok(match single {
+            Some(path) if objects.len() == 1 && objects[0] == key => path,
+            _ => root,
+        })
+    }
+
     /// Sends bodies in batches of ten, several batches in flight.
     async fn enqueue(&self, queue: &Arc<dyn TaskQueue>, bodies: Vec<String>) -> Result<(), ManagerError> {
         let batches: Vec<Vec<String>> = bodies.chunks(MAX_BATCH).map(<[String]>::to_vec).collect();
@@ -244,7 +359,16 @@ impl Manager {
             let stages = self.grid.analytics.stages(job_id).await?;
             return Ok(JobProgress { state: job.state, stages, error: job.error });
         }
-        self.collect_dead_letters(job_id).await?;
+        let scan_due = self.last_dead_letter_scan.lock().map_or(true, |mut scans| {
+            let due = scans.get(job_id).is_none_or(|at| at.elapsed() >= self.dead_letter_every);
+            if due {
+                scans.insert(job_id.to_owned(), std::time::Instant::now());
+            }
+            due
+        });
+        if scan_due {
+            self.collect_dead_letters(job_id).await?;
+        }
         let mut stages = self.grid.analytics.stages(job_id).await?;
         let mut state = job.state;
         let mut error = None;
@@ -307,7 +431,7 @@ impl Manager {
             }
         }
         if state.is_terminal() {
-            if state == JobState::Completed {
+            if state == JobState::Completed && self.copy_results {
                 if let Err(e) = self.write_results(job_id, spec).await {
                     state = JobState::Failed;
                     error = Some(e.to_string());
@@ -362,17 +486,9 @@ impl Manager {
 
     /// Copies the final stage's results to the job's output directory.
     async fn write_results(&self, job_id: &str, spec: &JobSpec) -> Result<u64, ManagerError> {
-        let last = spec.last_stage();
-        let stage = &spec.stages[last];
-        let prefix = stage_prefix(job_id, last as u32, &stage.name);
-        let objects = self.grid.store.list(&prefix).await?;
         let root = &spec.output.path;
         let mut written = 0;
-        for object in objects {
-            let mut relative = object.key.strip_prefix(&prefix).unwrap_or(&object.key);
-            if stage.kind == StageKind::Reduce {
-                relative = relative.strip_prefix(&format!("{REDUCE_TASK_ID}/")).unwrap_or(relative);
-            }
+        for (relative, object) in self.result_objects(job_id, spec).await? {
             let target = root.join(relative);
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)
@@ -381,6 +497,29 @@ impl Manager {
             written += self.grid.store.get_to_file(&object.key, &target).await?;
         }
         Ok(written)
+    }
+
+    /// The final stage's results: (path relative to the job's output, object), sorted.
+    pub async fn result_objects(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+    ) -> Result<Vec<(String, ObjectMeta)>, ManagerError> {
+        let last = spec.last_stage();
+        let stage = &spec.stages[last];
+        let prefix = stage_prefix(job_id, last as u32, &stage.name);
+        let reduce_prefix = format!("{REDUCE_TASK_ID}/");
+        let objects = self.grid.store.list(&prefix).await?;
+        Ok(objects
+            .into_iter()
+            .map(|object| {
+                let mut relative = object.key.strip_prefix(&prefix).unwrap_or(&object.key);
+                if stage.kind == StageKind::Reduce {
+                    relative = relative.strip_prefix(&reduce_prefix).unwrap_or(relative);
+                }
+                (relative.to_owned(), object)
+            })
+            .collect())
     }
 
     /// Marks a job cancelled; workers delete its remaining tasks unrun.
@@ -400,15 +539,31 @@ impl Manager {
         &self,
         spec: &JobSpec,
         tick_every: Duration,
-        mut on_progress: impl FnMut(&str, &JobProgress) + Send,
+        on_progress: impl FnMut(&str, &JobProgress) + Send,
     ) -> Result<JobReport, ManagerError> {
         let job_id = self.submit(spec).await?;
-        let splitter = {
+        self.drive(&job_id, spec, true, tick_every, on_progress).await
+    }
+
+    /// Drives a submitted job to its end: splits it (unless it already was), ticks until it
+    /// ends, and returns its report with the AWS requests made meanwhile. The report is also
+    /// stored beside the job's results.
+    pub async fn drive(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        split: bool,
+        tick_every: Duration,
+        mut on_progress: impl FnMut(&str, &JobProgress) + Send,
+    ) -> Result<JobReport, ManagerError> {
+        let job_id = job_id.to_owned();
+        let requests_before = self.grid.analytics.request_totals().await?;
+        let splitter = split.then(|| {
             let manager = self.clone();
             let (job_id, spec) = (job_id.clone(), spec.clone());
             tokio::spawn(async move { manager.split(&job_id, &spec, |_| {}).await })
-        };
-        let mut splitter = Some(splitter);
+        });
+        let mut splitter = splitter;
         loop {
             if splitter.as_ref().is_some_and(|s| s.is_finished()) {
                 if let Some(handle) = splitter.take() {
@@ -432,7 +587,38 @@ impl Manager {
         if let Some(handle) = splitter {
             handle.abort();
         }
-        Ok(JobReport::build(self.grid.analytics.as_ref(), &job_id, Some(spec.output.path.as_path())).await?)
+        let output = self.copy_results.then_some(spec.output.path.as_path());
+        if let Ok(mut scans) = self.last_dead_letter_scan.lock() {
+            scans.remove(&job_id);
+        }
+        if !requests_before.is_empty() || !self.grid.meter.snapshot().is_empty() {
+            // Workers publish their request counts every couple of seconds; wait for the last.
+            tokio::time::sleep(REQUESTS_SETTLE).await;
+        }
+        self.grid.publish_requests(&self.process_id()).await;
+        let requests_after = self.grid.analytics.request_totals().await?;
+        let report = JobReport::build(self.grid.analytics.as_ref(), &job_id, output)
+            .await?
+            .with_requests(&requests_before, &requests_after);
+        let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        if let Err(error) = self.grid.store.put(&report_key(&job_id), Bytes::from(json)).await {
+            tracing::warn!(%error, job = %job_id, "could not store the job report");
+        }
+        Ok(report)
+    }
+
+    /// This manager process's id in request accounting.
+    pub fn process_id(&self) -> String {
+        self.process_id.clone()
+    }
+
+    /// The stored report of a finished job, if there is one.
+    pub async fn stored_report(&self, job_id: &str) -> Result<Option<JobReport>, ManagerError> {
+        match self.grid.store.get(&report_key(job_id)).await {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 

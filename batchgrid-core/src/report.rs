@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::{AnalyticsError, AnalyticsStore, JobState, StageProgress};
+use crate::analytics::{AnalyticsError, AnalyticsStore, JobState, RequestCount, StageProgress};
+use crate::metering::price_of;
 use crate::spec::StageKind;
 
 /// Task-time percentiles in milliseconds.
@@ -83,6 +84,26 @@ pub struct JobReport {
     pub failures: Vec<FailedTask>,
     /// Where the results were written.
     pub output: Option<PathBuf>,
+    /// AWS requests the grid made while the job ran, with their list price (empty on the
+    /// embedded grid).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<RequestLine>,
+    /// Total list price of those requests, in US dollars.
+    #[serde(default)]
+    pub request_cost_usd: f64,
+}
+
+/// Requests of one service operation in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestLine {
+    /// Service (`S3`, `SQS`).
+    pub service: String,
+    /// Operation (`SendMessageBatch`).
+    pub operation: String,
+    /// Requests made.
+    pub count: u64,
+    /// Their list price in US dollars (zero where the operation is free).
+    pub cost_usd: f64,
 }
 
 impl JobReport {
@@ -126,7 +147,35 @@ impl JobReport {
             stages,
             failures,
             output: if job.state == JobState::Completed { output.map(Path::to_path_buf) } else { None },
+            requests: Vec::new(),
+            request_cost_usd: 0.0,
         })
+    }
+
+    /// Adds the requests made between two snapshots of the grid's request totals (every
+    /// process's, so jobs running side by side share them).
+    pub fn with_requests(mut self, before: &[RequestCount], after: &[RequestCount]) -> Self {
+        self.requests = after
+            .iter()
+            .filter_map(|a| {
+                let earlier =
+                    before.iter().find(|b| b.service == a.service && b.operation == a.operation).map_or(0, |b| b.count);
+                let count = a.count.saturating_sub(earlier);
+                (count > 0).then(|| RequestLine {
+                    service: a.service.clone(),
+                    operation: a.operation.clone(),
+                    count,
+                    cost_usd: price_of(&a.service, &a.operation).unwrap_or(0.0) * count as f64,
+                })
+            })
+            .collect();
+        self.request_cost_usd = self.requests.iter().map(|r| r.cost_usd).sum();
+        self
+    }
+
+    /// Requests of one service in this report.
+    pub fn requests_of(&self, service: &str) -> u64 {
+        self.requests.iter().filter(|r| r.service == service).map(|r| r.count).sum()
     }
 
     /// The report as text for a terminal or a log.
@@ -171,6 +220,17 @@ impl JobReport {
                     out,
                     "    {}/{} after {} attempts: {}",
                     failure.stage, failure.task, failure.attempts, failure.error
+                );
+            }
+        }
+        if !self.requests.is_empty() {
+            let total: u64 = self.requests.iter().map(|r| r.count).sum();
+            let _ = writeln!(out, "  AWS requests: {total}, ${:.6} at list prices", self.request_cost_usd);
+            for line in &self.requests {
+                let _ = writeln!(
+                    out,
+                    "    {:<8} {:<32} {:>9}  ${:.6}",
+                    line.service, line.operation, line.count, line.cost_usd
                 );
             }
         }

@@ -64,6 +64,11 @@ pub fn spec_key(job: &str) -> String {
     format!("jobs/{job}/spec.json")
 }
 
+/// Key of a finished job's report (JSON).
+pub fn report_key(job: &str) -> String {
+    format!("jobs/{job}/report.json")
+}
+
 /// Key of a first-stage task's staged input. Chunks share one directory (no directory per
 /// task to create); a whole input file keeps its own name under a directory of its own.
 pub fn input_key(job: &str, task: &str, file_name: &str, per_file: bool) -> String {

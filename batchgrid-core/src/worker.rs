@@ -32,6 +32,8 @@ use crate::task::{output_prefix, spec_key, TaskMessage};
 const JOB_STATE_TTL: Duration = Duration::from_secs(2);
 /// How often a worker records that it is alive.
 const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a worker publishes its AWS request counts, so a job's report includes them.
+const REQUESTS_EVERY: Duration = Duration::from_secs(2);
 /// Delay before retrying a task whose job spec could not be read.
 const SPEC_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -218,6 +220,7 @@ impl Worker {
         if let Err(error) = self.grid.analytics.upsert_worker(&record).await {
             tracing::warn!(%error, "could not record worker state");
         }
+        self.grid.publish_requests(&self.settings.id).await;
     }
 
     /// Runs until `shutdown` resolves, then drains and returns.
@@ -359,11 +362,21 @@ impl Worker {
     async fn heartbeat(self: Arc<Self>, stop: Arc<tokio::sync::Notify>, started_at: i64) {
         let period = (self.settings.visibility / 3).max(Duration::from_millis(100));
         let mut last_alive = Instant::now();
+        let mut last_extended = Instant::now();
+        let mut last_published = Instant::now();
         loop {
             tokio::select! {
                 () = stop.notified() => return,
-                () = tokio::time::sleep(period) => {}
+                () = tokio::time::sleep(period.min(REQUESTS_EVERY)) => {}
             }
+            if last_published.elapsed() >= REQUESTS_EVERY {
+                last_published = Instant::now();
+                self.grid.publish_requests(&self.settings.id).await;
+            }
+            if last_extended.elapsed() < period {
+                continue;
+            }
+            last_extended = Instant::now();
             let held: Vec<((Source, String), Receipt)> =
                 self.held.lock().map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
             for source in [Source::Tasks, Source::Chain] {

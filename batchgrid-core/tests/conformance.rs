@@ -1,12 +1,17 @@
-//! The conformance suites against the embedded backends.
+//! The conformance suites against the embedded backends and PostgreSQL, plus what only a
+//! server with concurrent writers can get wrong.
 
 use std::sync::Arc;
 
-use batchgrid_core::analytics::SqliteAnalytics;
+use batchgrid_core::analytics::{
+    AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, PgAnalytics, SqliteAnalytics, StageRecord,
+};
 use batchgrid_core::conformance;
 use batchgrid_core::queue::sqlite::open_queue_database;
 use batchgrid_core::queue::{SqliteQueue, TaskQueue};
+use batchgrid_core::spec::StageKind;
 use batchgrid_core::store::LocalStore;
+use batchgrid_testkit::postgres::TestDatabase;
 
 #[tokio::test]
 async fn local_store_conforms() {
@@ -34,4 +39,91 @@ async fn sqlite_analytics_conforms() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteAnalytics::open(&dir.path().join("analytics.db")).await.expect("open");
     conformance::analytics::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_analytics_conforms() {
+    let database = TestDatabase::new();
+    let store = PgAnalytics::connect(&database.url(), 4).await.expect("connect");
+    conformance::analytics::run_all(&store).await;
+}
+
+/// Processes starting together all migrate the same fresh database: one applies the
+/// migrations under sqlx's advisory lock, the others wait and find them applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_migrations_are_safe() {
+    let database = TestDatabase::new();
+    let url = database.url();
+    let starts = (0..8).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { PgAnalytics::connect(&url, 1).await })
+    });
+    for start in futures::future::join_all(starts).await {
+        start.expect("join").expect("every process migrates, or finds the migrations applied");
+    }
+    let store = PgAnalytics::connect(&url, 1).await.expect("connect after");
+    assert!(store.request_totals().await.expect("the last migration's table exists").is_empty());
+}
+
+/// Batches recording the same stage from several processes at once must move its counters
+/// exactly once per task (SQLite serialises writers; PostgreSQL does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_batches_keep_counters_exact() {
+    const TASKS: usize = 40;
+    const WRITERS: usize = 8;
+    let database = TestDatabase::new();
+    let store = PgAnalytics::connect(&database.url(), 1).await.expect("connect");
+    let job = JobRecord {
+        id: "concurrent".into(),
+        name: "concurrent".into(),
+        state: JobState::Running,
+        spec: "{}".into(),
+        submitted_at: 1,
+        started_at: None,
+        finished_at: None,
+        error: None,
+    };
+    store
+        .create_job(&job, &[StageRecord { stage: 0, name: "map".into(), kind: StageKind::Map }])
+        .await
+        .expect("create");
+    // Every writer reports every task: even writers a retry, odd writers a success, each with
+    // their own pool so the batches really overlap.
+    let writers = (0..WRITERS).map(|writer| {
+        let url = database.url();
+        tokio::spawn(async move {
+            let store = PgAnalytics::connect(&url, 1).await.expect("connect");
+            let outcome = if writer % 2 == 0 { AttemptOutcome::Retrying } else { AttemptOutcome::Succeeded };
+            let mut batch: Vec<AttemptRecord> = (0..TASKS)
+                .map(|task| AttemptRecord {
+                    job_id: "concurrent".into(),
+                    stage: 0,
+                    task_id: format!("t{task:02}"),
+                    attempt: u32::try_from(writer + 1).expect("small"),
+                    worker_id: format!("w{writer}"),
+                    started_at: 10,
+                    ended_at: 20,
+                    outcome,
+                    exit_status: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    error: None,
+                })
+                .collect();
+            // Different orders in different batches, as real workers would send them.
+            if writer % 3 == 0 {
+                batch.reverse();
+            }
+            store.record_attempts(&batch).await
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.expect("join").expect("record");
+    }
+    let progress = &store.stages("concurrent").await.expect("stages")[0];
+    assert_eq!(
+        (progress.done, progress.failed, progress.retrying),
+        (TASKS as u64, 0, 0),
+        "each task counted once, as done, however the batches interleaved"
+    );
 }

@@ -2,8 +2,7 @@
 //! versioned buckets holding objects. (The emulator barely checks templates; cfn-lint and the
 //! golden files do.)
 
-mod moto;
-
+use batchgrid_testkit::moto;
 use std::path::Path;
 use std::time::Duration;
 

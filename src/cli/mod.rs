@@ -1,8 +1,11 @@
 //! Argument parsing and dispatch.
 
+mod client;
+mod manager;
 mod progress;
 mod provision;
 mod run;
+mod stack;
 mod worker;
 
 use std::path::PathBuf;
@@ -30,8 +33,22 @@ enum Command {
     Validate(ValidateArgs),
     /// Stage a job's input and enqueue its tasks in an embedded grid, without running them.
     Split(SplitArgs),
-    /// Run a worker against an embedded grid until SIGTERM.
+    /// Run a worker until SIGTERM, against an embedded grid or a deployed one.
     Worker(worker::WorkerArgs),
+    /// Serve the job manager's API against a deployed grid until SIGTERM.
+    Manager(manager::ManagerArgs),
+    /// Submit a job to the manager (a local input is uploaded to the raw bucket first).
+    Submit(client::SubmitArgs),
+    /// Show a job's state and per-stage progress.
+    Status(client::JobArgs),
+    /// Follow a job until it ends, with a progress bar, then print its report.
+    Watch(client::JobArgs),
+    /// List a job's results and report; download them with --download.
+    Results(client::ResultsArgs),
+    /// Cancel a job.
+    Cancel(client::JobArgs),
+    /// List the grid's workers and their statistics.
+    Workers(client::Connection),
     /// Check an environment (base.yaml merged with NAME.yaml) and print it as it will be used.
     Environment(EnvironmentArgs),
     /// Render an environment's CloudFormation template to build/NAME/template.yaml.
@@ -121,6 +138,16 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
                 init_logging("info");
                 worker::run(args, registry).await
             }
+            Command::Manager(args) => {
+                init_logging("info");
+                manager::run(args).await
+            }
+            Command::Submit(args) => client::submit(args).await,
+            Command::Status(args) => client::status(args).await,
+            Command::Watch(args) => client::watch(args).await,
+            Command::Results(args) => client::results(args).await,
+            Command::Cancel(args) => client::cancel(args).await,
+            Command::Workers(args) => client::workers(args).await,
             Command::Validate(args) => validate(args),
             Command::Environment(args) => environment(args),
             Command::Render(place) => provision::run(place, provision::Action::Render).await,

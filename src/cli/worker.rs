@@ -1,4 +1,5 @@
-//! `batchgrid worker`: one worker process against an embedded grid.
+//! `batchgrid worker`: one worker process, against an embedded grid (`--state-dir`) or a
+//! deployed one (`--env NAME`, or the `BATCHGRID_*` variables on the grid's instances).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,16 +16,23 @@ use crate::env;
 /// Arguments of `batchgrid worker`.
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// State directory of the embedded grid.
+    /// State directory of an embedded grid; without it, the worker joins a deployed grid.
     #[arg(long, env = env::STATE_DIR)]
-    pub state_dir: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    /// The deployed grid.
+    #[command(flatten)]
+    pub stack: super::stack::StackArgs,
+    /// Where a deployed grid's worker gives tasks their scratch directories.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("batchgrid-scratch"))]
+    pub scratch_dir: PathBuf,
     /// Tasks run at once (default: the number of cores).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Visibility timeout of a received task; a heartbeat renews it while the task runs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub visibility_timeout: Duration,
-    /// Deliveries after which the queue dead-letters a task whose worker never finished it.
+    /// Deliveries after which the queue dead-letters a task whose worker never finished it
+    /// (embedded grid; a deployed queue's redrive policy says this).
     #[arg(long, default_value_t = 3)]
     pub max_receives: u32,
     /// On SIGTERM, how long running tasks may take before they are released.
@@ -54,12 +62,22 @@ pub async fn termination() {
 
 /// Runs the worker until SIGTERM.
 pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Result<ExitCode> {
-    let state_dir = super::run::from_cwd(&args.state_dir);
-    let settings = EmbeddedGridSettings { max_receives: args.max_receives };
-    let grid = Grid::open_embedded(&state_dir, &settings)
-        .await
-        .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
-    let mut worker_settings = WorkerSettings::new(args.id.unwrap_or_else(default_worker_id), state_dir.join("scratch"));
+    let (grid, scratch) = match &args.state_dir {
+        Some(state_dir) => {
+            let state_dir = super::run::from_cwd(state_dir);
+            let settings = EmbeddedGridSettings { max_receives: args.max_receives };
+            let grid = Grid::open_embedded(&state_dir, &settings)
+                .await
+                .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
+            (grid, state_dir.join("scratch"))
+        }
+        None => {
+            let stack = args.stack.resolve()?;
+            let grid = Grid::open_aws(&stack.settings).await.context("opening the grid")?;
+            (grid, args.scratch_dir.clone())
+        }
+    };
+    let mut worker_settings = WorkerSettings::new(args.id.unwrap_or_else(default_worker_id), scratch);
     if let Some(concurrency) = args.concurrency {
         anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
         worker_settings.concurrency = concurrency;

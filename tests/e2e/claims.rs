@@ -5,7 +5,8 @@ use std::process::Command;
 use crate::harness::{analytics, assert_same_tree, claims_bin, run_job};
 use batchgrid_core::analytics::AnalyticsStore;
 
-fn generate(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {
+/// Generates `rows` claims with seed 42 into DIR/claims.csv.
+pub fn generate(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {
     let input = dir.join("claims.csv");
     let status = Command::new(claims_bin())
         .args(["generate", "--rows", &rows.to_string(), "--seed", "42", "--out"])
@@ -16,14 +17,16 @@ fn generate(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {
     input
 }
 
-fn reference(dir: &std::path::Path, input: &std::path::Path) -> std::path::PathBuf {
+/// The single-process reference results of `input`, in DIR/reference.
+pub fn reference(dir: &std::path::Path, input: &std::path::Path) -> std::path::PathBuf {
     let out = dir.join("reference");
     let status = Command::new(claims_bin()).arg("reference").arg(input).arg(&out).status().expect("reference");
     assert!(status.success());
     out
 }
 
-fn claims_job(dir: &std::path::Path) -> String {
+/// The example's job file with its input and output under `dir`.
+pub fn claims_job(dir: &std::path::Path) -> String {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/claims/job.yaml");
     let text = std::fs::read_to_string(example).expect("read example job");
     text.replace("../../build/demo/claims.csv", &dir.join("claims.csv").display().to_string())

@@ -6,5 +6,6 @@ mod chaining;
 mod claims;
 mod failures;
 mod harness;
+mod local_stack;
 mod provision;
 mod shutdown;

@@ -1,11 +1,8 @@
 //! The provisioning commands through the real binary against the local AWS emulator: deploy
 //! saves outputs, a second deploy has nothing to do, teardown removes the stack.
 
-#[path = "../../batchgrid-provision/tests/moto.rs"]
-#[allow(dead_code)]
-mod moto;
-
 use crate::harness::batchgrid_against;
+use batchgrid_testkit::moto;
 
 #[test]
 fn deploy_outputs_and_teardown_of_the_local_environment() {

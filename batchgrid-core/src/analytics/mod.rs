@@ -8,14 +8,25 @@
 //! - An attempt is keyed by (job, stage, task, attempt number); recording it again changes
 //!   nothing.
 //! - `stages` reports, per stage, how many tasks are done, failed and retrying, and how many are
-//!   expected once that is known.
+//!   expected once that is known. The counters stay exact when several processes record
+//!   attempts at the same time.
+//! - Request counts are a process's cumulative totals, keyed by (process, service, operation):
+//!   `record_requests` keeps the larger of the stored and the reported count, so a late or
+//!   repeated report never lowers it. `request_totals` sums them over every process, one entry
+//!   per (service, operation), sorted by service then operation in byte order.
 //! - Times are Unix milliseconds.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "postgres")]
+pub use postgres::PgAnalytics;
 pub use sqlite::SqliteAnalytics;
 
 use crate::spec::StageKind;
@@ -259,6 +270,18 @@ pub struct AttemptTotals {
     pub bytes_out: u64,
 }
 
+/// How many requests one process made to one operation of one service, or, from
+/// [`AnalyticsStore::request_totals`], every process together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCount {
+    /// The service called, as the SDK names it, e.g. `S3`.
+    pub service: String,
+    /// The operation called, e.g. `GetObject`.
+    pub operation: String,
+    /// Requests made (each transmitted attempt counts).
+    pub count: u64,
+}
+
 /// Analytics store errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -311,4 +334,137 @@ pub trait AnalyticsStore: Send + Sync + std::fmt::Debug {
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError>;
     /// Every known worker.
     async fn workers(&self) -> Result<Vec<WorkerRecord>, AnalyticsError>;
+    /// Records a process's cumulative request counts; a count lower than the stored one (or a
+    /// lower duplicate within `counts`) changes nothing.
+    async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError>;
+    /// Request counts summed over every process, sorted by service then operation.
+    async fn request_totals(&self) -> Result<Vec<RequestCount>, AnalyticsError>;
+}
+
+// Helpers both backends share: the stored names, integer conversions, and the decisions taken
+// before any SQL runs, so the two dialects cannot drift apart on them.
+
+fn kind_str(kind: StageKind) -> &'static str {
+    match kind {
+        StageKind::Map => "map",
+        StageKind::Reduce => "reduce",
+    }
+}
+
+fn parse_kind(text: &str) -> Result<StageKind, AnalyticsError> {
+    match text {
+        "map" => Ok(StageKind::Map),
+        "reduce" => Ok(StageKind::Reduce),
+        other => Err(AnalyticsError::Corrupt(format!("stage kind `{other}`"))),
+    }
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_u32(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// A count as a stored `BIGINT`, saturating.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// When one batch names the same task twice, the record that must win: done over failed over
+/// retrying, then the later one.
+fn rank(outcome: AttemptOutcome) -> u8 {
+    match outcome {
+        AttemptOutcome::Succeeded => 2,
+        AttemptOutcome::Failed => 1,
+        AttemptOutcome::Retrying => 0,
+    }
+}
+
+/// Position of a status in a `[done, failed, retrying]` counter triple.
+fn counter_index(status: &str) -> Option<usize> {
+    match status {
+        "done" => Some(0),
+        "failed" => Some(1),
+        "retrying" => Some(2),
+        _ => None,
+    }
+}
+
+/// One record per task, the one that must win within this batch, grouped by (job, stage) and
+/// sorted, so every backend writes (and locks) rows in the same order.
+fn winners_by_stage(attempts: &[AttemptRecord]) -> BTreeMap<(&str, u32), Vec<&AttemptRecord>> {
+    let mut winners: HashMap<(&str, u32, &str), &AttemptRecord> = HashMap::new();
+    for attempt in attempts {
+        let key = (attempt.job_id.as_str(), attempt.stage, attempt.task_id.as_str());
+        match winners.get(&key) {
+            Some(current) if rank(current.outcome) > rank(attempt.outcome) => {}
+            _ => {
+                winners.insert(key, attempt);
+            }
+        }
+    }
+    let mut groups: BTreeMap<(&str, u32), Vec<&AttemptRecord>> = BTreeMap::new();
+    for ((job_id, stage, _), attempt) in winners {
+        groups.entry((job_id, stage)).or_default().push(attempt);
+    }
+    for members in groups.values_mut() {
+        members.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    }
+    groups
+}
+
+/// What a batch adds to one worker's row.
+#[derive(Debug, Default, Clone, Copy)]
+struct WorkerTally {
+    done: i64,
+    failed: i64,
+    last_seen: i64,
+}
+
+/// Per worker, in id order (the order row locks are taken in).
+fn worker_tallies(attempts: &[AttemptRecord]) -> BTreeMap<&str, WorkerTally> {
+    let mut tallies: BTreeMap<&str, WorkerTally> = BTreeMap::new();
+    for attempt in attempts {
+        let entry = tallies.entry(attempt.worker_id.as_str()).or_default();
+        if attempt.outcome == AttemptOutcome::Succeeded {
+            entry.done += 1;
+        } else {
+            entry.failed += 1;
+        }
+        entry.last_seen = entry.last_seen.max(attempt.ended_at);
+    }
+    tallies
+}
+
+/// How a stage's `[done, failed, retrying]` counters move when `members` (one record per task)
+/// are upserted over tasks whose current statuses are `current`: a task leaves its status and
+/// enters its new one, except that `done` is final.
+fn status_delta(members: &[&AttemptRecord], current: &HashMap<String, String>) -> [i64; 3] {
+    let mut delta = [0i64; 3];
+    for task in members {
+        let old = current.get(&task.task_id).map(String::as_str);
+        if old == Some("done") {
+            continue;
+        }
+        if let Some(i) = old.and_then(counter_index) {
+            delta[i] -= 1;
+        }
+        if let Some(i) = counter_index(task.outcome.task_status()) {
+            delta[i] += 1;
+        }
+    }
+    delta
+}
+
+/// One count per (service, operation), the largest when `counts` repeats one (a single upsert
+/// statement may not name a row twice), sorted so concurrent writers lock rows in one order.
+fn merged_request_counts(counts: &[RequestCount]) -> Vec<(&str, &str, i64)> {
+    let mut merged: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for count in counts {
+        let entry = merged.entry((count.service.as_str(), count.operation.as_str())).or_default();
+        *entry = (*entry).max(to_i64(count.count));
+    }
+    merged.into_iter().map(|((service, operation), count)| (service, operation, count)).collect()
 }

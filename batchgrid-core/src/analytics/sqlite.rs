@@ -1,6 +1,6 @@
 //! The embedded analytics store on SQLite, through the migrations PostgreSQL shares.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -8,11 +8,11 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, AttemptTotals, JobRecord, JobState, StageProgress,
-    StageRecord, TaskRecord, WorkerRecord,
+    kind_str, merged_request_counts, parse_kind, status_delta, to_i64, to_u32, to_u64, winners_by_stage,
+    worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, AttemptTotals, JobRecord, JobState,
+    RequestCount, StageProgress, StageRecord, TaskRecord, WorkerRecord,
 };
 use crate::db::{now_millis, open_sqlite};
-use crate::spec::StageKind;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -23,29 +23,6 @@ const ROWS_PER_STATEMENT: usize = 400;
 #[derive(Debug, Clone)]
 pub struct SqliteAnalytics {
     pool: SqlitePool,
-}
-
-fn kind_str(kind: StageKind) -> &'static str {
-    match kind {
-        StageKind::Map => "map",
-        StageKind::Reduce => "reduce",
-    }
-}
-
-fn parse_kind(text: &str) -> Result<StageKind, AnalyticsError> {
-    match text {
-        "map" => Ok(StageKind::Map),
-        "reduce" => Ok(StageKind::Reduce),
-        other => Err(AnalyticsError::Corrupt(format!("stage kind `{other}`"))),
-    }
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn to_u32(value: i64) -> u32 {
-    u32::try_from(value).unwrap_or(u32::MAX)
 }
 
 fn job_from_row(row: &SqliteRow) -> Result<JobRecord, AnalyticsError> {
@@ -75,38 +52,13 @@ fn task_from_row(row: &SqliteRow) -> TaskRecord {
     }
 }
 
-/// When one batch names the same task twice, the record that must win: done over failed over
-/// retrying, then the later one.
-fn rank(outcome: AttemptOutcome) -> u8 {
-    match outcome {
-        AttemptOutcome::Succeeded => 2,
-        AttemptOutcome::Failed => 1,
-        AttemptOutcome::Retrying => 0,
-    }
-}
-
-/// Position of a status in a `[done, failed, retrying]` counter triple.
-fn counter_index(status: &str) -> Option<usize> {
-    match status {
-        "done" => Some(0),
-        "failed" => Some(1),
-        "retrying" => Some(2),
-        _ => None,
-    }
-}
-
-/// How the stage counters move when `tasks` (one record per task) are upserted: a task leaves
-/// its current status and enters its new one, except that `done` is final.
+/// How the stage counters move when each (job, stage) group of task records is upserted.
 async fn status_deltas<'a>(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    tasks: &[&'a AttemptRecord],
-) -> Result<HashMap<(&'a str, u32), [i64; 3]>, AnalyticsError> {
-    let mut groups: HashMap<(&str, u32), Vec<&AttemptRecord>> = HashMap::new();
-    for task in tasks {
-        groups.entry((task.job_id.as_str(), task.stage)).or_default().push(task);
-    }
-    let mut deltas = HashMap::new();
-    for ((job_id, stage), members) in groups {
+    groups: &BTreeMap<(&'a str, u32), Vec<&AttemptRecord>>,
+) -> Result<Vec<((&'a str, u32), [i64; 3])>, AnalyticsError> {
+    let mut deltas = Vec::with_capacity(groups.len());
+    for (&(job_id, stage), members) in groups {
         let mut current: HashMap<String, String> = HashMap::new();
         for chunk in members.chunks(ROWS_PER_STATEMENT) {
             let mut query: QueryBuilder<Sqlite> =
@@ -121,20 +73,7 @@ async fn status_deltas<'a>(
                 current.insert(row.get(0), row.get(1));
             }
         }
-        let mut delta = [0i64; 3];
-        for task in members {
-            let old = current.get(&task.task_id).map(String::as_str);
-            if old == Some("done") {
-                continue;
-            }
-            if let Some(i) = old.and_then(counter_index) {
-                delta[i] -= 1;
-            }
-            if let Some(i) = counter_index(task.outcome.task_status()) {
-                delta[i] += 1;
-            }
-        }
-        deltas.insert((job_id, stage), delta);
+        deltas.push(((job_id, stage), status_delta(members, &current)));
     }
     Ok(deltas)
 }
@@ -203,7 +142,7 @@ impl AnalyticsStore for SqliteAnalytics {
 
     async fn set_stage_expected(&self, job_id: &str, stage: u32, expected: u64) -> Result<(), AnalyticsError> {
         sqlx::query("UPDATE stages SET expected_tasks = ? WHERE job_id = ? AND stage = ?")
-            .bind(i64::try_from(expected).unwrap_or(i64::MAX))
+            .bind(to_i64(expected))
             .bind(job_id)
             .bind(i64::from(stage))
             .execute(&self.pool)
@@ -247,30 +186,8 @@ impl AnalyticsStore for SqliteAnalytics {
         if attempts.is_empty() {
             return Ok(());
         }
-        // One row per task: the record that must win within this batch.
-        let mut winners: HashMap<(&str, u32, &str), &AttemptRecord> = HashMap::new();
-        for attempt in attempts {
-            let key = (attempt.job_id.as_str(), attempt.stage, attempt.task_id.as_str());
-            match winners.get(&key) {
-                Some(current) if rank(current.outcome) > rank(attempt.outcome) => {}
-                _ => {
-                    winners.insert(key, attempt);
-                }
-            }
-        }
-        let mut tasks: Vec<&AttemptRecord> = winners.into_values().collect();
-        tasks.sort_by(|a, b| (&a.job_id, a.stage, &a.task_id).cmp(&(&b.job_id, b.stage, &b.task_id)));
-
-        let mut per_worker: HashMap<&str, (i64, i64, i64)> = HashMap::new();
-        for attempt in attempts {
-            let entry = per_worker.entry(&attempt.worker_id).or_default();
-            if attempt.outcome == AttemptOutcome::Succeeded {
-                entry.0 += 1;
-            } else {
-                entry.1 += 1;
-            }
-            entry.2 = entry.2.max(attempt.ended_at);
-        }
+        let groups = winners_by_stage(attempts);
+        let tallies = worker_tallies(attempts);
 
         // The attempts insert comes first: it takes the write lock, so the statuses read below
         // are current and the counter deltas computed from them are exact.
@@ -290,14 +207,15 @@ impl AnalyticsStore for SqliteAnalytics {
                     .push_bind(a.ended_at)
                     .push_bind(a.outcome.as_str())
                     .push_bind(a.exit_status)
-                    .push_bind(i64::try_from(a.bytes_in).unwrap_or(i64::MAX))
-                    .push_bind(i64::try_from(a.bytes_out).unwrap_or(i64::MAX))
+                    .push_bind(to_i64(a.bytes_in))
+                    .push_bind(to_i64(a.bytes_out))
                     .push_bind(&a.error);
             });
             query.push(" ON CONFLICT (job_id, stage, task_id, attempt) DO NOTHING");
             query.build().execute(&mut *tx).await?;
         }
-        let deltas = status_deltas(&mut tx, &tasks).await?;
+        let deltas = status_deltas(&mut tx, &groups).await?;
+        let tasks: Vec<&AttemptRecord> = groups.values().flatten().copied().collect();
         for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
             let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO tasks (job_id, stage, task_id, status, attempts, worker_id, last_error, bytes_in, bytes_out,
@@ -312,8 +230,8 @@ impl AnalyticsStore for SqliteAnalytics {
                     .push_bind(i64::from(a.attempt))
                     .push_bind(&a.worker_id)
                     .push_bind(&a.error)
-                    .push_bind(i64::try_from(a.bytes_in).unwrap_or(i64::MAX))
-                    .push_bind(i64::try_from(a.bytes_out).unwrap_or(i64::MAX))
+                    .push_bind(to_i64(a.bytes_in))
+                    .push_bind(to_i64(a.bytes_out))
                     .push_bind(a.ended_at - a.started_at)
                     .push_bind(finished);
             });
@@ -339,14 +257,14 @@ impl AnalyticsStore for SqliteAnalytics {
                 .execute(&mut *tx)
                 .await?;
         }
-        for (worker, (done, failed, seen)) in per_worker {
+        for (worker, tally) in tallies {
             sqlx::query(
                 "UPDATE workers SET tasks_done = tasks_done + ?, tasks_failed = tasks_failed + ?,
                                     last_seen = MAX(last_seen, ?) WHERE id = ?",
             )
-            .bind(done)
-            .bind(failed)
-            .bind(seen)
+            .bind(tally.done)
+            .bind(tally.failed)
+            .bind(tally.last_seen)
             .bind(worker)
             .execute(&mut *tx)
             .await?;
@@ -444,8 +362,8 @@ impl AnalyticsStore for SqliteAnalytics {
         .bind(worker.started_at)
         .bind(worker.last_seen)
         .bind(&worker.state)
-        .bind(i64::try_from(worker.tasks_done).unwrap_or(i64::MAX))
-        .bind(i64::try_from(worker.tasks_failed).unwrap_or(i64::MAX))
+        .bind(to_i64(worker.tasks_done))
+        .bind(to_i64(worker.tasks_failed))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -464,6 +382,45 @@ impl AnalyticsStore for SqliteAnalytics {
                 state: row.get("state"),
                 tasks_done: to_u64(row.get("tasks_done")),
                 tasks_failed: to_u64(row.get("tasks_failed")),
+            })
+            .collect())
+    }
+
+    async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError> {
+        let merged = merged_request_counts(counts);
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in merged.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO requests (process_id, service, operation, count) ");
+            query.push_values(chunk, |mut row, &(service, operation, count)| {
+                row.push_bind(process_id).push_bind(service).push_bind(operation).push_bind(count);
+            });
+            query.push(
+                " ON CONFLICT (process_id, service, operation) DO UPDATE SET count = MAX(requests.count, excluded.count)",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn request_totals(&self) -> Result<Vec<RequestCount>, AnalyticsError> {
+        // SQLite compares TEXT byte-wise (the BINARY collation), the order the contract names.
+        let rows = sqlx::query(
+            "SELECT service, operation, SUM(count) AS count FROM requests GROUP BY service, operation
+             ORDER BY service, operation",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| RequestCount {
+                service: row.get("service"),
+                operation: row.get("operation"),
+                count: to_u64(row.get("count")),
             })
             .collect())
     }

@@ -1,6 +1,8 @@
 //! The [`AnalyticsStore`] contract.
 
-use crate::analytics::{AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, StageRecord, WorkerRecord};
+use crate::analytics::{
+    AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, RequestCount, StageRecord, WorkerRecord,
+};
 use crate::spec::StageKind;
 
 /// Runs every analytics check against an empty store.
@@ -10,6 +12,7 @@ pub async fn run_all(store: &dyn AnalyticsStore) {
     retries_then_success(store).await;
     final_failure_then_redrive(store).await;
     workers_and_totals(store).await;
+    request_counts_are_cumulative_per_process(store).await;
 }
 
 fn job(id: &str) -> JobRecord {
@@ -148,4 +151,34 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
     let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
     assert_eq!((stats.tasks_done, stats.tasks_failed), (2, 1), "worker statistics count attempts");
     assert!(stats.last_seen >= 10_100, "recording attempts refreshes last_seen");
+}
+
+fn requests(service: &str, operation: &str, count: u64) -> RequestCount {
+    RequestCount { service: service.into(), operation: operation.into(), count }
+}
+
+async fn request_counts_are_cumulative_per_process(store: &dyn AnalyticsStore) {
+    assert!(store.request_totals().await.expect("totals").is_empty(), "no requests recorded yet");
+    store.record_requests("p1", &[]).await.expect("nothing to record");
+    store
+        .record_requests("p1", &[requests("SQS", "SendMessage", 4), requests("S3", "PutObject", 5)])
+        .await
+        .expect("first report");
+    store.record_requests("p2", &[requests("S3", "PutObject", 3)]).await.expect("another process");
+    // Cumulative: a later report replaces the count, and a late smaller one never lowers it.
+    store
+        .record_requests("p1", &[requests("S3", "PutObject", 7), requests("SQS", "SendMessage", 2)])
+        .await
+        .expect("second report");
+    store.record_requests("p1", &[requests("S3", "PutObject", 7)]).await.expect("the same report again");
+    // A repeated key in one report keeps its largest count; byte order puts `multipart` last.
+    store
+        .record_requests("p2", &[requests("S3", "multipart", 1), requests("S3", "multipart", 2)])
+        .await
+        .expect("a duplicate in one report");
+    assert_eq!(
+        store.request_totals().await.expect("totals"),
+        vec![requests("S3", "PutObject", 10), requests("S3", "multipart", 2), requests("SQS", "SendMessage", 4)],
+        "totals sum each process's largest count, by service then operation in byte order"
+    );
 }

@@ -18,12 +18,16 @@
 //!   there; it returns at most `max` messages, possibly fewer than are available.
 
 pub mod sqlite;
+#[cfg(feature = "aws")]
+pub mod sqs;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use sqlite::SqliteQueue;
+#[cfg(feature = "aws")]
+pub use sqs::SqsQueue;
 
 /// Most entries in one send, delete or visibility batch (SQS's limit).
 pub const MAX_BATCH: usize = 10;

@@ -57,6 +57,39 @@ pub struct JobSpec {
 pub enum InputSpec {
     /// A local file or directory (absolute once validated).
     Local(PathBuf),
+    /// Objects in S3: with a `lines` or `bytes` split the one object `key`, otherwise every
+    /// object whose key starts with `key`.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Object key or key prefix (may be empty: the whole bucket).
+        key: String,
+    },
+}
+
+impl InputSpec {
+    /// Parses `s3://bucket/key`; `None` for anything else.
+    pub fn parse_s3(text: &str) -> Option<Result<Self, String>> {
+        let rest = text.strip_prefix("s3://")?;
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        Some(if valid_bucket {
+            Ok(InputSpec::S3 { bucket: bucket.to_owned(), key: key.to_owned() })
+        } else {
+            Err(format!("`{bucket}` is not a valid S3 bucket name (3-63 of a-z, 0-9, `-`, `.`)"))
+        })
+    }
+
+    /// `s3://bucket/key` or the local path, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            InputSpec::Local(path) => path.display().to_string(),
+            InputSpec::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+        }
+    }
 }
 
 /// How the input is cut into first-stage tasks.
@@ -392,13 +425,18 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         check_name(&raw.name).map_err(|m| (self.error_at)(&root.key("name"), m))?;
 
         let input = match &self.overrides.input {
-            Some(path) => self.existing_path(path, "--input", None)?,
+            Some(path) => self.input(path, "--input", None)?,
             None => {
                 let field = root.key("input").key("path");
-                self.existing_path(Path::new(&raw.input.path), "input.path", Some(&field))?
+                self.input(Path::new(&raw.input.path), "input.path", Some(&field))?
             }
         };
-        let split = self.split(raw.split.as_ref(), &input)?;
+        let local_input = match &input {
+            InputSpec::Local(path) => path.clone(),
+            // Whether an S3 key is one object is known when the manager lists it.
+            InputSpec::S3 { .. } => PathBuf::new(),
+        };
+        let split = self.split(raw.split.as_ref(), &local_input)?;
 
         let default_timeout = match raw.timeout {
             Some(t) if t.is_zero() => {
@@ -434,19 +472,25 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         };
 
         let retry = self.retry(raw.retry.as_ref())?;
-        Ok(JobSpec {
-            name: raw.name,
-            input: InputSpec::Local(input),
-            split,
-            stages,
-            output: OutputSpec { path: output },
-            retry,
-        })
+        Ok(JobSpec { name: raw.name, input, split, stages, output: OutputSpec { path: output }, retry })
     }
 
     fn absolute(&self, path: &Path) -> PathBuf {
         let joined = if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) };
         normalize(&std::path::absolute(&joined).unwrap_or(joined))
+    }
+
+    /// A local path that must exist, or an `s3://` URL.
+    fn input(&self, path: &Path, name: &str, field: Option<&FieldPath>) -> Result<InputSpec, SpecError> {
+        let fail = |message: String| match field {
+            Some(field) => (self.error_at)(field, message),
+            None => SpecError { origin: "command line".to_owned(), position: None, field: name.to_owned(), message },
+        };
+        match path.to_str().and_then(InputSpec::parse_s3) {
+            Some(Ok(input)) => Ok(input),
+            Some(Err(message)) => Err(fail(message)),
+            None => self.existing_path(path, name, field).map(InputSpec::Local),
+        }
     }
 
     fn existing_path(&self, path: &Path, name: &str, field: Option<&FieldPath>) -> Result<PathBuf, SpecError> {

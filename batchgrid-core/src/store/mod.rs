@@ -11,6 +11,8 @@
 //! - `delete` of a missing key succeeds.
 
 pub mod local;
+#[cfg(feature = "aws")]
+pub mod s3;
 
 use std::path::Path;
 
@@ -18,6 +20,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use local::LocalStore;
+#[cfg(feature = "aws")]
+pub use s3::S3Store;
 
 /// What a listing returns for each object.
 #[derive(Debug, Clone, PartialEq, Eq)]

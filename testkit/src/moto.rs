@@ -50,3 +50,31 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// Creates a queue with a dead-letter queue behind it (`max_receives` deliveries); returns the
+/// queue's URL.
+pub async fn create_queue_pair(client: &aws_sdk_sqs::Client, name: &str, max_receives: u32) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dead = client.create_queue().queue_name(format!("{name}-dlq")).send().await.expect("create dead-letter queue");
+    let dead_url = dead.queue_url.expect("dead-letter queue url");
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(&dead_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("dead-letter queue attributes")
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .expect("dead-letter queue arn");
+    let policy = format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":{max_receives}}}"#);
+    client
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::RedrivePolicy, policy)
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("queue url")
+}

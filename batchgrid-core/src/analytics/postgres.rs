@@ -1,0 +1,489 @@
+//! The analytics store on PostgreSQL (RDS on AWS), with the same schema and the same semantics as
+//! the SQLite one; only the dialect differs (`$n` parameters, `GREATEST`, explicit casts).
+//!
+//! Unlike SQLite, PostgreSQL lets several writers in at once, from several processes, so the
+//! read-then-write that keeps the stage counters exact is serialised per stage by an advisory
+//! lock (see `record_attempts`).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use super::{
+    kind_str, merged_request_counts, parse_kind, status_delta, to_i64, to_u32, to_u64, winners_by_stage,
+    worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, AttemptTotals, JobRecord, JobState,
+    RequestCount, StageProgress, StageRecord, TaskRecord, WorkerRecord,
+};
+use crate::db::now_millis;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Rows per multi-row statement: 12 parameters a row stays far under PostgreSQL's 65535.
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// An [`AnalyticsStore`] in a PostgreSQL database, over a connection pool.
+#[derive(Debug, Clone)]
+pub struct PgAnalytics {
+    pool: PgPool,
+}
+
+impl PgAnalytics {
+    /// Connects to `url` with up to `max_connections` pooled connections, and migrates.
+    ///
+    /// Several processes may start at once: sqlx holds a session advisory lock on the database
+    /// while it migrates, so one applies the migrations and the others wait, then find them done.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, AnalyticsError> {
+        let options = PgConnectOptions::from_str(url)?;
+        // A pool of its own, closed afterwards even on failure: if migrating fails half-way, sqlx
+        // returns without unlocking, and a connection kept in the main pool would hold the lock
+        // and block every other process's migration for as long as this pool lived. (A pool
+        // rather than a bare connection: `run(&mut PgConnection)` makes the future non-`Send`.)
+        let migrating = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        let migrated = MIGRATOR.run(&migrating).await;
+        migrating.close().await;
+        migrated.map_err(|e| AnalyticsError::Backend(Box::new(e)))?;
+        // sqlx refuses a pool of zero connections; one is the least that works.
+        let pool = PgPoolOptions::new().max_connections(max_connections.max(1)).connect_with(options).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn job_from_row(row: &PgRow) -> Result<JobRecord, AnalyticsError> {
+    let state: String = row.try_get("state")?;
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        state: JobState::parse(&state).ok_or_else(|| AnalyticsError::Corrupt(format!("job state `{state}`")))?,
+        spec: row.try_get("spec")?,
+        submitted_at: row.try_get("submitted_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+    })
+}
+
+fn task_from_row(row: &PgRow) -> Result<TaskRecord, AnalyticsError> {
+    Ok(TaskRecord {
+        job_id: row.try_get("job_id")?,
+        stage: to_u32(row.try_get("stage")?),
+        task_id: row.try_get("task_id")?,
+        status: row.try_get("status")?,
+        attempts: to_u32(row.try_get("attempts")?),
+        worker_id: row.try_get("worker_id")?,
+        last_error: row.try_get("last_error")?,
+        duration_ms: row.try_get("duration_ms")?,
+    })
+}
+
+/// The advisory lock key of one (job, stage): FNV-1a, computed here rather than in SQL so the
+/// keys can be sorted before they are taken. A collision only serialises two stages needlessly.
+fn stage_lock_key(job_id: &str, stage: u32) -> i64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    // The separator cannot occur in UTF-8, so ("a1", 2) and ("a", 12) hash different bytes.
+    for byte in job_id.bytes().chain([0xff]).chain(stage.to_le_bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+#[async_trait]
+impl AnalyticsStore for PgAnalytics {
+    async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, name, state, spec, submitted_at, started_at, finished_at, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(job.state.as_str())
+        .bind(&job.spec)
+        .bind(job.submitted_at)
+        .bind(job.started_at)
+        .bind(job.finished_at)
+        .bind(&job.error)
+        .execute(&mut *tx)
+        .await?;
+        for stage in stages {
+            sqlx::query(
+                "INSERT INTO stages (job_id, stage, name, kind) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(&job.id)
+            .bind(i64::from(stage.stage))
+            .bind(&stage.name)
+            .bind(kind_str(stage.kind))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_job_state(&self, job_id: &str, state: JobState, error: Option<&str>) -> Result<(), AnalyticsError> {
+        let now = now_millis();
+        let started = (state == JobState::Running).then_some(now);
+        let finished = state.is_terminal().then_some(now);
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $1, started_at = COALESCE(started_at, $2), finished_at = COALESCE($3, finished_at),
+                             error = COALESCE($4, error)
+             WHERE id = $5",
+        )
+        .bind(state.as_str())
+        .bind(started)
+        .bind(finished)
+        .bind(error)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(AnalyticsError::JobNotFound(job_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn set_stage_expected(&self, job_id: &str, stage: u32, expected: u64) -> Result<(), AnalyticsError> {
+        sqlx::query("UPDATE stages SET expected_tasks = $1 WHERE job_id = $2 AND stage = $3")
+            .bind(to_i64(expected))
+            .bind(job_id)
+            .bind(i64::from(stage))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, AnalyticsError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(job_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>, AnalyticsError> {
+        // COLLATE "C": byte order, as SQLite sorts, whatever the database's locale.
+        let rows = sqlx::query(r#"SELECT * FROM jobs ORDER BY submitted_at DESC, id COLLATE "C" DESC"#)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn stages(&self, job_id: &str) -> Result<Vec<StageProgress>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT stage, name, kind, expected_tasks, done, failed, retrying FROM stages WHERE job_id = $1
+             ORDER BY stage",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StageProgress {
+                    stage: to_u32(row.try_get("stage")?),
+                    name: row.try_get("name")?,
+                    kind: parse_kind(row.try_get("kind")?)?,
+                    expected: row.try_get::<Option<i64>, _>("expected_tasks")?.map(to_u64),
+                    done: to_u64(row.try_get("done")?),
+                    failed: to_u64(row.try_get("failed")?),
+                    retrying: to_u64(row.try_get("retrying")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Records the attempts and upserts their tasks in one transaction.
+    ///
+    /// The stage counters move by deltas computed from the tasks' statuses as read in the
+    /// transaction. Under READ COMMITTED two transactions could read the same statuses (or
+    /// both see a task missing) and count one change twice, so the transaction first takes a
+    /// transaction-scoped advisory lock per (job, stage) it touches, in key order, so that two
+    /// batches cannot deadlock on them. Worker rows are then updated in id order for the same
+    /// reason.
+    async fn record_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), AnalyticsError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let groups = winners_by_stage(attempts);
+        let tallies = worker_tallies(attempts);
+        let mut lock_keys: Vec<i64> = groups.keys().map(|&(job_id, stage)| stage_lock_key(job_id, stage)).collect();
+        lock_keys.sort_unstable();
+        lock_keys.dedup();
+
+        let mut tx = self.pool.begin().await?;
+        for key in lock_keys {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(key).execute(&mut *tx).await?;
+        }
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
+                "INSERT INTO attempts (job_id, stage, task_id, attempt, worker_id, started_at, ended_at, outcome,
+                                       exit_status, bytes_in, bytes_out, error) ",
+            );
+            query.push_values(chunk, |mut row, a| {
+                row.push_bind(&a.job_id)
+                    .push_bind(i64::from(a.stage))
+                    .push_bind(&a.task_id)
+                    .push_bind(i64::from(a.attempt))
+                    .push_bind(&a.worker_id)
+                    .push_bind(a.started_at)
+                    .push_bind(a.ended_at)
+                    .push_bind(a.outcome.as_str())
+                    .push_bind(a.exit_status.map(i64::from))
+                    .push_bind(to_i64(a.bytes_in))
+                    .push_bind(to_i64(a.bytes_out))
+                    .push_bind(&a.error);
+            });
+            query.push(" ON CONFLICT (job_id, stage, task_id, attempt) DO NOTHING");
+            query.build().execute(&mut *tx).await?;
+        }
+
+        let mut deltas = Vec::with_capacity(groups.len());
+        for (&(job_id, stage), members) in &groups {
+            let ids: Vec<&str> = members.iter().map(|task| task.task_id.as_str()).collect();
+            let rows =
+                sqlx::query("SELECT task_id, status FROM tasks WHERE job_id = $1 AND stage = $2 AND task_id = ANY($3)")
+                    .bind(job_id)
+                    .bind(i64::from(stage))
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let mut current: HashMap<String, String> = HashMap::with_capacity(rows.len());
+            for row in rows {
+                current.insert(row.try_get("task_id")?, row.try_get("status")?);
+            }
+            deltas.push(((job_id, stage), status_delta(members, &current)));
+        }
+
+        let tasks: Vec<&AttemptRecord> = groups.values().flatten().copied().collect();
+        for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
+                "INSERT INTO tasks (job_id, stage, task_id, status, attempts, worker_id, last_error, bytes_in, bytes_out,
+                                    duration_ms, finished_at) ",
+            );
+            query.push_values(chunk, |mut row, a| {
+                let finished = (a.outcome != AttemptOutcome::Retrying).then_some(a.ended_at);
+                row.push_bind(&a.job_id)
+                    .push_bind(i64::from(a.stage))
+                    .push_bind(&a.task_id)
+                    .push_bind(a.outcome.task_status())
+                    .push_bind(i64::from(a.attempt))
+                    .push_bind(&a.worker_id)
+                    .push_bind(&a.error)
+                    .push_bind(to_i64(a.bytes_in))
+                    .push_bind(to_i64(a.bytes_out))
+                    .push_bind(a.ended_at - a.started_at)
+                    .push_bind(finished);
+            });
+            query.push(
+                " ON CONFLICT (job_id, stage, task_id) DO UPDATE SET
+                    status = excluded.status, attempts = excluded.attempts, worker_id = excluded.worker_id,
+                    last_error = COALESCE(excluded.last_error, tasks.last_error), bytes_in = excluded.bytes_in,
+                    bytes_out = excluded.bytes_out, duration_ms = excluded.duration_ms, finished_at = excluded.finished_at
+                  WHERE tasks.status <> 'done'",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        for ((job_id, stage), delta) in deltas {
+            if delta == [0; 3] {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE stages SET done = done + $1, failed = failed + $2, retrying = retrying + $3
+                 WHERE job_id = $4 AND stage = $5",
+            )
+            .bind(delta[0])
+            .bind(delta[1])
+            .bind(delta[2])
+            .bind(job_id)
+            .bind(i64::from(stage))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (worker, tally) in tallies {
+            sqlx::query(
+                "UPDATE workers SET tasks_done = tasks_done + $1, tasks_failed = tasks_failed + $2,
+                                    last_seen = GREATEST(last_seen, $3) WHERE id = $4",
+            )
+            .bind(tally.done)
+            .bind(tally.failed)
+            .bind(tally.last_seen)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn task(&self, job_id: &str, stage: u32, task_id: &str) -> Result<Option<TaskRecord>, AnalyticsError> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE job_id = $1 AND stage = $2 AND task_id = $3")
+            .bind(job_id)
+            .bind(i64::from(stage))
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn failed_tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>, AnalyticsError> {
+        let rows = sqlx::query(
+            r#"SELECT * FROM tasks WHERE job_id = $1 AND status = 'failed' ORDER BY stage, task_id COLLATE "C""#,
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn attempts(&self, job_id: &str, stage: u32, task_id: &str) -> Result<Vec<AttemptRecord>, AnalyticsError> {
+        let rows =
+            sqlx::query("SELECT * FROM attempts WHERE job_id = $1 AND stage = $2 AND task_id = $3 ORDER BY attempt")
+                .bind(job_id)
+                .bind(i64::from(stage))
+                .bind(task_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let outcome: String = row.try_get("outcome")?;
+                Ok(AttemptRecord {
+                    job_id: row.try_get("job_id")?,
+                    stage: to_u32(row.try_get("stage")?),
+                    task_id: row.try_get("task_id")?,
+                    attempt: to_u32(row.try_get("attempt")?),
+                    worker_id: row.try_get("worker_id")?,
+                    started_at: row.try_get("started_at")?,
+                    ended_at: row.try_get("ended_at")?,
+                    outcome: AttemptOutcome::parse(&outcome)
+                        .ok_or_else(|| AnalyticsError::Corrupt(format!("attempt outcome `{outcome}`")))?,
+                    exit_status: row.try_get::<Option<i64>, _>("exit_status")?.and_then(|s| i32::try_from(s).ok()),
+                    bytes_in: to_u64(row.try_get("bytes_in")?),
+                    bytes_out: to_u64(row.try_get("bytes_out")?),
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn task_durations(&self, job_id: &str) -> Result<Vec<u64>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT duration_ms FROM tasks WHERE job_id = $1 AND status = 'done' AND duration_ms IS NOT NULL
+             ORDER BY duration_ms",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok(to_u64(row.try_get(0)?))).collect()
+    }
+
+    async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError> {
+        // SUM over BIGINT is NUMERIC in PostgreSQL: cast back so it decodes as i64.
+        let row = sqlx::query(
+            "SELECT COUNT(*),
+                    COUNT(*) FILTER (WHERE outcome <> 'succeeded'),
+                    COALESCE(SUM(bytes_in) FILTER (WHERE outcome = 'succeeded'), 0)::BIGINT,
+                    COALESCE(SUM(bytes_out) FILTER (WHERE outcome = 'succeeded'), 0)::BIGINT
+             FROM attempts WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AttemptTotals {
+            attempts: to_u64(row.try_get(0)?),
+            failed_attempts: to_u64(row.try_get(1)?),
+            bytes_in: to_u64(row.try_get(2)?),
+            bytes_out: to_u64(row.try_get(3)?),
+        })
+    }
+
+    async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET last_seen = GREATEST(workers.last_seen, excluded.last_seen),
+                                            state = excluded.state",
+        )
+        .bind(&worker.id)
+        .bind(&worker.host)
+        .bind(i64::from(worker.pid))
+        .bind(worker.started_at)
+        .bind(worker.last_seen)
+        .bind(&worker.state)
+        .bind(to_i64(worker.tasks_done))
+        .bind(to_i64(worker.tasks_failed))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>, AnalyticsError> {
+        let rows =
+            sqlx::query(r#"SELECT * FROM workers ORDER BY started_at, id COLLATE "C""#).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerRecord {
+                    id: row.try_get("id")?,
+                    host: row.try_get("host")?,
+                    pid: to_u32(row.try_get("pid")?),
+                    started_at: row.try_get("started_at")?,
+                    last_seen: row.try_get("last_seen")?,
+                    state: row.try_get("state")?,
+                    tasks_done: to_u64(row.try_get("tasks_done")?),
+                    tasks_failed: to_u64(row.try_get("tasks_failed")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError> {
+        let merged = merged_request_counts(counts);
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in merged.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Postgres> =
+                QueryBuilder::new("INSERT INTO requests (process_id, service, operation, count) ");
+            query.push_values(chunk, |mut row, &(service, operation, count)| {
+                row.push_bind(process_id).push_bind(service).push_bind(operation).push_bind(count);
+            });
+            query.push(
+                " ON CONFLICT (process_id, service, operation)
+                  DO UPDATE SET count = GREATEST(requests.count, excluded.count)",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn request_totals(&self) -> Result<Vec<RequestCount>, AnalyticsError> {
+        // The sum cast back from NUMERIC; the order byte-wise, as SQLite's, whatever the locale.
+        let rows = sqlx::query(
+            r#"SELECT service, operation, SUM(count)::BIGINT AS count FROM requests GROUP BY service, operation
+               ORDER BY service COLLATE "C", operation COLLATE "C""#,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RequestCount {
+                    service: row.try_get("service")?,
+                    operation: row.try_get("operation")?,
+                    count: to_u64(row.try_get("count")?),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stage_lock_key;
+
+    #[test]
+    fn lock_keys_tell_stages_and_jobs_apart() {
+        assert_ne!(stage_lock_key("job", 0), stage_lock_key("job", 1));
+        assert_ne!(stage_lock_key("a1", 2), stage_lock_key("a", 12));
+        assert_eq!(stage_lock_key("job", 3), stage_lock_key("job", 3), "the key is deterministic");
+    }
+}

@@ -1,0 +1,245 @@
+//! The manager's HTTP API. Every route wants `Authorization: Bearer TOKEN`; errors are JSON
+//! `{"error": "..."}` (with `field` and `line` for an invalid job).
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | POST | `/v1/jobs?input=&origin=` | submit a job (YAML or JSON body) → 201 `{"job_id"}` |
+//! | GET | `/v1/jobs` | every job, newest first |
+//! | GET | `/v1/jobs/{id}` | a job with per-stage progress |
+//! | GET | `/v1/jobs/{id}/results` | result objects and, once ended, the report |
+//! | GET | `/v1/jobs/{id}/results/{path}` | one result object's bytes |
+//! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
+//! | GET | `/v1/workers` | workers and their statistics |
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{JobService, ServiceError};
+use crate::analytics::WorkerRecord;
+use crate::report::JobReport;
+use crate::secret::Secret;
+use crate::spec::{JobSpec, Overrides};
+
+/// Largest job document accepted (job files are configuration, not data).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// An error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, in one line.
+    pub error: String,
+    /// For an invalid job: the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For an invalid job: the line in the submitted document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The new job's id.
+    pub job_id: String,
+}
+
+/// One result object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultObject {
+    /// Path relative to the job's output.
+    pub path: String,
+    /// Object key in the results bucket.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A job's results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    /// Job id.
+    pub job_id: String,
+    /// The final stage's result objects (complete once the job has completed).
+    pub objects: Vec<ResultObject>,
+    /// The report, once the job has ended.
+    pub report: Option<JobReport>,
+}
+
+/// Query parameters of a submission.
+#[derive(Debug, Deserialize)]
+struct SubmitQuery {
+    /// Replaces the document's `input.path` (the client's upload, `s3://...`).
+    input: Option<String>,
+    /// Name of the document for error messages (the client's file name).
+    origin: Option<String>,
+}
+
+struct ApiError(StatusCode, ErrorBody);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        let status = match &error {
+            ServiceError::BadJob(_) => StatusCode::BAD_REQUEST,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Ended { .. } => StatusCode::CONFLICT,
+            ServiceError::Manager(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let (field, line) = match &error {
+            ServiceError::BadJob(e) => (Some(e.field.clone()), e.position.map(|p| p.line)),
+            _ => (None, None),
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(%error, "request failed");
+        }
+        ApiError(status, ErrorBody { error: error.to_string(), field, line })
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, ErrorBody { error: message.into(), field: None, line: None })
+}
+
+#[derive(Clone)]
+struct AppState {
+    service: Arc<JobService>,
+    token: Arc<Secret>,
+}
+
+/// The API's routes over `service`, guarded by `token`.
+pub fn router(service: Arc<JobService>, token: Secret) -> Router {
+    let state = AppState { service, token: Arc::new(token) };
+    Router::new()
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(status))
+        .route("/v1/jobs/{id}/results", get(results))
+        .route("/v1/jobs/{id}/results/{*path}", get(result_object))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/workers", get(workers))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<JobService>,
+    token: Secret,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service, token)).with_graceful_shutdown(shutdown).await
+}
+
+/// Equal in time whatever the inputs' common prefix, so the token cannot be guessed byte by byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.expose().as_bytes()) => next.run(request).await,
+        _ => {
+            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    Query(query): Query<SubmitQuery>,
+    body: String,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    let overrides = Overrides { input: query.input.map(PathBuf::from), output: None };
+    let origin = query.origin.unwrap_or_else(|| "request body".to_owned());
+    let job_id = state.service.submit(&body, &origin, &overrides).await?;
+    Ok((StatusCode::CREATED, Json(Submitted { job_id })))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<super::JobStatus>>, ApiError> {
+    Ok(Json(state.service.jobs().await?))
+}
+
+async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<super::JobStatus>, ApiError> {
+    Ok(Json(state.service.status(&id).await?))
+}
+
+async fn job_spec(state: &AppState, id: &str) -> Result<JobSpec, ApiError> {
+    let analytics = &state.service.manager().grid().analytics;
+    let job = analytics.job(id).await.map_err(ServiceError::from)?.ok_or_else(|| ServiceError::NotFound(id.into()))?;
+    serde_json::from_str(&job.spec)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("stored spec unreadable: {e}")))
+}
+
+async fn results(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Results>, ApiError> {
+    let spec = job_spec(&state, &id).await?;
+    let manager = state.service.manager();
+    let objects = manager.result_objects(&id, &spec).await.map_err(ServiceError::from)?;
+    let report = manager.stored_report(&id).await.map_err(ServiceError::from)?;
+    Ok(Json(Results {
+        job_id: id,
+        objects: objects
+            .into_iter()
+            .map(|(path, object)| ResultObject { path, key: object.key, size: object.size })
+            .collect(),
+        report,
+    }))
+}
+
+async fn result_object(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let spec = job_spec(&state, &id).await?;
+    let manager = state.service.manager();
+    let objects = manager.result_objects(&id, &spec).await.map_err(ServiceError::from)?;
+    let Some((_, object)) = objects.into_iter().find(|(relative, _)| *relative == path) else {
+        return Err(error(StatusCode::NOT_FOUND, format!("job `{id}` has no result `{path}`")));
+    };
+    let bytes = manager.grid().store.get(&object.key).await.map_err(|e| ServiceError::Manager(e.into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from(bytes)).into_response())
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.service.cancel(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerRecord>>, ApiError> {
+    let workers = state.service.manager().grid().analytics.workers().await.map_err(ServiceError::from)?;
+    Ok(Json(workers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,153 @@
+//! A client of the manager's API, for the CLI and for embedders.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::api::{ErrorBody, Results, Submitted};
+use super::JobStatus;
+use crate::analytics::WorkerRecord;
+use crate::secret::Secret;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The manager could not be reached.
+    #[error("cannot reach the manager at {url}: {message}")]
+    Unreachable {
+        /// The manager's URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The manager refused the call.
+    #[error("{status}: {}{}", .body.error, location(.body))]
+    Refused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The manager's explanation.
+        body: ErrorBody,
+    },
+}
+
+fn location(body: &ErrorBody) -> String {
+    match (&body.field, body.line) {
+        (Some(field), Some(line)) => format!(" (field {field}, line {line})"),
+        (Some(field), None) => format!(" (field {field})"),
+        _ => String::new(),
+    }
+}
+
+impl ClientError {
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            ClientError::Unreachable { .. } => None,
+        }
+    }
+}
+
+/// A connection to one manager.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+}
+
+impl ApiClient {
+    /// A client of the manager at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: Secret) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| ClientError::Unreachable { url: base.to_owned(), message: e.to_string() })?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(ErrorBody {
+            error: text.chars().take(500).collect(),
+            field: None,
+            line: None,
+        });
+        Err(ClientError::Refused { status, body })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send(request).await?;
+        response.json().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })
+    }
+
+    /// Submits a job document; `input` replaces its input (an uploaded `s3://` location).
+    pub async fn submit(&self, document: &str, origin: &str, input: Option<&str>) -> Result<String, ClientError> {
+        let mut query = vec![("origin", origin)];
+        if let Some(input) = input {
+            query.push(("input", input));
+        }
+        let request = self.http.post(self.url("/v1/jobs")).query(&query).body(document.to_owned());
+        Ok(self.json::<Submitted>(request).await?.job_id)
+    }
+
+    /// Every job, newest first.
+    pub async fn jobs(&self) -> Result<Vec<JobStatus>, ClientError> {
+        self.json(self.http.get(self.url("/v1/jobs"))).await
+    }
+
+    /// One job's status and progress.
+    pub async fn status(&self, id: &str) -> Result<JobStatus, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/jobs/{id}")))).await
+    }
+
+    /// A job's result objects and report.
+    pub async fn results(&self, id: &str) -> Result<Results, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/jobs/{id}/results")))).await
+    }
+
+    /// One result object's bytes.
+    pub async fn result_object(&self, id: &str, path: &str) -> Result<bytes::Bytes, ClientError> {
+        let response = self.send(self.http.get(self.url(&format!("/v1/jobs/{id}/results/{path}")))).await?;
+        response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })
+    }
+
+    /// Cancels a job.
+    pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
+        self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/cancel")))).await.map(|_| ())
+    }
+
+    /// Workers and their statistics.
+    pub async fn workers(&self) -> Result<Vec<WorkerRecord>, ClientError> {
+        self.json(self.http.get(self.url("/v1/workers"))).await
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,195 @@
+//! The job manager as a long-running service: jobs arrive through an HTTP API ([`api`]), each
+//! is driven to its end by its own task, and jobs left running by a previous manager process are
+//! picked up again at start. [`client`] is the other end of the API.
+
+pub mod api;
+pub mod client;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analytics::{JobRecord, JobState, StageProgress};
+use crate::manager::{Manager, ManagerError};
+use crate::spec::{parse_job, JobSpec, Overrides, SpecError};
+
+/// A job as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Job id.
+    pub id: String,
+    /// The spec's name.
+    pub name: String,
+    /// Current state.
+    pub state: JobState,
+    /// Submission time, Unix milliseconds.
+    pub submitted_at: i64,
+    /// Start time.
+    pub started_at: Option<i64>,
+    /// End time.
+    pub finished_at: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Per-stage progress (empty in listings).
+    #[serde(default)]
+    pub stages: Vec<StageProgress>,
+}
+
+impl JobStatus {
+    fn of(job: JobRecord, stages: Vec<StageProgress>) -> Self {
+        Self {
+            id: job.id,
+            name: job.name,
+            state: job.state,
+            submitted_at: job.submitted_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            error: job.error,
+            stages,
+        }
+    }
+}
+
+/// Service errors, each with the HTTP status the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The submitted job is invalid.
+    #[error(transparent)]
+    BadJob(#[from] SpecError),
+    /// No such job.
+    #[error("job `{0}` not found")]
+    NotFound(String),
+    /// The job has ended and cannot be changed.
+    #[error("job `{id}` has already ended ({state})")]
+    Ended {
+        /// Job id.
+        id: String,
+        /// Its final state.
+        state: JobState,
+    },
+    /// The grid failed.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+impl From<crate::analytics::AnalyticsError> for ServiceError {
+    fn from(error: crate::analytics::AnalyticsError) -> Self {
+        ServiceError::Manager(error.into())
+    }
+}
+
+/// The manager service: accepts jobs and drives each to its end.
+#[derive(Debug)]
+pub struct JobService {
+    manager: Manager,
+    tick: Duration,
+    /// Where relative paths in submitted jobs resolve (the manager's working directory).
+    base_dir: PathBuf,
+    running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl JobService {
+    /// A service over `manager`, checking progress every `tick`.
+    pub fn new(manager: Manager, tick: Duration, base_dir: PathBuf) -> Arc<Self> {
+        Arc::new(Self { manager, tick, base_dir, running: Mutex::new(HashMap::new()) })
+    }
+
+    /// The manager behind the service.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// Picks up jobs a previous manager process left unfinished: running jobs are driven on;
+    /// jobs caught mid-split fail (their split cannot be resumed) and can be submitted again.
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, ServiceError> {
+        let analytics = &self.manager.grid().analytics;
+        let mut resumed = 0;
+        for job in analytics.jobs().await? {
+            match job.state {
+                JobState::Running => match serde_json::from_str::<JobSpec>(&job.spec) {
+                    Ok(spec) => {
+                        self.start(job.id.clone(), spec, false);
+                        resumed += 1;
+                    }
+                    Err(error) => {
+                        let reason = format!("stored spec unreadable after a manager restart: {error}");
+                        analytics.set_job_state(&job.id, JobState::Failed, Some(&reason)).await?;
+                    }
+                },
+                JobState::Submitted | JobState::Splitting => {
+                    let reason = "the manager restarted while splitting the input; submit the job again";
+                    analytics.set_job_state(&job.id, JobState::Failed, Some(reason)).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Validates and submits a job document (YAML or JSON); nothing is recorded or enqueued
+    /// for an invalid one.
+    pub async fn submit(
+        self: &Arc<Self>,
+        text: &str,
+        origin: &str,
+        overrides: &Overrides,
+    ) -> Result<String, ServiceError> {
+        let spec = parse_job(text, origin, &self.base_dir, overrides)?;
+        let id = self.manager.submit(&spec).await?;
+        self.start(id.clone(), spec, true);
+        Ok(id)
+    }
+
+    fn start(self: &Arc<Self>, id: String, spec: JobSpec, split: bool) {
+        let service = self.clone();
+        let job_id = id.clone();
+        let handle = tokio::spawn(async move {
+            let outcome = service.manager.drive(&job_id, &spec, split, service.tick, |_, _| {}).await;
+            match outcome {
+                Ok(report) => tracing::info!(job = %job_id, state = %report.state, "job ended"),
+                Err(error) => {
+                    tracing::error!(job = %job_id, %error, "job driver failed");
+                    let _ = service.manager.fail(&job_id, &error.to_string()).await;
+                }
+            }
+            if let Ok(mut running) = service.running.lock() {
+                running.remove(&job_id);
+            }
+        });
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(id, handle);
+        }
+    }
+
+    /// Every job, newest first.
+    pub async fn jobs(&self) -> Result<Vec<JobStatus>, ServiceError> {
+        let jobs = self.manager.grid().analytics.jobs().await?;
+        Ok(jobs.into_iter().map(|job| JobStatus::of(job, Vec::new())).collect())
+    }
+
+    /// One job with its per-stage progress.
+    pub async fn status(&self, id: &str) -> Result<JobStatus, ServiceError> {
+        let analytics = &self.manager.grid().analytics;
+        let job = analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
+        let stages = analytics.stages(id).await?;
+        Ok(JobStatus::of(job, stages))
+    }
+
+    /// Cancels a job that has not ended.
+    pub async fn cancel(&self, id: &str) -> Result<(), ServiceError> {
+        let status = self.status(id).await?;
+        if status.state.is_terminal() {
+            return Err(ServiceError::Ended { id: id.to_owned(), state: status.state });
+        }
+        self.manager.cancel(id).await?;
+        Ok(())
+    }
+
+    /// Jobs being driven by this process.
+    pub fn active(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,80 @@
+//! The conformance suites against S3 and SQS on the moto emulator, plus what only S3 has
+//! (multipart uploads) and the request meter.
+
+use std::sync::Arc;
+
+use batchgrid_core::aws::{s3_client, sqs_client, RequestMeter};
+use batchgrid_core::conformance;
+use batchgrid_core::queue::{SqsQueue, TaskQueue};
+use batchgrid_core::store::{ObjectStore, S3Store};
+use batchgrid_testkit::moto::{create_queue_pair, Moto};
+
+async fn bucket(moto: &Moto, meter: &RequestMeter, name: &str) -> aws_sdk_s3::Client {
+    let client = s3_client(&moto.sdk_config("us-east-1").await, meter);
+    client.create_bucket().bucket(name).send().await.expect("create bucket");
+    client
+}
+
+#[tokio::test]
+async fn s3_store_conforms() {
+    let moto = Moto::start();
+    let client = bucket(&moto, &RequestMeter::new(), "conformance").await;
+    conformance::store::run_all(&S3Store::new(client.clone(), "conformance", "")).await;
+    // The same again under a key prefix, which must stay invisible to callers.
+    conformance::store::run_all(&S3Store::new(client, "conformance", "some/prefix/")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_queue_conforms() {
+    let moto = Moto::start();
+    let client = sqs_client(&moto.sdk_config("us-east-1").await, &RequestMeter::new());
+    let mut next = 0;
+    conformance::queue::run_all(|| {
+        next += 1;
+        let (client, name) = (client.clone(), format!("q{next}"));
+        async move {
+            let url = create_queue_pair(&client, &name, conformance::queue::MAX_RECEIVES).await;
+            let queue: Arc<dyn TaskQueue> = Arc::new(SqsQueue::open(client, &url).await.expect("open queue"));
+            queue
+        }
+    })
+    .await;
+}
+
+/// Files above the threshold go up in parts (moto enforces S3's 5 MiB minimum part size) and
+/// come back byte for byte.
+#[tokio::test]
+async fn large_files_upload_in_parts() {
+    let moto = Moto::start();
+    let meter = RequestMeter::new();
+    let client = bucket(&moto, &meter, "multipart").await;
+    let store = S3Store::new(client, "multipart", "").with_multipart(6 << 20, 5 << 20);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("big.bin");
+    let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&source, &data).expect("write");
+    assert_eq!(store.put_file("big/object", &source).await.expect("put"), data.len() as u64);
+    let back = dir.path().join("back.bin");
+    assert_eq!(store.get_to_file("big/object", &back).await.expect("get"), data.len() as u64);
+    assert!(std::fs::read(&back).expect("read") == data, "the object comes back byte for byte");
+    let parts = meter.snapshot().iter().find(|c| c.operation == "UploadPart").map(|c| c.count);
+    assert_eq!(parts, Some(3), "12 MiB in 5 MiB parts is three parts: {:?}", meter.snapshot());
+}
+
+/// Every request is counted by service and operation.
+#[tokio::test]
+async fn the_meter_counts_every_request() {
+    let moto = Moto::start();
+    let meter = RequestMeter::new();
+    let client = sqs_client(&moto.sdk_config("us-east-1").await, &meter);
+    let url = create_queue_pair(&client, "metered", 3).await;
+    let queue = SqsQueue::open(client, &url).await.expect("open");
+    let before = meter.total_for("SQS");
+    let bodies: Vec<String> = (0..25).map(|i| i.to_string()).collect();
+    for batch in bodies.chunks(10) {
+        queue.send_batch(batch).await.expect("send");
+    }
+    let sends = meter.snapshot().iter().find(|c| c.operation == "SendMessageBatch").map(|c| c.count);
+    assert_eq!(sends, Some(3), "25 messages in batches of 10 are three requests");
+    assert_eq!(meter.total_for("SQS") - before, 3);
+}

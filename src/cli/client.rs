@@ -1,0 +1,298 @@
+//! `batchgrid submit|status|watch|results|cancel|workers`: the manager's API from the command
+//! line. Local inputs are uploaded to the stack's raw bucket first, with a progress bar.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use batchgrid_core::analytics::JobState;
+use batchgrid_core::manager::JobProgress;
+use batchgrid_core::service::client::ApiClient;
+use batchgrid_core::service::JobStatus;
+use batchgrid_core::spec::{load_job_file, InputSpec, Overrides};
+use batchgrid_core::store::{ObjectStore, S3Store};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::progress::ProgressView;
+use super::stack::{api_token, StackArgs};
+use crate::env;
+
+/// How to reach the manager.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The manager's API.
+    #[arg(long, env = env::MANAGER_URL, default_value = "http://127.0.0.1:8080")]
+    manager: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Connection {
+    async fn client(&self) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient::new(&self.manager, api_token(None).await?)?)
+    }
+}
+
+/// Arguments of `batchgrid submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The job file.
+    job: PathBuf,
+    /// Input to use instead of the file's `input.path` (a local path or `s3://bucket/key`).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Follow the job until it ends, as `watch` does.
+    #[arg(long)]
+    watch: bool,
+    /// With `--watch`, download the results here when the job completes.
+    #[arg(long, requires = "watch")]
+    download: Option<PathBuf>,
+    #[command(flatten)]
+    stack: StackArgs,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of the commands about one job.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// The job's id.
+    job: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of `batchgrid results`.
+#[derive(Debug, clap::Args)]
+pub struct ResultsArgs {
+    /// The job's id.
+    job: String,
+    /// Download every result object into this directory.
+    #[arg(long)]
+    download: Option<PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Uploads a local input to the raw bucket under a fresh prefix; returns its `s3://` URL.
+async fn upload(stack: &StackArgs, name: &str, input: &Path, quiet: bool) -> anyhow::Result<String> {
+    let stack = stack.resolve()?;
+    let config = batchgrid_core::aws::sdk_config(&stack.settings.region).await;
+    let store = S3Store::new(batchgrid_core::aws::s3_client(&config, &Default::default()), &stack.raw_bucket, "");
+    let prefix = format!("inputs/{name}-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
+    if input.is_dir() {
+        let mut pending = vec![input.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    let relative = path.strip_prefix(input).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    files.push((format!("{prefix}/{relative}"), path, size));
+                }
+            }
+        }
+        files.sort();
+    } else {
+        let file_name = input.file_name().and_then(|n| n.to_str()).unwrap_or("input");
+        let size = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?.len();
+        files.push((format!("{prefix}/{file_name}"), input.to_path_buf(), size));
+    }
+    let total: u64 = files.iter().map(|f| f.2).sum();
+    let bar = if quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    eprintln!(
+        "uploading {} ({} file(s), {total} bytes) to s3://{}/{prefix}/",
+        input.display(),
+        files.len(),
+        stack.raw_bucket
+    );
+    for (key, path, size) in &files {
+        bar.set_message(key.rsplit('/').next().unwrap_or_default().to_owned());
+        store.put_file(key, path).await.with_context(|| format!("uploading {}", path.display()))?;
+        bar.inc(*size);
+    }
+    bar.finish_and_clear();
+    Ok(match files.as_slice() {
+        [(key, _, _)] if !input.is_dir() => format!("s3://{}/{key}", stack.raw_bucket),
+        _ => format!("s3://{}/{prefix}/", stack.raw_bucket),
+    })
+}
+
+/// Submits a job, uploading a local input first.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides { input: args.input.as_deref().map(super::run::from_cwd), output: None };
+    // Checked here first, so errors name the user's file and line before anything is uploaded.
+    let spec = load_job_file(&args.job, &overrides)?;
+    let client = args.connection.client().await?;
+    let input = match &spec.input {
+        InputSpec::Local(path) => upload(&args.stack, &spec.name, path, args.connection.json).await?,
+        other => other.describe(),
+    };
+    let document = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
+    let origin = args.job.display().to_string();
+    let id = client.submit(&document, &origin, Some(&input)).await?;
+    if args.connection.json && !args.watch {
+        println!("{}", serde_json::json!({ "job_id": id, "input": input }));
+    } else {
+        eprintln!("submitted job {id} (input {input})");
+        if !args.watch {
+            println!("{id}");
+        }
+    }
+    if args.watch {
+        return follow(&client, &id, args.connection.json, args.download.as_deref()).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_of(status: &JobStatus) -> JobProgress {
+    JobProgress { state: status.state, stages: status.stages.clone(), error: status.error.clone() }
+}
+
+/// Polls a job until it ends, showing progress; prints its report, downloads its results if
+/// asked, and exits non-zero unless it completed.
+async fn follow(client: &ApiClient, id: &str, json: bool, download: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let mut view = ProgressView::new(json);
+    let status = loop {
+        let status = client.status(id).await?;
+        view.update(id, &progress_of(&status));
+        if status.state.is_terminal() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    view.finish();
+    // The report is stored just after the job's state turns final.
+    let mut results = client.results(id).await?;
+    for _ in 0..40 {
+        if results.report.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        results = client.results(id).await?;
+    }
+    if let Some(dir) = download {
+        if status.state == JobState::Completed {
+            download_results(client, id, &results.objects, dir).await?;
+        }
+    }
+    match (&results.report, json) {
+        (Some(report), true) => println!("{}", serde_json::to_string_pretty(report)?),
+        (Some(report), false) => print!("{}", report.render_text()),
+        (None, _) => println!("job {id} {}", status.state),
+    }
+    Ok(if status.state == JobState::Completed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn download_results(
+    client: &ApiClient,
+    id: &str,
+    objects: &[batchgrid_core::service::api::ResultObject],
+    dir: &Path,
+) -> anyhow::Result<()> {
+    for object in objects {
+        // Paths come from the manager; refuse any that would leave the directory.
+        if object.path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            anyhow::bail!("the manager returned an unsafe result path `{}`", object.path);
+        }
+        let target = dir.join(&object.path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let bytes = client.result_object(id, &object.path).await?;
+        std::fs::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
+    }
+    eprintln!("{} result file(s) written to {}", objects.len(), dir.display());
+    Ok(())
+}
+
+/// Prints a job's state and per-stage progress.
+pub async fn status(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let status = args.connection.client().await?.status(&args.job).await?;
+    if args.connection.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("job {} ({}) {}", status.id, status.name, status.state);
+    if let Some(error) = &status.error {
+        println!("  reason: {error}");
+    }
+    for stage in &status.stages {
+        let expected = stage.expected.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        println!(
+            "  {:<20} {:>9}/{:<9} done  {:>6} failed  {:>6} retrying",
+            stage.name, stage.done, expected, stage.failed, stage.retrying
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows a job to its end.
+pub async fn watch(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client().await?;
+    follow(&client, &args.job, args.connection.json, None).await
+}
+
+/// Lists (and downloads) a job's results.
+pub async fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client().await?;
+    let results = client.results(&args.job).await?;
+    if let Some(dir) = &args.download {
+        download_results(&client, &args.job, &results.objects, dir).await?;
+    }
+    if args.connection.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for object in &results.objects {
+            println!("{:>12}  {}", object.size, object.path);
+        }
+        if let Some(report) = &results.report {
+            print!("{}", report.render_text());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels a job.
+pub async fn cancel(args: JobArgs) -> anyhow::Result<ExitCode> {
+    args.connection.client().await?.cancel(&args.job).await?;
+    eprintln!("job {} cancelled", args.job);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lists workers.
+pub async fn workers(connection: Connection) -> anyhow::Result<ExitCode> {
+    let workers = connection.client().await?.workers().await?;
+    if connection.json {
+        println!("{}", serde_json::to_string_pretty(&workers)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<40} {:<9} {:>8} {:>8}  last seen", "worker", "state", "done", "failed");
+    let now = batchgrid_core::db::now_millis();
+    for worker in workers {
+        println!(
+            "{:<40} {:<9} {:>8} {:>8}  {}s ago",
+            worker.id,
+            worker.state,
+            worker.tasks_done,
+            worker.tasks_failed,
+            (now - worker.last_seen).max(0) / 1000
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,59 @@
+//! `batchgrid manager`: the job manager service against a deployed grid.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use batchgrid_core::grid::Grid;
+use batchgrid_core::manager::{BucketOpener, Manager};
+use batchgrid_core::service::{api, JobService};
+use batchgrid_core::store::{ObjectStore, S3Store};
+
+use super::parse_duration;
+use super::stack::{api_token, StackArgs};
+use super::worker::termination;
+use crate::env;
+
+/// Arguments of `batchgrid manager`.
+#[derive(Debug, clap::Args)]
+pub struct ManagerArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    /// Address the API listens on (private by default: reach it through an SSM port forward).
+    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// How often each running job's progress is checked.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    tick: Duration,
+    /// Where inputs are cut into chunks before they are staged.
+    #[arg(long, default_value = ".batchgrid/manager-spool")]
+    spool: PathBuf,
+}
+
+/// Serves the API until SIGTERM.
+pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
+    let stack = args.stack.resolve()?;
+    let token = api_token(Some(&stack.settings.region)).await?;
+    let grid = Grid::open_aws(&stack.settings).await.context("opening the grid")?;
+    let config = batchgrid_core::aws::sdk_config(&stack.settings.region).await;
+    let s3 = batchgrid_core::aws::s3_client(&config, &grid.meter);
+    let opener: BucketOpener =
+        Arc::new(move |bucket: &str| Arc::new(S3Store::new(s3.clone(), bucket, "")) as Arc<dyn ObjectStore>);
+    let manager = Manager::new(grid, super::run::from_cwd(&args.spool))
+        .with_buckets(opener)
+        .keep_results_in_store()
+        .with_dead_letter_scan_every(Duration::from_secs(5));
+    let base_dir = std::env::current_dir().context("reading the working directory")?;
+    let service = JobService::new(manager, args.tick, base_dir);
+    let resumed = service.resume().await.context("resuming unfinished jobs")?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(%address, resumed, "manager listening");
+    eprintln!("manager listening on http://{address} ({resumed} unfinished job(s) resumed)");
+    api::serve(listener, service, token, termination()).await.context("serving the API")?;
+    Ok(ExitCode::SUCCESS)
+}

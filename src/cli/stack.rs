@@ -1,0 +1,122 @@
+//! Which deployed grid a command talks to: a stack's saved outputs (`--env NAME` reads
+//! `build/NAME/outputs.json` and the environment's region), or the `BATCHGRID_*` variables the
+//! grid's instances are started with.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use batchgrid_core::grid::{AwsGridSettings, DatabaseSource};
+use batchgrid_core::secret::Secret;
+
+use crate::env;
+
+/// Where to find the deployed grid.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StackArgs {
+    /// The environment whose deployed stack to use; without it, the `BATCHGRID_*` variables
+    /// (as on the grid's instances).
+    #[arg(long = "env", env = env::ENV)]
+    pub env: Option<String>,
+    /// The directory holding the environment files.
+    #[arg(long, default_value = "environments")]
+    pub environments: PathBuf,
+    /// Where `make deploy` saved `NAME/outputs.json`.
+    #[arg(long, default_value = "build")]
+    pub out: PathBuf,
+    /// Pooled analytics database connections.
+    #[arg(long, default_value_t = 4)]
+    pub database_connections: u32,
+}
+
+/// A deployed grid's names.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// What the runtime needs.
+    pub settings: AwsGridSettings,
+    /// The bucket that takes raw input.
+    pub raw_bucket: String,
+}
+
+fn variable(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl StackArgs {
+    /// Resolves the stack's names; every missing one is named in the error.
+    pub fn resolve(&self) -> anyhow::Result<Stack> {
+        let (values, region, origin) = match &self.env {
+            Some(name) => {
+                let path = self.out.join(name).join("outputs.json");
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("reading {} (deploy the environment first: make deploy ENV={name})", path.display())
+                })?;
+                let outputs: BTreeMap<String, String> = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a JSON object of strings", path.display()))?;
+                let lookup = |name: &str| std::env::var(name).ok();
+                let environment = batchgrid_provision::environment::load(&self.environments, name, &lookup)?;
+                (outputs, environment.region, path.display().to_string())
+            }
+            None => {
+                let mut values = BTreeMap::new();
+                for (output, name) in [
+                    ("RawBucketName", env::RAW_BUCKET),
+                    ("ResultsBucketName", env::RESULTS_BUCKET),
+                    ("InputQueueUrl", env::INPUT_QUEUE_URL),
+                    ("OutputQueueUrl", env::OUTPUT_QUEUE_URL),
+                    ("DatabaseEndpoint", env::DATABASE_HOST),
+                    ("DatabaseSecretArn", env::DATABASE_SECRET_ARN),
+                ] {
+                    if let Some(value) = variable(name) {
+                        values.insert(output.to_owned(), value);
+                    }
+                }
+                let region =
+                    variable(env::REGION).with_context(|| format!("no --env given and {} is not set", env::REGION))?;
+                (values, region, "the BATCHGRID_* environment variables".to_owned())
+            }
+        };
+        let take = |key: &str| -> anyhow::Result<String> {
+            values.get(key).cloned().with_context(|| format!("{origin} has no {key}"))
+        };
+        let database =
+            match (variable(env::DATABASE_URL), values.get("DatabaseEndpoint"), values.get("DatabaseSecretArn")) {
+                (Some(url), _, _) => DatabaseSource::Url(Secret::new(url)),
+                (None, Some(host), Some(arn)) => DatabaseSource::Rds { host: host.clone(), secret_arn: arn.clone() },
+                _ => anyhow::bail!(
+                    "{origin} names no database (analytics.provider external): set {} to a PostgreSQL URL",
+                    env::DATABASE_URL
+                ),
+            };
+        Ok(Stack {
+            raw_bucket: take("RawBucketName")?,
+            settings: AwsGridSettings {
+                region,
+                results_bucket: take("ResultsBucketName")?,
+                input_queue_url: take("InputQueueUrl")?,
+                output_queue_url: take("OutputQueueUrl")?,
+                database,
+                database_connections: self.database_connections,
+            },
+        })
+    }
+}
+
+/// The API token: `BATCHGRID_API_TOKEN`, or the Secrets Manager secret
+/// `BATCHGRID_API_TOKEN_SECRET_ARN` names.
+pub async fn api_token(region: Option<&str>) -> anyhow::Result<Secret> {
+    if let Some(token) = variable(env::API_TOKEN) {
+        return Ok(Secret::new(token));
+    }
+    let Some(arn) = variable(env::API_TOKEN_SECRET_ARN) else {
+        anyhow::bail!("no API token: set {} or {}", env::API_TOKEN, env::API_TOKEN_SECRET_ARN);
+    };
+    let region = region
+        .map(str::to_owned)
+        .or_else(|| variable(env::REGION))
+        .or_else(|| variable("AWS_REGION"))
+        .context("reading the API token from Secrets Manager needs a region (BATCHGRID_REGION or AWS_REGION)")?;
+    let config = batchgrid_core::aws::sdk_config(&region).await;
+    let client = batchgrid_core::aws::secrets_client(&config, &Default::default());
+    Ok(batchgrid_core::aws::secrets::fetch(&client, &arn).await?)
+}

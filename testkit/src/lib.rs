@@ -1,0 +1,7 @@
+//! Test harnesses shared by the workspace's tests. Each starts the real thing on loopback (or
+//! uses the one already running) and fails with a clear message when it cannot; none skips.
+
+pub mod moto;
+pub mod postgres;
+
+pub use moto::Moto;

@@ -1,0 +1,269 @@
+//! The grid on the local stack: the `local` environment deployed into the moto emulator, a
+//! PostgreSQL database of the test's own, and the manager and workers as real processes talking
+//! to S3 and SQS, driven through the CLI and the API like a user would.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use batchgrid_core::secret::Secret;
+use batchgrid_core::service::client::ApiClient;
+use batchgrid_testkit::postgres::TestDatabase;
+use batchgrid_testkit::Moto;
+
+use crate::claims::{claims_job, generate, reference};
+use crate::harness::{assert_same_tree, batchgrid_against};
+
+const TOKEN: &str = "local-stack-test-token";
+
+/// A deployed local stack with a manager and workers running against it.
+struct LocalStack {
+    moto: Moto,
+    database: TestDatabase,
+    dir: tempfile::TempDir,
+    manager: Option<Child>,
+    manager_url: String,
+    workers: Vec<Child>,
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl LocalStack {
+    /// Deploys the stack and starts the manager and `workers` workers.
+    fn start(workers: usize) -> Self {
+        let moto = Moto::start();
+        let database = TestDatabase::new();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut stack = Self {
+            moto,
+            database,
+            dir,
+            manager: None,
+            manager_url: format!("http://127.0.0.1:{port}"),
+            workers: vec![],
+        };
+        let deploy = stack
+            .command()
+            .args(["deploy", "local", "--templates"])
+            .arg(root().join("templates"))
+            .args(stack.place_args())
+            .output()
+            .expect("run deploy");
+        assert!(deploy.status.success(), "deploy failed: {}", String::from_utf8_lossy(&deploy.stderr));
+
+        let log = stack.log("manager");
+        let manager = stack
+            .command()
+            .args(["manager", "--env", "local", "--tick", "300ms", "--listen", &format!("127.0.0.1:{port}")])
+            .args(stack.place_args())
+            .arg("--spool")
+            .arg(stack.dir.path().join("spool"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the manager");
+        stack.manager = Some(manager);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = stack.manager.as_mut().and_then(|m| m.try_wait().ok().flatten()) {
+                panic!("the manager exited ({status}):\n{}", stack.read_log("manager"));
+            }
+            assert!(Instant::now() < deadline, "the manager did not listen within 60s:\n{}", stack.read_log("manager"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for index in 0..workers {
+            stack.start_worker(index);
+        }
+        stack
+    }
+
+    fn start_worker(&mut self, index: usize) {
+        let log = self.log(&format!("worker-{index}"));
+        let worker = self
+            .command()
+            .args(["worker", "--env", "local", "--visibility-timeout", "2s", "--concurrency", "2"])
+            .args(["--id", &format!("local-worker-{index}"), "--drain-deadline", "5s"])
+            .arg("--scratch-dir")
+            .arg(self.dir.path().join(format!("scratch-{index}")))
+            .args(self.place_args())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a worker");
+        self.workers.push(worker);
+    }
+
+    fn place_args(&self) -> Vec<PathBuf> {
+        vec!["--environments".into(), root().join("environments"), "--out".into(), self.dir.path().join("build")]
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file")
+    }
+
+    fn read_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// `batchgrid` with the emulator, the database, the token and the manager's address.
+    fn command(&self) -> Command {
+        let mut command = batchgrid_against(&self.moto.endpoint);
+        command
+            .env("BATCHGRID_DATABASE_URL", self.database.url())
+            .env("BATCHGRID_API_TOKEN", TOKEN)
+            .env("BATCHGRID_MANAGER_URL", &self.manager_url)
+            .env_remove("BATCHGRID_ENV");
+        command
+    }
+
+    fn client(&self, token: &str) -> ApiClient {
+        ApiClient::new(&self.manager_url, Secret::new(token)).expect("client")
+    }
+
+    fn outputs(&self) -> serde_json::Value {
+        let path = self.dir.path().join("build/local/outputs.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("outputs")).expect("json")
+    }
+
+    /// Submits a job file and follows it to its end, downloading results; returns the exit
+    /// code and the JSON report.
+    fn submit_and_watch(&self, job: &Path, results: &Path) -> (Option<i32>, serde_json::Value) {
+        let output = self
+            .command()
+            .args(["submit", "--env", "local", "--watch", "--json", "--download"])
+            .arg(results)
+            .arg(job)
+            .args(self.place_args())
+            .output()
+            .expect("run submit");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON report ({e}); stdout:\n{stdout}\nstderr:\n{}\nmanager log:\n{}\nworker-0 log:\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                self.read_log("manager"),
+                self.read_log("worker-0")
+            )
+        });
+        (output.status.code(), report)
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        for child in self.workers.iter_mut().chain(self.manager.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The claims job through the emulator's S3 and SQS with PostgreSQL analytics: the same totals
+/// as the single-process reference, and a report that counts and prices its requests.
+#[test]
+fn claims_on_the_local_stack_equal_the_reference() {
+    let stack = LocalStack::start(2);
+    let dir = stack.dir.path();
+    let input = generate(dir, 120_000);
+    let expected = reference(dir, &input);
+    let job = dir.join("claims.yaml");
+    std::fs::write(&job, claims_job(dir).replace("lines: 50000", "lines: 20000")).expect("write job");
+    let (code, report) = stack.submit_and_watch(&job, &dir.join("results"));
+    assert_eq!(code, Some(0), "report: {report}");
+    assert_eq!(report["state"], "completed");
+    assert_eq!(report["stages"][0]["done"], 6, "120,000 rows in chunks of 20,000");
+    assert_same_tree(&expected, &dir.join("results"));
+    let requests = report["requests"].as_array().expect("the report lists requests");
+    for service in ["S3", "SQS"] {
+        assert!(requests.iter().any(|r| r["service"] == service), "{service} requests are counted: {report}");
+    }
+    assert!(report["request_cost_usd"].as_f64().is_some_and(|c| c > 0.0), "requests are priced: {report}");
+}
+
+/// A worker killed with SIGKILL in the middle of a task: its messages come back after the
+/// visibility timeout, the other worker runs them, and the totals are still exact.
+#[test]
+fn a_worker_killed_mid_task_on_the_local_stack_loses_nothing() {
+    let stack = LocalStack::start(2);
+    let dir = stack.dir.path();
+    let input = generate(dir, 120_000);
+    let expected = reference(dir, &input);
+    let marker = dir.join("killed-once");
+    let killer = format!(
+        "command: [sh, -c, 'if [ \"$BATCHGRID_TASK_ID\" = 000001 ] && [ ! -e {marker} ]; then touch {marker}; kill -9 $PPID; sleep 1; exit 1; fi; exec batchgrid-claims validate \"$0\" \"$1\"', \"{{input}}\", \"{{output}}\"]",
+        marker = marker.display()
+    );
+    let job = dir.join("claims.yaml");
+    let text = claims_job(dir)
+        .replace("lines: 50000", "lines: 20000")
+        .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", &killer);
+    std::fs::write(&job, text).expect("write job");
+    let (code, report) = stack.submit_and_watch(&job, &dir.join("results"));
+    assert_eq!(code, Some(0), "report: {report}");
+    assert!(marker.exists(), "the kill happened");
+    assert_same_tree(&expected, &dir.join("results"));
+    assert_eq!(report["stages"][0]["done"], 6, "every chunk counted exactly once");
+    let job_id = report["job_id"].as_str().expect("job id").to_owned();
+    let url = stack.database.url();
+    let task = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+        use batchgrid_core::analytics::AnalyticsStore;
+        let store = batchgrid_core::analytics::PgAnalytics::connect(&url, 1).await.expect("analytics");
+        store.task(&job_id, 0, "000001").await.expect("task").expect("recorded")
+    });
+    assert_eq!(task.status, "done");
+    assert_eq!(task.attempts, 2, "the killed delivery was the first; the second finished it");
+}
+
+/// Every call wants the token; an invalid job is refused with 400 naming its field, and nothing
+/// of it is recorded or enqueued.
+#[tokio::test]
+async fn the_api_wants_its_token_and_refuses_bad_jobs_before_enqueueing() {
+    let stack = tokio::task::spawn_blocking(|| LocalStack::start(0)).await.expect("stack");
+    let port = stack.manager_url.rsplit(':').next().expect("port").to_owned();
+    // No Authorization header at all.
+    let bare = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
+        stream.write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: manager\r\nConnection: close\r\n\r\n").expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .expect("request");
+    assert!(bare.starts_with("HTTP/1.1 401"), "no token is 401: {bare}");
+    let wrong = stack.client("not-the-token").jobs().await.expect_err("a wrong token is refused");
+    assert_eq!(wrong.status().map(|s| s.as_u16()), Some(401), "{wrong}");
+
+    let client = stack.client(TOKEN);
+    let cases = [
+        ("name: bad\ninput: {path: s3://raw-bucket/x}\nstages:\n  - {name: s, command: [true]}\noutput: {path: out}\nsurprise: 1\n", "surprise"),
+        ("name: bad\ninput: {path: s3://raw-bucket/x}\nsplit: {lines: 0}\nstages:\n  - {name: s, command: [true]}\noutput: {path: out}\n", "split.lines"),
+        ("name: bad\ninput: {path: s3://raw-bucket/x}\nstages: []\noutput: {path: out}\n", "stages"),
+        ("name: bad\ninput: {path: s3://raw-bucket/x}\nstages:\n  - {name: s, command: [true], timeout: soon}\noutput: {path: out}\n", "stages[0].timeout"),
+    ];
+    for (document, field) in cases {
+        let refused = client.submit(document, "bad.yaml", None).await.expect_err("an invalid job is refused");
+        assert_eq!(refused.status().map(|s| s.as_u16()), Some(400), "{refused}");
+        let message = refused.to_string();
+        assert!(message.contains(field), "the error names `{field}`: {message}");
+        assert!(message.contains("bad.yaml"), "and the document: {message}");
+    }
+    assert!(client.jobs().await.expect("jobs").is_empty(), "no job was recorded");
+    let outputs = stack.outputs();
+    let config = stack.moto.sdk_config("us-east-1").await;
+    let sqs = batchgrid_core::aws::sqs_client(&config, &Default::default());
+    let url = outputs["InputQueueUrl"].as_str().expect("queue url");
+    let queue = batchgrid_core::queue::SqsQueue::open(sqs, url).await.expect("queue");
+    let depth = batchgrid_core::queue::TaskQueue::depth(&queue).await.expect("depth");
+    assert_eq!((depth.visible, depth.in_flight), (0, 0), "nothing was enqueued");
+    tokio::task::spawn_blocking(move || drop(stack)).await.expect("stop");
+}
