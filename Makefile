@@ -25,7 +25,10 @@ build: setup ## build every binary (one debug profile, shared with the tests)
 	@echo "building batchgrid and the claims example..."
 	$(CARGO) build --workspace --bins
 
-demo: build ## generate 1,000,000 claims and run the claims job on 2 local workers
+demo: build $(if $(filter local,$(ENV)),emulator,) ## the claims job: 1,000,000 claims on 2 local workers; ENV=local runs it on the local stack
+ifeq ($(ENV),local)
+	BIN=$(BIN) MOTO_PORT=$(MOTO_PORT) WORKERS=$(WORKERS) bash scripts/demo-local.sh
+else
 	@mkdir -p $(DEMO_DIR)
 	@if [ ! -s $(DEMO_DIR)/claims.csv ] || [ "$$(cat $(DEMO_DIR)/claims.params 2>/dev/null)" != "$(DEMO_ROWS) $(DEMO_SEED)" ]; then \
 	  echo "generating $(DEMO_ROWS) synthetic claims (seed $(DEMO_SEED))..."; \
@@ -38,6 +41,7 @@ demo: build ## generate 1,000,000 claims and run the claims job on 2 local worke
 	  --input $(DEMO_DIR)/claims.csv --output $(DEMO_DIR)/results
 	@echo; echo "head of $(DEMO_DIR)/results/totals.csv:"; head -n 6 $(DEMO_DIR)/results/totals.csv; echo "..."; tail -n 1 $(DEMO_DIR)/results/totals.csv
 	@echo; cat $(DEMO_DIR)/results/summary.txt
+endif
 
 tools: ## install the test tools that do not come with cargo (cfn-lint, moto, from PyPI)
 	@command -v cfn-lint >/dev/null || { echo "installing cfn-lint (pip)..."; python3 -m pip install --quiet 'cfn-lint>=1.20'; }

@@ -1,24 +1,15 @@
-//! The one place that builds AWS configuration, so endpoints and credentials cannot diverge
-//! between clients: the standard credential chain and region, and an endpoint override (for the
-//! local emulator) from `AWS_ENDPOINT_URL`, with path-style S3 addressing when it is set.
+//! AWS clients for provisioning. The SDK configuration itself (region, credential chain, the
+//! emulator's endpoint override, path-style S3) comes from `batchgrid_core::aws`, the one place
+//! that builds it, so the deployer and the runtime cannot diverge.
 
-/// The SDK configuration for `region`, honouring `AWS_ENDPOINT_URL` and the credential chain.
-pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {
-    aws_config::from_env().region(aws_config::Region::new(region.to_owned())).load().await
-}
+pub use batchgrid_core::aws::{endpoint_override, sdk_config};
 
-/// Whether an endpoint override is in force (an emulator, not AWS).
-pub fn endpoint_override(config: &aws_config::SdkConfig) -> bool {
-    config.endpoint_url().is_some()
-}
-
-/// The CloudFormation client.
+/// The CloudFormation client (only provisioning needs one).
 pub fn cloudformation(config: &aws_config::SdkConfig) -> aws_sdk_cloudformation::Client {
     aws_sdk_cloudformation::Client::new(config)
 }
 
-/// The S3 client; path-style addressing under an endpoint override, as emulators need.
+/// The S3 client, built as the runtime builds it; deploy-time requests are not metered.
 pub fn s3(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
-    let builder = aws_sdk_s3::config::Builder::from(config).force_path_style(endpoint_override(config));
-    aws_sdk_s3::Client::from_conf(builder.build())
+    batchgrid_core::aws::s3_client(config, &batchgrid_core::metering::RequestMeter::new())
 }
