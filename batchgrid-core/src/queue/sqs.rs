@@ -427,7 +427,92 @@ impl TaskQueue for SqsQueue {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput;
+    use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
+    use aws_sdk_sqs::types::{BatchResultErrorEntry, DeleteMessageBatchResultEntry, SendMessageBatchResultEntry};
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
     use super::*;
+
+    fn queue(client: aws_sdk_sqs::Client) -> SqsQueue {
+        SqsQueue {
+            client,
+            name: "q".into(),
+            url: "https://sqs.example/123/q".into(),
+            dead_letter_url: "https://sqs.example/123/q-dlq".into(),
+            delivered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sent(id: &str) -> SendMessageBatchResultEntry {
+        SendMessageBatchResultEntry::builder()
+            .id(id)
+            .message_id(format!("m{id}"))
+            .md5_of_message_body("x")
+            .build()
+            .expect("entry")
+    }
+
+    fn failed(id: &str, sender_fault: bool) -> BatchResultErrorEntry {
+        BatchResultErrorEntry::builder().id(id).code("InternalError").sender_fault(sender_fault).build().expect("entry")
+    }
+
+    /// A partial failure on SQS's side is retried for the failed entries only.
+    #[tokio::test]
+    async fn entries_sqs_failed_are_sent_again_alone() {
+        let partial = mock!(aws_sdk_sqs::Client::send_message_batch)
+            .match_requests(|r| r.entries().len() == 3)
+            .then_output(|| {
+                SendMessageBatchOutput::builder()
+                    .successful(sent("0"))
+                    .successful(sent("2"))
+                    .failed(failed("1", false))
+                    .build()
+                    .expect("output")
+            });
+        let retry = mock!(aws_sdk_sqs::Client::send_message_batch)
+            .match_requests(|r| r.entries().len() == 1 && r.entries()[0].message_body() == "b")
+            .then_output(|| {
+                SendMessageBatchOutput::builder()
+                    .successful(sent("1"))
+                    .set_failed(Some(vec![]))
+                    .build()
+                    .expect("output")
+            });
+        let client = mock_client!(aws_sdk_sqs, RuleMode::Sequential, [&partial, &retry]);
+        let bodies = ["a", "b", "c"].map(String::from);
+        queue(client).send_batch(&bodies).await.expect("sent in the end");
+        assert_eq!((partial.num_calls(), retry.num_calls()), (1, 1));
+    }
+
+    /// A failure that is the sender's fault is not retried: it would fail the same way.
+    #[tokio::test]
+    async fn sender_faults_are_errors_at_once() {
+        let refused = mock!(aws_sdk_sqs::Client::send_message_batch).then_output(|| {
+            SendMessageBatchOutput::builder().successful(sent("0")).failed(failed("1", true)).build().expect("output")
+        });
+        let client = mock_client!(aws_sdk_sqs, RuleMode::Sequential, [&refused]);
+        let error = queue(client).send_batch(&["a".into(), "b".into()]).await.expect_err("refused");
+        assert!(error.to_string().contains("InternalError"), "{error}");
+        assert_eq!(refused.num_calls(), 1);
+    }
+
+    /// A delete batch that fails for some entries reports them by index.
+    #[tokio::test]
+    async fn partial_delete_failures_name_their_entries() {
+        let partial = mock!(aws_sdk_sqs::Client::delete_message_batch).then_output(|| {
+            DeleteMessageBatchOutput::builder()
+                .successful(DeleteMessageBatchResultEntry::builder().id("0").build().expect("entry"))
+                .failed(failed("1", true))
+                .build()
+                .expect("output")
+        });
+        let client = mock_client!(aws_sdk_sqs, RuleMode::Sequential, [&partial]);
+        let receipts = [Receipt("r0".into()), Receipt("r1".into())];
+        let failures = queue(client).delete_batch(&receipts).await.expect("delete");
+        assert_eq!(failures.0.len(), 1);
+        assert_eq!(failures.0[0].0, 1, "the second entry failed");
+    }
 
     #[test]
     fn durations_round_up_to_whole_seconds_within_limits() {
