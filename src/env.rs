@@ -32,3 +32,11 @@ pub const API_TOKEN_SECRET_ARN: &str = "BATCHGRID_API_TOKEN_SECRET_ARN";
 pub const MANAGER_URL: &str = "BATCHGRID_MANAGER_URL";
 /// Where the manager listens.
 pub const LISTEN: &str = "BATCHGRID_LISTEN";
+/// Turns on the worker's instance agent (set on the grid's instances).
+pub const INSTANCE_AGENT: &str = "BATCHGRID_INSTANCE_AGENT";
+/// The instance metadata service's address.
+pub const METADATA_ENDPOINT: &str = "BATCHGRID_METADATA_ENDPOINT";
+/// The worker Auto Scaling group's name.
+pub const GROUP_NAME: &str = "BATCHGRID_GROUP_NAME";
+/// The group's termination lifecycle hook.
+pub const LIFECYCLE_HOOK: &str = "BATCHGRID_LIFECYCLE_HOOK";

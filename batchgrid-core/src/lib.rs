@@ -23,6 +23,8 @@ pub mod aws;
 pub mod conformance;
 pub mod db;
 pub mod grid;
+#[cfg(feature = "aws")]
+pub mod instance;
 pub mod manager;
 pub mod metering;
 pub mod processor;

@@ -168,6 +168,8 @@ pub struct Worker {
     held: Held,
     scratch: Arc<ScratchSlots>,
     host: String,
+    /// A drain deadline sooner than the configured one (a spot interruption's).
+    drain_by: Mutex<Option<Instant>>,
 }
 
 impl Worker {
@@ -184,7 +186,27 @@ impl Worker {
             held: Arc::new(Mutex::new(HashMap::new())),
             scratch,
             host: hostname(),
+            drain_by: Mutex::new(None),
         })
+    }
+
+    /// Messages this worker holds: running, or received and waiting for a slot. Zero means idle.
+    pub fn held_count(&self) -> usize {
+        self.held.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    /// Makes the coming (or current) drain end no later than `limit` from now: tasks still
+    /// running then are stopped and released to other workers.
+    pub fn drain_within(&self, limit: Duration) {
+        if let Ok(mut drain_by) = self.drain_by.lock() {
+            let at = Instant::now() + limit;
+            *drain_by = Some(drain_by.map_or(at, |earlier| earlier.min(at)));
+        }
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.settings.id
     }
 
     fn queue(&self, source: Source) -> &Arc<dyn TaskQueue> {
@@ -274,15 +296,27 @@ impl Worker {
                 drop(permit);
             });
         }
-        drop(buffered); // Still held: released below with whatever the drain gives up.
+        // Received but never started: other workers can start them now rather than after a drain.
+        let unstarted: Vec<((Source, String), Receipt)> = buffered
+            .into_iter()
+            .filter_map(|(source, message)| {
+                let key = (source, message.id.clone());
+                self.held.lock().ok().and_then(|mut held| held.remove(&key)).map(|receipt| (key, receipt))
+            })
+            .collect();
+        let released_early = self.release(unstarted).await;
 
         // Drain: let running tasks finish until the deadline, then give the rest back.
         self.record_self("draining", started_at).await;
         let in_flight = running.len();
-        if in_flight > 0 {
-            tracing::info!(in_flight, deadline = ?self.settings.drain_deadline, "draining");
+        let mut drain = self.settings.drain_deadline;
+        if let Some(by) = self.drain_by.lock().ok().and_then(|d| *d) {
+            drain = drain.min(by.saturating_duration_since(Instant::now()));
         }
-        let deadline = tokio::time::sleep(self.settings.drain_deadline);
+        if in_flight > 0 || released_early > 0 {
+            tracing::info!(in_flight, released_early, deadline = ?drain, "draining");
+        }
+        let deadline = tokio::time::sleep(drain);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
@@ -304,7 +338,7 @@ impl Worker {
         self.scratch.remove();
         self.record_self("stopped", started_at).await;
         let mut stats = stats.lock().map(|s| *s).unwrap_or_default();
-        stats.released = released;
+        stats.released = released + released_early;
         tracing::info!(?stats, "worker stopped");
         Ok(stats)
     }
@@ -342,6 +376,11 @@ impl Worker {
     async fn release_held(&self) -> u64 {
         let held: Vec<((Source, String), Receipt)> =
             self.held.lock().map(|mut h| h.drain().collect()).unwrap_or_default();
+        self.release(held).await
+    }
+
+    /// Makes messages visible again at once, in batches; returns how many.
+    async fn release(&self, held: Vec<((Source, String), Receipt)>) -> u64 {
         let mut released = 0;
         for source in [Source::Tasks, Source::Chain] {
             let receipts: Vec<(Receipt, Duration)> =

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
+use batchgrid_core::instance::{InstanceAgent, InstanceMetadata, InstanceSettings};
 use batchgrid_core::processor::ProcessorRegistry;
 use batchgrid_core::worker::{default_worker_id, Worker, WorkerSettings};
+use std::sync::Arc;
 
 use super::parse_duration;
 use crate::env;
@@ -41,6 +43,38 @@ pub struct WorkerArgs {
     /// Worker id (default: host, pid and a random suffix).
     #[arg(long)]
     pub id: Option<String>,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+}
+
+/// How the worker behaves on an instance of the grid's Auto Scaling group.
+#[derive(Debug, clap::Args)]
+pub struct InstanceArgs {
+    /// Watch the instance: scale-in protection while busy, drain on termination lifecycle
+    /// actions and spot interruption notices (the grid's instances turn this on).
+    #[arg(long, env = env::INSTANCE_AGENT)]
+    pub instance_agent: bool,
+    /// The instance metadata service.
+    #[arg(long, env = env::METADATA_ENDPOINT, default_value = batchgrid_core::instance::metadata::DEFAULT_ENDPOINT)]
+    pub metadata_endpoint: String,
+    /// The Auto Scaling group this instance belongs to.
+    #[arg(long, env = env::GROUP_NAME)]
+    pub group: Option<String>,
+    /// The group's termination lifecycle hook.
+    #[arg(long, env = env::LIFECYCLE_HOOK)]
+    pub lifecycle_hook: Option<String>,
+    /// How often the metadata is polled for spot notices and terminations.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub metadata_poll: Duration,
+    /// Running tasks are stopped and released this long before a spot interruption.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub spot_margin: Duration,
+    /// Idle time before scale-in protection is cleared.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub idle_grace: Duration,
+    /// Fewest time between two scale-in protection calls.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub protection_interval: Duration,
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -62,19 +96,21 @@ pub async fn termination() {
 
 /// Runs the worker until SIGTERM.
 pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Result<ExitCode> {
-    let (grid, scratch) = match &args.state_dir {
+    let (grid, scratch, region) = match &args.state_dir {
         Some(state_dir) => {
             let state_dir = super::run::from_cwd(state_dir);
             let settings = EmbeddedGridSettings { max_receives: args.max_receives };
             let grid = Grid::open_embedded(&state_dir, &settings)
                 .await
                 .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
-            (grid, state_dir.join("scratch"))
+            let region = std::env::var(env::REGION).or_else(|_| std::env::var("AWS_REGION")).ok();
+            (grid, state_dir.join("scratch"), region)
         }
         None => {
             let stack = args.stack.resolve()?;
             let grid = Grid::open_aws(&stack.settings).await.context("opening the grid")?;
-            (grid, args.scratch_dir.clone())
+            let region = Some(stack.settings.region.clone());
+            (grid, args.scratch_dir.clone(), region)
         }
     };
     let mut worker_settings = WorkerSettings::new(args.id.unwrap_or_else(default_worker_id), scratch);
@@ -84,6 +120,29 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     }
     worker_settings.visibility = args.visibility_timeout;
     worker_settings.drain_deadline = args.drain_deadline;
-    Worker::new(worker_settings, grid, registry).run(termination()).await?;
+    let meter = grid.meter.clone();
+    let worker = Worker::new(worker_settings, grid, registry);
+    if !args.instance.instance_agent {
+        worker.run(termination()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let region = region.context("the instance agent needs a region: --env, BATCHGRID_REGION or AWS_REGION")?;
+    let config = batchgrid_core::aws::sdk_config(&region).await;
+    let instance = &args.instance;
+    let settings = InstanceSettings {
+        group: instance.group.clone(),
+        lifecycle_hook: instance.lifecycle_hook.clone(),
+        poll: instance.metadata_poll,
+        spot_margin: instance.spot_margin,
+        protection_interval: instance.protection_interval,
+        idle_grace: instance.idle_grace,
+        ..InstanceSettings::default()
+    };
+    let metadata = InstanceMetadata::new(&instance.metadata_endpoint)?;
+    let agent =
+        InstanceAgent::start(metadata, batchgrid_core::aws::autoscaling_client(&config, &meter), settings).await?;
+    tracing::info!(instance = agent.instance_id(), group = ?instance.group, "instance agent started");
+    let (reason, stats) = Arc::new(agent).run_worker(worker, termination()).await?;
+    tracing::info!(?reason, ?stats, "worker stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use batchgrid_core::secret::Secret;
 use batchgrid_core::service::client::ApiClient;
 use batchgrid_testkit::postgres::TestDatabase;
-use batchgrid_testkit::Moto;
+use batchgrid_testkit::{MetadataServer, Moto};
 
 use crate::claims::{claims_job, generate, reference};
 use crate::harness::{assert_same_tree, batchgrid_against};
@@ -86,6 +86,10 @@ impl LocalStack {
     }
 
     fn start_worker(&mut self, index: usize) {
+        self.start_worker_with(index, &[]);
+    }
+
+    fn start_worker_with(&mut self, index: usize, extra: &[String]) {
         let log = self.log(&format!("worker-{index}"));
         let worker = self
             .command()
@@ -94,6 +98,7 @@ impl LocalStack {
             .arg("--scratch-dir")
             .arg(self.dir.path().join(format!("scratch-{index}")))
             .args(self.place_args())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -133,17 +138,17 @@ impl LocalStack {
         serde_json::from_str(&std::fs::read_to_string(path).expect("outputs")).expect("json")
     }
 
+    /// `batchgrid submit --watch --json` against this stack, missing only `--download DIR JOB`.
+    fn submit_command(&self) -> Command {
+        let mut command = self.command();
+        command.args(["submit", "--env", "local", "--watch", "--json"]).args(self.place_args());
+        command
+    }
+
     /// Submits a job file and follows it to its end, downloading results; returns the exit
     /// code and the JSON report.
     fn submit_and_watch(&self, job: &Path, results: &Path) -> (Option<i32>, serde_json::Value) {
-        let output = self
-            .command()
-            .args(["submit", "--env", "local", "--watch", "--json", "--download"])
-            .arg(results)
-            .arg(job)
-            .args(self.place_args())
-            .output()
-            .expect("run submit");
+        let output = self.submit_command().arg("--download").arg(results).arg(job).output().expect("run submit");
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
         let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
             panic!(
@@ -266,4 +271,126 @@ async fn the_api_wants_its_token_and_refuses_bad_jobs_before_enqueueing() {
     let depth = batchgrid_core::queue::TaskQueue::depth(&queue).await.expect("depth");
     assert_eq!((depth.visible, depth.in_flight), (0, 0), "nothing was enqueued");
     tokio::task::spawn_blocking(move || drop(stack)).await.expect("stop");
+}
+
+/// Whether the emulator's group shows `instance` protected from scale-in.
+async fn protected(autoscaling: &aws_sdk_autoscaling::Client, instance: &str) -> bool {
+    let answer = autoscaling.describe_auto_scaling_instances().instance_ids(instance).send().await.expect("describe");
+    answer.auto_scaling_instances().first().is_some_and(|i| i.protected_from_scale_in() == Some(true))
+}
+
+async fn wait_for(stack: &LocalStack, what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}; worker-0 log:\n{}",
+            stack.read_log("worker-0")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A worker on an instance of the emulator's Auto Scaling group, its metadata served from
+/// loopback: protection is set while it is busy and cleared once it is idle; then a spot notice
+/// makes it release its running tasks within seconds, another worker completes them, and the
+/// totals are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_an_instance_protects_it_while_busy_and_hands_its_tasks_over_on_a_spot_notice() {
+    let mut stack = tokio::task::spawn_blocking(|| LocalStack::start(0)).await.expect("stack");
+    let group = stack.outputs()["WorkerGroupName"].as_str().expect("group").to_owned();
+    let config = stack.moto.sdk_config("us-east-1").await;
+    let autoscaling = batchgrid_core::aws::autoscaling_client(&config, &Default::default());
+    autoscaling.set_desired_capacity().auto_scaling_group_name(&group).desired_capacity(1).send().await.expect("scale");
+    let groups =
+        autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.expect("group");
+    let instance = groups.auto_scaling_groups()[0].instances()[0].instance_id().expect("instance").to_owned();
+    let imds = MetadataServer::start(&instance);
+    let agent_args: Vec<String> = [
+        "--instance-agent",
+        "--metadata-endpoint",
+        &imds.endpoint(),
+        "--group",
+        &group,
+        "--metadata-poll",
+        "200ms",
+        "--idle-grace",
+        "1s",
+        "--protection-interval",
+        "500ms",
+        "--spot-margin",
+        "115s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    stack.start_worker_with(0, &agent_args);
+    assert!(!protected(&autoscaling, &instance).await, "an idle instance starts unprotected");
+
+    // Job 1: the worker is busy for a few seconds, then idle.
+    let dir = stack.dir.path().to_path_buf();
+    let input = generate(&dir, 120_000);
+    let expected = reference(&dir, &input);
+    let slow = "command: [sh, -c, 'sleep 1; case \"$PWD\" in *scratch-0*) [ -e SLOW ] && sleep 120;; esac; exec batchgrid-claims validate \"$0\" \"$1\"', \"{input}\", \"{output}\"]";
+    let job = dir.join("claims.yaml");
+    let text = claims_job(&dir)
+        .replace("lines: 50000", "lines: 20000")
+        .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", slow);
+    std::fs::write(&job, text.replace("SLOW", &dir.join("slow").display().to_string())).expect("job");
+    let first = {
+        let (job, results, stack_command) = (job.clone(), dir.join("results-1"), stack.submit_command());
+        tokio::task::spawn_blocking(move || run_submit(stack_command, &job, &results))
+    };
+    wait_for(&stack, "the busy instance is protected", Duration::from_secs(30), async || {
+        protected(&autoscaling, &instance).await
+    })
+    .await;
+    let (code, report) = first.await.expect("first job");
+    assert_eq!(code, Some(0), "{report}");
+    assert_same_tree(&expected, &dir.join("results-1"));
+    wait_for(&stack, "the idle instance is unprotected", Duration::from_secs(15), async || {
+        !protected(&autoscaling, &instance).await
+    })
+    .await;
+
+    // Job 2: the same, but this worker's tasks now take minutes; a spot notice arrives.
+    std::fs::write(dir.join("slow"), "").expect("slow marker");
+    let second = {
+        let (job, results, stack_command) = (job.clone(), dir.join("results-2"), stack.submit_command());
+        tokio::task::spawn_blocking(move || run_submit(stack_command, &job, &results))
+    };
+    wait_for(&stack, "the instance is busy again", Duration::from_secs(30), async || {
+        protected(&autoscaling, &instance).await
+    })
+    .await;
+    let at = std::time::SystemTime::now() + Duration::from_secs(120);
+    imds.set(
+        "spot/instance-action",
+        &format!(r#"{{"action": "terminate", "time": "{}"}}"#, humantime::format_rfc3339_seconds(at)),
+    );
+    let noticed = Instant::now();
+    let worker = &mut stack.workers[0];
+    while worker.try_wait().expect("worker state").is_none() {
+        assert!(noticed.elapsed() < Duration::from_secs(15), "the noticed worker stops within seconds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = stack.read_log("worker-0");
+    assert!(log.contains("spot interruption notice"), "{log}");
+    stack.start_worker(1);
+    let (code, report) = second.await.expect("second job");
+    assert_eq!(code, Some(0), "{report}");
+    assert_same_tree(&expected, &dir.join("results-2"));
+    assert_eq!(report["stages"][0]["done"], 6, "every chunk counted exactly once");
+    assert!(!protected(&autoscaling, &instance).await, "the stopped worker left its instance unprotected");
+    tokio::task::spawn_blocking(move || drop(stack)).await.expect("stop");
+}
+
+/// Runs a prepared `batchgrid submit --watch` command; returns its exit code and report.
+fn run_submit(mut command: Command, job: &Path, results: &Path) -> (Option<i32>, serde_json::Value) {
+    let output = command.arg("--download").arg(results).arg(job).output().expect("run submit");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("no JSON report ({e}); stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&output.stderr))
+    });
+    (output.status.code(), report)
 }

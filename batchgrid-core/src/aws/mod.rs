@@ -50,6 +50,12 @@ pub fn sqs_client(config: &aws_config::SdkConfig, meter: &RequestMeter) -> aws_s
     aws_sdk_sqs::Client::from_conf(builder.build())
 }
 
+/// The Auto Scaling client.
+pub fn autoscaling_client(config: &aws_config::SdkConfig, meter: &RequestMeter) -> aws_sdk_autoscaling::Client {
+    let builder = aws_sdk_autoscaling::config::Builder::from(config).interceptor(metering::interceptor(meter));
+    aws_sdk_autoscaling::Client::from_conf(builder.build())
+}
+
 /// The Secrets Manager client.
 pub fn secrets_client(config: &aws_config::SdkConfig, meter: &RequestMeter) -> aws_sdk_secretsmanager::Client {
     let builder = aws_sdk_secretsmanager::config::Builder::from(config).interceptor(metering::interceptor(meter));
