@@ -40,3 +40,7 @@ pub const METADATA_ENDPOINT: &str = "BATCHGRID_METADATA_ENDPOINT";
 pub const GROUP_NAME: &str = "BATCHGRID_GROUP_NAME";
 /// The group's termination lifecycle hook.
 pub const LIFECYCLE_HOOK: &str = "BATCHGRID_LIFECYCLE_HOOK";
+/// Where a deployed grid's worker gives tasks their scratch directories.
+pub const SCRATCH_DIR: &str = "BATCHGRID_SCRATCH_DIR";
+/// How long a stopping worker lets its running tasks finish.
+pub const DRAIN_DEADLINE: &str = "BATCHGRID_DRAIN_DEADLINE";

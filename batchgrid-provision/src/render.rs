@@ -15,10 +15,18 @@ use serde::Serialize;
 
 use crate::environment::{Environment, RESERVED_TAGS};
 
+/// The worker group's termination lifecycle hook, which workers complete after draining.
+pub const LIFECYCLE_HOOK: &str = "drain-on-termination";
+/// How long a worker told to stop may take to finish its tasks (within the hook's 300 s
+/// heartbeat timeout, which the worker's lifecycle heartbeats extend anyway, and systemd's
+/// TimeoutStopSec of 300 s).
+pub const DRAIN_DEADLINE: &str = "240s";
+
 /// The partials, in the order `main` includes them.
-const PARTIALS: [&str; 11] = [
+const PARTIALS: [&str; 12] = [
     "tags",
     "tags_deep",
+    "bootstrap",
     "network",
     "storage",
     "queues",
@@ -94,6 +102,8 @@ struct Context<'a> {
     queue_retention_seconds: u32,
     database_deletion_policy: &'static str,
     on_demand_percent: u32,
+    lifecycle_hook: &'static str,
+    drain_deadline: &'static str,
     rds: bool,
     internet: bool,
 }
@@ -171,6 +181,8 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
         queue_retention_seconds: env.queues.retention_days * 86_400,
         database_deletion_policy: if env.protected { "Snapshot" } else { "Delete" },
         on_demand_percent: if env.grid.spot { 0 } else { 100 },
+        lifecycle_hook: LIFECYCLE_HOOK,
+        drain_deadline: DRAIN_DEADLINE,
         rds: env.analytics.provider == "rds",
         internet: env.network.internet,
     }

@@ -31,11 +31,32 @@ pub struct ManagerArgs {
     /// Where inputs are cut into chunks before they are staged.
     #[arg(long, default_value = ".batchgrid/manager-spool")]
     spool: PathBuf,
+    /// Print the configuration the manager would run with (names only, no secrets) and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// Serves the API until SIGTERM.
 pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let stack = args.stack.resolve()?;
+    if args.print_config {
+        let token = match (std::env::var(env::API_TOKEN).is_ok(), std::env::var(env::API_TOKEN_SECRET_ARN)) {
+            (true, _) => serde_json::json!({ "from": env::API_TOKEN }),
+            (false, Ok(arn)) => serde_json::json!({ "secret_arn": arn }),
+            (false, Err(_)) => serde_json::Value::Null,
+        };
+        let config = serde_json::json!({
+            "region": stack.settings.region,
+            "raw_bucket": stack.raw_bucket,
+            "results_bucket": stack.settings.results_bucket,
+            "input_queue_url": stack.settings.input_queue_url,
+            "output_queue_url": stack.settings.output_queue_url,
+            "listen": args.listen,
+            "api_token": token,
+        });
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let token = api_token(Some(&stack.settings.region)).await?;
     let grid = Grid::open_aws(&stack.settings).await.context("opening the grid")?;
     let config = batchgrid_core::aws::sdk_config(&stack.settings.region).await;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
+use batchgrid_core::grid::{DatabaseSource, EmbeddedGridSettings, Grid};
 use batchgrid_core::instance::{InstanceAgent, InstanceMetadata, InstanceSettings};
 use batchgrid_core::processor::ProcessorRegistry;
 use batchgrid_core::worker::{default_worker_id, Worker, WorkerSettings};
@@ -25,7 +25,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub stack: super::stack::StackArgs,
     /// Where a deployed grid's worker gives tasks their scratch directories.
-    #[arg(long, default_value_os_t = std::env::temp_dir().join("batchgrid-scratch"))]
+    #[arg(long, env = env::SCRATCH_DIR, default_value_os_t = std::env::temp_dir().join("batchgrid-scratch"))]
     pub scratch_dir: PathBuf,
     /// Tasks run at once (default: the number of cores).
     #[arg(long)]
@@ -38,8 +38,11 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 3)]
     pub max_receives: u32,
     /// On SIGTERM, how long running tasks may take before they are released.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = env::DRAIN_DEADLINE, default_value = "30s", value_parser = parse_duration)]
     pub drain_deadline: Duration,
+    /// Print the configuration the worker would run with (names only, no secrets) and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Worker id (default: host, pid and a random suffix).
     #[arg(long)]
     pub id: Option<String>,
@@ -96,6 +99,9 @@ pub async fn termination() {
 
 /// Runs the worker until SIGTERM.
 pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Result<ExitCode> {
+    if args.print_config {
+        return print_config(&args);
+    }
     let (grid, scratch, region) = match &args.state_dir {
         Some(state_dir) => {
             let state_dir = super::run::from_cwd(state_dir);
@@ -144,5 +150,43 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     tracing::info!(instance = agent.instance_id(), group = ?instance.group, "instance agent started");
     let (reason, stats) = Arc::new(agent).run_worker(worker, termination()).await?;
     tracing::info!(?reason, ?stats, "worker stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what the worker would run against, resolved exactly as a real start resolves it.
+fn print_config(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let grid = match &args.state_dir {
+        Some(state_dir) => serde_json::json!({ "embedded": super::run::from_cwd(state_dir) }),
+        None => {
+            let stack = args.stack.resolve()?;
+            let settings = &stack.settings;
+            let database = match &settings.database {
+                DatabaseSource::Url(_) => serde_json::json!({ "url": "(from BATCHGRID_DATABASE_URL, not shown)" }),
+                DatabaseSource::Rds { host, secret_arn } => {
+                    serde_json::json!({ "host": host, "secret_arn": secret_arn })
+                }
+            };
+            serde_json::json!({
+                "region": settings.region,
+                "raw_bucket": stack.raw_bucket,
+                "results_bucket": settings.results_bucket,
+                "input_queue_url": settings.input_queue_url,
+                "output_queue_url": settings.output_queue_url,
+                "database": database,
+            })
+        }
+    };
+    let instance = &args.instance;
+    let config = serde_json::json!({
+        "grid": grid,
+        "scratch_dir": args.scratch_dir,
+        "drain_deadline": humantime::format_duration(args.drain_deadline).to_string(),
+        "visibility_timeout": humantime::format_duration(args.visibility_timeout).to_string(),
+        "instance_agent": instance.instance_agent,
+        "group": instance.group,
+        "lifecycle_hook": instance.lifecycle_hook,
+        "metadata_endpoint": instance.metadata_endpoint,
+    });
+    println!("{}", serde_json::to_string_pretty(&config)?);
     Ok(ExitCode::SUCCESS)
 }

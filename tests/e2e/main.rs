@@ -2,6 +2,7 @@
 //! real worker processes, and the claims example checked against its single-process reference.
 
 mod bad_input;
+mod bootstrap;
 mod chaining;
 mod claims;
 mod failures;

@@ -1,0 +1,136 @@
+//! What an instance runs at boot: the rendered user data writes the environment file the
+//! systemd unit reads, and the service started that way resolves the stack's names. Each
+//! environment's template is rendered, its user data run through CloudFormation's `Fn::Sub`
+//! with made-up resource values, and the real binary's configuration loader is run on the result.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::harness::batchgrid;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A value CloudFormation would substitute for `${name}`, made up but recognisable.
+fn substitute(name: &str, resources: &serde_yaml::Mapping) -> String {
+    let resource = name.split('.').next().unwrap_or(name);
+    assert!(
+        name.starts_with("AWS::") || resources.contains_key(resource),
+        "user data refers to `${{{name}}}`, which is no resource of the template"
+    );
+    match name {
+        "AWS::Region" => "eu-west-1".into(),
+        "AWS::StackName" => "stack-under-test".into(),
+        _ => format!("value-of-{name}"),
+    }
+}
+
+/// `Fn::Sub` of a template string: every `${...}` replaced.
+fn fn_sub(text: &str, resources: &serde_yaml::Mapping) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closed reference") + start;
+        out.push_str(&substitute(&rest[start + 2..end], resources));
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The user data of a resource, after `Fn::Sub`.
+fn user_data(template: &serde_yaml::Value, path: &[&str]) -> String {
+    let resources = template["Resources"].as_mapping().expect("resources");
+    let mut node = &template["Resources"];
+    for key in path {
+        node = &node[*key];
+    }
+    let serde_yaml::Value::Tagged(sub) = &node["UserData"]["Fn::Base64"] else {
+        panic!("user data is not `Fn::Base64: !Sub`: {node:?}")
+    };
+    assert_eq!(sub.tag, "!Sub");
+    fn_sub(sub.value.as_str().expect("a string"), resources)
+}
+
+/// The file a heredoc in the script writes: (path, KEY=VALUE pairs).
+fn env_file(script: &str) -> (String, BTreeMap<String, String>) {
+    let line = script.lines().find(|l| l.starts_with("cat > /etc/batchgrid/") && l.contains(".env")).expect("env file");
+    let path = line.trim_start_matches("cat > ").split_whitespace().next().expect("path").to_owned();
+    let body = script.split_once(&format!("{line}\n")).expect("heredoc").1;
+    let values = body
+        .lines()
+        .take_while(|l| *l != "ENV")
+        .map(|l| {
+            let (key, value) = l.split_once('=').unwrap_or_else(|| panic!("not KEY=VALUE: {l}"));
+            (key.to_owned(), value.to_owned())
+        })
+        .collect();
+    (path, values)
+}
+
+/// The unit's environment files and its command's arguments after the binary.
+fn unit(name: &str) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(root().join("packaging/systemd").join(name)).expect("unit file");
+    let files = text.lines().filter_map(|l| l.strip_prefix("EnvironmentFile=")).map(str::to_owned).collect();
+    let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/batchgrid"), "the image installs the binary there");
+    (files, words.map(str::to_owned).collect())
+}
+
+/// Runs the unit's command with the environment the unit would give it, plus `--print-config`.
+fn print_config(unit_name: &str, script: &str) -> serde_json::Value {
+    let (path, values) = env_file(script);
+    let (files, args) = unit(unit_name);
+    assert!(files.contains(&path), "{unit_name} reads {files:?}, the user data writes {path}");
+    assert!(!script.contains("BATCHGRID_API_TOKEN=") && !script.contains("PASSWORD"), "no secret in user data");
+    let defaults = std::fs::read_to_string(root().join("packaging/batchgrid.env")).expect("defaults");
+    let mut command = batchgrid();
+    command.env_clear().env("PATH", crate::harness::path_env()).env("AWS_EC2_METADATA_DISABLED", "true");
+    for line in defaults.lines().filter(|l| !l.starts_with('#') && l.contains('=')) {
+        let (key, value) = line.split_once('=').expect("KEY=VALUE");
+        command.env(key, value);
+    }
+    let output = command.envs(&values).args(&args).arg("--print-config").output().expect("run batchgrid");
+    assert!(output.status.success(), "{unit_name}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON configuration")
+}
+
+#[test]
+fn user_data_and_units_start_the_services_with_the_stacks_names() {
+    let engine = batchgrid_provision::render::engine(&root().join("templates")).expect("engine");
+    for name in ["dev", "ci", "prod"] {
+        let lookup = |_: &str| Some("value".to_owned());
+        let environment =
+            batchgrid_provision::environment::load(&root().join("environments"), name, &lookup).expect("environment");
+        let text = batchgrid_provision::render::render(&engine, name, &environment).expect("render");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template YAML");
+
+        let script = user_data(&template, &["WorkerLaunchTemplate", "Properties", "LaunchTemplateData"]);
+        let worker = print_config("batchgrid-worker.service", &script);
+        assert_eq!(worker["grid"]["region"], "eu-west-1", "{name}: {worker}");
+        assert_eq!(worker["grid"]["input_queue_url"], "value-of-InputQueue");
+        assert_eq!(worker["grid"]["output_queue_url"], "value-of-OutputQueue");
+        assert_eq!(worker["grid"]["results_bucket"], "value-of-ResultsBucket");
+        assert_eq!(worker["grid"]["database"]["host"], "value-of-Database.Endpoint.Address");
+        assert_eq!(worker["grid"]["database"]["secret_arn"], "value-of-Database.MasterUserSecret.SecretArn");
+        assert_eq!(worker["instance_agent"], true);
+        let group = template["Resources"]["WorkerGroup"]["Properties"]["AutoScalingGroupName"].as_str();
+        assert_eq!(worker["group"].as_str(), group, "{name}: the agent protects instances of the stack's group");
+        let hook = &template["Resources"]["WorkerGroup"]["Properties"]["LifecycleHookSpecificationList"][0];
+        assert_eq!(
+            worker["lifecycle_hook"].as_str(),
+            hook["LifecycleHookName"].as_str(),
+            "{name}: it completes the stack's hook"
+        );
+        assert_eq!(worker["scratch_dir"], "/var/lib/batchgrid/scratch");
+
+        let script = user_data(&template, &["Manager", "Properties"]);
+        let manager = print_config("batchgrid-manager.service", &script);
+        assert_eq!(manager["input_queue_url"], "value-of-InputQueue", "{name}: {manager}");
+        assert_eq!(manager["api_token"]["secret_arn"], "value-of-ApiToken", "the token comes from its secret");
+        assert_eq!(manager["listen"], "127.0.0.1:8080", "private: reached through an SSM port forward");
+    }
+}
