@@ -44,3 +44,5 @@ pub const LIFECYCLE_HOOK: &str = "BATCHGRID_LIFECYCLE_HOOK";
 pub const SCRATCH_DIR: &str = "BATCHGRID_SCRATCH_DIR";
 /// How long a stopping worker lets its running tasks finish.
 pub const DRAIN_DEADLINE: &str = "BATCHGRID_DRAIN_DEADLINE";
+/// The worker group's first instance type (instance-hours of terminated instances count as it).
+pub const INSTANCE_TYPE: &str = "BATCHGRID_INSTANCE_TYPE";

@@ -107,6 +107,13 @@ impl JobProgress {
     }
 }
 
+/// Where the grid's instance-hours during a job come from (the worker group's activity on AWS).
+#[async_trait::async_trait]
+pub trait InstanceUsageSource: Send + Sync {
+    /// Instance-hours by type between two Unix-millisecond times.
+    async fn usage(&self, from: i64, to: i64) -> Result<Vec<crate::report::InstanceUsage>, String>;
+}
+
 /// Opens an object store over a named bucket, for `s3://` inputs.
 pub type BucketOpener = Arc<dyn Fn(&str) -> Arc<dyn ObjectStore> + Send + Sync>;
 
@@ -119,6 +126,7 @@ pub struct Manager {
     copy_results: bool,
     process_id: String,
     dead_letter_every: Duration,
+    instance_usage: Option<Arc<dyn InstanceUsageSource>>,
     last_dead_letter_scan: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
@@ -139,6 +147,7 @@ impl Manager {
             copy_results: true,
             process_id,
             dead_letter_every: Duration::ZERO,
+            instance_usage: None,
             last_dead_letter_scan: Arc::default(),
         }
     }
@@ -153,6 +162,12 @@ impl Manager {
     /// on SQS; the embedded queue's are free, so it reads them every tick).
     pub fn with_dead_letter_scan_every(mut self, every: Duration) -> Self {
         self.dead_letter_every = every;
+        self
+    }
+
+    /// Adds the grid's instance-hours to every job's report.
+    pub fn with_instance_usage(mut self, source: Arc<dyn InstanceUsageSource>) -> Self {
+        self.instance_usage = Some(source);
         self
     }
 
@@ -597,9 +612,16 @@ impl Manager {
         }
         self.grid.publish_requests(&self.process_id()).await;
         let requests_after = self.grid.analytics.request_totals().await?;
-        let report = JobReport::build(self.grid.analytics.as_ref(), &job_id, output)
+        let mut report = JobReport::build(self.grid.analytics.as_ref(), &job_id, output)
             .await?
             .with_requests(&requests_before, &requests_after);
+        if let (Some(source), Some(job)) = (&self.instance_usage, self.grid.analytics.job(&job_id).await?) {
+            let (from, to) = (job.started_at.unwrap_or(job.submitted_at), job.finished_at.unwrap_or_else(now_millis));
+            match source.usage(from, to).await {
+                Ok(usage) => report = report.with_instance_usage(usage),
+                Err(error) => tracing::warn!(%error, job = %job_id, "could not read the grid's instance-hours"),
+            }
+        }
         let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
         if let Err(error) = self.grid.store.put(&report_key(&job_id), Bytes::from(json)).await {
             tracing::warn!(%error, job = %job_id, "could not store the job report");

@@ -91,6 +91,25 @@ pub struct JobReport {
     /// Total list price of those requests, in US dollars.
     #[serde(default)]
     pub request_cost_usd: f64,
+    /// Instance-hours of the worker group while the job ran, by type (empty on the embedded grid).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_usage: Vec<InstanceUsage>,
+    /// Their cost at on-demand list prices (types without a known price are left out).
+    #[serde(default)]
+    pub instance_cost_usd: f64,
+}
+
+/// Instance-hours of one instance type in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    /// Instance type.
+    pub instance_type: String,
+    /// Instances of this type that ran during the job.
+    pub instances: u64,
+    /// Hours they ran during the job.
+    pub hours: f64,
+    /// At the on-demand list price; `None` when the type's price is not in the table.
+    pub cost_usd: Option<f64>,
 }
 
 /// Requests of one service operation in a report.
@@ -149,6 +168,8 @@ impl JobReport {
             output: if job.state == JobState::Completed { output.map(Path::to_path_buf) } else { None },
             requests: Vec::new(),
             request_cost_usd: 0.0,
+            instance_usage: Vec::new(),
+            instance_cost_usd: 0.0,
         })
     }
 
@@ -170,6 +191,13 @@ impl JobReport {
             })
             .collect();
         self.request_cost_usd = self.requests.iter().map(|r| r.cost_usd).sum();
+        self
+    }
+
+    /// Adds the worker group's instance-hours during the job.
+    pub fn with_instance_usage(mut self, usage: Vec<InstanceUsage>) -> Self {
+        self.instance_cost_usd = usage.iter().filter_map(|u| u.cost_usd).sum();
+        self.instance_usage = usage;
         self
     }
 
@@ -231,6 +259,22 @@ impl JobReport {
                     out,
                     "    {:<8} {:<32} {:>9}  ${:.6}",
                     line.service, line.operation, line.count, line.cost_usd
+                );
+            }
+        }
+        if !self.instance_usage.is_empty() {
+            let hours: f64 = self.instance_usage.iter().map(|u| u.hours).sum();
+            let _ = writeln!(
+                out,
+                "  instances: {hours:.2} instance-hours, ${:.4} at on-demand list prices",
+                self.instance_cost_usd
+            );
+            for usage in &self.instance_usage {
+                let cost = usage.cost_usd.map_or_else(|| "no list price known".to_owned(), |c| format!("${c:.4}"));
+                let _ = writeln!(
+                    out,
+                    "    {:<14} {:>3} instance(s) {:>8.2} h  {cost}",
+                    usage.instance_type, usage.instances, usage.hours
                 );
             }
         }

@@ -104,6 +104,7 @@ struct Context<'a> {
     on_demand_percent: u32,
     lifecycle_hook: &'static str,
     drain_deadline: &'static str,
+    first_instance_type: String,
     rds: bool,
     internet: bool,
 }
@@ -182,6 +183,7 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
         database_deletion_policy: if env.protected { "Snapshot" } else { "Delete" },
         on_demand_percent: if env.grid.spot { 0 } else { 100 },
         lifecycle_hook: LIFECYCLE_HOOK,
+        first_instance_type: env.grid.instance_types.first().cloned().unwrap_or_default(),
         drain_deadline: DRAIN_DEADLINE,
         rds: env.analytics.provider == "rds",
         internet: env.network.internet,

@@ -52,6 +52,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
             "input_queue_url": stack.settings.input_queue_url,
             "output_queue_url": stack.settings.output_queue_url,
             "listen": args.listen,
+            "group": stack.group_name,
+            "instance_type": stack.instance_type,
             "api_token": token,
         });
         println!("{}", serde_json::to_string_pretty(&config)?);
@@ -63,10 +65,17 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let s3 = batchgrid_core::aws::s3_client(&config, &grid.meter);
     let opener: BucketOpener =
         Arc::new(move |bucket: &str| Arc::new(S3Store::new(s3.clone(), bucket, "")) as Arc<dyn ObjectStore>);
-    let manager = Manager::new(grid, super::run::from_cwd(&args.spool))
-        .with_buckets(opener)
-        .keep_results_in_store()
-        .with_dead_letter_scan_every(Duration::from_secs(5));
+    let mut manager = Manager::new(grid, super::run::from_cwd(&args.spool));
+    if let Some(group) = &stack.group_name {
+        let usage = batchgrid_core::instance::cost::GroupActivity {
+            client: batchgrid_core::aws::autoscaling_client(&config, &manager.grid().meter),
+            group: group.clone(),
+            default_type: stack.instance_type.clone().unwrap_or_default(),
+        };
+        manager = manager.with_instance_usage(Arc::new(usage));
+    }
+    let manager =
+        manager.with_buckets(opener).keep_results_in_store().with_dead_letter_scan_every(Duration::from_secs(5));
     let base_dir = std::env::current_dir().context("reading the working directory")?;
     let service = JobService::new(manager, args.tick, base_dir);
     let resumed = service.resume().await.context("resuming unfinished jobs")?;

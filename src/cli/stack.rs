@@ -36,6 +36,10 @@ pub struct Stack {
     pub settings: AwsGridSettings,
     /// The bucket that takes raw input.
     pub raw_bucket: String,
+    /// The worker Auto Scaling group, when known.
+    pub group_name: Option<String>,
+    /// The group's first instance type (what terminated instances are counted as).
+    pub instance_type: Option<String>,
 }
 
 fn variable(name: &str) -> Option<String> {
@@ -45,7 +49,7 @@ fn variable(name: &str) -> Option<String> {
 impl StackArgs {
     /// Resolves the stack's names; every missing one is named in the error.
     pub fn resolve(&self) -> anyhow::Result<Stack> {
-        let (values, region, origin) = match &self.env {
+        let (values, region, origin, instance_type) = match &self.env {
             Some(name) => {
                 let path = self.out.join(name).join("outputs.json");
                 let text = std::fs::read_to_string(&path).with_context(|| {
@@ -55,7 +59,8 @@ impl StackArgs {
                     .with_context(|| format!("{}: not a JSON object of strings", path.display()))?;
                 let lookup = |name: &str| std::env::var(name).ok();
                 let environment = batchgrid_provision::environment::load(&self.environments, name, &lookup)?;
-                (outputs, environment.region, path.display().to_string())
+                let instance_type = environment.grid.instance_types.first().cloned();
+                (outputs, environment.region, path.display().to_string(), instance_type)
             }
             None => {
                 let mut values = BTreeMap::new();
@@ -66,6 +71,7 @@ impl StackArgs {
                     ("OutputQueueUrl", env::OUTPUT_QUEUE_URL),
                     ("DatabaseEndpoint", env::DATABASE_HOST),
                     ("DatabaseSecretArn", env::DATABASE_SECRET_ARN),
+                    ("WorkerGroupName", env::GROUP_NAME),
                 ] {
                     if let Some(value) = variable(name) {
                         values.insert(output.to_owned(), value);
@@ -73,7 +79,7 @@ impl StackArgs {
                 }
                 let region =
                     variable(env::REGION).with_context(|| format!("no --env given and {} is not set", env::REGION))?;
-                (values, region, "the BATCHGRID_* environment variables".to_owned())
+                (values, region, "the BATCHGRID_* environment variables".to_owned(), variable(env::INSTANCE_TYPE))
             }
         };
         let take = |key: &str| -> anyhow::Result<String> {
@@ -90,6 +96,8 @@ impl StackArgs {
             };
         Ok(Stack {
             raw_bucket: take("RawBucketName")?,
+            group_name: values.get("WorkerGroupName").cloned(),
+            instance_type,
             settings: AwsGridSettings {
                 region,
                 results_bucket: take("ResultsBucketName")?,

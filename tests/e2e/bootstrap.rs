@@ -132,5 +132,8 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         assert_eq!(manager["input_queue_url"], "value-of-InputQueue", "{name}: {manager}");
         assert_eq!(manager["api_token"]["secret_arn"], "value-of-ApiToken", "the token comes from its secret");
         assert_eq!(manager["listen"], "127.0.0.1:8080", "private: reached through an SSM port forward");
+        assert_eq!(manager["group"].as_str(), group, "{name}: instance-hours come from the stack's group");
+        let first_type = &environment.grid.instance_types[0];
+        assert_eq!(manager["instance_type"].as_str(), Some(first_type.as_str()));
     }
 }

@@ -10,6 +10,7 @@
 //!   it releases what has not started at once and stops what is still running shortly before
 //!   the interruption, so other workers pick those tasks up immediately.
 
+pub mod cost;
 pub mod metadata;
 
 use std::sync::Arc;
