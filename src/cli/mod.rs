@@ -67,6 +67,15 @@ enum Command {
     Outputs(provision::Place),
     /// Detect and print drift between the deployed stack and its template.
     Drift(provision::Place),
+    /// Replace the worker group's instances with ones from the current image, a few at a time;
+    /// each old worker drains through the termination lifecycle hook first.
+    Rollout {
+        #[command(flatten)]
+        place: provision::Place,
+        /// Share of the group kept in service during the refresh.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(i32).range(0..=100))]
+        min_healthy_percent: i32,
+    },
     /// Empty an environment's buckets and delete its stack.
     Teardown {
         #[command(flatten)]
@@ -156,6 +165,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Outputs(place) => provision::run(place, provision::Action::Outputs).await,
             Command::Drift(place) => provision::run(place, provision::Action::Drift).await,
             Command::Teardown { place, confirm } => provision::teardown(place, confirm).await,
+            Command::Rollout { place, min_healthy_percent } => provision::rollout(place, min_healthy_percent).await,
             Command::Split(args) => {
                 init_logging("warn");
                 split(args).await

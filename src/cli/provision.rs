@@ -241,3 +241,34 @@ pub async fn teardown(place: Place, confirm: Option<String>) -> anyhow::Result<E
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// Starts an instance refresh of the worker group, so new instances launch from the image the
+/// launch template now names; old ones drain through the lifecycle hook before they go.
+pub async fn rollout(place: Place, min_healthy_percent: i32) -> anyhow::Result<ExitCode> {
+    let prepared = prepare(&place)?;
+    let deployer = deployer(&prepared.environment).await;
+    let outputs = deployer.outputs_for(&prepared.stack, &prepared.template).await?;
+    let group =
+        outputs.get("WorkerGroupName").with_context(|| format!("stack {} has no WorkerGroupName", prepared.stack))?;
+    let config = aws::sdk_config(&prepared.environment.region).await;
+    let client = batchgrid_core::aws::autoscaling_client(&config, &Default::default());
+    let preferences = aws_sdk_autoscaling::types::RefreshPreferences::builder()
+        .min_healthy_percentage(min_healthy_percent)
+        // Scale-in protection marks busy workers; a refresh must not skip them forever, and
+        // the lifecycle hook gives each one its drain.
+        .scale_in_protected_instances(aws_sdk_autoscaling::types::ScaleInProtectedInstances::Refresh)
+        .build();
+    let refresh = client
+        .start_instance_refresh()
+        .auto_scaling_group_name(group)
+        .preferences(preferences)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!(batchgrid_core::aws::error_text(&e)))
+        .with_context(|| format!("starting an instance refresh of {group}"))?;
+    println!(
+        "instance refresh {} of {group} started (keeping {min_healthy_percent}% in service); follow it with `aws autoscaling describe-instance-refreshes --auto-scaling-group-name {group}`",
+        refresh.instance_refresh_id().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
