@@ -232,6 +232,23 @@ impl SqsQueue {
         Ok(messages)
     }
 
+    /// Message-count attributes of the queue at `url`.
+    async fn counts(
+        &self,
+        url: &str,
+        names: &[QueueAttributeName],
+    ) -> Result<Option<HashMap<QueueAttributeName, String>>, QueueError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .set_attribute_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.fail("depth", &e))?;
+        Ok(output.attributes)
+    }
+
     async fn delete_from(&self, url: &str, receipts: &[Receipt]) -> Result<BatchFailures, QueueError> {
         if receipts.is_empty() {
             return Ok(BatchFailures::default());
@@ -395,26 +412,24 @@ impl TaskQueue for SqsQueue {
             attributes.as_ref().and_then(|a| a.get(&name)).and_then(|v| v.parse().ok()).unwrap_or(0)
         };
         let main = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| self.fail("depth", &e))?
-            .attributes;
+            .counts(
+                &self.url,
+                &[
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+                ],
+            )
+            .await?;
         let dead = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.dead_letter_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .map_err(|e| self.fail("depth of the dead-letter queue", &e))?
-            .attributes;
+            .counts(
+                &self.dead_letter_url,
+                &[
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                ],
+            )
+            .await?;
         Ok(QueueDepth {
             visible: count(&main, QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: count(&main, QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
