@@ -12,7 +12,7 @@ DEMO_SEED  ?= 42
 WORKERS    ?= 2
 ENV        ?=
 
-.PHONY: help setup build tools emulator demo test lint bench render validate diff deploy outputs drift rollout teardown clean
+.PHONY: help setup build tools emulator demo test lint bench render validate diff deploy outputs drift rollout teardown image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,34 @@ emulator: tools ## start the local AWS emulator (moto) on MOTO_PORT unless it is
 diff deploy outputs drift rollout teardown: build $(if $(filter local,$(ENV)),emulator,) ## change set preview, deploy, outputs, drift, instance refresh, teardown (ENV=...)
 	@[ -n "$(ENV)" ] || { echo "usage: make $@ ENV=name"; exit 2; }
 	$(LOCAL_AWS) $(BIN)/batchgrid $@ $(ENV) $(ARGS)
+
+# The grid's machine image: the release binary for the grid's architecture (grid.instance_types),
+# natively or with cargo-zigbuild from another architecture, uploaded with its units and default
+# configuration, then built into an AMI by EC2 Image Builder in the stack NAME-image. The emulator
+# has no Image Builder: ENV=local renders the stack, uploads this machine's binary to the emulator
+# and runs cfn-lint on the template, and builds no image. The revision is read once, so the binary
+# and the image's tags agree even when HEAD moves during the build.
+image: build $(if $(filter local,$(ENV)),emulator,) ## build the grid's machine image (AMI id in build/$(ENV)/image-outputs.json)
+	@[ -n "$(ENV)" ] || { echo "usage: make image ENV=name"; exit 2; }
+	@set -euo pipefail; \
+	read -r arch target < <($(BIN)/batchgrid image $(ENV) --print-architecture); \
+	export BATCHGRID_GIT_REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown); \
+	host=$$(uname -m); [ "$$host" = aarch64 ] && host=arm64; \
+	if [ "$$arch" = "$$host" ] || [ "$(ENV)" = local ]; then \
+	  [ "$$arch" = "$$host" ] || echo "ENV=local builds no image: uploading this machine's $$host binary (the grid is $$arch)"; \
+	  echo "building the release binary ($$host)..."; \
+	  $(CARGO) build --release --bin batchgrid; binary=$(RELEASE)/batchgrid; \
+	else \
+	  command -v cargo-zigbuild >/dev/null || { \
+	    echo "the $(ENV) grid is $$arch but this machine is $$host: cross-building needs cargo-zigbuild and the target:"; \
+	    echo "  python3 -m pip install ziglang && cargo install cargo-zigbuild && rustup target add $$target"; exit 2; }; \
+	  echo "building the release binary for $$arch ($$target, cargo zigbuild)..."; \
+	  $(CARGO) zigbuild --release --bin batchgrid --target $$target; binary=$(TARGET_DIR)/$$target/release/batchgrid; \
+	fi; \
+	$(LOCAL_AWS) $(BIN)/batchgrid image $(ENV) --binary "$$binary" --revision "$$BATCHGRID_GIT_REVISION" $(if $(filter local,$(ENV)),--upload-only,) $(ARGS)
+ifeq ($(ENV),local)
+	cfn-lint build/local/image.yaml && echo "build/local/image.yaml passes cfn-lint"
+endif
 
 clean: ## remove build outputs and local state
 	rm -rf build .batchgrid

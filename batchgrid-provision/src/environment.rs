@@ -60,6 +60,9 @@ pub struct Environment {
     pub manager: ManagerInstance,
     /// Log retention.
     pub logs: Logs,
+    /// The machine image `make image` builds (optional: every key has a default).
+    #[serde(default)]
+    pub image: ImageSettings,
 }
 
 /// Network settings.
@@ -133,7 +136,8 @@ pub struct Analytics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GridGroup {
-    /// AMI id, or a `{{resolve:ssm:...}}` reference to a public parameter.
+    /// AMI id, a `{{resolve:ssm:...}}` reference to a public parameter, or [`IMAGE_AMI`]
+    /// (`image`): the image `make image` built, read from the image stack's parameter.
     pub ami: String,
     /// Instance types, in order of preference.
     pub instance_types: Vec<String>,
@@ -157,6 +161,101 @@ pub struct ManagerInstance {
     pub instance_type: String,
     /// `private` (reached through SSM port forwarding only).
     pub access: String,
+}
+
+/// Settings of the machine image built by `make image` (the `image` stack).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSettings {
+    /// Instance types Image Builder may build on, of the grid's architecture; empty: picked
+    /// for it ([`Architecture::build_instance_types`]).
+    #[serde(default)]
+    pub build_instance_types: Vec<String>,
+    /// An existing bucket for the image's artifacts; empty: the image stack creates one.
+    #[serde(default)]
+    pub deployment_bucket: String,
+}
+
+/// `grid.ami: image`: the grid runs the image `make image` built for it.
+pub const IMAGE_AMI: &str = "image";
+
+/// A processor architecture, as AWS names it for AMIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Architecture {
+    /// 64-bit ARM (Graviton).
+    #[serde(rename = "arm64")]
+    Arm64,
+    /// 64-bit x86 (Intel, AMD).
+    #[serde(rename = "x86_64")]
+    X86_64,
+}
+
+impl Architecture {
+    /// The architecture of an instance type: Graviton families (`a1`, and those whose
+    /// generation digit is followed by `g`: `m7g`, `c7gn`, `t4g`, `im4gn`, `hpc7g`) are arm64,
+    /// every other family x86_64.
+    pub fn of_instance_type(kind: &str) -> Self {
+        let family = kind.split_once('.').map_or(kind, |(family, _)| family);
+        if family == "a1" {
+            return Self::Arm64;
+        }
+        let attributes = family
+            .find(|c: char| c.is_ascii_digit())
+            .map(|start| family[start..].trim_start_matches(|c: char| c.is_ascii_digit()))
+            .unwrap_or("");
+        if attributes.starts_with('g') {
+            Self::Arm64
+        } else {
+            Self::X86_64
+        }
+    }
+
+    /// AWS's name for it (`arm64`, `x86_64`), as in AMI names and public SSM parameters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Arm64 => "arm64",
+            Self::X86_64 => "x86_64",
+        }
+    }
+
+    /// The Rust target a binary for it is built for.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Self::Arm64 => "aarch64-unknown-linux-gnu",
+            Self::X86_64 => "x86_64-unknown-linux-gnu",
+        }
+    }
+
+    /// Build instances when the environment names none: current general-purpose and
+    /// compute families, two so that a shortage of one does not stop the build.
+    pub fn build_instance_types(self) -> [&'static str; 2] {
+        match self {
+            Self::Arm64 => ["m7g.large", "c7g.large"],
+            Self::X86_64 => ["m7i.large", "c7i.large"],
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Environment {
+    /// The grid's architecture, from its instance types (validation made them agree).
+    pub fn architecture(&self) -> Architecture {
+        self.grid.instance_types.first().map_or(Architecture::Arm64, |kind| Architecture::of_instance_type(kind))
+    }
+
+    /// The instance types Image Builder builds the image on.
+    pub fn build_instance_types(&self) -> Vec<String> {
+        if self.image.build_instance_types.is_empty() {
+            self.architecture().build_instance_types().iter().map(|&kind| kind.to_owned()).collect()
+        } else {
+            self.image.build_instance_types.clone()
+        }
+    }
 }
 
 /// Log settings.
@@ -352,10 +451,7 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
         return Err((root.key("region"), format!("`{}` is not an AWS region such as eu-west-1", env.region)));
     }
     let bucket = &env.template_bucket;
-    let bucket_ok = (3..=63).contains(&bucket.len())
-        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if !bucket.is_empty() && !bucket_ok {
+    if !bucket.is_empty() && !bucket_name_ok(bucket) {
         return Err((root.key("template_bucket"), format!("`{bucket}` is not an S3 bucket name")));
     }
     parse_cidr(&env.network.vpc_cidr).map_err(|m| (root.key("network").key("vpc_cidr"), m))?;
@@ -383,16 +479,18 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
         }
     }
     for key in env.tags.keys() {
-        if RESERVED_TAGS.contains(&key.as_str()) || key.starts_with("aws:") {
+        if RESERVED_TAGS.contains(&key.as_str()) || key.starts_with("aws:") || key.starts_with("batchgrid:") {
             return Err((root.key("tags").key(key), format!("`{key}` is set by batchgrid (or AWS) on every resource")));
         }
     }
     let ami = &env.grid.ami;
     let resolves = ami.starts_with("{{resolve:ssm:") && ami.ends_with("}}");
-    if !resolves && !aws_id_ok(ami, "ami-") {
+    if !resolves && !aws_id_ok(ami, "ami-") && ami != IMAGE_AMI {
         return Err((
             root.key("grid").key("ami"),
-            format!("`{ami}` is not an AMI id or a {{{{resolve:ssm:...}}}} reference"),
+            format!(
+                "`{ami}` is not an AMI id, a {{{{resolve:ssm:...}}}} reference or `{IMAGE_AMI}` (built by make image)"
+            ),
         ));
     }
     if !(1..=3650).contains(&env.storage.interim_expiry_days) {
@@ -439,6 +537,24 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
             ));
         }
     }
+    // One image serves one architecture: the group's types must agree on it.
+    let architecture = env.architecture();
+    if let Some((i, kind)) = env
+        .grid
+        .instance_types
+        .iter()
+        .enumerate()
+        .find(|(_, kind)| Architecture::of_instance_type(kind) != architecture)
+    {
+        return Err((
+            grid.key("instance_types").index(i),
+            format!(
+                "`{kind}` is {} but `{}` is {architecture}: one image serves one architecture",
+                Architecture::of_instance_type(kind),
+                env.grid.instance_types[0]
+            ),
+        ));
+    }
     if env.grid.min_size > env.grid.max_size {
         return Err((
             grid.key("min_size"),
@@ -463,6 +579,17 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
             format!("`{}` is not an instance type", env.manager.instance_type),
         ));
     }
+    // The manager boots the grid's AMI; an image built for the grid fits only its architecture.
+    if env.grid.ami == IMAGE_AMI && Architecture::of_instance_type(&env.manager.instance_type) != architecture {
+        return Err((
+            root.key("manager").key("instance_type"),
+            format!(
+                "`{}` is {} but grid.ami `image` is built for the grid's {architecture}",
+                env.manager.instance_type,
+                Architecture::of_instance_type(&env.manager.instance_type)
+            ),
+        ));
+    }
     if env.manager.access != "private" {
         return Err((
             root.key("manager").key("access"),
@@ -475,7 +602,34 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
             format!("CloudWatch accepts one of {LOG_RETENTION_DAYS:?}"),
         ));
     }
+    let image = root.key("image");
+    for (i, kind) in env.image.build_instance_types.iter().enumerate() {
+        let path = image.key("build_instance_types").index(i);
+        if !instance_type_ok(kind) {
+            return Err((path, format!("`{kind}` is not an instance type such as m7g.large")));
+        }
+        if Architecture::of_instance_type(kind) != architecture {
+            return Err((
+                path,
+                format!(
+                    "`{kind}` is {} but the grid is {architecture}: the image is built on its own architecture",
+                    Architecture::of_instance_type(kind)
+                ),
+            ));
+        }
+    }
+    let bucket = &env.image.deployment_bucket;
+    if !bucket.is_empty() && !bucket_name_ok(bucket) {
+        return Err((image.key("deployment_bucket"), format!("`{bucket}` is not an S3 bucket name")));
+    }
     Ok(())
+}
+
+/// An S3 bucket name: 3 to 63 lowercase letters, digits, `-` and `.`, starting alphanumeric.
+fn bucket_name_ok(bucket: &str) -> bool {
+    (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// Tag keys batchgrid sets itself.

@@ -8,6 +8,7 @@
 pub mod aws;
 pub mod deploy;
 pub mod environment;
+pub mod image;
 pub mod render;
 
 /// Where the rendered template for an environment is written, relative to the project root.

@@ -105,6 +105,8 @@ struct Context<'a> {
     lifecycle_hook: &'static str,
     drain_deadline: &'static str,
     first_instance_type: String,
+    worker_ami: String,
+    manager_ami: String,
     rds: bool,
     internet: bool,
 }
@@ -117,6 +119,26 @@ pub fn stack_name(name: &str, env: &Environment) -> String {
         stack.push_str(&env.name_suffix);
     }
     stack
+}
+
+/// The workers' image: with `ami: image`, the parameter `make image` writes, resolved by EC2
+/// at every launch (so new instances take the newest image without a deploy).
+fn worker_ami(name: &str, env: &Environment) -> String {
+    if env.grid.ami == crate::environment::IMAGE_AMI {
+        format!("resolve:ssm:{}", crate::image::image_id_parameter(name, env))
+    } else {
+        env.grid.ami.clone()
+    }
+}
+
+/// The manager's image: an instance takes no launch-time reference, so with `ami: image`
+/// CloudFormation resolves the parameter at deploy time.
+fn manager_ami(name: &str, env: &Environment) -> String {
+    if env.grid.ami == crate::environment::IMAGE_AMI {
+        format!("{{{{resolve:ssm:{}}}}}", crate::image::image_id_parameter(name, env))
+    } else {
+        env.grid.ami.clone()
+    }
 }
 
 /// Four equal subnets of a validated VPC CIDR (prefix 16 to 26): two public, two private.
@@ -184,6 +206,8 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
         on_demand_percent: if env.grid.spot { 0 } else { 100 },
         lifecycle_hook: LIFECYCLE_HOOK,
         first_instance_type: env.grid.instance_types.first().cloned().unwrap_or_default(),
+        worker_ami: worker_ami(name, env),
+        manager_ami: manager_ami(name, env),
         drain_deadline: DRAIN_DEADLINE,
         rds: env.analytics.provider == "rds",
         internet: env.network.internet,

@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch.
 
 mod client;
+mod image;
 mod manager;
 mod progress;
 mod provision;
@@ -19,7 +20,7 @@ use crate::env;
 
 /// Stand up, run and tear down an on-demand batch-processing grid.
 #[derive(Debug, Parser)]
-#[command(name = "batchgrid", version, about)]
+#[command(name = "batchgrid", version = image::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,6 +77,9 @@ enum Command {
         #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(i32).range(0..=100))]
         min_healthy_percent: i32,
     },
+    /// Build the grid's machine image: upload the release binary, units and configuration,
+    /// then deploy the image stack (EC2 Image Builder); the AMI id lands in its outputs.
+    Image(image::ImageArgs),
     /// Empty an environment's buckets and delete its stack.
     Teardown {
         #[command(flatten)]
@@ -164,6 +168,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Deploy { place, yes } => provision::run(place, provision::Action::Deploy { yes }).await,
             Command::Outputs(place) => provision::run(place, provision::Action::Outputs).await,
             Command::Drift(place) => provision::run(place, provision::Action::Drift).await,
+            Command::Image(args) => image::run(args).await,
             Command::Teardown { place, confirm } => provision::teardown(place, confirm).await,
             Command::Rollout { place, min_healthy_percent } => provision::rollout(place, min_healthy_percent).await,
             Command::Split(args) => {

@@ -108,3 +108,60 @@ fn cidrs_parse_strictly() {
     assert!(parse_cidr("300.0.0.0/16").is_err());
     assert!(parse_cidr("10.0.0.0/27").is_err());
 }
+
+#[test]
+fn the_image_section_has_defaults_and_is_strict() {
+    let env = load_with(|b| b, "region: eu-west-1\n").expect("defaults");
+    assert_eq!(env.image, ImageSettings::default());
+    assert_eq!(env.build_instance_types(), ["m7g.large", "c7g.large"], "picked for the grid's arm64");
+    let without = load_with(|b| b[..b.find("\nimage:").expect("image section")].to_owned() + "\n", "")
+        .expect("a base without the image section");
+    assert_eq!(without.image, ImageSettings::default());
+
+    let line = error(|b| b, "image:\n  deployment_bucket: artifacts\n  instance_type: m7g.large\n");
+    assert!(line.starts_with("test.yaml:3:3: image.instance_type: unknown field `instance_type`"), "{line}");
+    let line = error(|b| b, "image:\n  build_instance_types: [m7g.large, m7i.large]\n");
+    assert!(line.starts_with("test.yaml:2:"), "{line}");
+    assert!(line.contains(": image.build_instance_types[1]: `m7i.large` is x86_64 but the grid is arm64"), "{line}");
+    let line = error(|b| b, "image:\n  deployment_bucket: Not_A_Bucket\n");
+    assert!(line.starts_with("test.yaml:2:3: image.deployment_bucket: "), "{line}");
+    let named = load_with(|b| b, "image:\n  deployment_bucket: team-artifacts\n").expect("named bucket");
+    assert_eq!(named.image.deployment_bucket, "team-artifacts");
+}
+
+#[test]
+fn the_architecture_comes_from_the_instance_types() {
+    for (kind, arch) in [
+        ("m7g.large", Architecture::Arm64),
+        ("c7gn.2xlarge", Architecture::Arm64),
+        ("t4g.small", Architecture::Arm64),
+        ("im4gn.large", Architecture::Arm64),
+        ("hpc7g.4xlarge", Architecture::Arm64),
+        ("a1.medium", Architecture::Arm64),
+        ("g5g.xlarge", Architecture::Arm64),
+        ("m7i.large", Architecture::X86_64),
+        ("c6in.xlarge", Architecture::X86_64),
+        ("g4dn.xlarge", Architecture::X86_64),
+        ("m5.large", Architecture::X86_64),
+        ("c7i-flex.large", Architecture::X86_64),
+    ] {
+        assert_eq!(Architecture::of_instance_type(kind), arch, "{kind}");
+    }
+    let intel = load_with(|b| b, "grid:\n  instance_types: [m7i.large, c7i.large]\n").expect("x86 grid");
+    assert_eq!(intel.architecture(), Architecture::X86_64);
+    assert_eq!(intel.build_instance_types(), ["m7i.large", "c7i.large"]);
+    let line = error(|b| b, "grid:\n  instance_types: [m7g.large, m7i.large]\n");
+    assert!(line.starts_with("test.yaml:2:"), "{line}");
+    assert!(line.contains(": grid.instance_types[1]: `m7i.large` is x86_64 but `m7g.large` is arm64"), "{line}");
+}
+
+#[test]
+fn the_grid_can_run_the_built_image() {
+    let env = load_with(|b| b, "grid:\n  ami: image\n").expect("image");
+    assert_eq!(env.grid.ami, IMAGE_AMI);
+    // The manager boots the same AMI, so it must share the grid's architecture.
+    let line = error(|b| b, "grid:\n  ami: image\nmanager:\n  instance_type: t3.small\n");
+    assert!(line.starts_with("test.yaml:4:3: manager.instance_type: `t3.small` is x86_64"), "{line}");
+    let line = error(|b| b, "tags:\n  batchgrid:version: x\n");
+    assert!(line.contains(": tags.batchgrid:version: "), "{line}");
+}

@@ -101,3 +101,24 @@ fn golden_templates_pass_cfn_lint() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `grid.ami: image`: workers launch from the parameter `make image` writes, resolved by EC2 at
+/// every launch; the manager's instance resolves it at deploy time. cfn-lint accepts both.
+#[test]
+fn the_built_image_is_read_from_its_parameter() {
+    let mut env = load(&root().join("environments"), "dev", &lookup).expect("environment");
+    env.grid.ami = crate::environment::IMAGE_AMI.into();
+    let text = render(&engine(&root().join("templates")).expect("engine"), "dev", &env).expect("render");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let resources = &parsed["Resources"];
+    let worker = &resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["ImageId"];
+    assert_eq!(worker.as_str(), Some("resolve:ssm:/batchgrid-dev/image-id"));
+    let manager = &resources["Manager"]["Properties"]["ImageId"];
+    assert_eq!(manager.as_str(), Some("{{resolve:ssm:/batchgrid-dev/image-id}}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("image-ami.yaml");
+    std::fs::write(&file, &text).expect("write");
+    let output =
+        std::process::Command::new("cfn-lint").arg(&file).output().expect("run cfn-lint (make test installs it)");
+    assert!(output.status.success(), "cfn-lint: {}", String::from_utf8_lossy(&output.stdout));
+}
