@@ -86,7 +86,7 @@ fn print_config(unit_name: &str, script: &str) -> serde_json::Value {
     let (files, args) = unit(unit_name);
     assert!(files.contains(&path), "{unit_name} reads {files:?}, the user data writes {path}");
     assert!(!script.contains("BATCHGRID_API_TOKEN=") && !script.contains("PASSWORD"), "no secret in user data");
-    let defaults = std::fs::read_to_string(root().join("packaging/batchgrid.env")).expect("defaults");
+    let defaults = std::fs::read_to_string(root().join("packaging/defaults.env")).expect("defaults");
     let mut command = batchgrid();
     command.env_clear().env("PATH", crate::harness::path_env()).env("AWS_EC2_METADATA_DISABLED", "true");
     for line in defaults.lines().filter(|l| !l.starts_with('#') && l.contains('=')) {
