@@ -62,7 +62,7 @@ lint: ## formatting and clippy, as CI checks them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: ## measure against baselines run in the same command (see README)
+bench: tools ## measure against baselines run in the same command (see README)
 	@command -v hyperfine >/dev/null || { echo "installing hyperfine (apt)..."; (apt-get update -qq && apt-get install -y -qq hyperfine) >/dev/null; }
 	$(CARGO) build --release --workspace --bins --benches
 	TARGET_DIR=$(TARGET_DIR) bash scripts/bench.sh

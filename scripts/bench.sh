@@ -4,6 +4,8 @@
 #   2. no-op Rust processor tasks through the embedded queue and analytics store vs a plain
 #      batched SQLite queue, and the rate at 10,000 vs 1,000,000 queued tasks
 #   3. peak memory of the manager splitting a 2 GB input vs `cat` reading it
+#   4. SQS requests per task of a 10,000-task job on the moto emulator (target <= 0.35), and the
+#      manager's enqueue rate vs single SendMessage calls
 # Results are printed and written to build/bench/results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,4 +77,11 @@ read -r split_kb split_s < "$OUT/split.time"
 read -r small_kb small_s < "$OUT/split-small.time"
 rm -rf "$OUT/split-state"
 say "RESULT split_2g: input $((size / 1048576)) MiB; manager peak RSS $((split_kb / 1024)) MiB in ${split_s}s (target < 100 MiB); a tenth of it: $((small_kb / 1024)) MiB in ${small_s}s; cat peak RSS $((cat_kb / 1024)) MiB in ${cat_s}s"
+
+# 4. SQS requests per task and the enqueue rate, against moto. Its stderr is kept: when moto is
+# missing, the reason is there.
+if ! cargo bench -q -p batchgrid-core --bench sqs_requests 2> "$OUT/sqs_requests.err" | tee -a "$RESULTS"; then
+  cat "$OUT/sqs_requests.err" >&2
+  exit 1
+fi
 echo "results written to $RESULTS"

@@ -46,3 +46,9 @@ pub const SCRATCH_DIR: &str = "BATCHGRID_SCRATCH_DIR";
 pub const DRAIN_DEADLINE: &str = "BATCHGRID_DRAIN_DEADLINE";
 /// The worker group's first instance type (instance-hours of terminated instances count as it).
 pub const INSTANCE_TYPE: &str = "BATCHGRID_INSTANCE_TYPE";
+/// Tasks a worker runs at once.
+pub const CONCURRENCY: &str = "BATCHGRID_CONCURRENCY";
+/// Messages a worker receives ahead of its free slots.
+pub const PREFETCH: &str = "BATCHGRID_PREFETCH";
+/// Longest wait of a worker's long poll.
+pub const POLL_WAIT: &str = "BATCHGRID_POLL_WAIT";

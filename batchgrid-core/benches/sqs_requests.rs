@@ -13,6 +13,13 @@
 //! Each process gets its own grid (its own SQS client, meter and queue handles), as separate
 //! processes would; only the SQLite analytics store is shared, and it is not what is measured.
 //!
+//! moto scans every message of a queue for each message it sends or receives (it recomputes the
+//! queue's attributes), so it slows down in proportion to the queue's depth: a few hundred
+//! messages/s with fifty queued, about one a second with ten thousand. SQS does not, so the
+//! bench keeps moto's queues shallow without changing what is counted: the job's manager waits
+//! before a send while [`QUEUE_CAP`] messages are queued and undeleted (its split merely keeps
+//! pace with the workers), and the enqueue measurement purges its queues as they fill.
+//!
 //! Run with `cargo bench -p batchgrid-core --bench sqs_requests` (or `make bench`); it needs
 //! `moto_server` (`make tools`). Set `BENCH_SQS_TASKS` to change the 10,000.
 
@@ -43,11 +50,18 @@ const WORKERS: usize = 2;
 const TARGET_PER_TASK: f64 = 0.35;
 /// Deliveries before a message is dead-lettered, as the deployed stacks set it.
 const MAX_RECEIVES: u32 = 3;
-/// No-op tasks take microseconds: ten at once lets one receive fill a whole batch of ten, as
-/// `--concurrency 10` would on a deployed worker.
+/// No-op tasks take microseconds, so a worker can hold a whole batch of ten running and another
+/// ten received ahead: then every receive asks for ten, and the completer gets near-full batches
+/// to delete. (The defaults, one task per core and as many ahead, ask for five on two cores.)
 const CONCURRENCY: usize = 10;
+const PREFETCH: usize = 10;
 /// How often the manager checks progress (the manager service's default).
 const TICK: Duration = Duration::from_secs(1);
+/// Most messages in the job's task queue, in flight included (see the module docs): what the
+/// workers can hold, plus a full batch of ten ready for the next receive. Deeper only slows moto.
+const QUEUE_CAP: u64 = (WORKERS * (CONCURRENCY + PREFETCH) + 10) as u64;
+/// How often the enqueue measurement empties its queue (see the module docs).
+const PURGE_EVERY: Duration = Duration::from_millis(100);
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
@@ -70,11 +84,17 @@ fn main() {
             run.sqs_total,
             run.elapsed.as_secs_f64()
         );
-        println!("sqs: by operation: {}", join(&run.by_operation));
-        println!("sqs: by process: {}", join(&run.by_process));
+        println!("sqs: per task by operation: {}", per_task_of(&run.by_operation, tasks));
+        println!("sqs: per task by process: {}", per_task_of(&run.by_process, tasks));
         println!("sqs: {}", run.batches);
         if per_task > TARGET_PER_TASK {
-            println!("sqs: above target; largest share: {}", largest(&run.by_operation, run.sqs_total));
+            let (operation, count) = run.by_operation.iter().max_by_key(|(_, count)| **count).expect("requests");
+            println!(
+                "sqs: above target; the largest share is {operation} ({:.0}%), and the chain queue's empty \
+                 receives are {:.3} per task",
+                100.0 * *count as f64 / run.sqs_total as f64,
+                run.chain_empty as f64 / tasks as f64
+            );
         }
 
         let baseline = single_sends(&config, tasks).await;
@@ -109,6 +129,7 @@ struct RequestsRun {
     by_operation: BTreeMap<String, u64>,
     by_process: BTreeMap<String, u64>,
     batches: String,
+    chain_empty: u64,
     elapsed: Duration,
 }
 
@@ -121,6 +142,7 @@ async fn process_grid(
     urls: (&str, &str),
     analytics: &Arc<SqliteAnalytics>,
     counts: &Counts,
+    cap: Option<u64>,
 ) -> Grid {
     let meter = RequestMeter::new();
     let sqs = sqs_client(config, &meter);
@@ -131,8 +153,8 @@ async fn process_grid(
     };
     Grid {
         store: Arc::new(S3Store::new(s3_client(config, &meter), BUCKET, "")),
-        tasks: Arc::new(CountingQueue { inner: open(urls.0).await, counts: counts.0.clone() }),
-        chain: Arc::new(CountingQueue { inner: open(urls.1).await, counts: counts.1.clone() }),
+        tasks: Arc::new(CountingQueue { inner: open(urls.0).await, counts: counts.0.clone(), cap }),
+        chain: Arc::new(CountingQueue { inner: open(urls.1).await, counts: counts.1.clone(), cap }),
         analytics: analytics.clone(),
         meter,
     }
@@ -147,7 +169,7 @@ async fn requests_per_task(config: &aws_config::SdkConfig, spec: &JobSpec, tasks
     let counts: Counts = Default::default();
     let mut processes = Vec::new();
     for _ in 0..=WORKERS {
-        processes.push(process_grid(config, (&input_url, &output_url), &analytics, &counts).await);
+        processes.push(process_grid(config, (&input_url, &output_url), &analytics, &counts, Some(QUEUE_CAP)).await);
     }
     // Opening the queues (finding their dead-letter queues) is a start-up cost, not the job's.
     let before: Vec<u64> = processes.iter().map(|p| p.meter.total_for("SQS")).collect();
@@ -158,6 +180,7 @@ async fn requests_per_task(config: &aws_config::SdkConfig, spec: &JobSpec, tasks
     for (i, process) in processes.iter().enumerate().skip(1) {
         let mut settings = WorkerSettings::new(format!("bench-worker-{i}"), dir.join("scratch"));
         settings.concurrency = CONCURRENCY;
+        settings.prefetch = PREFETCH;
         settings.visibility = Duration::from_secs(30);
         let worker = Worker::new(settings, process.clone(), ProcessorRegistry::with_builtins());
         let mut stop = stop_rx.clone();
@@ -203,6 +226,7 @@ async fn requests_per_task(config: &aws_config::SdkConfig, spec: &JobSpec, tasks
         by_operation,
         by_process,
         batches: format!("task queue: {}; chain queue: {}", counts.0.describe(), counts.1.describe()),
+        chain_empty: counts.1.empty_receives.load(Ordering::Relaxed),
         elapsed: ended.unwrap_or_else(|| started.elapsed()),
     }
 }
@@ -212,11 +236,26 @@ async fn single_sends(config: &aws_config::SdkConfig, n: u64) -> f64 {
     let client = sqs_client(config, &RequestMeter::new());
     let url = client.create_queue().queue_name("bench-single-sends").send().await.expect("create queue").queue_url;
     let url = url.expect("queue url");
+    let purger = purge_while_measuring(&client, &url);
     let started = Instant::now();
     for i in 0..n {
         client.send_message().queue_url(&url).message_body(task_body(i)).send().await.expect("send");
     }
-    n as f64 / started.elapsed().as_secs_f64()
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    purger.abort();
+    rate
+}
+
+/// Empties the queue every [`PURGE_EVERY`] until aborted, so that moto's cost per message stays
+/// that of a shallow queue for both senders alike.
+fn purge_while_measuring(client: &aws_sdk_sqs::Client, url: &str) -> tokio::task::JoinHandle<()> {
+    let (client, url) = (client.clone(), url.to_owned());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PURGE_EVERY).await;
+            client.purge_queue().queue_url(&url).send().await.expect("purge");
+        }
+    })
 }
 
 /// A body like the manager's: a one-line chunk carried inline.
@@ -239,25 +278,23 @@ async fn manager_enqueue(config: &aws_config::SdkConfig, spec: &JobSpec, n: u64,
     let output_url = create_queue_pair(&setup, "bench-enqueue-output", MAX_RECEIVES).await;
     let analytics = Arc::new(SqliteAnalytics::open(&dir.join("enqueue.db")).await.expect("analytics"));
     let counts: Counts = Default::default();
-    let grid = process_grid(config, (&input_url, &output_url), &analytics, &counts).await;
+    let grid = process_grid(config, (&input_url, &output_url), &analytics, &counts, None).await;
     let manager = Manager::new(grid, dir.join("enqueue-spool"));
+    let purger = purge_while_measuring(&setup, &input_url);
     let started = Instant::now();
     let job_id = manager.submit(spec).await.expect("submit");
     let queued = manager.split(&job_id, spec, |_| {}).await.expect("split");
     let rate = queued as f64 / started.elapsed().as_secs_f64();
+    purger.abort();
     assert_eq!(queued, n, "one task per line");
     assert_eq!(counts.0.sent.load(Ordering::Relaxed), n, "every task enqueued");
     rate
 }
 
-fn join(counts: &BTreeMap<String, u64>) -> String {
-    counts.iter().map(|(name, count)| format!("{name}={count}")).collect::<Vec<_>>().join(" ")
-}
-
-fn largest(counts: &BTreeMap<String, u64>, total: u64) -> String {
-    counts.iter().max_by_key(|(_, count)| **count).map_or_else(String::new, |(name, count)| {
-        format!("{name} ({count}, {:.0}% of all)", 100.0 * *count as f64 / total.max(1) as f64)
-    })
+fn per_task_of(counts: &BTreeMap<String, u64>, tasks: u64) -> String {
+    let lines: Vec<String> =
+        counts.iter().map(|(name, count)| format!("{name}={:.3} ({count})", *count as f64 / tasks as f64)).collect();
+    lines.join(" ")
 }
 
 /// Entries per call on one queue, summed over every process: how full the batches are.
@@ -289,11 +326,13 @@ impl BatchCounts {
     }
 }
 
-/// The SQS queue, counting how many entries each call carried (the meter counts only calls).
+/// The SQS queue, counting how many entries each call carried (the meter counts only calls), and
+/// holding sends back while `cap` messages are undeleted (see the module docs).
 #[derive(Debug)]
 struct CountingQueue {
     inner: SqsQueue,
     counts: Arc<BatchCounts>,
+    cap: Option<u64>,
 }
 
 #[async_trait]
@@ -303,6 +342,13 @@ impl TaskQueue for CountingQueue {
     }
 
     async fn send_batch(&self, bodies: &[String]) -> Result<(), QueueError> {
+        if let Some(cap) = self.cap {
+            let undeleted =
+                || self.counts.sent.load(Ordering::Relaxed).saturating_sub(self.counts.deleted.load(Ordering::Relaxed));
+            while undeleted() + bodies.len() as u64 > cap {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         self.counts.sends.fetch_add(1, Ordering::Relaxed);
         self.counts.sent.fetch_add(bodies.len() as u64, Ordering::Relaxed);
         self.inner.send_batch(bodies).await

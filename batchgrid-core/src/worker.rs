@@ -34,6 +34,8 @@ const JOB_STATE_TTL: Duration = Duration::from_secs(2);
 const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often a worker publishes its AWS request counts, so a job's report includes them.
 const REQUESTS_EVERY: Duration = Duration::from_secs(2);
+/// How long a queue that came back empty is not probed again ahead of the long poll.
+const EMPTY_PROBE_BACKOFF: Duration = Duration::from_secs(1);
 /// Delay before retrying a task whose job spec could not be read.
 const SPEC_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -55,6 +57,9 @@ pub struct WorkerSettings {
     /// Messages received ahead of free slots, to receive in fuller batches. Keep it small for
     /// long tasks: a prefetched message waits here while other workers may be idle.
     pub prefetch: usize,
+    /// How long the completer waits for more finished tasks before recording and deleting, so
+    /// acknowledgements go out in fuller batches (each batch is one request on SQS).
+    pub completion_linger: Duration,
 }
 
 impl WorkerSettings {
@@ -68,6 +73,7 @@ impl WorkerSettings {
             visibility: Duration::from_secs(30),
             poll_wait: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(30),
+            completion_linger: Duration::from_millis(50),
             scratch_dir,
         }
     }
@@ -170,6 +176,8 @@ pub struct Worker {
     host: String,
     /// A drain deadline sooner than the configured one (a spot interruption's).
     drain_by: Mutex<Option<Instant>>,
+    /// When each queue (tasks, chain) last answered a receive with nothing.
+    last_empty: Mutex<[Option<Instant>; 2]>,
 }
 
 impl Worker {
@@ -187,6 +195,7 @@ impl Worker {
             scratch,
             host: hostname(),
             drain_by: Mutex::new(None),
+            last_empty: Mutex::new([None, None]),
         })
     }
 
@@ -354,12 +363,23 @@ impl Worker {
         let order =
             if turn.is_multiple_of(2) { [Source::Chain, Source::Tasks] } else { [Source::Tasks, Source::Chain] };
         for (i, source) in order.into_iter().enumerate() {
+            let slot = source as usize;
+            let recently_empty =
+                self.last_empty.lock().ok().and_then(|e| e[slot]).is_some_and(|at| at.elapsed() < EMPTY_PROBE_BACKOFF);
+            // A quick look at a queue that was just empty (the next stage's, in a one-stage
+            // job) is a billed request that finds nothing; look again only after a while.
+            if i == 0 && recently_empty {
+                continue;
+            }
             let wait = if i == 0 { Duration::ZERO } else { self.settings.poll_wait };
             let polled = tokio::select! {
                 biased;
                 () = shutdown.as_mut() => return None,
                 result = self.queue(source).receive(want, self.settings.visibility, wait) => result,
             };
+            if let (Ok(messages), Ok(mut last_empty)) = (&polled, self.last_empty.lock()) {
+                last_empty[slot] = messages.is_empty().then(Instant::now);
+            }
             match polled {
                 Ok(messages) if messages.is_empty() => continue,
                 Ok(messages) => return Some(messages.into_iter().map(|m| (source, m)).collect()),
@@ -446,6 +466,18 @@ impl Worker {
         let mut batch = Vec::new();
         while let Some(first) = done.recv().await {
             batch.push(first);
+            let linger = tokio::time::sleep(self.settings.completion_linger);
+            tokio::pin!(linger);
+            while batch.len() < MAX_BATCH {
+                tokio::select! {
+                    next = done.recv() => match next {
+                        Some(next) => batch.push(next),
+                        None => break,
+                    },
+                    () = &mut linger => break,
+                }
+            }
+            // Whatever else is already finished goes in the same records.
             while batch.len() < 512 {
                 match done.try_recv() {
                     Ok(next) => batch.push(next),

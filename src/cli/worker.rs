@@ -28,8 +28,16 @@ pub struct WorkerArgs {
     #[arg(long, env = env::SCRATCH_DIR, default_value_os_t = std::env::temp_dir().join("batchgrid-scratch"))]
     pub scratch_dir: PathBuf,
     /// Tasks run at once (default: the number of cores).
-    #[arg(long)]
+    #[arg(long, env = env::CONCURRENCY)]
     pub concurrency: Option<usize>,
+    /// Messages received ahead of free slots (default: as many as --concurrency); more fills
+    /// receive batches for short tasks, fewer keeps long tasks from waiting on a busy worker.
+    #[arg(long, env = env::PREFETCH)]
+    pub prefetch: Option<usize>,
+    /// Longest wait of one long poll (SQS allows up to 20 s; longer is cheaper when idle, shorter
+    /// picks up a new job's first tasks sooner).
+    #[arg(long, env = env::POLL_WAIT, default_value = "1s", value_parser = parse_duration)]
+    pub poll_wait: Duration,
     /// Visibility timeout of a received task; a heartbeat renews it while the task runs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub visibility_timeout: Duration,
@@ -124,6 +132,10 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
         anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
         worker_settings.concurrency = concurrency;
     }
+    if let Some(prefetch) = args.prefetch {
+        worker_settings.prefetch = prefetch;
+    }
+    worker_settings.poll_wait = args.poll_wait;
     worker_settings.visibility = args.visibility_timeout;
     worker_settings.drain_deadline = args.drain_deadline;
     let meter = grid.meter.clone();
