@@ -65,6 +65,15 @@ pub struct JobArgs {
     connection: Connection,
 }
 
+/// Arguments of `batchgrid status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The job's id; without it, every job, newest first.
+    job: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
 /// Arguments of `batchgrid results`.
 #[derive(Debug, clap::Args)]
 pub struct ResultsArgs {
@@ -221,9 +230,24 @@ async fn download_results(
     Ok(())
 }
 
-/// Prints a job's state and per-stage progress.
-pub async fn status(args: JobArgs) -> anyhow::Result<ExitCode> {
-    let status = args.connection.client().await?.status(&args.job).await?;
+/// Prints a job's state and per-stage progress, or every job.
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client().await?;
+    let Some(job) = &args.job else {
+        let jobs = client.jobs().await?;
+        if args.connection.json {
+            println!("{}", serde_json::to_string_pretty(&jobs)?);
+        } else {
+            println!("{:<44} {:<10} {:<24}", "job", "state", "submitted");
+            for job in jobs {
+                let submitted =
+                    std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(job.submitted_at).unwrap_or(0));
+                println!("{:<44} {:<10} {}", job.id, job.state.as_str(), humantime::format_rfc3339_seconds(submitted));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let status = client.status(job).await?;
     if args.connection.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);

@@ -40,8 +40,8 @@ enum Command {
     Manager(manager::ManagerArgs),
     /// Submit a job to the manager (a local input is uploaded to the raw bucket first).
     Submit(client::SubmitArgs),
-    /// Show a job's state and per-stage progress.
-    Status(client::JobArgs),
+    /// Show a job's state and per-stage progress (every job without an id).
+    Status(client::StatusArgs),
     /// Follow a job until it ends, with a progress bar, then print its report.
     Watch(client::JobArgs),
     /// List a job's results and report; download them with --download.

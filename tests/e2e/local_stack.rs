@@ -191,6 +191,25 @@ fn claims_on_the_local_stack_equal_the_reference() {
         assert!(requests.iter().any(|r| r["service"] == service), "{service} requests are counted: {report}");
     }
     assert!(report["request_cost_usd"].as_f64().is_some_and(|c| c > 0.0), "requests are priced: {report}");
+
+    // The other client commands see the same job and both workers.
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let output = stack.command().args(args).output().expect("run batchgrid");
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+    let jobs = cli(&["status", "--json"]);
+    assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
+    assert_eq!(jobs[0]["state"], "completed");
+    let job_id = report["job_id"].as_str().expect("job id");
+    let status = cli(&["status", job_id, "--json"]);
+    assert_eq!(status["stages"][1]["done"], 1, "{status}");
+    let results = cli(&["results", job_id, "--json"]);
+    assert_eq!(results["objects"].as_array().map(Vec::len), Some(3), "totals, rejects and summary: {results}");
+    let workers = cli(&["workers", "--json"]);
+    let done: u64 = workers.as_array().expect("workers").iter().filter_map(|w| w["tasks_done"].as_u64()).sum();
+    assert_eq!(workers.as_array().map(Vec::len), Some(2), "{workers}");
+    assert_eq!(done, 7, "every task counted once, by the worker that ran it: {workers}");
 }
 
 /// A worker killed with SIGKILL in the middle of a task: its messages come back after the
