@@ -223,8 +223,7 @@ async fn download_results(
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        let bytes = client.result_object(id, &object.path).await?;
-        std::fs::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
+        client.download_result(id, &object.path, &target).await?;
     }
     eprintln!("{} result file(s) written to {}", objects.len(), dir.display());
     Ok(())

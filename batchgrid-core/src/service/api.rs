@@ -218,9 +218,33 @@ async fn result_object(
     let Some((_, object)) = objects.into_iter().find(|(relative, _)| *relative == path) else {
         return Err(error(StatusCode::NOT_FOUND, format!("job `{id}` has no result `{path}`")));
     };
-    let bytes = manager.grid().store.get(&object.key).await.map_err(|e| ServiceError::Manager(e.into()))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from(bytes)).into_response())
+    // Results can be large: they pass through a temporary file, never whole through memory.
+    let staged = tempfile::NamedTempFile::new()
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("staging a result: {e}")))?;
+    manager.grid().store.get_to_file(&object.key, staged.path()).await.map_err(|e| ServiceError::Manager(e.into()))?;
+    let file = tokio::fs::File::open(staged.path())
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading a staged result: {e}")))?;
+    let length = file.metadata().await.map(|m| m.len()).unwrap_or(object.size);
+    let chunks = futures::stream::unfold((file, staged), |(mut file, staged)| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0u8; STREAM_CHUNK];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok(bytes::Bytes::from(buffer)), (file, staged)))
+            }
+            Err(e) => Some((Err(e), (file, staged))),
+        }
+    });
+    let headers =
+        [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_LENGTH, length.to_string())];
+    Ok((headers, Body::from_stream(chunks)).into_response())
 }
+
+/// Bytes read per chunk of a streamed result.
+const STREAM_CHUNK: usize = 256 * 1024;
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     state.service.cancel(&id).await?;

@@ -121,13 +121,26 @@ impl ApiClient {
         self.json(self.http.get(self.url(&format!("/v1/jobs/{id}/results")))).await
     }
 
-    /// One result object's bytes.
-    pub async fn result_object(&self, id: &str, path: &str) -> Result<bytes::Bytes, ClientError> {
-        let response = self.send(self.http.get(self.url(&format!("/v1/jobs/{id}/results/{path}")))).await?;
-        response
-            .bytes()
+    /// Streams one result object into `target` (created or truncated); returns its size.
+    pub async fn download_result(&self, id: &str, path: &str, target: &std::path::Path) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let mut response = self.send(self.http.get(self.url(&format!("/v1/jobs/{id}/results/{path}")))).await?;
+        let local = |e: std::io::Error| ClientError::Unreachable {
+            url: self.base.clone(),
+            message: format!("writing {}: {e}", target.display()),
+        };
+        let mut file = tokio::fs::File::create(target).await.map_err(local)?;
+        let mut written = 0u64;
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?
+        {
+            file.write_all(&chunk).await.map_err(local)?;
+            written += chunk.len() as u64;
+        }
+        file.flush().await.map_err(local)?;
+        Ok(written)
     }
 
     /// Cancels a job.
