@@ -4,17 +4,16 @@
 //! stack, whose EC2 Image Builder build installs them, through the grid's change-set deployer.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use batchgrid_provision::deploy::{DeployOutcome, DeployRequest, Deployer, Event, PlannedChange};
+use batchgrid_provision::deploy::{DeployOutcome, DeployRequest, Deployer, Event};
 use batchgrid_provision::environment::{self, Environment};
 use batchgrid_provision::{aws, image};
 
-use super::provision::Place;
+use super::provision::{confirmation, Place};
 
 /// What `batchgrid --version` prints after the name, and what the image's build checks the
 /// installed binary prints: the version and the git revision it was built from.
@@ -49,27 +48,6 @@ pub struct ImageArgs {
     /// and exit: what `make image` builds the binary for.
     #[arg(long)]
     print_architecture: bool,
-}
-
-/// Asks before changing a protected environment, as `batchgrid deploy` does.
-fn confirmation(stack: &str, name: &str, protected: bool, yes: bool) -> impl FnMut(&[PlannedChange]) -> bool {
-    let (stack, name) = (stack.to_owned(), name.to_owned());
-    move |changes| {
-        println!("stack {stack}: {} change(s)", changes.len());
-        for change in changes {
-            println!("  {change}");
-        }
-        if !protected || yes {
-            return true;
-        }
-        if !std::io::stdin().is_terminal() {
-            eprintln!("{name} is protected: rerun with --yes to apply without asking");
-            return false;
-        }
-        eprint!("{name} is protected. Type its name to apply: ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == name
-    }
 }
 
 /// One line per stack event; failures with their reason. (An image build sits minutes in

@@ -74,6 +74,30 @@ async fn deployer(environment: &Environment) -> Deployer {
         .with_template_bucket(Some(environment.template_bucket.clone()))
 }
 
+/// Shows the planned changes and, for a protected environment, asks before applying them.
+pub(super) fn confirmation(
+    stack: &str,
+    name: &str,
+    protected: bool,
+    yes: bool,
+) -> impl FnMut(&[PlannedChange]) -> bool {
+    let (stack, name) = (stack.to_owned(), name.to_owned());
+    move |changes| {
+        println!("stack {stack}: {} change(s)", changes.len());
+        print_changes(changes);
+        if !protected || yes {
+            return true;
+        }
+        if !std::io::stdin().is_terminal() {
+            eprintln!("{name} is protected: rerun with --yes to apply without asking");
+            return false;
+        }
+        eprint!("{name} is protected. Type its name to apply: ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == name
+    }
+}
+
 fn print_changes(changes: &[PlannedChange]) {
     if changes.is_empty() {
         println!("no changes");
@@ -159,21 +183,7 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
         Action::Deploy { yes } => {
             let deployer = deployer(&prepared.environment).await;
             let protected = prepared.environment.protected;
-            let name = place.name.clone();
-            let confirm = |changes: &[PlannedChange]| {
-                println!("stack {}: {} change(s)", prepared.stack, changes.len());
-                print_changes(changes);
-                if !protected || yes {
-                    return true;
-                }
-                if !std::io::stdin().is_terminal() {
-                    eprintln!("{name} is protected: rerun with --yes to apply without asking");
-                    return false;
-                }
-                eprint!("{name} is protected. Type its name to apply: ");
-                let mut answer = String::new();
-                std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == name
-            };
+            let mut confirm = confirmation(&prepared.stack, &place.name, protected, yes);
             // The bar's length is the number of planned changes, known once the change set is.
             let view = std::cell::RefCell::new(EventView { bar: None });
             let mut confirm_then_watch = |changes: &[PlannedChange]| {
