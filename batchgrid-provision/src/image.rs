@@ -16,7 +16,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use handlebars::Handlebars;
 use serde::Serialize;
 
-use crate::environment::{Architecture, Environment, RESERVED_TAGS};
+use crate::environment::{Architecture, Environment};
 use crate::render::{self, RenderError};
 
 /// The image templates, partials first, then the template `image` that includes them.
@@ -113,12 +113,6 @@ pub fn engine(dir: &Path) -> Result<Handlebars<'static>, RenderError> {
 }
 
 #[derive(Clone, Serialize)]
-struct Tag {
-    key: String,
-    value: String,
-}
-
-#[derive(Clone, Serialize)]
 struct Context<'a> {
     description: String,
     renderer: String,
@@ -127,7 +121,7 @@ struct Context<'a> {
     stack_name: String,
     grid_stack: String,
     image_id_parameter: String,
-    tags: Vec<Tag>,
+    tags: Vec<render::Tag>,
     version: &'a str,
     revision: &'a str,
     semantic_version: String,
@@ -201,12 +195,7 @@ fn context<'a>(
     check_revision(revision)?;
     let grid_stack = render::stack_name(name, env);
     let stack_name = image_stack_name(name, env);
-    let mut tags = vec![
-        Tag { key: RESERVED_TAGS[0].into(), value: env.project.clone() },
-        Tag { key: RESERVED_TAGS[1].into(), value: name.into() },
-        Tag { key: RESERVED_TAGS[2].into(), value: env.cost_centre.clone() },
-    ];
-    tags.extend(env.tags.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }));
+    let tags = render::stack_tags(name, env);
     let create_bucket = env.image.deployment_bucket.is_empty();
     let architecture = env.architecture();
     Ok(Context {

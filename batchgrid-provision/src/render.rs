@@ -60,10 +60,38 @@ pub enum RenderError {
     },
 }
 
-#[derive(Serialize)]
-struct Tag {
+/// A stack-level tag as the templates write it.
+#[derive(Clone, Serialize)]
+pub(crate) struct Tag {
     key: String,
     value: String,
+}
+
+/// Every stack's tags: the reserved ones (project, environment, cost centre), then the
+/// environment's own.
+pub(crate) fn stack_tags(name: &str, env: &Environment) -> Vec<Tag> {
+    let mut tags = vec![
+        Tag { key: RESERVED_TAGS[0].into(), value: env.project.clone() },
+        Tag { key: RESERVED_TAGS[1].into(), value: name.into() },
+        Tag { key: RESERVED_TAGS[2].into(), value: env.cost_centre.clone() },
+    ];
+    tags.extend(env.tags.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }));
+    tags
+}
+
+/// Runs cfn-lint on `files` and fails the test on any finding (`make test` installs it).
+#[cfg(test)]
+pub(crate) fn assert_cfn_lint_clean(files: &[PathBuf]) {
+    let output = std::process::Command::new("cfn-lint").args(files).output().unwrap_or_else(|e| {
+        panic!("cannot run cfn-lint ({e}): install it with `python3 -m pip install cfn-lint` (make test does)")
+    });
+    assert!(
+        output.status.success(),
+        "cfn-lint found problems (exit {:?}):\n{}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[derive(Serialize)]
@@ -156,12 +184,7 @@ fn json(text: &str) -> String {
 
 fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
     let stack = stack_name(name, env);
-    let mut tags = vec![
-        Tag { key: RESERVED_TAGS[0].into(), value: env.project.clone() },
-        Tag { key: RESERVED_TAGS[1].into(), value: name.into() },
-        Tag { key: RESERVED_TAGS[2].into(), value: env.cost_centre.clone() },
-    ];
-    tags.extend(env.tags.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }));
+    let tags = stack_tags(name, env);
     let [public1, public2, private1, private2] = quarter(&env.network.vpc_cidr);
     let (create_network, vpc_ref, private_subnet_refs) = match &env.network.existing {
         Some(existing) => {

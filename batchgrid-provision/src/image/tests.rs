@@ -61,16 +61,7 @@ fn image_templates_pass_cfn_lint() {
     std::fs::write(&bucket_only, text).expect("write");
     let mut files: Vec<PathBuf> = ENVIRONMENTS.iter().map(|n| golden_dir().join(format!("image-{n}.yaml"))).collect();
     files.push(bucket_only);
-    let output = std::process::Command::new("cfn-lint").args(&files).output().unwrap_or_else(|e| {
-        panic!("cannot run cfn-lint ({e}): install it with `python3 -m pip install cfn-lint` (make test does)")
-    });
-    assert!(
-        output.status.success(),
-        "cfn-lint found problems (exit {:?}):\n{}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::render::assert_cfn_lint_clean(&files);
 }
 
 #[test]

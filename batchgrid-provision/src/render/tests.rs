@@ -90,16 +90,7 @@ fn golden_templates_pass_cfn_lint() {
     let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let files: Vec<PathBuf> =
         ["local", "dev", "ci", "prod"].iter().map(|n| golden_dir.join(format!("{n}.yaml"))).collect();
-    let output = std::process::Command::new("cfn-lint").args(&files).output().unwrap_or_else(|e| {
-        panic!("cannot run cfn-lint ({e}): install it with `python3 -m pip install cfn-lint` (make test does)")
-    });
-    assert!(
-        output.status.success(),
-        "cfn-lint found problems (exit {:?}):\n{}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_cfn_lint_clean(&files);
 }
 
 /// `grid.ami: image`: workers launch from the parameter `make image` writes, resolved by EC2 at
@@ -118,7 +109,5 @@ fn the_built_image_is_read_from_its_parameter() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("image-ami.yaml");
     std::fs::write(&file, &text).expect("write");
-    let output =
-        std::process::Command::new("cfn-lint").arg(&file).output().expect("run cfn-lint (make test installs it)");
-    assert!(output.status.success(), "cfn-lint: {}", String::from_utf8_lossy(&output.stdout));
+    assert_cfn_lint_clean(&[file]);
 }
