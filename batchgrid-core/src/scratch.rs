@@ -39,11 +39,8 @@ impl ScratchSlots {
             Some(path) => path,
             None => {
                 let index = self.created.fetch_add(1, Ordering::Relaxed) + 1;
+                // New slots are new directories: `new` cleared whatever a predecessor left.
                 let path = self.root.join(format!("slot-{index}"));
-                // A slot must start empty even if something recreated the directory meanwhile.
-                if path.exists() {
-                    std::fs::remove_dir_all(&path)?;
-                }
                 std::fs::create_dir_all(&path)?;
                 path
             }

@@ -251,7 +251,6 @@ impl Worker {
         if let Err(error) = self.grid.analytics.upsert_worker(&record).await {
             tracing::warn!(%error, "could not record worker state");
         }
-        self.grid.publish_requests(&self.settings.id).await;
     }
 
     /// Runs until `shutdown` resolves, then drains and returns.
@@ -346,6 +345,8 @@ impl Worker {
         let _ = heartbeat.await;
         self.scratch.remove();
         self.record_self("stopped", started_at).await;
+        // The heartbeat published every couple of seconds; this is the final count.
+        self.grid.publish_requests(&self.settings.id).await;
         let mut stats = stats.lock().map(|s| *s).unwrap_or_default();
         stats.released = released + released_early;
         tracing::info!(?stats, "worker stopped");

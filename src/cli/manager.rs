@@ -45,17 +45,11 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
             (false, Ok(arn)) => serde_json::json!({ "secret_arn": arn }),
             (false, Err(_)) => serde_json::Value::Null,
         };
-        let config = serde_json::json!({
-            "region": stack.settings.region,
-            "raw_bucket": stack.raw_bucket,
-            "results_bucket": stack.settings.results_bucket,
-            "input_queue_url": stack.settings.input_queue_url,
-            "output_queue_url": stack.settings.output_queue_url,
-            "listen": args.listen,
-            "group": stack.group_name,
-            "instance_type": stack.instance_type,
-            "api_token": token,
-        });
+        let mut config = stack.describe();
+        config["listen"] = serde_json::json!(args.listen);
+        config["group"] = serde_json::json!(stack.group_name);
+        config["instance_type"] = serde_json::json!(stack.instance_type);
+        config["api_token"] = token;
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -46,6 +46,26 @@ fn variable(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+impl Stack {
+    /// The names as JSON, for `--print-config`: everything but secrets (a database URL may
+    /// hold a password, so only where it comes from is shown).
+    pub fn describe(&self) -> serde_json::Value {
+        let settings = &self.settings;
+        let database = match &settings.database {
+            DatabaseSource::Url(_) => serde_json::json!({ "url": format!("(from {}, not shown)", env::DATABASE_URL) }),
+            DatabaseSource::Rds { host, secret_arn } => serde_json::json!({ "host": host, "secret_arn": secret_arn }),
+        };
+        serde_json::json!({
+            "region": settings.region,
+            "raw_bucket": self.raw_bucket,
+            "results_bucket": settings.results_bucket,
+            "input_queue_url": settings.input_queue_url,
+            "output_queue_url": settings.output_queue_url,
+            "database": database,
+        })
+    }
+}
+
 impl StackArgs {
     /// Resolves the stack's names; every missing one is named in the error.
     pub fn resolve(&self) -> anyhow::Result<Stack> {

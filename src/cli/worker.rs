@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use batchgrid_core::grid::{DatabaseSource, EmbeddedGridSettings, Grid};
+use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::instance::{InstanceAgent, InstanceMetadata, InstanceSettings};
 use batchgrid_core::processor::ProcessorRegistry;
 use batchgrid_core::worker::{default_worker_id, Worker, WorkerSettings};
@@ -169,24 +169,7 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
 fn print_config(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let grid = match &args.state_dir {
         Some(state_dir) => serde_json::json!({ "embedded": super::run::from_cwd(state_dir) }),
-        None => {
-            let stack = args.stack.resolve()?;
-            let settings = &stack.settings;
-            let database = match &settings.database {
-                DatabaseSource::Url(_) => serde_json::json!({ "url": "(from BATCHGRID_DATABASE_URL, not shown)" }),
-                DatabaseSource::Rds { host, secret_arn } => {
-                    serde_json::json!({ "host": host, "secret_arn": secret_arn })
-                }
-            };
-            serde_json::json!({
-                "region": settings.region,
-                "raw_bucket": stack.raw_bucket,
-                "results_bucket": settings.results_bucket,
-                "input_queue_url": settings.input_queue_url,
-                "output_queue_url": settings.output_queue_url,
-                "database": database,
-            })
-        }
+        None => args.stack.resolve()?.describe(),
     };
     let instance = &args.instance;
     let config = serde_json::json!({

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
-    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 
 use super::{
@@ -48,6 +48,16 @@ pub struct SqsQueue {
     url: String,
     dead_letter_url: String,
     delivered: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+/// A batch answer's failed entries, by their index in the batch (entry ids are indices).
+fn batch_failures(failed: Vec<BatchResultErrorEntry>) -> BatchFailures {
+    BatchFailures(
+        failed
+            .into_iter()
+            .filter_map(|f| Some((f.id.parse().ok()?, format!("{}: {}", f.code, f.message.unwrap_or_default()))))
+            .collect(),
+    )
 }
 
 /// Whole seconds, rounded up, capped at `max`.
@@ -267,13 +277,7 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| self.fail("delete", &e))?;
-        Ok(BatchFailures(
-            output
-                .failed
-                .into_iter()
-                .filter_map(|f| Some((f.id.parse().ok()?, format!("{}: {}", f.code, f.message.unwrap_or_default()))))
-                .collect(),
-        ))
+        Ok(batch_failures(output.failed))
     }
 }
 
@@ -331,13 +335,7 @@ impl TaskQueue for SqsQueue {
             .map_err(|e| self.fail("change visibility", &e))?;
         // A released message will be delivered again, through another receipt.
         self.forget(changes.iter().filter(|(_, v)| v.is_zero()).map(|(r, _)| r.0.clone()));
-        Ok(BatchFailures(
-            output
-                .failed
-                .into_iter()
-                .filter_map(|f| Some((f.id.parse().ok()?, format!("{}: {}", f.code, f.message.unwrap_or_default()))))
-                .collect(),
-        ))
+        Ok(batch_failures(output.failed))
     }
 
     async fn delete_batch(&self, receipts: &[Receipt]) -> Result<BatchFailures, QueueError> {
@@ -444,7 +442,7 @@ impl TaskQueue for SqsQueue {
 mod tests {
     use aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput;
     use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
-    use aws_sdk_sqs::types::{BatchResultErrorEntry, DeleteMessageBatchResultEntry, SendMessageBatchResultEntry};
+    use aws_sdk_sqs::types::{DeleteMessageBatchResultEntry, SendMessageBatchResultEntry};
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
     use super::*;
