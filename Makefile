@@ -12,7 +12,7 @@ DEMO_SEED  ?= 42
 WORKERS    ?= 2
 ENV        ?=
 
-.PHONY: help setup build tools emulator demo test lint bench render validate diff deploy outputs drift rollout teardown image clean
+.PHONY: help setup build tools emulator demo test lint bench render validate diff deploy outputs drift rollout teardown image smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,18 @@ emulator: tools ## start the local AWS emulator (moto) on MOTO_PORT unless it is
 diff deploy outputs drift rollout teardown: build $(if $(filter local,$(ENV)),emulator,) ## change set preview, deploy, outputs, drift, instance refresh, teardown (ENV=...)
 	@[ -n "$(ENV)" ] || { echo "usage: make $@ ENV=name"; exit 2; }
 	$(LOCAL_AWS) $(BIN)/batchgrid $@ $(ENV) $(ARGS)
+
+# After a deploy: a tiny job through the manager, checked, with the time to the first task's
+# start (scaling from zero included). On AWS the CLI reaches the manager at BATCHGRID_MANAGER_URL
+# (an SSM port forward, see the README); ENV=local runs a manager and a worker as processes in
+# place of the emulator's instances.
+smoke: build $(if $(filter local,$(ENV)),emulator,) ## after a deploy: run a tiny job through the manager and check it (ENV=...)
+	@[ -n "$(ENV)" ] || { echo "usage: make smoke ENV=name"; exit 2; }
+ifeq ($(ENV),local)
+	$(LOCAL_AWS) BIN=$(BIN) bash scripts/smoke-local.sh
+else
+	$(BIN)/batchgrid smoke $(ENV) $(ARGS)
+endif
 
 # The grid's machine image: the release binary for the grid's architecture (grid.instance_types),
 # natively or with cargo-zigbuild from another architecture, uploaded with its units and default

@@ -52,3 +52,9 @@ pub const CONCURRENCY: &str = "BATCHGRID_CONCURRENCY";
 pub const PREFETCH: &str = "BATCHGRID_PREFETCH";
 /// Longest wait of a worker's long poll.
 pub const POLL_WAIT: &str = "BATCHGRID_POLL_WAIT";
+/// Tasks one grid instance runs at once (the manager sizes the group with it).
+pub const TASKS_PER_INSTANCE: &str = "BATCHGRID_TASKS_PER_INSTANCE";
+/// The time the manager sizes the worker group to finish the remaining work in.
+pub const TARGET_COMPLETION: &str = "BATCHGRID_TARGET_COMPLETION";
+/// How long no work must remain before the manager lowers the group to its minimum.
+pub const SCALE_IN_DELAY: &str = "BATCHGRID_SCALE_IN_DELAY";

@@ -12,6 +12,8 @@
 //! - [`worker`]: receives tasks, runs them with a heartbeat, records and acknowledges them.
 //! - [`report`]: the end-of-job report.
 //! - [`grid`]: the backends of one grid, and the embedded grid under a state directory.
+//! - [`smoke`]: the tiny job `batchgrid smoke` runs after a deploy, and the check of its results.
+//! - [`scaling`]: sizes the worker group from the work (the manager drives it on AWS).
 //!
 //! Delivery is at least once; effects are exactly once: results have deterministic keys and
 //! progress is an upsert per (job, stage, task).
@@ -30,9 +32,11 @@ pub mod metering;
 pub mod processor;
 pub mod queue;
 pub mod report;
+pub mod scaling;
 pub mod scratch;
 pub mod secret;
 pub mod service;
+pub mod smoke;
 pub mod spec;
 pub mod split;
 pub mod store;

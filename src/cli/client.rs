@@ -16,7 +16,7 @@ use batchgrid_core::store::{ObjectStore, S3Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::progress::ProgressView;
-use super::stack::{api_token, StackArgs};
+use super::stack::{api_token, Stack, StackArgs};
 use crate::env;
 
 /// How to reach the manager.
@@ -24,15 +24,22 @@ use crate::env;
 pub struct Connection {
     /// The manager's API.
     #[arg(long, env = env::MANAGER_URL, default_value = "http://127.0.0.1:8080")]
-    manager: String,
+    pub(crate) manager: String,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl Connection {
     async fn client(&self) -> anyhow::Result<ApiClient> {
-        Ok(ApiClient::new(&self.manager, api_token(None).await?)?)
+        Ok(ApiClient::new(&self.manager, api_token(None, None).await?)?)
+    }
+
+    /// A client for a deployed stack: the token from the variables, or else from the secret
+    /// the stack's outputs name.
+    pub(crate) async fn client_for(&self, stack: &Stack) -> anyhow::Result<ApiClient> {
+        let token = api_token(Some(&stack.settings.region), stack.api_token_secret_arn.as_deref()).await?;
+        Ok(ApiClient::new(&self.manager, token)?)
     }
 }
 
@@ -87,7 +94,7 @@ pub struct ResultsArgs {
 }
 
 /// Uploads a local input to the raw bucket under a fresh prefix; returns its `s3://` URL.
-async fn upload(stack: &StackArgs, name: &str, input: &Path, quiet: bool) -> anyhow::Result<String> {
+pub(crate) async fn upload(stack: &StackArgs, name: &str, input: &Path, quiet: bool) -> anyhow::Result<String> {
     let stack = stack.resolve()?;
     let config = batchgrid_core::aws::sdk_config(&stack.settings.region).await;
     let store = S3Store::new(batchgrid_core::aws::s3_client(&config, &Default::default()), &stack.raw_bucket, "");

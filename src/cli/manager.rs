@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use batchgrid_core::grid::Grid;
 use batchgrid_core::manager::{BucketOpener, Manager};
+use batchgrid_core::scaling::{AutoScalingGroup, Autoscaler, SizingSettings};
 use batchgrid_core::service::{api, JobService};
 use batchgrid_core::store::{ObjectStore, S3Store};
 
@@ -34,6 +35,43 @@ pub struct ManagerArgs {
     /// Print the configuration the manager would run with (names only, no secrets) and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(flatten)]
+    scaling: ScalingArgs,
+}
+
+/// How the manager sizes the worker group (when the stack names one).
+#[derive(Debug, clap::Args)]
+struct ScalingArgs {
+    /// Leave the worker group's size alone (someone else sizes it).
+    #[arg(long)]
+    no_autoscale: bool,
+    /// Tasks one instance runs at once [default: the environment's grid.tasks_per_instance, or 2].
+    #[arg(long, env = env::TASKS_PER_INSTANCE)]
+    tasks_per_instance: Option<u32>,
+    /// Size the group to finish the remaining work in this time [default: the environment's
+    /// grid.target_completion, or 15m].
+    #[arg(long, env = env::TARGET_COMPLETION, value_parser = parse_duration)]
+    target_completion: Option<Duration>,
+    /// Lower the group to its minimum once no work has remained this long [default: the
+    /// environment's grid.scale_in_delay, or 10m].
+    #[arg(long, env = env::SCALE_IN_DELAY, value_parser = parse_duration)]
+    scale_in_delay: Option<Duration>,
+    /// How often the group's size is reconsidered.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    scale_interval: Duration,
+}
+
+impl ScalingArgs {
+    /// Flags and variables first, then the environment file, then the defaults.
+    fn settings(&self, environment: Option<&SizingSettings>) -> SizingSettings {
+        let base = environment.cloned().unwrap_or_default();
+        SizingSettings {
+            tasks_per_instance: self.tasks_per_instance.unwrap_or(base.tasks_per_instance).max(1),
+            target_completion: self.target_completion.unwrap_or(base.target_completion),
+            scale_in_delay: self.scale_in_delay.unwrap_or(base.scale_in_delay),
+            assumed_task_time: base.assumed_task_time,
+        }
+    }
 }
 
 /// Serves the API until SIGTERM.
@@ -49,11 +87,22 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
         config["listen"] = serde_json::json!(args.listen);
         config["group"] = serde_json::json!(stack.group_name);
         config["instance_type"] = serde_json::json!(stack.instance_type);
+        config["autoscale"] = match (&stack.group_name, args.scaling.no_autoscale) {
+            (Some(_), false) => {
+                let settings = args.scaling.settings(stack.scaling.as_ref());
+                serde_json::json!({
+                    "tasks_per_instance": settings.tasks_per_instance,
+                    "target_completion": humantime::format_duration(settings.target_completion).to_string(),
+                    "scale_in_delay": humantime::format_duration(settings.scale_in_delay).to_string(),
+                })
+            }
+            _ => serde_json::Value::Null,
+        };
         config["api_token"] = token;
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let token = api_token(Some(&stack.settings.region)).await?;
+    let token = api_token(Some(&stack.settings.region), stack.api_token_secret_arn.as_deref()).await?;
     let grid = Grid::open_aws(&stack.settings).await.context("opening the grid")?;
     let config = batchgrid_core::aws::sdk_config(&stack.settings.region).await;
     let s3 = batchgrid_core::aws::s3_client(&config, &grid.meter);
@@ -67,6 +116,20 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
             default_type: stack.instance_type.clone().unwrap_or_default(),
         };
         manager = manager.with_instance_usage(Arc::new(usage));
+    }
+    if let (Some(group), false) = (&stack.group_name, args.scaling.no_autoscale) {
+        let settings = args.scaling.settings(stack.scaling.as_ref());
+        let client = batchgrid_core::aws::autoscaling_client(&config, &manager.grid().meter);
+        let grid = manager.grid();
+        let scaler = Autoscaler::new(
+            grid.analytics.clone(),
+            vec![grid.tasks.clone(), grid.chain.clone()],
+            Arc::new(AutoScalingGroup::new(client, group.clone())),
+            settings.clone(),
+        )
+        .with_interval(args.scaling.scale_interval);
+        tracing::info!(%group, ?settings, "sizing the worker group from the work");
+        tokio::spawn(scaler.run(termination()));
     }
     let manager =
         manager.with_buckets(opener).keep_results_in_store().with_dead_letter_scan_every(Duration::from_secs(5));

@@ -6,6 +6,7 @@ mod manager;
 mod progress;
 mod provision;
 mod run;
+mod smoke;
 mod stack;
 mod worker;
 
@@ -50,6 +51,9 @@ enum Command {
     Cancel(client::JobArgs),
     /// List the grid's workers and their statistics.
     Workers(client::Connection),
+    /// After a deploy: run a tiny job through the manager and check its results; prints the
+    /// time to the first task's start (scaling from zero included) and to the end.
+    Smoke(smoke::SmokeArgs),
     /// Check an environment (base.yaml merged with NAME.yaml) and print it as it will be used.
     Environment(EnvironmentArgs),
     /// Render an environment's CloudFormation template to build/NAME/template.yaml.
@@ -161,6 +165,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Results(args) => client::results(args).await,
             Command::Cancel(args) => client::cancel(args).await,
             Command::Workers(args) => client::workers(args).await,
+            Command::Smoke(args) => smoke::run(args).await,
             Command::Validate(args) => validate(args),
             Command::Environment(args) => environment(args),
             Command::Render(place) => provision::run(place, provision::Action::Render).await,

@@ -40,6 +40,10 @@ pub struct Stack {
     pub group_name: Option<String>,
     /// The group's first instance type (what terminated instances are counted as).
     pub instance_type: Option<String>,
+    /// The secret holding the manager's API token, from the stack's outputs.
+    pub api_token_secret_arn: Option<String>,
+    /// The environment's scaling settings, when the names come from an environment file.
+    pub scaling: Option<batchgrid_core::scaling::SizingSettings>,
 }
 
 fn variable(name: &str) -> Option<String> {
@@ -69,7 +73,7 @@ impl Stack {
 impl StackArgs {
     /// Resolves the stack's names; every missing one is named in the error.
     pub fn resolve(&self) -> anyhow::Result<Stack> {
-        let (values, region, origin, instance_type) = match &self.env {
+        let (values, region, origin, instance_type, scaling) = match &self.env {
             Some(name) => {
                 let path = self.out.join(name).join("outputs.json");
                 let text = std::fs::read_to_string(&path).with_context(|| {
@@ -80,7 +84,8 @@ impl StackArgs {
                 let lookup = |name: &str| std::env::var(name).ok();
                 let environment = batchgrid_provision::environment::load(&self.environments, name, &lookup)?;
                 let instance_type = environment.grid.instance_types.first().cloned();
-                (outputs, environment.region, path.display().to_string(), instance_type)
+                let scaling = Some(scaling_settings(&environment));
+                (outputs, environment.region, path.display().to_string(), instance_type, scaling)
             }
             None => {
                 let mut values = BTreeMap::new();
@@ -99,7 +104,8 @@ impl StackArgs {
                 }
                 let region =
                     variable(env::REGION).with_context(|| format!("no --env given and {} is not set", env::REGION))?;
-                (values, region, "the BATCHGRID_* environment variables".to_owned(), variable(env::INSTANCE_TYPE))
+                let origin = "the BATCHGRID_* environment variables".to_owned();
+                (values, region, origin, variable(env::INSTANCE_TYPE), None)
             }
         };
         let take = |key: &str| -> anyhow::Result<String> {
@@ -117,7 +123,9 @@ impl StackArgs {
         Ok(Stack {
             raw_bucket: take("RawBucketName")?,
             group_name: values.get("WorkerGroupName").cloned(),
+            api_token_secret_arn: values.get("ApiTokenSecretArn").cloned(),
             instance_type,
+            scaling,
             settings: AwsGridSettings {
                 region,
                 results_bucket: take("ResultsBucketName")?,
@@ -130,13 +138,20 @@ impl StackArgs {
     }
 }
 
+/// The scaling settings an environment file gives the manager.
+fn scaling_settings(
+    _environment: &batchgrid_provision::environment::Environment,
+) -> batchgrid_core::scaling::SizingSettings {
+    batchgrid_core::scaling::SizingSettings::default()
+}
+
 /// The API token: `BATCHGRID_API_TOKEN`, or the Secrets Manager secret
-/// `BATCHGRID_API_TOKEN_SECRET_ARN` names.
-pub async fn api_token(region: Option<&str>) -> anyhow::Result<Secret> {
+/// `BATCHGRID_API_TOKEN_SECRET_ARN` names, or else the one a stack's outputs name.
+pub async fn api_token(region: Option<&str>, stack_secret_arn: Option<&str>) -> anyhow::Result<Secret> {
     if let Some(token) = variable(env::API_TOKEN) {
         return Ok(Secret::new(token));
     }
-    let Some(arn) = variable(env::API_TOKEN_SECRET_ARN) else {
+    let Some(arn) = variable(env::API_TOKEN_SECRET_ARN).or(stack_secret_arn.map(str::to_owned)) else {
         anyhow::bail!("no API token: set {} or {}", env::API_TOKEN, env::API_TOKEN_SECRET_ARN);
     };
     let region = region

@@ -38,6 +38,11 @@ fn free_port() -> u16 {
 impl LocalStack {
     /// Deploys the stack and starts the manager and `workers` workers.
     fn start(workers: usize) -> Self {
+        Self::start_with(workers, &[])
+    }
+
+    /// As [`LocalStack::start`], with extra arguments for the manager.
+    fn start_with(workers: usize, manager_args: &[&str]) -> Self {
         let moto = Moto::start();
         let database = TestDatabase::new();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -66,6 +71,7 @@ impl LocalStack {
             .args(stack.place_args())
             .arg("--spool")
             .arg(stack.dir.path().join("spool"))
+            .args(manager_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -412,4 +418,114 @@ fn run_submit(mut command: Command, job: &Path, results: &Path) -> (Option<i32>,
         panic!("no JSON report ({e}); stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&output.stderr))
     });
     (output.status.code(), report)
+}
+
+/// The worker group's desired capacity in the emulator.
+async fn desired_capacity(autoscaling: &aws_sdk_autoscaling::Client, group: &str) -> i32 {
+    let groups =
+        autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(group).send().await.expect("group");
+    groups.auto_scaling_groups()[0].desired_capacity().expect("desired capacity")
+}
+
+/// The manager sizes the emulator's worker group from the work: a job submitted to a group at
+/// zero raises its desired capacity within 5 s, and the group returns to its minimum once the
+/// job has ended and the scale-in delay has passed, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_scales_the_group_from_zero_with_a_job_and_back_after_the_delay() {
+    let delay = Duration::from_secs(4);
+    let stack = tokio::task::spawn_blocking(move || {
+        LocalStack::start_with(1, &["--scale-in-delay", "4s", "--scale-interval", "250ms"])
+    })
+    .await
+    .expect("stack");
+    let group = stack.outputs()["WorkerGroupName"].as_str().expect("group").to_owned();
+    let config = stack.moto.sdk_config("us-east-1").await;
+    let autoscaling = batchgrid_core::aws::autoscaling_client(&config, &Default::default());
+    assert_eq!(desired_capacity(&autoscaling, &group).await, 0, "the local grid starts at zero");
+
+    let dir = stack.dir.path().to_path_buf();
+    let input = generate(&dir, 60_000);
+    let expected = reference(&dir, &input);
+    let job = dir.join("claims.yaml");
+    // Slow tasks keep the job running long enough to see the group held while work remains.
+    let slow = "command: [sh, -c, 'sleep 1; exec batchgrid-claims validate \"$0\" \"$1\"', \"{input}\", \"{output}\"]";
+    let text = claims_job(&dir)
+        .replace("lines: 50000", "lines: 10000")
+        .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", slow);
+    std::fs::write(&job, text).expect("job");
+    let submitted = Instant::now();
+    let running = {
+        let (job, results, command) = (job.clone(), dir.join("results"), stack.submit_command());
+        tokio::task::spawn_blocking(move || run_submit(command, &job, &results))
+    };
+    wait_for(&stack, "the group leaves zero", Duration::from_secs(5), async || {
+        desired_capacity(&autoscaling, &group).await >= 1
+    })
+    .await;
+    let raised_after = submitted.elapsed();
+    let (code, report) = running.await.expect("job");
+    assert_eq!(code, Some(0), "{report}");
+    assert_same_tree(&expected, &dir.join("results"));
+    let job_id = report["job_id"].as_str().expect("job id").to_owned();
+    let finished_at = stack.client(TOKEN).status(&job_id).await.expect("status").finished_at.expect("finished");
+    wait_for(&stack, "the group is back at its minimum", delay + Duration::from_secs(10), async || {
+        desired_capacity(&autoscaling, &group).await == 0
+    })
+    .await;
+    // Measured from the job's end as the manager recorded it (the client sees it later).
+    let lowered_after =
+        Duration::from_millis(u64::try_from(batchgrid_core::db::now_millis() - finished_at).unwrap_or(0));
+    assert!(lowered_after >= delay, "scaled in {lowered_after:?} after the job, before the {delay:?} delay");
+    let log = stack.read_log("manager");
+    assert!(log.contains("worker group resized"), "the manager logs its decisions:\n{log}");
+    eprintln!(
+        "desired capacity raised {raised_after:?} after submission, lowered {lowered_after:?} after the job ended"
+    );
+    tokio::task::spawn_blocking(move || drop(stack)).await.expect("stop");
+}
+
+/// `make deploy ENV=local && make smoke ENV=local`, less the build step `make` adds: the local
+/// environment deployed into the emulator, then the script `make smoke ENV=local` runs, which
+/// starts a manager and a worker in place of the instances and runs `batchgrid smoke local`.
+#[test]
+fn deploy_then_smoke_on_the_local_stack_passes() {
+    let moto = Moto::start();
+    let database = TestDatabase::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("build");
+    let places = |command: &mut Command| {
+        command.arg("--environments").arg(root().join("environments")).arg("--out").arg(&out);
+    };
+    let mut deploy = batchgrid_against(&moto.endpoint);
+    deploy.args(["deploy", "local"]);
+    places(&mut deploy);
+    let deployed = deploy.output().expect("run deploy");
+    assert!(deployed.status.success(), "deploy failed: {}", String::from_utf8_lossy(&deployed.stderr));
+
+    let output = Command::new("bash")
+        .arg(root().join("scripts/smoke-local.sh"))
+        .current_dir(root())
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("BIN", crate::harness::bin_dir())
+        .env("OUT", &out)
+        .env("ENVIRONMENTS", root().join("environments"))
+        .env("MANAGER_PORT", free_port().to_string())
+        .env("BATCHGRID_DATABASE_URL", database.url())
+        .env("SMOKE_TIMEOUT", "90s")
+        .env_remove("BATCHGRID_API_TOKEN")
+        .output()
+        .expect("run scripts/smoke-local.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let logs = |name: &str| std::fs::read_to_string(out.join("smoke-local").join(name)).unwrap_or_default();
+    assert!(
+        output.status.success() && stdout.contains("smoke: passed"),
+        "smoke failed ({}):\n{stdout}\n{stderr}\nmanager:\n{}\nworker:\n{}",
+        output.status,
+        logs("manager.log"),
+        logs("worker.log")
+    );
 }

@@ -375,6 +375,18 @@ impl AnalyticsStore for PgAnalytics {
         rows.iter().map(|row| Ok(to_u64(row.try_get(0)?))).collect()
     }
 
+    async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError> {
+        // AVG is REAL in SQLite and NUMERIC in PostgreSQL: cast so both decode as an integer.
+        let row = sqlx::query(
+            "SELECT CAST(AVG(duration_ms) AS BIGINT) FROM tasks
+             WHERE job_id = $1 AND status = 'done' AND duration_ms IS NOT NULL",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.map(to_u64))
+    }
+
     async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError> {
         // SUM over BIGINT is NUMERIC in PostgreSQL: cast back so it decodes as i64.
         let row = sqlx::query(

@@ -332,6 +332,18 @@ impl AnalyticsStore for SqliteAnalytics {
         Ok(rows.iter().map(|row| to_u64(row.get(0))).collect())
     }
 
+    async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError> {
+        // AVG is REAL in SQLite and NUMERIC in PostgreSQL: cast so both decode as an integer.
+        let row = sqlx::query(
+            "SELECT CAST(AVG(duration_ms) AS BIGINT) FROM tasks
+             WHERE job_id = ? AND status = 'done' AND duration_ms IS NOT NULL",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<Option<i64>, _>(0).map(to_u64))
+    }
+
     async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError> {
         let row = sqlx::query(
             "SELECT COUNT(*), COALESCE(SUM(outcome <> 'succeeded'), 0),
