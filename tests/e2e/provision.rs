@@ -39,3 +39,41 @@ fn deploy_outputs_and_teardown_of_the_local_environment() {
     assert!(gone.contains("deleted"), "{gone}");
     assert!(!saved.exists(), "saved outputs go with the stack");
 }
+
+/// With `grid.ami: image` and no image of this version, deploy stops with one line naming
+/// `make image` before it creates anything (the emulator has no Image Builder, so no image).
+#[test]
+fn deploy_without_the_image_stops_before_touching_the_stack() {
+    let emulator = moto::Moto::start();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(root.join("environments/base.yaml"), dir.path().join("base.yaml")).expect("base");
+    let local = std::fs::read_to_string(root.join("environments/local.yaml")).expect("local");
+    let imaged: String =
+        local.lines().filter(|l| !l.trim_start().starts_with("ami:")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join("imaged.yaml"), imaged).expect("env");
+    let run = |command: &str| {
+        batchgrid_against(&emulator.endpoint)
+            .args([command, "imaged", "--environments"])
+            .arg(dir.path())
+            .arg("--templates")
+            .arg(root.join("templates"))
+            .arg("--out")
+            .arg(dir.path().join("build"))
+            .output()
+            .expect("run batchgrid")
+    };
+    for command in ["deploy", "diff"] {
+        let output = run(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{command}: {stderr}");
+        let expected = format!(
+            "error: no image of batchgrid {} for imaged: stack batchgrid-imaged-image does not exist; run `make image ENV=imaged` first",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(stderr.trim_end(), expected, "{command}");
+    }
+    let status = run("outputs");
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success() && stderr.contains("does not exist"), "no grid stack was created: {stderr}");
+}
