@@ -601,9 +601,20 @@ impl Deployer {
         policy: Buckets,
         on_event: &mut dyn FnMut(&Event),
     ) -> Result<Teardown, DeployError> {
-        if self.status(stack).await?.is_none() {
+        let described = self.cfn.describe_stacks().stack_name(stack).send().await.map_err(|e| {
+            let error = e.into_service_error();
+            if is_missing(&error) {
+                DeployError::NoStack(stack.to_owned())
+            } else {
+                aws("DescribeStacks")(error)
+            }
+        })?;
+        let Some(existing) = described.stacks().first() else {
             return Err(DeployError::NoStack(stack.to_owned()));
-        }
+        };
+        // A protected environment's stack has termination protection (deploy turns it on);
+        // the caller asked for the teardown in so many words, so it comes off first.
+        let termination_protected = existing.enable_termination_protection() == Some(true);
         let mut result = Teardown::default();
         for bucket in buckets {
             let status = match policy {
@@ -618,6 +629,20 @@ impl Deployer {
                 }
             };
             on_event(&Event { logical_id: bucket.clone(), status, reason: None });
+        }
+        if termination_protected {
+            self.cfn
+                .update_termination_protection()
+                .stack_name(stack)
+                .enable_termination_protection(false)
+                .send()
+                .await
+                .map_err(|e| aws("UpdateTerminationProtection")(e.into_service_error()))?;
+            on_event(&Event {
+                logical_id: stack.to_owned(),
+                status: "termination protection off".into(),
+                reason: None,
+            });
         }
         self.delete_and_wait(stack, on_event).await?;
         Ok(result)

@@ -337,6 +337,32 @@ mod teardown {
     }
 
     #[tokio::test]
+    async fn termination_protection_comes_off_before_the_delete() {
+        use aws_sdk_cloudformation::operation::update_termination_protection::UpdateTerminationProtectionOutput;
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .output(|| {
+                let mut out = stack(StackStatus::UpdateComplete);
+                if let Some(stacks) = out.stacks.as_mut() {
+                    stacks[0].enable_termination_protection = Some(true);
+                }
+                out
+            })
+            .output(|| stack(StackStatus::DeleteInProgress))
+            .error(missing)
+            .repeatedly()
+            .build();
+        let (_, delete, events) = stack_going();
+        let unprotect = mock!(Client::update_termination_protection)
+            .match_requests(|r| r.enable_termination_protection() == Some(false))
+            .then_output(|| UpdateTerminationProtectionOutput::builder().build());
+        let deployer = deployer(&[&describe, &delete, &events, &unprotect], &[]);
+        let done = deployer.teardown("grid", &[], Buckets::Keep, &mut |_| {}).await.expect("teardown");
+        assert_eq!(done, Teardown::default());
+        assert_eq!((unprotect.num_calls(), delete.num_calls()), (1, 1));
+    }
+
+    #[tokio::test]
     async fn an_unprotected_teardown_empties_every_version_then_deletes() {
         let (describe, delete, events) = stack_going();
         let list = mock!(aws_sdk_s3::Client::list_object_versions)
