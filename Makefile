@@ -43,11 +43,14 @@ else
 	@echo; cat $(DEMO_DIR)/results/summary.txt
 endif
 
-tools: ## install the test tools that do not come with cargo (cfn-lint, moto, from PyPI)
+tools: ## install the test tools that do not come with cargo (cfn-lint, moto from PyPI; systemd, shellcheck from apt)
 	@command -v cfn-lint >/dev/null || { echo "installing cfn-lint (pip)..."; python3 -m pip install --quiet 'cfn-lint>=1.20'; }
 	@command -v moto_server >/dev/null || { echo "installing moto[server], the local AWS emulator (pip)..."; python3 -m pip install --quiet 'moto[server]>=5'; }
 	@command -v pyenv >/dev/null && pyenv rehash || true
-	@echo "using $$(cfn-lint --version) and moto $$(python3 -c 'import moto; print(moto.__version__)')"
+	@# The image's user and units are checked with systemd's own tools, its scripts with shellcheck.
+	@{ command -v systemd-analyze && command -v systemd-sysusers; } >/dev/null || { echo "installing systemd (apt: systemd-analyze, systemd-sysusers)..."; (apt-get update -qq && apt-get install -y -qq systemd) >/dev/null; }
+	@command -v shellcheck >/dev/null || { echo "installing shellcheck (apt)..."; (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null; }
+	@echo "using $$(cfn-lint --version), moto $$(python3 -c 'import moto; print(moto.__version__)'), $$(systemd-analyze --version | head -n 1), shellcheck $$(shellcheck --version | sed -n 's/^version: //p')"
 
 # cargo test builds every binary the end-to-end tests run, with the same features as the tests
 # (a separate `cargo build` would compile much of the tree twice).

@@ -5,7 +5,8 @@
 //! it, streams stack events until the stack settles, and returns the outputs. A change set with
 //! no changes is success. A stack left in ROLLBACK_COMPLETE (a failed first create) cannot be
 //! updated, so it is deleted and created again. Teardown empties the stack's buckets (every
-//! version and delete marker) before deleting the stack.
+//! version and delete marker) before deleting the stack, unless they are retained (a
+//! protected environment), when it leaves them and their data alone.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -56,6 +57,38 @@ pub enum DeployError {
     /// Waiting took longer than allowed.
     #[error("gave up waiting for {0}")]
     Timeout(String),
+    /// S3 refused to delete some objects (Object Lock, access denied): the bucket cannot be
+    /// emptied, so the stack is left as it is.
+    #[error("bucket {bucket}: could not delete {count} object(s): {objects}")]
+    NotEmptied {
+        /// The bucket.
+        bucket: String,
+        /// How many deletions failed.
+        count: usize,
+        /// The first keys (with version) and S3's code and message for each.
+        objects: String,
+    },
+}
+
+/// Keys named in a [`DeployError::NotEmptied`]; the rest are counted.
+const NAMED_FAILURES: usize = 10;
+
+/// What a teardown did with the stack's buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Teardown {
+    /// Objects and versions deleted from emptied buckets.
+    pub removed: u64,
+    /// Buckets left in place with their data (a protected environment's `Retain`).
+    pub kept: Vec<String>,
+}
+
+/// What happens to the stack's buckets when it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buckets {
+    /// Empty them (every version and delete marker) so the stack can delete them.
+    Empty,
+    /// Leave them and their data: the template retains them (protected environments).
+    Keep,
 }
 
 fn aws<E: ProvideErrorMetadata + std::error::Error>(operation: &'static str) -> impl Fn(E) -> DeployError {
@@ -558,29 +591,66 @@ impl Deployer {
         Err(DeployError::Timeout(format!("drift detection of {stack}")))
     }
 
-    /// Empties `buckets` (every version and delete marker) and deletes the stack.
+    /// Deletes the stack. With [`Buckets::Empty`], `buckets` are emptied first (every version
+    /// and delete marker); with [`Buckets::Keep`] they are left alone, data and all, for the
+    /// template's `Retain` to keep them when the stack goes.
     pub async fn teardown(
         &self,
         stack: &str,
         buckets: &[String],
+        policy: Buckets,
         on_event: &mut dyn FnMut(&Event),
-    ) -> Result<u64, DeployError> {
-        if self.status(stack).await?.is_none() {
+    ) -> Result<Teardown, DeployError> {
+        let described = self.cfn.describe_stacks().stack_name(stack).send().await.map_err(|e| {
+            let error = e.into_service_error();
+            if is_missing(&error) {
+                DeployError::NoStack(stack.to_owned())
+            } else {
+                aws("DescribeStacks")(error)
+            }
+        })?;
+        let Some(existing) = described.stacks().first() else {
             return Err(DeployError::NoStack(stack.to_owned()));
-        }
-        let mut removed = 0;
+        };
+        // A protected environment's stack has termination protection (deploy turns it on);
+        // the caller asked for the teardown in so many words, so it comes off first.
+        let termination_protected = existing.enable_termination_protection() == Some(true);
+        let mut result = Teardown::default();
         for bucket in buckets {
-            removed += self.empty_bucket(bucket).await?;
+            let status = match policy {
+                Buckets::Keep => {
+                    result.kept.push(bucket.clone());
+                    "kept with its data (retained)".to_owned()
+                }
+                Buckets::Empty => {
+                    let removed = self.empty_bucket(bucket).await?;
+                    result.removed += removed;
+                    format!("emptied ({removed} objects and versions)")
+                }
+            };
+            on_event(&Event { logical_id: bucket.clone(), status, reason: None });
+        }
+        if termination_protected {
+            self.cfn
+                .update_termination_protection()
+                .stack_name(stack)
+                .enable_termination_protection(false)
+                .send()
+                .await
+                .map_err(|e| aws("UpdateTerminationProtection")(e.into_service_error()))?;
             on_event(&Event {
-                logical_id: bucket.clone(),
-                status: format!("emptied ({removed} objects and versions)"),
+                logical_id: stack.to_owned(),
+                status: "termination protection off".into(),
                 reason: None,
             });
         }
         self.delete_and_wait(stack, on_event).await?;
-        Ok(removed)
+        Ok(result)
     }
 
+    /// Deletes every version and delete marker, a page at a time. A page whose deletions
+    /// S3 refuses (Object Lock, access denied) stops it with those keys: listing again would
+    /// return the same keys forever.
     async fn empty_bucket(&self, bucket: &str) -> Result<u64, DeployError> {
         use aws_sdk_s3::types::{Delete, ObjectIdentifier};
         let mut removed = 0;
@@ -595,42 +665,62 @@ impl Deployer {
                     return Err(aws("ListObjectVersions")(error));
                 }
             };
-            let mut ids = Vec::new();
-            for version in page.versions() {
-                ids.push(
+            let versions = page.versions().iter().map(|v| (v.key(), v.version_id()));
+            let markers = page.delete_markers().iter().map(|m| (m.key(), m.version_id()));
+            let ids: Vec<ObjectIdentifier> = versions
+                .chain(markers)
+                .filter_map(|(key, version)| {
                     ObjectIdentifier::builder()
-                        .key(version.key().unwrap_or_default())
-                        .set_version_id(version.version_id().map(str::to_owned))
-                        .build(),
-                );
-            }
-            for marker in page.delete_markers() {
-                ids.push(
-                    ObjectIdentifier::builder()
-                        .key(marker.key().unwrap_or_default())
-                        .set_version_id(marker.version_id().map(str::to_owned))
-                        .build(),
-                );
-            }
-            let ids: Vec<ObjectIdentifier> = ids.into_iter().filter_map(Result::ok).collect();
+                        .key(key.unwrap_or_default())
+                        .set_version_id(version.map(str::to_owned))
+                        .build()
+                        .ok()
+                })
+                .collect();
             if ids.is_empty() {
                 return Ok(removed);
             }
-            removed += ids.len() as u64;
+            let asked = ids.len();
             let delete = Delete::builder()
                 .set_objects(Some(ids))
                 .quiet(true)
                 .build()
                 .map_err(|e| DeployError::Aws { operation: "DeleteObjects", message: e.to_string() })?;
-            self.s3
+            let out = self
+                .s3
                 .delete_objects()
                 .bucket(bucket)
                 .delete(delete)
                 .send()
                 .await
                 .map_err(|e| aws("DeleteObjects")(e.into_service_error()))?;
+            // Quiet mode reports only the failures.
+            let failures = out.errors();
+            removed += (asked - failures.len().min(asked)) as u64;
+            if !failures.is_empty() {
+                return Err(not_emptied(bucket, failures));
+            }
         }
     }
+}
+
+/// The error for a page of refused deletions: the first keys, each with its version and S3's
+/// code and message.
+fn not_emptied(bucket: &str, failures: &[aws_sdk_s3::types::Error]) -> DeployError {
+    let mut objects: Vec<String> = failures
+        .iter()
+        .take(NAMED_FAILURES)
+        .map(|f| {
+            let version = f.version_id().map(|v| format!(" (version {v})")).unwrap_or_default();
+            let code = f.code().unwrap_or("unknown error");
+            let message = f.message().map(|m| format!(": {m}")).unwrap_or_default();
+            format!("{}{version} {code}{message}", f.key().unwrap_or("?"))
+        })
+        .collect();
+    if failures.len() > NAMED_FAILURES {
+        objects.push(format!("and {} more", failures.len() - NAMED_FAILURES));
+    }
+    DeployError::NotEmptied { bucket: bucket.to_owned(), count: failures.len(), objects: objects.join("; ") }
 }
 
 #[cfg(test)]

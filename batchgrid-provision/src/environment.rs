@@ -9,10 +9,11 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use batchgrid_core::spec::locate::{bare_message, locate, locate_exact, position_suffix, FieldPath, Position};
 use serde::{Deserialize, Serialize};
-use serde_yaml::{Mapping, Value};
+use serde_yaml::Value;
 
 /// An environment problem: file, line and key, on one line.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -136,8 +137,9 @@ pub struct Analytics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GridGroup {
-    /// AMI id, a `{{resolve:ssm:...}}` reference to a public parameter, or [`IMAGE_AMI`]
-    /// (`image`): the image `make image` built, read from the image stack's parameter.
+    /// [`IMAGE_AMI`] (`image`, the default): the image `make image` built, read from the image
+    /// stack's parameter; or a fixed AMI id, which must come from `make image` too (a stock
+    /// image has no batchgrid, so `{{resolve:ssm:...}}` references are refused).
     pub ami: String,
     /// Instance types, in order of preference.
     pub instance_types: Vec<String>,
@@ -149,8 +151,19 @@ pub struct GridGroup {
     pub max_size: u32,
     /// Use spot capacity.
     pub spot: bool,
-    /// Target queue backlog per in-service instance for scaling.
+    /// Target queue backlog per in-service instance of the safety-net scaling policy (the
+    /// manager sizes the group itself; see [`GridGroup::target_completion`]).
     pub backlog_per_instance: u32,
+    /// Tasks one worker instance runs at once: the manager sizes the group by it (>= 1).
+    pub tasks_per_instance: u32,
+    /// The time the manager sizes the group to finish the remaining work in (>= 1m;
+    /// written as `15m`, `1h30m`, ...).
+    #[serde(with = "humantime_serde")]
+    pub target_completion: Duration,
+    /// How long the group stays up with no work left before the manager lowers it to
+    /// `min_size` (0s to 24h).
+    #[serde(with = "humantime_serde")]
+    pub scale_in_delay: Duration,
 }
 
 /// Manager instance settings.
@@ -270,6 +283,19 @@ pub struct Logs {
 const LOG_RETENTION_DAYS: [u32; 22] =
     [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
 
+/// Most tasks one instance may run at once.
+const MAX_TASKS_PER_INSTANCE: u32 = 1024;
+/// The shortest `grid.target_completion`.
+const MIN_TARGET_COMPLETION: Duration = Duration::from_secs(60);
+/// The longest `grid.target_completion` and `grid.scale_in_delay`.
+const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration as the manager's environment reads it: humantime without spaces (`15m`,
+/// `1h30m`), so it stays one word in a systemd environment file.
+pub fn duration_text(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string().replace(' ', "")
+}
+
 /// Nesting accepted in environment files.
 const MAX_DEPTH: usize = 16;
 
@@ -336,14 +362,28 @@ fn read(path: &Path) -> Result<Source, EnvironmentError> {
 }
 
 fn parse(source: &Source, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Value, EnvironmentError> {
-    let value: Value = serde_yaml::from_str(&source.text).map_err(|e| EnvironmentError {
-        file: source.path.clone(),
-        position: e.location().map(|l| Position { line: l.line(), column: l.column() }),
-        key: "(document)".into(),
-        message: bare_message(&e.to_string()),
-    })?;
+    // Whitespace only (tabs included, which YAML would reject as a token) is an empty file.
+    let value: Value = if source.text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_yaml::from_str(&source.text).map_err(|e| EnvironmentError {
+            file: source.path.clone(),
+            position: e.location().map(|l| Position { line: l.line(), column: l.column() }),
+            key: "(document)".into(),
+            message: bare_message(&e.to_string()),
+        })?
+    };
     let mut value = match value {
-        Value::Null => Value::Mapping(Mapping::new()),
+        // An empty (or comment-only) file would silently deploy the base's defaults,
+        // unprotected: `{}` says that on purpose.
+        Value::Null => {
+            return Err(EnvironmentError {
+                file: source.path.clone(),
+                position: None,
+                key: "(file)".into(),
+                message: "is empty (only whitespace or comments): name the keys it overrides, or write `{}` to take every default".into(),
+            })
+        }
         Value::Mapping(_) => value,
         _ => return Err(source.error(&FieldPath::root(), "an environment file is a mapping of keys")),
     };
@@ -484,12 +524,20 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
         }
     }
     let ami = &env.grid.ami;
-    let resolves = ami.starts_with("{{resolve:ssm:") && ami.ends_with("}}");
-    if !resolves && !aws_id_ok(ami, "ami-") && ami != IMAGE_AMI {
+    if ami.contains("resolve:ssm:") {
+        // A public parameter names a stock image, which has no batchgrid binary, units or user.
         return Err((
             root.key("grid").key("ami"),
             format!(
-                "`{ami}` is not an AMI id, a {{{{resolve:ssm:...}}}} reference or `{IMAGE_AMI}` (built by make image)"
+                "`{ami}` is a stock image without batchgrid: use `{IMAGE_AMI}` (the image make image builds) or an AMI id make image built"
+            ),
+        ));
+    }
+    if !aws_id_ok(ami, "ami-") && ami != IMAGE_AMI {
+        return Err((
+            root.key("grid").key("ami"),
+            format!(
+                "`{ami}` is neither `{IMAGE_AMI}` (built by make image) nor an AMI id such as ami-0123456789abcdef0"
             ),
         ));
     }
@@ -572,6 +620,17 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
     }
     if env.grid.backlog_per_instance == 0 {
         return Err((grid.key("backlog_per_instance"), "must be at least 1".into()));
+    }
+    if !(1..=MAX_TASKS_PER_INSTANCE).contains(&env.grid.tasks_per_instance) {
+        return Err((grid.key("tasks_per_instance"), format!("must be between 1 and {MAX_TASKS_PER_INSTANCE}")));
+    }
+    // Below a minute the group cannot launch instances in time anyway; over a day the
+    // manager would keep work waiting on a nearly idle group.
+    if !(MIN_TARGET_COMPLETION..=MAX_DELAY).contains(&env.grid.target_completion) {
+        return Err((grid.key("target_completion"), "must be between 1m and 24h".into()));
+    }
+    if env.grid.scale_in_delay > MAX_DELAY {
+        return Err((grid.key("scale_in_delay"), "must be between 0s and 24h".into()));
     }
     if !instance_type_ok(&env.manager.instance_type) {
         return Err((

@@ -30,6 +30,8 @@ pub mod names {
     pub const CONFIG: &str = "defaults.env";
     /// The folder of systemd units, installed in `/etc/systemd/system/`.
     pub const UNITS: &str = "systemd";
+    /// The sysusers.d file creating the units' user, installed in `/usr/lib/sysusers.d/`.
+    pub const SYSUSERS: &str = "sysusers.d/batchgrid.conf";
 }
 
 /// The default configuration installed with the binary when the packaging folder has none:
@@ -41,6 +43,13 @@ pub const DEFAULT_CONFIG: &str = "\
 # that file after this one, so its values win.
 BATCHGRID_LOG=info
 BATCHGRID_LOG_FORMAT=json
+";
+
+/// The units' system user when the packaging folder has no sysusers.d file (the same line as
+/// `packaging/sysusers.d/batchgrid.conf`): the image always gets the user its units run as.
+pub const DEFAULT_SYSUSERS: &str = "\
+# The system user and group batchgrid's units run as: no login shell, home at the state directory.
+u batchgrid - \"batchgrid services\" /var/lib/batchgrid /usr/sbin/nologin
 ";
 
 /// Errors while gathering or uploading the image's artifacts.
@@ -293,8 +302,9 @@ pub struct Artifacts {
     pub missing_units: Option<PathBuf>,
 }
 
-/// Gathers the artifacts: `binary`; `packaging/systemd/*.service` (none when that folder is
-/// missing); `packaging/defaults.env`, or [`DEFAULT_CONFIG`] when there is none.
+/// Gathers the artifacts: `binary`; `packaging/defaults.env`, or [`DEFAULT_CONFIG`] when there
+/// is none; `packaging/systemd/*.service` (none when that folder is missing);
+/// `packaging/sysusers.d/batchgrid.conf`, or [`DEFAULT_SYSUSERS`] when there is none.
 pub fn collect_artifacts(binary: &Path, packaging: &Path) -> Result<Artifacts, ArtifactError> {
     fn read_error(path: &Path) -> impl Fn(std::io::Error) -> ArtifactError + '_ {
         move |source| ArtifactError::Read { path: path.to_path_buf(), source }
@@ -328,6 +338,9 @@ pub fn collect_artifacts(binary: &Path, packaging: &Path) -> Result<Artifacts, A
     } else {
         missing_units = Some(units_dir);
     }
+    let sysusers = packaging.join(names::SYSUSERS);
+    let sysusers = if sysusers.is_file() { Source::File(sysusers) } else { Source::BuiltIn(DEFAULT_SYSUSERS) };
+    files.push(Artifact { name: names::SYSUSERS.to_owned(), source: sysusers });
     Ok(Artifacts { files, missing_units })
 }
 

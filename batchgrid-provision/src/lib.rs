@@ -9,6 +9,7 @@ pub mod aws;
 pub mod deploy;
 pub mod environment;
 pub mod image;
+pub mod preflight;
 pub mod render;
 
 /// Where the rendered template for an environment is written, relative to the project root.

@@ -6,7 +6,7 @@ use batchgrid_testkit::moto;
 use std::path::Path;
 use std::time::Duration;
 
-use batchgrid_provision::deploy::{DeployOutcome, DeployRequest, Deployer};
+use batchgrid_provision::deploy::{Buckets, DeployOutcome, DeployRequest, Deployer};
 use batchgrid_provision::{aws, environment, render};
 
 fn project() -> &'static Path {
@@ -86,7 +86,9 @@ async fn deploy_change_no_change_and_teardown_on_the_emulator() {
     }
     s3.delete_object().bucket(&raw).key("jobs/x/input.csv").send().await.expect("delete marker");
     let buckets = vec![raw.clone(), outputs["ResultsBucketName"].clone()];
-    let removed = deployer.teardown(&second.stack, &buckets, &mut |_| {}).await.expect("teardown");
+    let done = deployer.teardown(&second.stack, &buckets, Buckets::Empty, &mut |_| {}).await.expect("teardown");
+    let removed = done.removed;
+    assert!(done.kept.is_empty());
     assert!(removed >= 3, "two versions and a delete marker removed, got {removed}");
     assert!(deployer.status(&second.stack).await.expect("status").is_none(), "no stack left");
     let left = s3.list_buckets().send().await.expect("list buckets");

@@ -59,6 +59,7 @@ async fn artifacts_land_in_the_image_stacks_bucket_under_their_version() {
         "artifacts/0.0.0-test/defaults.env",
         "artifacts/0.0.0-test/systemd/batchgrid-manager.service",
         "artifacts/0.0.0-test/systemd/batchgrid-worker.service",
+        "artifacts/0.0.0-test/sysusers.d/batchgrid.conf",
     ];
     assert_eq!(keys, expected);
     let listed = s3.list_objects_v2().bucket(&bucket).prefix("artifacts/").send().await.expect("list");
@@ -78,10 +79,10 @@ async fn artifacts_land_in_the_image_stacks_bucket_under_their_version() {
         "the dropped unit is gone: {:?}",
         listed.contents()
     );
-    assert_eq!(listed.contents().len(), 3);
+    assert_eq!(listed.contents().len(), 4);
 
     // 4. Another version has a prefix of its own.
     image::upload_artifacts(&s3, &bucket, "0.0.1", &artifacts).await.expect("upload a new version");
     let old = s3.list_objects_v2().bucket(&bucket).prefix("artifacts/0.0.0-test/").send().await.expect("list");
-    assert_eq!(old.contents().len(), 3, "an earlier version's artifacts stay");
+    assert_eq!(old.contents().len(), 4, "an earlier version's artifacts stay");
 }

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use batchgrid_provision::deploy::{DeployOutcome, DeployRequest, Deployer, Event, PlannedChange};
+use batchgrid_provision::deploy::{Buckets, DeployOutcome, DeployRequest, Deployer, Event, PlannedChange};
 use batchgrid_provision::environment::Environment;
-use batchgrid_provision::{aws, environment, render};
+use batchgrid_provision::{aws, environment, preflight, render};
 
 /// Where environments, templates and build output live.
 #[derive(Debug, clap::Args)]
@@ -154,6 +154,25 @@ impl EventView {
     }
 }
 
+/// With `grid.ami: image`, stops before the grid's stack is touched unless the image of this
+/// build's version exists (`make image ENV=...` builds it); notes a different revision.
+async fn check_image(deployer: &Deployer, prepared: &Prepared, name: &str) -> anyhow::Result<()> {
+    let found = preflight::check_image(deployer, name, &prepared.environment, env!("CARGO_PKG_VERSION")).await?;
+    let revision = env!("BATCHGRID_GIT_REVISION");
+    if let Some(found) = found {
+        match found.revision.as_deref() {
+            Some(built) if built != revision => eprintln!(
+                "note: image {} (stack {}) carries batchgrid {} rev {built}; this binary is rev {revision}",
+                found.image_id,
+                found.stack,
+                env!("CARGO_PKG_VERSION")
+            ),
+            _ => eprintln!("image {} (stack {})", found.image_id, found.stack),
+        }
+    }
+    Ok(())
+}
+
 fn request(prepared: &Prepared, name: &str) -> DeployRequest {
     let mut tags = BTreeMap::new();
     tags.insert("Project".to_owned(), prepared.environment.project.clone());
@@ -176,12 +195,14 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
         }
         Action::Diff => {
             let deployer = deployer(&prepared.environment).await;
+            check_image(&deployer, &prepared, &place.name).await?;
             let changes = deployer.diff(&request(&prepared, &place.name)).await?;
             println!("stack {}:", prepared.stack);
             print_changes(&changes);
         }
         Action::Deploy { yes } => {
             let deployer = deployer(&prepared.environment).await;
+            check_image(&deployer, &prepared, &place.name).await?;
             let protected = prepared.environment.protected;
             let mut confirm = confirmation(&prepared.stack, &place.name, protected, yes);
             // The bar's length is the number of planned changes, known once the change set is.
@@ -229,26 +250,39 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Empties the buckets and deletes the stack; a protected environment needs `--confirm NAME`.
+/// Deletes the stack; a protected environment needs `--confirm NAME` and keeps its buckets
+/// and their data (the template retains them), an unprotected one has them emptied first.
 pub async fn teardown(place: Place, confirm: Option<String>) -> anyhow::Result<ExitCode> {
     let prepared = prepare(&place)?;
-    if prepared.environment.protected && confirm.as_deref() != Some(place.name.as_str()) {
+    let protected = prepared.environment.protected;
+    if protected && confirm.as_deref() != Some(place.name.as_str()) {
         anyhow::bail!("{} is protected: pass --confirm {} to tear it down", place.name, place.name);
     }
     let deployer = deployer(&prepared.environment).await;
     let outputs = deployer.outputs_for(&prepared.stack, &prepared.template).await?;
     let buckets: Vec<String> =
         ["RawBucketName", "ResultsBucketName"].iter().filter_map(|key| outputs.get(*key).cloned()).collect();
+    let policy = if protected { Buckets::Keep } else { Buckets::Empty };
     let view = EventView::new(buckets.len() as u64 + 1);
-    let result = deployer.teardown(&prepared.stack, &buckets, &mut |e| view.show(e)).await;
+    let result = deployer.teardown(&prepared.stack, &buckets, policy, &mut |e| view.show(e)).await;
     view.finish();
-    let removed = result?;
+    let done = result.with_context(|| format!("tearing down stack {}", prepared.stack))?;
     let _ = std::fs::remove_file(prepared.dir.join("outputs.json"));
-    println!(
-        "stack {} deleted ({removed} objects and versions removed from {} bucket(s))",
-        prepared.stack,
-        buckets.len()
-    );
+    if done.kept.is_empty() {
+        println!(
+            "stack {} deleted ({} objects and versions removed from {} bucket(s))",
+            prepared.stack,
+            done.removed,
+            buckets.len()
+        );
+    } else {
+        println!(
+            "stack {} deleted; {} is protected, so its buckets stay with their data: {}",
+            prepared.stack,
+            place.name,
+            done.kept.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

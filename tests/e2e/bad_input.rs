@@ -140,6 +140,12 @@ fn bad_environments_send_nothing_to_aws() {
             "name_suffix: ${NOT_SET_ANYWHERE}\n",
             "bad.yaml:1:1: name_suffix: environment variable `NOT_SET_ANYWHERE` is not set",
         ),
+        // An empty file would otherwise deploy the base's defaults, unprotected.
+        ("  \n# nothing here\n", "bad.yaml: (file): is empty"),
+        (
+            "grid:\n  ami: \"{{resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64}}\"\n",
+            "bad.yaml:2:3: grid.ami: ",
+        ),
     ];
     for (text, expected) in cases {
         std::fs::write(dir.path().join("bad.yaml"), text).expect("env");

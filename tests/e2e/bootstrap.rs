@@ -137,3 +137,58 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         assert_eq!(manager["instance_type"].as_str(), Some(first_type.as_str()));
     }
 }
+
+/// shellcheck on the script every instance runs at boot, per environment and role, after
+/// `Fn::Sub` (`make test` installs shellcheck).
+#[test]
+fn user_data_passes_shellcheck() {
+    use std::io::Write;
+    let engine = batchgrid_provision::render::engine(&root().join("templates")).expect("engine");
+    for name in ["local", "dev", "ci", "prod"] {
+        let lookup = |_: &str| Some("value".to_owned());
+        let environment =
+            batchgrid_provision::environment::load(&root().join("environments"), name, &lookup).expect("environment");
+        let text = batchgrid_provision::render::render(&engine, name, &environment).expect("render");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template YAML");
+        for (role, path) in [
+            ("worker", &["WorkerLaunchTemplate", "Properties", "LaunchTemplateData"][..]),
+            ("manager", &["Manager", "Properties"][..]),
+        ] {
+            let script = user_data(&template, path);
+            let mut child = std::process::Command::new("shellcheck")
+                .arg("-")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run shellcheck ({e}): install it with `apt-get install -y shellcheck` (make test does)"
+                    )
+                });
+            child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write the script");
+            let output = child.wait_with_output().expect("shellcheck");
+            assert!(
+                output.status.success(),
+                "{name} {role} user data:\n{script}\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+    }
+}
+
+/// The manager's user data carries the environment's sizing settings as humantime words.
+#[test]
+fn the_managers_user_data_carries_the_sizing_settings() {
+    let engine = batchgrid_provision::render::engine(&root().join("templates")).expect("engine");
+    let lookup = |_: &str| Some("value".to_owned());
+    let environment =
+        batchgrid_provision::environment::load(&root().join("environments"), "dev", &lookup).expect("environment");
+    let text = batchgrid_provision::render::render(&engine, "dev", &environment).expect("render");
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template YAML");
+    let (_, values) = env_file(&user_data(&template, &["Manager", "Properties"]));
+    assert_eq!(values.get("BATCHGRID_TASKS_PER_INSTANCE").map(String::as_str), Some("2"));
+    assert_eq!(values.get("BATCHGRID_TARGET_COMPLETION").map(String::as_str), Some("15m"));
+    assert_eq!(values.get("BATCHGRID_SCALE_IN_DELAY").map(String::as_str), Some("10m"));
+    let (_, worker) = env_file(&user_data(&template, &["WorkerLaunchTemplate", "Properties", "LaunchTemplateData"]));
+    assert!(!worker.contains_key("BATCHGRID_TARGET_COMPLETION"), "the workers do not size the group");
+}

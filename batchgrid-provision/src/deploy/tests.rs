@@ -278,3 +278,148 @@ async fn a_declined_change_set_changes_nothing() {
     assert!(matches!(error, DeployError::Declined));
     assert_eq!(execute.num_calls(), 0);
 }
+
+mod teardown {
+    use aws_sdk_s3::operation::delete_objects::DeleteObjectsOutput;
+    use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
+    use aws_sdk_s3::types::{DeleteMarkerEntry, ObjectVersion};
+
+    use super::*;
+
+    fn deployer(cfn_rules: &[&Rule], s3_rules: &[&Rule]) -> Deployer {
+        let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, cfn_rules);
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, s3_rules);
+        Deployer::new(cfn, s3, Duration::ZERO)
+    }
+
+    /// The stack exists, is being deleted, then is gone.
+    fn stack_going() -> (Rule, Rule, Rule) {
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .output(|| stack(StackStatus::UpdateComplete))
+            .output(|| stack(StackStatus::DeleteInProgress))
+            .error(missing)
+            .repeatedly()
+            .build();
+        let delete = mock!(Client::delete_stack).then_output(|| DeleteStackOutput::builder().build());
+        let events = mock!(Client::describe_stack_events).then_output(|| DescribeStackEventsOutput::builder().build());
+        (describe, delete, events)
+    }
+
+    fn page(keys: &[&str]) -> ListObjectVersionsOutput {
+        let mut out = ListObjectVersionsOutput::builder();
+        for key in keys {
+            out = out.versions(ObjectVersion::builder().key(*key).version_id("v1").build());
+        }
+        out.build()
+    }
+
+    fn buckets() -> Vec<String> {
+        vec!["raw-1".to_owned(), "results-1".to_owned()]
+    }
+
+    #[tokio::test]
+    async fn a_protected_teardown_leaves_the_buckets_and_their_data() {
+        let (describe, delete, events) = stack_going();
+        let list = mock!(aws_sdk_s3::Client::list_object_versions).then_output(|| page(&["jobs/a/input.csv"]));
+        let delete_objects =
+            mock!(aws_sdk_s3::Client::delete_objects).then_output(|| DeleteObjectsOutput::builder().build());
+        let deployer = deployer(&[&describe, &delete, &events], &[&list, &delete_objects]);
+        let mut shown = Vec::new();
+        let done = deployer
+            .teardown("grid", &buckets(), Buckets::Keep, &mut |e| shown.push(e.clone()))
+            .await
+            .expect("teardown");
+        assert_eq!(done, Teardown { removed: 0, kept: buckets() });
+        assert_eq!(list.num_calls() + delete_objects.num_calls(), 0, "no object was listed or deleted");
+        assert_eq!(delete.num_calls(), 1, "the stack itself goes");
+        assert!(shown.iter().any(|e| e.logical_id == "raw-1" && e.status.contains("kept")), "{shown:?}");
+    }
+
+    #[tokio::test]
+    async fn termination_protection_comes_off_before_the_delete() {
+        use aws_sdk_cloudformation::operation::update_termination_protection::UpdateTerminationProtectionOutput;
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .output(|| {
+                let mut out = stack(StackStatus::UpdateComplete);
+                if let Some(stacks) = out.stacks.as_mut() {
+                    stacks[0].enable_termination_protection = Some(true);
+                }
+                out
+            })
+            .output(|| stack(StackStatus::DeleteInProgress))
+            .error(missing)
+            .repeatedly()
+            .build();
+        let (_, delete, events) = stack_going();
+        let unprotect = mock!(Client::update_termination_protection)
+            .match_requests(|r| r.enable_termination_protection() == Some(false))
+            .then_output(|| UpdateTerminationProtectionOutput::builder().build());
+        let deployer = deployer(&[&describe, &delete, &events, &unprotect], &[]);
+        let done = deployer.teardown("grid", &[], Buckets::Keep, &mut |_| {}).await.expect("teardown");
+        assert_eq!(done, Teardown::default());
+        assert_eq!((unprotect.num_calls(), delete.num_calls()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn an_unprotected_teardown_empties_every_version_then_deletes() {
+        let (describe, delete, events) = stack_going();
+        let list = mock!(aws_sdk_s3::Client::list_object_versions)
+            .sequence()
+            .output(|| {
+                let mut out = page(&["a.csv", "b.csv"]);
+                out.delete_markers = Some(vec![DeleteMarkerEntry::builder().key("c.csv").version_id("m1").build()]);
+                out
+            })
+            .output(|| page(&[]))
+            .output(|| page(&[]))
+            .build();
+        let delete_objects = mock!(aws_sdk_s3::Client::delete_objects)
+            .match_requests(|r| r.delete().is_some_and(|d| d.objects().len() == 3 && d.quiet() == Some(true)))
+            .then_output(|| DeleteObjectsOutput::builder().build());
+        let deployer = deployer(&[&describe, &delete, &events], &[&list, &delete_objects]);
+        let done = deployer.teardown("grid", &buckets(), Buckets::Empty, &mut |_| {}).await.expect("teardown");
+        assert_eq!(done, Teardown { removed: 3, kept: Vec::new() });
+        assert_eq!(delete_objects.num_calls(), 1);
+        assert_eq!(delete.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn refused_deletions_stop_with_the_keys_instead_of_looping() {
+        let (describe, delete, events) = stack_going();
+        // S3 lists the locked object again on every call: the loop must not ask twice.
+        let list = mock!(aws_sdk_s3::Client::list_object_versions).then_output(|| page(&["locked.csv", "free.csv"]));
+        let delete_objects = mock!(aws_sdk_s3::Client::delete_objects).then_output(|| {
+            DeleteObjectsOutput::builder()
+                .errors(
+                    aws_sdk_s3::types::Error::builder()
+                        .key("locked.csv")
+                        .version_id("v1")
+                        .code("AccessDenied")
+                        .message("Access Denied because object protected by object lock.")
+                        .build(),
+                )
+                .build()
+        });
+        let deployer = deployer(&[&describe, &delete, &events], &[&list, &delete_objects]);
+        let error = deployer.teardown("grid", &buckets(), Buckets::Empty, &mut |_| {}).await.expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "bucket raw-1: could not delete 1 object(s): locked.csv (version v1) AccessDenied: \
+             Access Denied because object protected by object lock."
+        );
+        assert_eq!(list.num_calls(), 1, "stopped after the first refused page");
+        assert_eq!(delete.num_calls(), 0, "the stack is left for the user to sort out");
+    }
+
+    #[test]
+    fn many_refusals_name_the_first_keys_and_count_the_rest() {
+        let failures: Vec<aws_sdk_s3::types::Error> = (0..25)
+            .map(|i| aws_sdk_s3::types::Error::builder().key(format!("k{i}")).code("AccessDenied").build())
+            .collect();
+        let text = not_emptied("raw-1", &failures).to_string();
+        assert!(text.starts_with("bucket raw-1: could not delete 25 object(s): k0 AccessDenied; k1 "), "{text}");
+        assert!(text.ends_with("k9 AccessDenied; and 15 more"), "{text}");
+    }
+}

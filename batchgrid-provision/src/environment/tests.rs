@@ -90,6 +90,11 @@ fn impossible_values_are_rejected() {
         ("tags:\n  Project: other\n", "tags.Project"),
         ("template_bucket: My_Bucket\n", "template_bucket"),
         ("grid:\n  ami: ubuntu\n", "grid.ami"),
+        ("grid:\n  tasks_per_instance: 0\n", "grid.tasks_per_instance"),
+        ("grid:\n  target_completion: 30s\n", "grid.target_completion"),
+        ("grid:\n  target_completion: 2days\n", "grid.target_completion"),
+        ("grid:\n  scale_in_delay: 25h\n", "grid.scale_in_delay"),
+        ("grid:\n  scale_in_delay: soon\n", "grid.scale_in_delay"),
         (
             "network:\n  existing: {vpc_id: vpc-12, private_subnet_ids: [subnet-1]}\n",
             "network.existing.private_subnet_ids",
@@ -114,7 +119,7 @@ fn the_image_section_has_defaults_and_is_strict() {
     let env = load_with(|b| b, "region: eu-west-1\n").expect("defaults");
     assert_eq!(env.image, ImageSettings::default());
     assert_eq!(env.build_instance_types(), ["m7g.large", "c7g.large"], "picked for the grid's arm64");
-    let without = load_with(|b| b[..b.find("\nimage:").expect("image section")].to_owned() + "\n", "")
+    let without = load_with(|b| b[..b.find("\nimage:").expect("image section")].to_owned() + "\n", "{}\n")
         .expect("a base without the image section");
     assert_eq!(without.image, ImageSettings::default());
 
@@ -147,7 +152,9 @@ fn the_architecture_comes_from_the_instance_types() {
     ] {
         assert_eq!(Architecture::of_instance_type(kind), arch, "{kind}");
     }
-    let intel = load_with(|b| b, "grid:\n  instance_types: [m7i.large, c7i.large]\n").expect("x86 grid");
+    let intel =
+        load_with(|b| b, "grid:\n  instance_types: [m7i.large, c7i.large]\nmanager:\n  instance_type: t3.small\n")
+            .expect("x86 grid");
     assert_eq!(intel.architecture(), Architecture::X86_64);
     assert_eq!(intel.build_instance_types(), ["m7i.large", "c7i.large"]);
     let line = error(|b| b, "grid:\n  instance_types: [m7g.large, m7i.large]\n");
@@ -164,4 +171,52 @@ fn the_grid_can_run_the_built_image() {
     assert!(line.starts_with("test.yaml:4:3: manager.instance_type: `t3.small` is x86_64"), "{line}");
     let line = error(|b| b, "tags:\n  batchgrid:version: x\n");
     assert!(line.contains(": tags.batchgrid:version: "), "{line}");
+}
+
+#[test]
+fn an_empty_environment_file_names_the_file() {
+    for text in ["", "   \n\t\n", "# only a comment\n\n# and another\n", "---\n"] {
+        let line = error(|b| b, text);
+        assert!(line.starts_with("test.yaml: (file): is empty"), "{text:?} -> {line}");
+    }
+    // `{}` takes every default on purpose.
+    let env = load_with(|b| b, "{}\n").expect("explicit defaults");
+    assert!(!env.protected);
+}
+
+#[test]
+fn a_stock_image_reference_is_refused_at_its_line() {
+    let line = error(|b| b, "region: eu-west-1\ngrid:\n  ami: \"{{resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64}}\"\n");
+    assert!(line.starts_with("test.yaml:3:3: grid.ami: "), "{line}");
+    assert!(line.contains("stock image without batchgrid") && line.contains("make image"), "{line}");
+    let fixed = load_with(|b| b, "grid:\n  ami: ami-0123456789abcdef0\n").expect("a fixed id");
+    assert_eq!(fixed.grid.ami, "ami-0123456789abcdef0");
+    let default = load_with(|b| b, "{}\n").expect("defaults");
+    assert_eq!(default.grid.ami, IMAGE_AMI, "the grid runs the built image unless told otherwise");
+}
+
+#[test]
+fn the_manager_sizing_settings_have_defaults_and_bounds() {
+    let env = load_with(|b| b, "{}\n").expect("defaults");
+    assert_eq!(env.grid.tasks_per_instance, 2);
+    assert_eq!(env.grid.target_completion, Duration::from_secs(15 * 60));
+    assert_eq!(env.grid.scale_in_delay, Duration::from_secs(10 * 60));
+    let set = load_with(|b| b, "grid:\n  tasks_per_instance: 8\n  target_completion: 1h 30m\n  scale_in_delay: 0s\n")
+        .expect("overridden");
+    assert_eq!(set.grid.tasks_per_instance, 8);
+    assert_eq!(set.grid.target_completion, Duration::from_secs(5400));
+    assert_eq!(set.grid.scale_in_delay, Duration::ZERO);
+    let line = error(|b| b, "grid:\n  target_completion: 30s\n");
+    assert_eq!(line, "test.yaml:2:3: grid.target_completion: must be between 1m and 24h");
+    let line = error(|b| b, "grid:\n  scale_in_delay: later\n");
+    assert!(line.starts_with("test.yaml:2:3: grid.scale_in_delay: "), "{line}");
+}
+
+#[test]
+fn durations_are_written_as_one_humantime_word() {
+    for (seconds, text) in [(900, "15m"), (5400, "1h30m"), (0, "0s"), (90, "1m30s")] {
+        let duration = Duration::from_secs(seconds);
+        assert_eq!(duration_text(duration), text);
+        assert_eq!(humantime::parse_duration(&duration_text(duration)).expect("parses back"), duration);
+    }
 }

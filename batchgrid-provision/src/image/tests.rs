@@ -188,8 +188,9 @@ fn artifacts_are_the_binary_the_units_and_a_config() {
     let packaging = dir.path().join("packaging");
     let without = collect_artifacts(&binary, &packaging).expect("no packaging folder");
     let names: Vec<&str> = without.files.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["batchgrid", "defaults.env"]);
+    assert_eq!(names, ["batchgrid", "defaults.env", "sysusers.d/batchgrid.conf"]);
     assert_eq!(without.files[1].source, Source::BuiltIn(DEFAULT_CONFIG));
+    assert_eq!(without.files[2].source, Source::BuiltIn(DEFAULT_SYSUSERS), "the units' user, always");
     assert_eq!(without.missing_units, Some(packaging.join("systemd")));
 
     std::fs::create_dir_all(packaging.join("systemd")).expect("mkdir");
@@ -197,13 +198,22 @@ fn artifacts_are_the_binary_the_units_and_a_config() {
         std::fs::write(packaging.join("systemd").join(file), "[Unit]\n").expect("unit");
     }
     std::fs::write(packaging.join("defaults.env"), "BATCHGRID_LOG=debug\n").expect("config");
+    std::fs::create_dir_all(packaging.join("sysusers.d")).expect("mkdir");
+    std::fs::write(packaging.join("sysusers.d/batchgrid.conf"), DEFAULT_SYSUSERS).expect("sysusers");
     let with = collect_artifacts(&binary, &packaging).expect("packaging folder");
     let names: Vec<&str> = with.files.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(
         names,
-        ["batchgrid", "defaults.env", "systemd/batchgrid-manager.service", "systemd/batchgrid-worker.service"]
+        [
+            "batchgrid",
+            "defaults.env",
+            "systemd/batchgrid-manager.service",
+            "systemd/batchgrid-worker.service",
+            "sysusers.d/batchgrid.conf"
+        ]
     );
     assert_eq!(with.files[1].source, Source::File(packaging.join("defaults.env")));
+    assert_eq!(with.files[4].source, Source::File(packaging.join("sysusers.d/batchgrid.conf")));
     assert_eq!(with.missing_units, None);
 
     let missing = collect_artifacts(&dir.path().join("nope"), &packaging).expect_err("no binary");
@@ -228,4 +238,16 @@ fn binaries_are_recognised_by_architecture() {
     let script = dir.path().join("script");
     std::fs::write(&script, "#!/bin/sh\n").expect("write");
     assert_eq!(binary_architecture(&script).expect("read"), None);
+}
+
+/// The built-in user is the shipped one: an image built without the packaging folder's file
+/// gets the same user.
+#[test]
+fn the_built_in_user_matches_the_shipped_sysusers_file() {
+    let entries = |text: &str| -> Vec<String> {
+        text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+    };
+    let shipped = std::fs::read_to_string(root().join("packaging").join(names::SYSUSERS)).expect("shipped file");
+    assert_eq!(entries(&shipped), entries(DEFAULT_SYSUSERS));
+    assert_eq!(entries(DEFAULT_SYSUSERS).len(), 1, "one user (and its group)");
 }
