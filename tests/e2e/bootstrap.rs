@@ -135,6 +135,11 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         assert_eq!(manager["group"].as_str(), group, "{name}: instance-hours come from the stack's group");
         let first_type = &environment.grid.instance_types[0];
         assert_eq!(manager["instance_type"].as_str(), Some(first_type.as_str()));
+        let sizing = &manager["autoscale"];
+        assert_eq!(sizing["tasks_per_instance"], environment.grid.tasks_per_instance, "{name}: {manager}");
+        let text = |d| humantime::format_duration(d).to_string();
+        assert_eq!(sizing["target_completion"].as_str(), Some(text(environment.grid.target_completion).as_str()));
+        assert_eq!(sizing["scale_in_delay"].as_str(), Some(text(environment.grid.scale_in_delay).as_str()));
     }
 }
 
