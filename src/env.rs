@@ -18,10 +18,13 @@ pub const RESULTS_BUCKET: &str = "BATCHGRID_RESULTS_BUCKET";
 pub const INPUT_QUEUE_URL: &str = "BATCHGRID_INPUT_QUEUE_URL";
 /// URL of the output queue.
 pub const OUTPUT_QUEUE_URL: &str = "BATCHGRID_OUTPUT_QUEUE_URL";
-/// The RDS instance's address.
+/// The RDS instance's address, optionally `host:port`.
 pub const DATABASE_HOST: &str = "BATCHGRID_DATABASE_HOST";
-/// ARN of the RDS-managed credentials secret.
+/// ARN of the RDS-managed credentials secret (read again whenever the database refuses it).
 pub const DATABASE_SECRET_ARN: &str = "BATCHGRID_DATABASE_SECRET_ARN";
+/// TLS to the database named by host and secret: `require` (default), `verify-ca`,
+/// `verify-full`, `prefer` or `disable` (a PostgreSQL on loopback).
+pub const DATABASE_SSLMODE: &str = "BATCHGRID_DATABASE_SSLMODE";
 /// A PostgreSQL URL (an external analytics database; overrides the stack's RDS).
 pub const DATABASE_URL: &str = "BATCHGRID_DATABASE_URL";
 /// The manager API's bearer token.

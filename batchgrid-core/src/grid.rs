@@ -100,12 +100,15 @@ impl Grid {
 pub enum DatabaseSource {
     /// A PostgreSQL URL (an external database; `local` uses the one on loopback).
     Url(crate::aws::secrets::Secret),
-    /// An RDS instance whose credentials Secrets Manager holds.
+    /// An RDS instance whose credentials Secrets Manager holds; they are read again whenever
+    /// the database refuses them (the managed secret rotates).
     Rds {
-        /// The instance's endpoint address.
+        /// The instance's endpoint address, optionally with `:port`.
         host: String,
         /// The ARN of the RDS-managed master user secret.
         secret_arn: String,
+        /// TLS to the database (`require` on RDS; `disable` for a PostgreSQL on loopback).
+        ssl_mode: crate::analytics::credentials::SslMode,
     },
 }
 
@@ -140,15 +143,19 @@ impl Grid {
         let sqs = aws::sqs_client(&config, &meter);
         let tasks = crate::queue::SqsQueue::open(sqs.clone(), &settings.input_queue_url).await?;
         let chain = crate::queue::SqsQueue::open(sqs, &settings.output_queue_url).await?;
-        let url = match &settings.database {
-            DatabaseSource::Url(url) => url.clone(),
-            DatabaseSource::Rds { host, secret_arn } => {
-                aws::secrets::database_url(&aws::secrets_client(&config, &meter), secret_arn, host, "postgres")
-                    .await
-                    .map_err(|e| GridError::Settings(e.to_string()))?
-            }
+        let credentials: Arc<dyn crate::analytics::credentials::CredentialsSource> = match &settings.database {
+            DatabaseSource::Url(url) => Arc::new(crate::analytics::credentials::FixedUrl::parse(url.expose())?),
+            DatabaseSource::Rds { host, secret_arn, ssl_mode } => Arc::new(
+                aws::secrets::DatabaseSecret::new(aws::secrets_client(&config, &meter), secret_arn, host, *ssl_mode)
+                    .map_err(|e| GridError::Settings(e.to_string()))?,
+            ),
         };
-        let analytics = crate::analytics::PgAnalytics::connect(url.expose(), settings.database_connections).await?;
+        let analytics = crate::analytics::PgAnalytics::connect_with(
+            credentials,
+            settings.database_connections,
+            crate::analytics::credentials::ReconnectSettings::default(),
+        )
+        .await?;
         Ok(Self {
             store: Arc::new(crate::store::S3Store::new(s3, &settings.results_bucket, "")),
             tasks: Arc::new(tasks),

@@ -57,7 +57,9 @@ impl Stack {
         let settings = &self.settings;
         let database = match &settings.database {
             DatabaseSource::Url(_) => serde_json::json!({ "url": format!("(from {}, not shown)", env::DATABASE_URL) }),
-            DatabaseSource::Rds { host, secret_arn } => serde_json::json!({ "host": host, "secret_arn": secret_arn }),
+            DatabaseSource::Rds { host, secret_arn, ssl_mode } => {
+                serde_json::json!({ "host": host, "secret_arn": secret_arn, "sslmode": ssl_mode.as_str() })
+            }
         };
         serde_json::json!({
             "region": settings.region,
@@ -111,15 +113,27 @@ impl StackArgs {
         let take = |key: &str| -> anyhow::Result<String> {
             values.get(key).cloned().with_context(|| format!("{origin} has no {key}"))
         };
-        let database =
-            match (variable(env::DATABASE_URL), values.get("DatabaseEndpoint"), values.get("DatabaseSecretArn")) {
-                (Some(url), _, _) => DatabaseSource::Url(Secret::new(url)),
-                (None, Some(host), Some(arn)) => DatabaseSource::Rds { host: host.clone(), secret_arn: arn.clone() },
-                _ => anyhow::bail!(
-                    "{origin} names no database (analytics.provider external): set {} to a PostgreSQL URL",
-                    env::DATABASE_URL
-                ),
-            };
+        // The variables win over a stack's outputs, as the URL does: that is how a grid deployed
+        // with an external database is pointed at credentials kept in Secrets Manager.
+        let host = variable(env::DATABASE_HOST).or_else(|| values.get("DatabaseEndpoint").cloned());
+        let arn = variable(env::DATABASE_SECRET_ARN).or_else(|| values.get("DatabaseSecretArn").cloned());
+        let database = match (variable(env::DATABASE_URL), host, arn) {
+            (Some(url), _, _) => DatabaseSource::Url(Secret::new(url)),
+            (None, Some(host), Some(secret_arn)) => {
+                let ssl_mode = match variable(env::DATABASE_SSLMODE) {
+                    Some(mode) => mode.parse().map_err(|e| anyhow::anyhow!("{}: {e}", env::DATABASE_SSLMODE))?,
+                    None => Default::default(),
+                };
+                DatabaseSource::Rds { host, secret_arn, ssl_mode }
+            }
+            _ => anyhow::bail!(
+                "{origin} names no database (analytics.provider external): set {} to a PostgreSQL URL, or {} and {} \
+                 to a host and a credentials secret",
+                env::DATABASE_URL,
+                env::DATABASE_HOST,
+                env::DATABASE_SECRET_ARN
+            ),
+        };
         Ok(Stack {
             raw_bucket: take("RawBucketName")?,
             group_name: values.get("WorkerGroupName").cloned(),

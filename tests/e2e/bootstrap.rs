@@ -116,6 +116,7 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         assert_eq!(worker["grid"]["results_bucket"], "value-of-ResultsBucket");
         assert_eq!(worker["grid"]["database"]["host"], "value-of-Database.Endpoint.Address");
         assert_eq!(worker["grid"]["database"]["secret_arn"], "value-of-Database.MasterUserSecret.SecretArn");
+        assert_eq!(worker["grid"]["database"]["sslmode"], "require", "RDS is reached over TLS by default");
         assert_eq!(worker["instance_agent"], true);
         let group = template["Resources"]["WorkerGroup"]["Properties"]["AutoScalingGroupName"].as_str();
         assert_eq!(worker["group"].as_str(), group, "{name}: the agent protects instances of the stack's group");

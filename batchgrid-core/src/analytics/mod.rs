@@ -17,6 +17,8 @@
 //! - Times are Unix milliseconds.
 
 #[cfg(feature = "postgres")]
+pub mod credentials;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
 

@@ -6,12 +6,14 @@
 //! lock (see `record_attempts`).
 
 use std::collections::HashMap;
-use std::str::FromStr;
+use std::future::Future;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
+use super::credentials::{CredentialsSource, FixedUrl, Reconnect, ReconnectSettings};
 use super::{
     kind_str, merged_request_counts, parse_kind, status_delta, to_i64, to_u32, to_u64, winners_by_stage,
     worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, AttemptTotals, JobRecord, JobState,
@@ -24,31 +26,76 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// Rows per multi-row statement: 12 parameters a row stays far under PostgreSQL's 65535.
 const ROWS_PER_STATEMENT: usize = 400;
 
-/// An [`AnalyticsStore`] in a PostgreSQL database, over a connection pool.
+/// An [`AnalyticsStore`] in a PostgreSQL database, over a connection pool. Credentials the
+/// server refuses (a rotated secret) are read again from their source and the operation is
+/// retried; see [`super::credentials`].
 #[derive(Debug, Clone)]
 pub struct PgAnalytics {
+    sql: Sql,
+    reconnect: Arc<Reconnect>,
+}
+
+/// The statements themselves, on one pool; [`PgAnalytics`] runs each through the retry loop.
+#[derive(Debug, Clone)]
+struct Sql {
     pool: PgPool,
 }
 
 impl PgAnalytics {
     /// Connects to `url` with up to `max_connections` pooled connections, and migrates.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, AnalyticsError> {
+        Self::connect_with(Arc::new(FixedUrl::parse(url)?), max_connections, ReconnectSettings::default()).await
+    }
+
+    /// Connects with the credentials `source` gives (read again whenever the server refuses
+    /// them, also while connecting), with up to `max_connections` pooled connections, and
+    /// migrates.
     ///
     /// Several processes may start at once: sqlx holds a session advisory lock on the database
     /// while it migrates, so one applies the migrations and the others wait, then find them done.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, AnalyticsError> {
-        let options = PgConnectOptions::from_str(url)?;
-        // A pool of its own, closed afterwards even on failure: if migrating fails half-way, sqlx
-        // returns without unlocking, and a connection kept in the main pool would hold the lock
-        // and block every other process's migration for as long as this pool lived. (A pool
-        // rather than a bare connection: `run(&mut PgConnection)` makes the future non-`Send`.)
-        let migrating = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-        let migrated = MIGRATOR.run(&migrating).await;
-        migrating.close().await;
-        migrated.map_err(|e| AnalyticsError::Backend(Box::new(e)))?;
+    pub async fn connect_with(
+        source: Arc<dyn CredentialsSource>,
+        max_connections: u32,
+        settings: ReconnectSettings,
+    ) -> Result<Self, AnalyticsError> {
+        let reconnect = Arc::new(Reconnect::start(source, settings).await?);
+        reconnect.run(|_| {}, || migrate(reconnect.options())).await?;
         // sqlx refuses a pool of zero connections; one is the least that works.
-        let pool = PgPoolOptions::new().max_connections(max_connections.max(1)).connect_with(options).await?;
-        Ok(Self { pool })
+        let pool = reconnect
+            .run(
+                |_| {},
+                || async {
+                    let pool = PgPoolOptions::new()
+                        .max_connections(max_connections.max(1))
+                        .connect_with(reconnect.options())
+                        .await?;
+                    Ok(pool)
+                },
+            )
+            .await?;
+        Ok(Self { sql: Sql { pool }, reconnect })
     }
+
+    /// Runs one operation through the retry loop; new options go to the pool, whose open
+    /// sessions stay as they are.
+    async fn run<'a, T, Fut>(&'a self, operation: impl Fn(&'a Sql) -> Fut) -> Result<T, AnalyticsError>
+    where
+        Fut: Future<Output = Result<T, AnalyticsError>>,
+    {
+        let pool = &self.sql.pool;
+        self.reconnect.run(|options| pool.set_connect_options(options), || operation(&self.sql)).await
+    }
+}
+
+/// Applies the migrations on a pool of its own, closed afterwards even on failure: if migrating
+/// fails half-way, sqlx returns without unlocking, and a connection kept in the main pool would
+/// hold the lock and block every other process's migration for as long as this pool lived. (A
+/// pool rather than a bare connection: `run(&mut PgConnection)` makes the future non-`Send`.)
+async fn migrate(options: PgConnectOptions) -> Result<(), AnalyticsError> {
+    let migrating = PgPoolOptions::new().max_connections(1).connect_with(options).await?;
+    let migrated = MIGRATOR.run(&migrating).await;
+    migrating.close().await;
+    migrated.map_err(|e| AnalyticsError::Backend(Box::new(e)))
 }
 
 fn job_from_row(row: &PgRow) -> Result<JobRecord, AnalyticsError> {
@@ -92,6 +139,79 @@ fn stage_lock_key(job_id: &str, stage: u32) -> i64 {
 
 #[async_trait]
 impl AnalyticsStore for PgAnalytics {
+    async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError> {
+        self.run(|sql| sql.create_job(job, stages)).await
+    }
+
+    async fn set_job_state(&self, job_id: &str, state: JobState, error: Option<&str>) -> Result<(), AnalyticsError> {
+        self.run(|sql| sql.set_job_state(job_id, state, error)).await
+    }
+
+    async fn set_stage_expected(&self, job_id: &str, stage: u32, expected: u64) -> Result<(), AnalyticsError> {
+        self.run(|sql| sql.set_stage_expected(job_id, stage, expected)).await
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, AnalyticsError> {
+        self.run(|sql| sql.job(job_id)).await
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>, AnalyticsError> {
+        self.run(|sql| sql.jobs()).await
+    }
+
+    async fn stages(&self, job_id: &str) -> Result<Vec<StageProgress>, AnalyticsError> {
+        self.run(|sql| sql.stages(job_id)).await
+    }
+
+    async fn record_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), AnalyticsError> {
+        self.run(|sql| sql.record_attempts(attempts)).await
+    }
+
+    async fn task(&self, job_id: &str, stage: u32, task_id: &str) -> Result<Option<TaskRecord>, AnalyticsError> {
+        self.run(|sql| sql.task(job_id, stage, task_id)).await
+    }
+
+    async fn failed_tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>, AnalyticsError> {
+        self.run(|sql| sql.failed_tasks(job_id)).await
+    }
+
+    async fn attempts(&self, job_id: &str, stage: u32, task_id: &str) -> Result<Vec<AttemptRecord>, AnalyticsError> {
+        self.run(|sql| sql.attempts(job_id, stage, task_id)).await
+    }
+
+    async fn task_durations(&self, job_id: &str) -> Result<Vec<u64>, AnalyticsError> {
+        self.run(|sql| sql.task_durations(job_id)).await
+    }
+
+    async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError> {
+        self.run(|sql| sql.attempt_totals(job_id)).await
+    }
+
+    async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError> {
+        self.run(|sql| sql.mean_task_millis(job_id)).await
+    }
+
+    async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
+        self.run(|sql| sql.upsert_worker(worker)).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>, AnalyticsError> {
+        self.run(|sql| sql.workers()).await
+    }
+
+    async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError> {
+        self.run(|sql| sql.record_requests(process_id, counts)).await
+    }
+
+    async fn request_totals(&self) -> Result<Vec<RequestCount>, AnalyticsError> {
+        self.run(|sql| sql.request_totals()).await
+    }
+}
+
+/// The statements. A statement that fails to authenticate has not run, so
+/// [`PgAnalytics`] may run it again.
+#[async_trait]
+impl AnalyticsStore for Sql {
     async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(

@@ -1,5 +1,6 @@
 //! Reading secrets from Secrets Manager.
 
+#[cfg(feature = "postgres")]
 use serde::Deserialize;
 
 pub use crate::secret::Secret;
@@ -36,41 +37,117 @@ pub async fn fetch(client: &aws_sdk_secretsmanager::Client, arn: &str) -> Result
     output.secret_string.map(Secret::new).ok_or(SecretError::Shape { arn: arn.to_owned(), expected: "a string secret" })
 }
 
-/// The JSON an RDS-managed master user secret holds.
+/// The JSON of a database credentials secret: RDS's managed master user secret holds
+/// `username` and `password`; the format of a secret made by hand (or by RDS before managed
+/// secrets) adds `host`, `port` and `dbname`.
+#[cfg(feature = "postgres")]
 #[derive(Deserialize)]
 struct DatabaseCredentials {
     username: String,
     password: String,
+    host: Option<String>,
+    port: Option<Port>,
+    dbname: Option<String>,
 }
 
-/// A PostgreSQL URL for `host` from an RDS-managed credentials secret (TLS required).
-pub async fn database_url(
-    client: &aws_sdk_secretsmanager::Client,
-    arn: &str,
-    host: &str,
-    database: &str,
-) -> Result<Secret, SecretError> {
-    let secret = fetch(client, arn).await?;
-    let credentials: DatabaseCredentials = serde_json::from_str(secret.expose())
-        .map_err(|_| SecretError::Shape { arn: arn.to_owned(), expected: "RDS credentials JSON" })?;
-    Ok(Secret::new(format!(
-        "postgres://{}:{}@{host}:5432/{database}?sslmode=require",
-        percent_encode(&credentials.username),
-        percent_encode(&credentials.password)
-    )))
+/// A port as a number or as a string of digits (both are seen in secrets written by hand).
+#[cfg(feature = "postgres")]
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Port {
+    Number(u16),
+    Text(String),
 }
 
-/// Percent-encodes everything but unreserved URL characters (managed passwords hold `:@/?#`).
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
+/// PostgreSQL's port when neither the configuration nor the secret names one.
+#[cfg(feature = "postgres")]
+const DEFAULT_PORT: u16 = 5432;
+/// The database when the secret names none (RDS creates `postgres`).
+#[cfg(feature = "postgres")]
+const DEFAULT_DATABASE: &str = "postgres";
+
+/// Database credentials kept in Secrets Manager, read again on every call, so that a rotated
+/// secret is picked up. What the grid's configuration names (the host, and a port after it)
+/// wins over the secret's fields; the secret fills in the rest.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone)]
+pub struct DatabaseSecret {
+    client: aws_sdk_secretsmanager::Client,
+    arn: String,
+    host: String,
+    port: Option<u16>,
+    ssl_mode: crate::analytics::credentials::SslMode,
+}
+
+#[cfg(feature = "postgres")]
+impl DatabaseSecret {
+    /// The secret `arn`, for the database at `host` (`name` or `name:port`), over `ssl_mode`.
+    pub fn new(
+        client: aws_sdk_secretsmanager::Client,
+        arn: &str,
+        host: &str,
+        ssl_mode: crate::analytics::credentials::SslMode,
+    ) -> Result<Self, SecretError> {
+        let (host, port) = split_host_port(host)
+            .map_err(|_| SecretError::Shape { arn: arn.to_owned(), expected: "used with a host or host:port" })?;
+        Ok(Self { client, arn: arn.to_owned(), host, port, ssl_mode })
+    }
+
+    /// The connect options from the secret's current value.
+    async fn read(&self) -> Result<sqlx::postgres::PgConnectOptions, SecretError> {
+        let secret = fetch(&self.client, &self.arn).await?;
+        let shape = || SecretError::Shape { arn: self.arn.clone(), expected: "database credentials JSON" };
+        let credentials: DatabaseCredentials = serde_json::from_str(secret.expose()).map_err(|_| shape())?;
+        let secret_port = match credentials.port {
+            None => None,
+            Some(Port::Number(port)) => Some(port),
+            Some(Port::Text(text)) => Some(text.parse().map_err(|_| shape())?),
+        };
+        let host = match (self.host.is_empty(), credentials.host) {
+            (true, Some(host)) => host,
+            _ => self.host.clone(),
+        };
+        // Not `PgConnectOptions::new()`: it would take a password from ~/.pgpass.
+        Ok(sqlx::postgres::PgConnectOptions::new_without_pgpass()
+            .host(&host)
+            .port(self.port.or(secret_port).unwrap_or(DEFAULT_PORT))
+            .username(&credentials.username)
+            .password(&credentials.password)
+            .database(credentials.dbname.as_deref().unwrap_or(DEFAULT_DATABASE))
+            .ssl_mode(self.ssl_mode.to_pg()))
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[async_trait::async_trait]
+impl crate::analytics::credentials::CredentialsSource for DatabaseSecret {
+    async fn connect_options(
+        &self,
+    ) -> Result<sqlx::postgres::PgConnectOptions, crate::analytics::credentials::CredentialsError> {
+        self.read().await.map_err(|e| crate::analytics::credentials::CredentialsError {
+            origin: self.origin(),
+            message: e.to_string(),
+        })
+    }
+
+    fn origin(&self) -> String {
+        format!("secret {}", self.arn)
+    }
+}
+
+/// Splits `host`, `host:port` or `[v6]:port`; the port is `None` when not given.
+fn split_host_port(text: &str) -> Result<(String, Option<u16>), std::num::ParseIntError> {
+    if let Some(rest) = text.strip_prefix('[') {
+        if let Some((host, after)) = rest.split_once(']') {
+            let port = after.strip_prefix(':').map(str::parse).transpose()?;
+            return Ok((host.to_owned(), port));
         }
     }
-    out
+    match text.rsplit_once(':') {
+        // More than one colon and no brackets: a bare IPv6 address.
+        Some((host, port)) if !host.contains(':') => Ok((host.to_owned(), Some(port.parse()?))),
+        _ => Ok((text.to_owned(), None)),
+    }
 }
 
 #[cfg(test)]
@@ -78,7 +155,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_encoded_for_urls() {
-        assert_eq!(percent_encode("a:b@c/d?e#f g"), "a%3Ab%40c%2Fd%3Fe%23f%20g");
+    fn hosts_may_carry_a_port() {
+        assert_eq!(split_host_port("db.example"), Ok(("db.example".to_owned(), None)));
+        assert_eq!(split_host_port("127.0.0.1:55432"), Ok(("127.0.0.1".to_owned(), Some(55432))));
+        assert_eq!(split_host_port("[::1]:6543"), Ok(("::1".to_owned(), Some(6543))));
+        assert_eq!(split_host_port("::1"), Ok(("::1".to_owned(), None)));
+        assert!(split_host_port("db:port").is_err());
     }
 }
