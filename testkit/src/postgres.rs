@@ -4,6 +4,10 @@
 //! that lets user `postgres` in without a password; a throwaway cluster made with `initdb` and
 //! `pg_ctl` in a temporary directory, stopped when the database is dropped. When none can be
 //! had the test panics saying what to install: a skipped test would look like a passing one.
+//!
+//! [`TestDatabase::with_password_auth`] always makes a throwaway cluster, one that checks
+//! passwords: the servers above may trust every local user, and a test of wrong or changed
+//! passwords against them would pass whatever the code does.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -49,6 +53,23 @@ impl TestDatabase {
     /// Finds or starts a server and creates a new database on it; panics if neither works.
     pub fn new() -> Self {
         let (admin_url, cluster) = server();
+        Self::create(admin_url, cluster)
+    }
+
+    /// Starts a throwaway cluster that authenticates every connection with a password
+    /// (scram-sha-256), its superuser's included, and creates a database on it; panics if
+    /// `initdb` and `pg_ctl` cannot be found or fail.
+    pub fn with_password_auth() -> Self {
+        let password = ulid::Ulid::new().to_string();
+        match Cluster::start(Some(&password)) {
+            Ok(cluster) => Self::create(cluster.url(), Some(cluster)),
+            Err(error) => {
+                panic!("no PostgreSQL cluster with password authentication ({error}). To fix, {INSTALL_HINT}.")
+            }
+        }
+    }
+
+    fn create(admin_url: String, cluster: Option<Cluster>) -> Self {
         let name = format!("batchgrid_test_{}", ulid::Ulid::new().to_string().to_lowercase());
         let statement = format!(r#"CREATE DATABASE "{name}""#);
         if let Err(error) = block_on(admin(&admin_url, &[statement])) {
@@ -57,9 +78,29 @@ impl TestDatabase {
         Self { admin_url, name, _cluster: cluster }
     }
 
-    /// The URL of the test database.
+    /// The URL of the test database, as the superuser.
     pub fn url(&self) -> String {
         with_database(&self.admin_url, &self.name)
+    }
+
+    /// The test database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's host and port.
+    pub fn address(&self) -> (String, u16) {
+        match PgConnectOptions::from_str(&self.admin_url) {
+            Ok(options) => (options.get_host().to_owned(), options.get_port()),
+            Err(error) => panic!("{}: {error}", redact(&self.admin_url)),
+        }
+    }
+
+    /// Runs `statements` one by one in the test database as the superuser, outside a
+    /// transaction (to create roles, change passwords, end sessions).
+    pub fn execute(&self, statements: &[&str]) -> Result<(), String> {
+        let statements: Vec<String> = statements.iter().map(|s| (*s).to_owned()).collect();
+        block_on(admin(&self.url(), &statements))
     }
 }
 
@@ -91,7 +132,7 @@ fn server() -> (String, Option<Cluster>) {
         Ok(()) => return (LOCAL_URL.to_owned(), None),
         Err(error) => error,
     };
-    match Cluster::start() {
+    match Cluster::start(None) {
         Ok(cluster) => (cluster.url(), Some(cluster)),
         Err(error) => panic!(
             "no PostgreSQL for the tests: nothing usable at {LOCAL_URL} ({local}), and no throwaway cluster \
@@ -169,7 +210,7 @@ fn redact(url: &str) -> String {
 }
 
 /// A PostgreSQL cluster in a temporary directory, on a free loopback port, with trust
-/// authentication; stopped and deleted on drop.
+/// authentication or, given a superuser password, scram-sha-256; stopped and deleted on drop.
 #[derive(Debug)]
 struct Cluster {
     bin: PathBuf,
@@ -177,12 +218,14 @@ struct Cluster {
     as_postgres: bool,
     data: PathBuf,
     port: u16,
+    /// The superuser's password, when passwords are checked.
+    password: Option<String>,
     /// Dropped last, after the server has stopped.
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn start() -> Result<Self, String> {
+    fn start(password: Option<&str>) -> Result<Self, String> {
         let bin = server_binaries().ok_or("`initdb` and `pg_ctl` are not in PATH nor in /usr/lib/postgresql/*/bin")?;
         let dir = tempfile::Builder::new()
             .prefix("batchgrid-pg-")
@@ -193,9 +236,23 @@ impl Cluster {
             hand_to_postgres_user(dir.path())?;
         }
         let data = dir.path().join("data");
-        let mut cluster = Cluster { bin, as_postgres, data, port: 0, _dir: dir };
+        let pwfile = dir.path().join("superuser-password");
+        let mut cluster = Cluster { bin, as_postgres, data, port: 0, password: password.map(str::to_owned), _dir: dir };
         let data_arg = cluster.data.display().to_string();
-        cluster.run("initdb", &["-D", &data_arg, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])?;
+        let mut initdb = vec!["-D", &data_arg, "-U", "postgres", "-E", "UTF8", "--no-sync"];
+        let pwfile_arg = format!("--pwfile={}", pwfile.display());
+        match password {
+            None => initdb.extend(["-A", "trust"]),
+            Some(password) => {
+                // Read by initdb as `postgres`: the file is world-readable, in a directory
+                // only `postgres` (and root) can enter.
+                std::fs::write(&pwfile, password).map_err(|e| format!("writing {}: {e}", pwfile.display()))?;
+                initdb.extend(["-A", "scram-sha-256", &pwfile_arg]);
+            }
+        }
+        let initialised = cluster.run("initdb", &initdb);
+        let _ = std::fs::remove_file(&pwfile);
+        initialised?;
         // Loopback only, no Unix socket (its directory may not be writable), and no durability:
         // the cluster dies with the test.
         let settings = "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nfsync = off\n\
@@ -226,7 +283,11 @@ impl Cluster {
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        match &self.password {
+            // A ULID: nothing in it needs escaping in a URL.
+            Some(password) => format!("postgres://postgres:{password}@127.0.0.1:{}/postgres", self.port),
+            None => format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
+        }
     }
 
     /// Runs one of the server binaries, as `postgres` when we are root.

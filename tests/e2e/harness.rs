@@ -104,3 +104,19 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
 pub async fn analytics(state_dir: &Path) -> batchgrid_core::analytics::SqliteAnalytics {
     batchgrid_core::analytics::SqliteAnalytics::open(&state_dir.join("analytics.db")).await.expect("open analytics")
 }
+
+/// Runs a future on a runtime of its own, in a thread of its own, so that synchronous helpers
+/// can call async APIs even when a test's runtime is running on the calling thread.
+pub fn block_on<F>(future: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            runtime.block_on(future)
+        });
+        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}

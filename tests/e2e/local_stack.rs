@@ -13,15 +13,33 @@ use batchgrid_testkit::postgres::TestDatabase;
 use batchgrid_testkit::{MetadataServer, Moto};
 
 use crate::claims::{claims_job, generate, reference};
-use crate::harness::{assert_same_tree, batchgrid_against};
+use crate::harness::{assert_same_tree, batchgrid_against, block_on};
 
-const TOKEN: &str = "local-stack-test-token";
+pub(crate) const TOKEN: &str = "local-stack-test-token";
+/// The login the grid uses when its credentials are kept in Secrets Manager.
+pub(crate) const GRID_USER: &str = "batchgrid_grid";
+/// Its first password.
+pub(crate) const FIRST_PASSWORD: &str = "first-pass:@/?#";
+/// The region of the `local` environment.
+pub(crate) const REGION: &str = "us-east-1";
+
+/// How the stack's processes reach their analytics database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Credentials {
+    /// `BATCHGRID_DATABASE_URL`, to a database on whatever server the testkit finds.
+    Url,
+    /// `BATCHGRID_DATABASE_HOST` and `BATCHGRID_DATABASE_SECRET_ARN`: the credentials of a
+    /// login role in the emulator's Secrets Manager, on a server that checks passwords.
+    Secret,
+}
 
 /// A deployed local stack with a manager and workers running against it.
-struct LocalStack {
-    moto: Moto,
-    database: TestDatabase,
-    dir: tempfile::TempDir,
+pub(crate) struct LocalStack {
+    pub(crate) moto: Moto,
+    pub(crate) database: TestDatabase,
+    /// The credentials secret's ARN, with [`Credentials::Secret`].
+    pub(crate) secret_arn: Option<String>,
+    pub(crate) dir: tempfile::TempDir,
     manager: Option<Child>,
     manager_url: String,
     workers: Vec<Child>,
@@ -43,13 +61,30 @@ impl LocalStack {
 
     /// As [`LocalStack::start`], with extra arguments for the manager.
     fn start_with(workers: usize, manager_args: &[&str]) -> Self {
+        Self::launch(workers, manager_args, Credentials::Url)
+    }
+
+    /// As [`LocalStack::start`], reaching the analytics database as `credentials` says.
+    pub(crate) fn start_with_credentials(workers: usize, credentials: Credentials) -> Self {
+        Self::launch(workers, &[], credentials)
+    }
+
+    fn launch(workers: usize, manager_args: &[&str], credentials: Credentials) -> Self {
         let moto = Moto::start();
-        let database = TestDatabase::new();
+        let (database, secret_arn) = match credentials {
+            Credentials::Url => (TestDatabase::new(), None),
+            Credentials::Secret => {
+                let database = TestDatabase::with_password_auth();
+                let arn = grid_login(&moto, &database);
+                (database, Some(arn))
+            }
+        };
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut stack = Self {
             moto,
             database,
+            secret_arn,
             dir,
             manager: None,
             manager_url: format!("http://127.0.0.1:{port}"),
@@ -112,7 +147,7 @@ impl LocalStack {
         self.workers.push(worker);
     }
 
-    fn place_args(&self) -> Vec<PathBuf> {
+    pub(crate) fn place_args(&self) -> Vec<PathBuf> {
         vec!["--environments".into(), root().join("environments"), "--out".into(), self.dir.path().join("build")]
     }
 
@@ -120,22 +155,33 @@ impl LocalStack {
         std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file")
     }
 
-    fn read_log(&self, name: &str) -> String {
+    pub(crate) fn read_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
     /// `batchgrid` with the emulator, the database, the token and the manager's address.
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut command = batchgrid_against(&self.moto.endpoint);
+        match &self.secret_arn {
+            None => command.env("BATCHGRID_DATABASE_URL", self.database.url()),
+            Some(arn) => {
+                let (host, port) = self.database.address();
+                command
+                    .env_remove("BATCHGRID_DATABASE_URL")
+                    .env("BATCHGRID_DATABASE_HOST", format!("{host}:{port}"))
+                    .env("BATCHGRID_DATABASE_SECRET_ARN", arn)
+                    // The throwaway cluster has no TLS; RDS would keep the default, `require`.
+                    .env("BATCHGRID_DATABASE_SSLMODE", "disable")
+            }
+        };
         command
-            .env("BATCHGRID_DATABASE_URL", self.database.url())
             .env("BATCHGRID_API_TOKEN", TOKEN)
             .env("BATCHGRID_MANAGER_URL", &self.manager_url)
             .env_remove("BATCHGRID_ENV");
         command
     }
 
-    fn client(&self, token: &str) -> ApiClient {
+    pub(crate) fn client(&self, token: &str) -> ApiClient {
         ApiClient::new(&self.manager_url, Secret::new(token)).expect("client")
     }
 
@@ -166,6 +212,35 @@ impl LocalStack {
         });
         (output.status.code(), report)
     }
+}
+
+/// Creates the grid's login role, owner of the test database, and keeps its credentials in the
+/// emulator's Secrets Manager in the format of a secret made by hand (RDS's managed one has
+/// only `username` and `password`); returns the secret's ARN.
+fn grid_login(moto: &Moto, database: &TestDatabase) -> String {
+    let role = format!("CREATE ROLE {GRID_USER} LOGIN PASSWORD '{}'", FIRST_PASSWORD.replace('\'', "''"));
+    let owner = format!(r#"ALTER DATABASE "{}" OWNER TO {GRID_USER}"#, database.name());
+    database.execute(&[&role, &owner]).expect("create the grid's login");
+    let (host, port) = database.address();
+    let secret = serde_json::json!({
+        "username": GRID_USER, "password": FIRST_PASSWORD, "host": host, "port": port, "dbname": database.name(),
+    });
+    block_on(async {
+        let client = secrets_client(moto).await;
+        let created = client
+            .create_secret()
+            .name(format!("batchgrid-local-db-{}", ulid::Ulid::new()))
+            .secret_string(secret.to_string())
+            .send()
+            .await
+            .expect("create the credentials secret");
+        created.arn.expect("secret ARN")
+    })
+}
+
+/// A Secrets Manager client of the emulator.
+pub(crate) async fn secrets_client(moto: &Moto) -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&moto.sdk_config(REGION).await)
 }
 
 impl Drop for LocalStack {

@@ -9,4 +9,5 @@ mod failures;
 mod harness;
 mod local_stack;
 mod provision;
+mod rotation;
 mod shutdown;
