@@ -162,4 +162,64 @@ mod tests {
         assert_eq!(split_host_port("::1"), Ok(("::1".to_owned(), None)));
         assert!(split_host_port("db:port").is_err());
     }
+
+    #[cfg(feature = "postgres")]
+    mod database_secret {
+        use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
+        use aws_smithy_mocks::{mock, mock_client, RuleMode};
+        use sqlx::postgres::PgSslMode;
+
+        use crate::analytics::credentials::{CredentialsSource, SslMode};
+
+        use super::super::DatabaseSecret;
+
+        fn holding(values: &[&'static str]) -> aws_sdk_secretsmanager::Client {
+            let rules: Vec<_> = values
+                .iter()
+                .map(|&value| {
+                    mock!(aws_sdk_secretsmanager::Client::get_secret_value)
+                        .then_output(move || GetSecretValueOutput::builder().secret_string(value).build())
+                })
+                .collect();
+            let rules: Vec<&_> = rules.iter().collect();
+            mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, rules.as_slice())
+        }
+
+        #[tokio::test]
+        async fn a_managed_secret_gets_rds_defaults_and_tls() {
+            let client = holding(&[r#"{"username":"admin","password":"p:@/?#"}"#]);
+            let secret = DatabaseSecret::new(client, "arn:s", "db.example", SslMode::default()).expect("secret");
+            let options = secret.connect_options().await.expect("options");
+            assert_eq!((options.get_host(), options.get_port()), ("db.example", 5432));
+            assert_eq!((options.get_username(), options.get_database()), ("admin", Some("postgres")));
+            assert!(matches!(options.get_ssl_mode(), PgSslMode::Require));
+        }
+
+        #[tokio::test]
+        async fn each_read_sees_the_current_value_and_configuration_wins_over_the_secret() {
+            let client = holding(&[
+                r#"{"username":"u1","password":"a","host":"other","port":"6000","dbname":"grid"}"#,
+                r#"{"username":"u2","password":"b","host":"other","port":6000,"dbname":"grid","engine":"postgres"}"#,
+            ]);
+            let secret = DatabaseSecret::new(client, "arn:s", "127.0.0.1", SslMode::Disable).expect("secret");
+            let first = secret.connect_options().await.expect("options");
+            assert_eq!((first.get_host(), first.get_port(), first.get_database()), ("127.0.0.1", 6000, Some("grid")));
+            assert!(matches!(first.get_ssl_mode(), PgSslMode::Disable));
+            assert_eq!(secret.connect_options().await.expect("again").get_username(), "u2", "read afresh");
+
+            let client = holding(&[r#"{"username":"u","password":"p","port":6000}"#]);
+            let secret = DatabaseSecret::new(client, "arn:s", "127.0.0.1:7000", SslMode::Disable).expect("secret");
+            assert_eq!(secret.connect_options().await.expect("options").get_port(), 7000, "host:port wins");
+        }
+
+        #[tokio::test]
+        async fn a_malformed_secret_is_an_error_that_does_not_quote_it() {
+            let client = holding(&[r#"{"username":"u","password":"hunter2","port":"many"}"#, "hunter2 plain"]);
+            let secret = DatabaseSecret::new(client, "arn:s", "h", SslMode::Require).expect("secret");
+            for _ in 0..2 {
+                let error = secret.connect_options().await.expect_err("malformed").to_string();
+                assert!(error.contains("arn:s") && !error.contains("hunter2"), "{error}");
+            }
+        }
+    }
 }
