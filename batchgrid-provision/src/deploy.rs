@@ -296,16 +296,24 @@ impl Deployer {
         Ok(derived)
     }
 
-    /// The stack's outputs as CloudFormation reports them.
-    pub async fn outputs(&self, stack: &str) -> Result<BTreeMap<String, String>, DeployError> {
-        let out = self.cfn.describe_stacks().stack_name(stack).send().await.map_err(|e| {
+    /// DescribeStacks for one stack; a missing stack is [`DeployError::NoStack`].
+    async fn describe_stack(
+        &self,
+        stack: &str,
+    ) -> Result<aws_sdk_cloudformation::operation::describe_stacks::DescribeStacksOutput, DeployError> {
+        self.cfn.describe_stacks().stack_name(stack).send().await.map_err(|e| {
             let error = e.into_service_error();
             if is_missing(&error) {
                 DeployError::NoStack(stack.to_owned())
             } else {
                 aws("DescribeStacks")(error)
             }
-        })?;
+        })
+    }
+
+    /// The stack's outputs as CloudFormation reports them.
+    pub async fn outputs(&self, stack: &str) -> Result<BTreeMap<String, String>, DeployError> {
+        let out = self.describe_stack(stack).await?;
         let mut outputs = BTreeMap::new();
         for output in out.stacks().first().map(|s| s.outputs()).unwrap_or_default() {
             if let (Some(key), Some(value)) = (output.output_key(), output.output_value()) {
@@ -601,14 +609,7 @@ impl Deployer {
         policy: Buckets,
         on_event: &mut dyn FnMut(&Event),
     ) -> Result<Teardown, DeployError> {
-        let described = self.cfn.describe_stacks().stack_name(stack).send().await.map_err(|e| {
-            let error = e.into_service_error();
-            if is_missing(&error) {
-                DeployError::NoStack(stack.to_owned())
-            } else {
-                aws("DescribeStacks")(error)
-            }
-        })?;
+        let described = self.describe_stack(stack).await?;
         let Some(existing) = described.stacks().first() else {
             return Err(DeployError::NoStack(stack.to_owned()));
         };

@@ -1,6 +1,6 @@
 //! Bad job files: one line naming file, line and field; a non-zero exit; no panic.
 
-use crate::harness::{batchgrid, batchgrid_against};
+use crate::harness::{batchgrid, provision_command};
 
 const GOOD: &str = "name: bad\ninput:\n  path: INPUT\nsplit:\n  lines: 10\nstages:\n  - name: work\n    command: [cat, \"{input}\"]\noutput:\n  path: out\n";
 
@@ -150,14 +150,8 @@ fn bad_environments_send_nothing_to_aws() {
     for (text, expected) in cases {
         std::fs::write(dir.path().join("bad.yaml"), text).expect("env");
         for command in ["diff", "deploy", "teardown"] {
-            let output = batchgrid_against(&endpoint)
+            let output = provision_command(&endpoint, &[command, "bad"], dir.path())
                 .env_remove("NOT_SET_ANYWHERE")
-                .args([command, "bad", "--environments"])
-                .arg(dir.path())
-                .arg("--templates")
-                .arg(root.join("templates"))
-                .arg("--out")
-                .arg(dir.path().join("build"))
                 .output()
                 .expect("run");
             let stderr = String::from_utf8_lossy(&output.stderr);

@@ -47,6 +47,22 @@ pub fn batchgrid_against(endpoint: &str) -> Command {
     command
 }
 
+/// `batchgrid ARGS --environments DIR --templates TEMPLATES --out DIR/build` against an AWS
+/// endpoint: a provisioning command on environment files of a test's own.
+pub fn provision_command(endpoint: &str, args: &[&str], environments: &Path) -> Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = batchgrid_against(endpoint);
+    command
+        .args(args)
+        .arg("--environments")
+        .arg(environments)
+        .arg("--templates")
+        .arg(root.join("templates"))
+        .arg("--out")
+        .arg(environments.join("build"));
+    command
+}
+
 /// The outcome of `batchgrid run --json`.
 pub struct RunResult {
     /// Exit status code.

@@ -1,7 +1,7 @@
 //! The provisioning commands through the real binary against the local AWS emulator: deploy
 //! saves outputs, a second deploy has nothing to do, teardown removes the stack.
 
-use crate::harness::batchgrid_against;
+use crate::harness::{batchgrid_against, provision_command};
 use batchgrid_testkit::moto;
 
 #[test]
@@ -53,15 +53,7 @@ fn deploy_without_the_image_stops_before_touching_the_stack() {
         local.lines().filter(|l| !l.trim_start().starts_with("ami:")).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.path().join("imaged.yaml"), imaged).expect("env");
     let run = |command: &str| {
-        batchgrid_against(&emulator.endpoint)
-            .args([command, "imaged", "--environments"])
-            .arg(dir.path())
-            .arg("--templates")
-            .arg(root.join("templates"))
-            .arg("--out")
-            .arg(dir.path().join("build"))
-            .output()
-            .expect("run batchgrid")
+        provision_command(&emulator.endpoint, &[command, "imaged"], dir.path()).output().expect("run batchgrid")
     };
     for command in ["deploy", "diff"] {
         let output = run(command);
@@ -88,18 +80,7 @@ fn a_protected_teardown_keeps_the_buckets_and_their_data() {
     std::fs::copy(root.join("environments/base.yaml"), dir.path().join("base.yaml")).expect("base");
     let local = std::fs::read_to_string(root.join("environments/local.yaml")).expect("local");
     std::fs::write(dir.path().join("kept.yaml"), format!("{local}protected: true\n")).expect("env");
-    let run = |args: &[&str]| {
-        batchgrid_against(&emulator.endpoint)
-            .args(args)
-            .arg("--environments")
-            .arg(dir.path())
-            .arg("--templates")
-            .arg(root.join("templates"))
-            .arg("--out")
-            .arg(dir.path().join("build"))
-            .output()
-            .expect("run batchgrid")
-    };
+    let run = |args: &[&str]| provision_command(&emulator.endpoint, args, dir.path()).output().expect("run batchgrid");
     // moto creates the stack but has no UpdateTerminationProtection, the deploy's last step for
     // a protected environment (the teardown's use of it is tested on scripted answers).
     let deployed = run(&["deploy", "kept", "--yes"]);
