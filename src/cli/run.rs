@@ -28,7 +28,12 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The job file.
-    pub job: PathBuf,
+    #[arg(required_unless_present = "resume")]
+    pub job: Option<PathBuf>,
+    /// Finish a run whose `batchgrid run` process was killed: the state directory it printed
+    /// (or was given with --state-dir). The job goes on from where it was.
+    #[arg(long, value_name = "STATE_DIR", conflicts_with_all = ["job", "input", "output", "state_dir"])]
+    pub resume: Option<PathBuf>,
     /// Worker processes to start.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -54,6 +59,48 @@ pub struct RunArgs {
     /// Print progress and the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `--resume` needs to go on with a run: written to `STATE_DIR/run.json` once the job is
+/// submitted.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RunRecord {
+    job_id: String,
+    workers: usize,
+    concurrency: Option<usize>,
+    visibility_timeout_ms: u64,
+    max_receives: u32,
+}
+
+const RUN_RECORD: &str = "run.json";
+
+impl RunRecord {
+    fn write(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = state_dir.join(RUN_RECORD);
+        let text = serde_json::to_string_pretty(self).context("encoding the run record")?;
+        // Written whole, then renamed: a run killed while writing leaves the old record or none.
+        let partial = state_dir.join(format!("{RUN_RECORD}.partial"));
+        std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn read(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = state_dir.join(RUN_RECORD);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} holds no run to resume (no {RUN_RECORD}: the run stopped before its job was \
+                 submitted, or this is not a run's state directory)",
+                state_dir.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a run record", path.display()))
+    }
+}
+
+/// A fresh job, or a run to go on with.
+enum Plan {
+    Fresh(batchgrid_core::spec::JobSpec),
+    Resume(RunRecord),
 }
 
 struct Workers {
@@ -144,45 +191,100 @@ fn default_state_dir() -> PathBuf {
     Path::new(".batchgrid").join(format!("run-{}", ulid::Ulid::new().to_string().to_lowercase()))
 }
 
-/// Runs a job on an embedded grid with worker processes and prints its report.
+/// Runs a job on an embedded grid with worker processes and prints its report; or, with
+/// `--resume`, finishes one whose process was killed.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
-    anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
-    let overrides =
-        Overrides { input: args.input.as_deref().map(from_cwd), output: args.output.as_deref().map(from_cwd) };
-    let spec = load_job_file(&args.job, &overrides)?;
-    // Absolute: workers and the commands they run (in their scratch directories) use it too.
-    let state_dir = from_cwd(&args.state_dir.clone().unwrap_or_else(default_state_dir));
+    let (plan, state_dir) = match (&args.resume, &args.job) {
+        (Some(state_dir), _) => {
+            let state_dir = from_cwd(state_dir);
+            (Plan::Resume(RunRecord::read(&state_dir)?), state_dir)
+        }
+        (None, Some(job)) => {
+            anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
+            anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
+            let overrides =
+                Overrides { input: args.input.as_deref().map(from_cwd), output: args.output.as_deref().map(from_cwd) };
+            let spec = load_job_file(job, &overrides)?;
+            // Absolute: workers and the commands they run (in their scratch directories) use it too.
+            let state_dir = from_cwd(&args.state_dir.clone().unwrap_or_else(default_state_dir));
+            (Plan::Fresh(spec), state_dir)
+        }
+        (None, None) => anyhow::bail!("give a job file, or --resume STATE_DIR"),
+    };
     let logs = state_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-
-    let settings = EmbeddedGridSettings { max_receives: spec.retry.max_attempts };
+    let max_receives = match &plan {
+        Plan::Fresh(spec) => spec.retry.max_attempts,
+        Plan::Resume(record) => record.max_receives,
+    };
+    let settings = EmbeddedGridSettings { max_receives };
     let grid = Grid::open_embedded(&state_dir, &settings)
         .await
         .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
+    let manager = Manager::new(grid, spool_dir(&state_dir));
+    // The job, whether its input still has to be split, and how its workers run.
+    let (job_id, spec, split, record) = match plan {
+        Plan::Fresh(spec) => {
+            let job_id = manager.submit(&spec).await?;
+            let record = RunRecord {
+                job_id: job_id.clone(),
+                workers: args.workers,
+                concurrency: args.concurrency,
+                visibility_timeout_ms: u64::try_from(args.visibility_timeout.as_millis()).unwrap_or(u64::MAX),
+                max_receives,
+            };
+            record.write(&state_dir)?;
+            (job_id, spec, true, record)
+        }
+        Plan::Resume(record) => {
+            let analytics = &manager.grid().analytics;
+            let job = analytics.job(&record.job_id).await?.with_context(|| {
+                format!("{}: job {} is not in its analytics store", state_dir.display(), record.job_id)
+            })?;
+            let spec: batchgrid_core::spec::JobSpec = serde_json::from_str(&job.spec)
+                .with_context(|| format!("job {}: its stored spec is unreadable", job.id))?;
+            if job.state.is_terminal() {
+                eprintln!("job {} had already ended ({}); its report:", job.id, job.state);
+                let output = Some(spec.output.path.as_path());
+                let report = batchgrid_core::report::JobReport::build(analytics.as_ref(), &job.id, output).await?;
+                return finish(&args, &state_dir, &report);
+            }
+            // Splitting again from the start is safe: task ids and result keys are
+            // deterministic and progress is an upsert per task, so a task queued twice counts once.
+            let split = matches!(job.state, JobState::Submitted | JobState::Splitting);
+            eprintln!(
+                "resuming job {} ({}; {}) with {} worker(s)",
+                job.id,
+                job.state,
+                if split { "splitting its input again" } else { "its input was split" },
+                record.workers
+            );
+            (record.job_id.clone(), spec, split, record)
+        }
+    };
 
     let exe = std::env::current_exe().context("locating the batchgrid executable")?;
     let mut worker_args = vec![
         "--state-dir".to_owned(),
         state_dir.display().to_string(),
         "--max-receives".to_owned(),
-        spec.retry.max_attempts.to_string(),
+        record.max_receives.to_string(),
         "--visibility-timeout".to_owned(),
-        format!("{}ms", args.visibility_timeout.as_millis()),
+        format!("{}ms", record.visibility_timeout_ms),
+        // A run killed with SIGKILL cannot stop its workers: they stop themselves.
+        "--exit-with-parent".to_owned(),
     ];
-    if let Some(concurrency) = args.concurrency {
+    if let Some(concurrency) = record.concurrency {
         worker_args.extend(["--concurrency".to_owned(), concurrency.to_string()]);
     }
     let mut workers = Workers { exe, args: worker_args, logs: logs.clone(), children: Vec::new(), restarts: 0 };
-    for index in 0..args.workers {
+    for index in 0..record.workers {
         let child = workers.spawn_one(index)?;
         workers.children.push(Some(child));
     }
     let workers = Arc::new(Mutex::new(workers));
 
-    let manager = Manager::new(grid, spool_dir(&state_dir));
     let view = Arc::new(std::sync::Mutex::new(ProgressView::new(args.json)));
-    let job_id: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
 
     // Supervise workers while the job runs; the supervisor returns only when none is left.
     let mut supervisor = {
@@ -204,12 +306,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
     };
 
-    let run = manager.run(&spec, Duration::from_millis(200), {
-        let (view, job_id) = (view.clone(), job_id.clone());
+    let run = manager.drive(&job_id, &spec, split, Duration::from_millis(200), {
+        let view = view.clone();
         move |job, progress| {
-            if let Ok(mut slot) = job_id.lock() {
-                slot.get_or_insert_with(|| job.to_owned());
-            }
             if let Ok(mut view) = view.lock() {
                 view.update(job, progress);
             }
@@ -229,35 +328,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = match ending {
         Ending::Finished(report) => report?,
         Ending::Interrupted | Ending::NoWorkers => {
-            let id = job_id.lock().ok().and_then(|j| j.clone());
-            let Some(id) = id else {
-                workers.lock().await.stop().await;
-                return Ok(ExitCode::from(130));
-            };
             if matches!(ending, Ending::Interrupted) {
-                manager.cancel(&id).await?;
+                manager.cancel(&job_id).await?;
             } else {
                 let reason = format!("every worker exited; see {}", logs.display());
-                manager.fail(&id, &reason).await?;
+                manager.fail(&job_id, &reason).await?;
             }
-            batchgrid_core::report::JobReport::build(manager.grid().analytics.as_ref(), &id, None).await?
+            batchgrid_core::report::JobReport::build(manager.grid().analytics.as_ref(), &job_id, None).await?
         }
     };
     if let Ok(view) = view.lock() {
         view.finish();
     }
     workers.lock().await.stop().await;
+    finish(&args, &state_dir, &report)
+}
 
+/// Prints the report, removes a default state directory after success, and picks the exit code.
+fn finish(args: &RunArgs, state_dir: &Path, report: &batchgrid_core::report::JobReport) -> anyhow::Result<ExitCode> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{}", report.render_text());
     }
     let succeeded = report.state == JobState::Completed;
-    if succeeded && args.state_dir.is_none() && !args.keep_state {
-        let _ = std::fs::remove_dir_all(&state_dir);
+    let chosen = args.state_dir.is_some() || args.resume.is_some();
+    if succeeded && !chosen && !args.keep_state {
+        let _ = std::fs::remove_dir_all(state_dir);
     } else if !args.json {
-        eprintln!("state and worker logs: {}", state_dir.display());
+        eprintln!("state and worker logs: {} (an interrupted run goes on with --resume)", state_dir.display());
     }
     Ok(if succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

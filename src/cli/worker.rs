@@ -56,6 +56,10 @@ pub struct WorkerArgs {
     pub id: Option<String>,
     #[command(flatten)]
     pub instance: InstanceArgs,
+    /// Stop (as on SIGTERM) when the process that started this worker is gone: `batchgrid run`
+    /// passes it, so a run killed with SIGKILL leaves no worker behind.
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
 }
 
 /// How the worker behaves on an instance of the grid's Auto Scaling group.
@@ -105,6 +109,25 @@ pub async fn termination() {
     }
 }
 
+/// Resolves on SIGTERM or SIGINT, or, with `exit_with_parent`, once this process's parent is
+/// gone (it is re-parented).
+async fn stop_signal(exit_with_parent: bool) {
+    if !exit_with_parent {
+        return termination().await;
+    }
+    let parent = std::os::unix::process::parent_id();
+    let orphaned = async {
+        while std::os::unix::process::parent_id() == parent {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::warn!(parent, "the process that started this worker is gone; stopping");
+    };
+    tokio::select! {
+        () = termination() => {}
+        () = orphaned => {}
+    }
+}
+
 /// Runs the worker until SIGTERM.
 pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Result<ExitCode> {
     if args.print_config {
@@ -141,7 +164,7 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     let meter = grid.meter.clone();
     let worker = Worker::new(worker_settings, grid, registry);
     if !args.instance.instance_agent {
-        worker.run(termination()).await?;
+        worker.run(stop_signal(args.exit_with_parent)).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let region = region.context("the instance agent needs a region: --env, BATCHGRID_REGION or AWS_REGION")?;
@@ -160,7 +183,7 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     let agent =
         InstanceAgent::start(metadata, batchgrid_core::aws::autoscaling_client(&config, &meter), settings).await?;
     tracing::info!(instance = agent.instance_id(), group = ?instance.group, "instance agent started");
-    let (reason, stats) = Arc::new(agent).run_worker(worker, termination()).await?;
+    let (reason, stats) = Arc::new(agent).run_worker(worker, stop_signal(args.exit_with_parent)).await?;
     tracing::info!(?reason, ?stats, "worker stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -9,5 +9,6 @@ mod failures;
 mod harness;
 mod local_stack;
 mod provision;
+mod resume;
 mod rotation;
 mod shutdown;
