@@ -29,6 +29,7 @@ where
     explicit_dead_letter_keeps_reason(new_queue().await.as_ref()).await;
     batch_limits(new_queue().await.as_ref()).await;
     long_poll_returns_when_a_message_arrives(new_queue().await).await;
+    a_receipt_from_before_a_redrive_is_stale(new_queue().await.as_ref()).await;
 }
 
 /// Receives until `count` messages have arrived or `deadline` passes.
@@ -127,6 +128,26 @@ async fn explicit_dead_letter_keeps_reason(queue: &dyn TaskQueue) {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason.as_deref(), Some("exit status 3"), "the reason travels with the dead letter");
     assert!(queue.receive(10, SECOND, Duration::ZERO).await.expect("receive").is_empty());
+}
+
+/// A redrive resets the receive count, not the identity of deliveries: the receipt a worker
+/// kept from before it must not extend or delete the message's next delivery.
+async fn a_receipt_from_before_a_redrive_is_stale(queue: &dyn TaskQueue) {
+    queue.send_batch(&["again".to_owned()]).await.expect("send");
+    let first = receive_n(queue, 1, 30 * SECOND).await;
+    queue.dead_letter(&first[0].receipt, "failed").await.expect("dead letter");
+    assert_eq!(queue.redrive().await.expect("redrive"), 1);
+    let second = receive_n(queue, 1, 30 * SECOND).await;
+    assert_eq!(second[0].receive_count, 1, "the count starts again");
+    let old = first[0].receipt.clone();
+    let refused = queue.change_visibility(&[(old.clone(), 30 * SECOND)]).await.expect("change visibility");
+    assert_eq!(refused.0.len(), 1, "the old receipt does not extend the new delivery");
+    // SQS answers a delete with an old receipt with success ("the message might not be
+    // deleted"): what both queues promise is that the message stays.
+    queue.delete_batch(&[old]).await.expect("delete");
+    assert_eq!(queue.depth().await.expect("depth").in_flight, 1, "nor delete it");
+    let done = queue.delete_batch(&[second[0].receipt.clone()]).await.expect("delete");
+    assert!(done.is_empty(), "the current receipt deletes it");
 }
 
 async fn batch_limits(queue: &dyn TaskQueue) {

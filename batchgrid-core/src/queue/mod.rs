@@ -8,8 +8,9 @@
 //! - `change_visibility` with the latest receipt sets how long from now the message stays
 //!   invisible: a heartbeat extends it, zero releases it at once, a delay is a retry backoff.
 //! - `delete_batch` acknowledges. Deleting a message that is already gone succeeds (idempotent);
-//!   a receipt from an earlier delivery of a message that has since been delivered again fails
-//!   for that entry, and the message stays.
+//!   with a receipt from an earlier delivery of a message that has since been delivered again
+//!   (a redrive included) the message stays, and the entry fails (SQS may report success).
+//!   `change_visibility` with such a receipt fails for that entry.
 //! - A message received more than `max_receives` times without being deleted moves to the
 //!   dead-letter queue instead of being delivered; `dead_letter` moves one there at once with a
 //!   reason; `redrive` sends every dead letter back with its count reset.

@@ -1,7 +1,8 @@
 //! The embedded task queue: SQLite with SQS semantics, shared by every process of a local grid.
 //!
 //! All queues of a grid live in one table keyed by queue name; a queue's dead letters live under
-//! `<name>.dlq`. A receipt is `<id>.<receive_count>`, so a receipt from an earlier delivery no
+//! `<name>.dlq`. A receipt is `<id>.<delivery>`, where the delivery counter only ever rises
+//! (unlike the receive count, which a redrive resets), so a receipt from an earlier delivery no
 //! longer matches once the message has been delivered again.
 
 use std::sync::Arc;
@@ -54,19 +55,20 @@ fn push_delete<'a>(query: &mut QueryBuilder<'a, sqlx::Sqlite>, queue: &'a str, p
     for (id, _) in pairs {
         ids.push_bind(*id);
     }
-    query.push(") AND +queue = ").push_bind(queue).push(" AND (id, receive_count) IN (VALUES ");
+    query.push(") AND +queue = ").push_bind(queue).push(" AND (id, delivery) IN (VALUES ");
     let mut values = query.separated(", ");
-    for (id, count) in pairs {
+    for (id, delivery) in pairs {
         values
             .push("(")
             .push_bind_unseparated(*id)
             .push_unseparated(", ")
-            .push_bind_unseparated(*count)
+            .push_bind_unseparated(*delivery)
             .push_unseparated(")");
     }
     query.push(")");
 }
 
+/// A receipt is `ID.DELIVERY`: the message and which of its deliveries.
 fn parse_receipt(receipt: &Receipt) -> Result<(i64, i64), QueueError> {
     let invalid = || QueueError::InvalidReceipt(receipt.0.clone());
     let (id, count) = receipt.0.split_once('.').ok_or_else(invalid)?;
@@ -93,10 +95,10 @@ impl SqliteQueue {
         let now = now_millis();
         // One statement claims the batch atomically, even against other processes.
         let rows = sqlx::query(
-            "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1
+            "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1, delivery = delivery + 1
              WHERE id IN (SELECT id FROM messages WHERE queue = ?2 AND visible_at <= ?3
                           ORDER BY visible_at, id LIMIT ?4)
-             RETURNING id, body, receive_count",
+             RETURNING id, body, receive_count, delivery",
         )
         .bind(now.saturating_add(millis(visibility)))
         .bind(&self.name)
@@ -111,6 +113,7 @@ impl SqliteQueue {
         for row in rows {
             let id: i64 = row.get(0);
             let count: i64 = row.get(2);
+            let delivery: i64 = row.get(3);
             if count > i64::from(self.max_receives) {
                 exhausted.push(id);
                 continue;
@@ -118,7 +121,7 @@ impl SqliteQueue {
             delivered.push(QueueMessage {
                 id: id.to_string(),
                 body: row.get(1),
-                receipt: Receipt(format!("{id}.{count}")),
+                receipt: Receipt(format!("{id}.{delivery}")),
                 receive_count: u32::try_from(count).unwrap_or(u32::MAX),
             });
         }
@@ -193,19 +196,18 @@ impl TaskQueue for SqliteQueue {
         let mut failures = BatchFailures::default();
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         for (index, (receipt, timeout)) in changes.iter().enumerate() {
-            let Ok((id, count)) = parse_receipt(receipt) else {
+            let Ok((id, delivery)) = parse_receipt(receipt) else {
                 failures.0.push((index, format!("receipt `{}` is not valid", receipt.0)));
                 continue;
             };
-            let done =
-                sqlx::query("UPDATE messages SET visible_at = ? WHERE id = ? AND receive_count = ? AND queue = ?")
-                    .bind(now.saturating_add(millis(*timeout)))
-                    .bind(id)
-                    .bind(count)
-                    .bind(&self.name)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
+            let done = sqlx::query("UPDATE messages SET visible_at = ? WHERE id = ? AND delivery = ? AND queue = ?")
+                .bind(now.saturating_add(millis(*timeout)))
+                .bind(id)
+                .bind(delivery)
+                .bind(&self.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
             if done.rows_affected() == 0 {
                 failures.0.push((index, "message is no longer held by this receipt".into()));
             }
@@ -256,15 +258,15 @@ impl TaskQueue for SqliteQueue {
     }
 
     async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
-        let (id, count) = parse_receipt(receipt)?;
+        let (id, delivery) = parse_receipt(receipt)?;
         let moved = sqlx::query(
-            "UPDATE messages SET queue = ?, visible_at = ?, reason = ? WHERE id = ? AND receive_count = ? AND queue = ?",
+            "UPDATE messages SET queue = ?, visible_at = ?, reason = ? WHERE id = ? AND delivery = ? AND queue = ?",
         )
         .bind(&self.dead_letter_name)
         .bind(now_millis())
         .bind(reason)
         .bind(id)
-        .bind(count)
+        .bind(delivery)
         .bind(&self.name)
         .execute(&self.pool)
         .await
