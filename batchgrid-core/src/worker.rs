@@ -3,9 +3,10 @@
 //! forwards the result to the next stage and acknowledges the message. A crash between any two
 //! steps repeats work but never loses it, and repeated work lands on the same keys and rows.
 //!
-//! Three loops share the work: the receive loop (which owns the concurrency limit), one
-//! heartbeat loop for all held messages (batched, as SQS wants), and the completer, which
-//! batches the bookkeeping of finished tasks. On shutdown the worker stops receiving, lets
+//! Four loops share the work: the receive loop (which owns the concurrency limit), one
+//! heartbeat loop for all held messages (batched, as SQS wants; it talks to the queue only, so a
+//! stalled database cannot delay it), a liveness loop that records the worker in the database,
+//! and the completer, which batches the bookkeeping of finished tasks. On shutdown the worker stops receiving, lets
 //! running tasks finish until the drain deadline, releases what is left so other workers pick it
 //! up at once, and exits.
 
@@ -265,7 +266,9 @@ impl Worker {
         let stats = Arc::new(Mutex::new(WorkerStats::default()));
         let completer = tokio::spawn(self.clone().complete(done_rx, stats.clone()));
         let heartbeat_stop = Arc::new(tokio::sync::Notify::new());
-        let heartbeat = tokio::spawn(self.clone().heartbeat(heartbeat_stop.clone(), started_at));
+        let heartbeat = tokio::spawn(self.clone().renew(heartbeat_stop.clone()));
+        let alive_stop = Arc::new(tokio::sync::Notify::new());
+        let alive = tokio::spawn(self.clone().alive(alive_stop.clone(), started_at));
 
         let mut running = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
@@ -343,6 +346,8 @@ impl Worker {
         let released = self.release_held().await;
         heartbeat_stop.notify_one();
         let _ = heartbeat.await;
+        alive_stop.notify_one();
+        let _ = alive.await;
         self.scratch.remove();
         self.record_self("stopped", started_at).await;
         // The heartbeat published every couple of seconds; this is the final count.
@@ -419,42 +424,56 @@ impl Worker {
     }
 
     /// Extends the visibility of every held message, in batches, a few times per timeout.
-    async fn heartbeat(self: Arc<Self>, stop: Arc<tokio::sync::Notify>, started_at: i64) {
+    ///
+    /// This loop talks to the queue only: the database (worker records, request counts, attempt
+    /// records) is written by other loops, so a stalled database cannot let a running task's
+    /// message become visible and run twice. Each renewal round has its own deadline, shorter
+    /// than a period, so one stalled queue call is abandoned and the next round tries again
+    /// while the message is still invisible.
+    async fn renew(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) {
         let period = (self.settings.visibility / 3).max(Duration::from_millis(100));
-        let mut last_alive = Instant::now();
-        let mut last_extended = Instant::now();
-        let mut last_published = Instant::now();
+        let deadline = period;
         loop {
             tokio::select! {
                 () = stop.notified() => return,
-                () = tokio::time::sleep(period.min(REQUESTS_EVERY)) => {}
+                () = tokio::time::sleep(period) => {}
             }
-            if last_published.elapsed() >= REQUESTS_EVERY {
-                last_published = Instant::now();
-                self.grid.publish_requests(&self.settings.id).await;
-            }
-            if last_extended.elapsed() < period {
-                continue;
-            }
-            last_extended = Instant::now();
             let held: Vec<((Source, String), Receipt)> =
                 self.held.lock().map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
-            for source in [Source::Tasks, Source::Chain] {
-                let changes: Vec<(Receipt, Duration)> = held
-                    .iter()
-                    .filter(|((s, _), _)| *s == source)
-                    .map(|(_, r)| (r.clone(), self.settings.visibility))
-                    .collect();
-                for chunk in changes.chunks(MAX_BATCH) {
-                    match self.queue(source).change_visibility(chunk).await {
-                        Ok(failures) if !failures.is_empty() => {
-                            tracing::warn!(?failures, "heartbeat lost some messages; another worker may run them")
+            let round = async {
+                for source in [Source::Tasks, Source::Chain] {
+                    let changes: Vec<(Receipt, Duration)> = held
+                        .iter()
+                        .filter(|((s, _), _)| *s == source)
+                        .map(|(_, r)| (r.clone(), self.settings.visibility))
+                        .collect();
+                    for chunk in changes.chunks(MAX_BATCH) {
+                        match self.queue(source).change_visibility(chunk).await {
+                            Ok(failures) if !failures.is_empty() => {
+                                tracing::warn!(?failures, "heartbeat lost some messages; another worker may run them")
+                            }
+                            Ok(_) => {}
+                            Err(error) => tracing::warn!(%error, "heartbeat failed"),
                         }
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(%error, "heartbeat failed"),
                     }
                 }
+            };
+            if tokio::time::timeout(deadline, round).await.is_err() {
+                tracing::warn!(?deadline, "a visibility renewal took too long; trying again next period");
             }
+        }
+    }
+
+    /// Records that this worker is alive and publishes its request counts. Separate from
+    /// [`Worker::renew`] because these are database writes, which may stall.
+    async fn alive(self: Arc<Self>, stop: Arc<tokio::sync::Notify>, started_at: i64) {
+        let mut last_alive = Instant::now();
+        loop {
+            tokio::select! {
+                () = stop.notified() => return,
+                () = tokio::time::sleep(REQUESTS_EVERY) => {}
+            }
+            self.grid.publish_requests(&self.settings.id).await;
             if last_alive.elapsed() >= WORKER_HEARTBEAT {
                 last_alive = Instant::now();
                 self.record_self("running", started_at).await;
