@@ -68,6 +68,9 @@ pub enum ManagerError {
         /// What is wrong.
         message: String,
     },
+    /// The job asks for more than its grid can honour.
+    #[error(transparent)]
+    Refused(#[from] crate::spec::SpecError),
     /// The spool directory is unusable.
     #[error("spool directory {path}: {source}")]
     Spool {
@@ -185,6 +188,7 @@ impl Manager {
 
     /// Records a new job and publishes its spec for the workers; returns its id.
     pub async fn submit(&self, spec: &JobSpec) -> Result<String, ManagerError> {
+        spec.check_against_grid(self.grid.tasks.max_receives(), None, &spec.name)?;
         let id = format!("{}-{}", spec.name, ulid::Ulid::new().to_string().to_lowercase());
         let spec_json = serde_json::to_string(spec).unwrap_or_default();
         // Workers read the spec from the store; publish it before any task can reference it.

@@ -614,6 +614,22 @@ impl Worker {
         Ok((spec, processors, state))
     }
 
+    /// How many runs of `task` failed before this delivery, from its recorded attempts; `None`
+    /// when the analytics store cannot say.
+    async fn earlier_failures(&self, task: &TaskMessage, delivery: u32) -> Option<u32> {
+        match self.grid.analytics.attempts(&task.job, task.stage, &task.task).await {
+            Ok(attempts) => {
+                let failed =
+                    attempts.iter().filter(|a| a.attempt != delivery && a.outcome != AttemptOutcome::Succeeded);
+                Some(u32::try_from(failed.count()).unwrap_or(u32::MAX))
+            }
+            Err(error) => {
+                tracing::warn!(%error, job = %task.job, task = %task.task, "cannot read the task's earlier attempts");
+                None
+            }
+        }
+    }
+
     /// Runs one delivered message to a completion; never panics on bad payloads.
     async fn handle(&self, source: Source, message: QueueMessage) -> Completion {
         let started_at = now_millis();
@@ -726,13 +742,25 @@ impl Worker {
             Err(failure) => {
                 attempt.exit_status = failure.exit_status;
                 attempt.error = Some(failure.message.clone());
-                tracing::warn!(job = %task.job, stage = %stage.name, task = %task.task, attempt = message.receive_count, error = %failure.message, "task failed");
-                if message.receive_count >= spec.retry.max_attempts {
-                    attempt.outcome = AttemptOutcome::Failed;
-                    completion.action = Action::DeadLetter(failure.message);
-                } else {
-                    attempt.outcome = AttemptOutcome::Retrying;
-                    completion.action = Action::Retry(spec.retry.delay_after(message.receive_count));
+                // `max_attempts` counts failed runs, not deliveries: releases on shutdown and
+                // deliveries whose worker died raise the receive count but are no failure.
+                let failures = self.earlier_failures(&task, message.receive_count).await.map(|n| n + 1);
+                tracing::warn!(job = %task.job, stage = %stage.name, task = %task.task, delivery = message.receive_count, ?failures, error = %failure.message, "task failed");
+                match failures {
+                    Some(failures) if failures >= spec.retry.max_attempts => {
+                        attempt.outcome = AttemptOutcome::Failed;
+                        completion.action = Action::DeadLetter(failure.message);
+                    }
+                    Some(failures) => {
+                        attempt.outcome = AttemptOutcome::Retrying;
+                        completion.action = Action::Retry(spec.retry.delay_after(failures));
+                    }
+                    // The store cannot say how many failed before: never dead-letter on a guess;
+                    // try again (the queue's receive limit is the safety net).
+                    None => {
+                        attempt.outcome = AttemptOutcome::Retrying;
+                        completion.action = Action::Retry(spec.retry.delay_after(message.receive_count));
+                    }
                 }
             }
         }

@@ -156,7 +156,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let logs = state_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
 
-    let settings = EmbeddedGridSettings { max_receives: spec.retry.max_attempts };
+    let settings = EmbeddedGridSettings::for_job(&spec);
     let grid = Grid::open_embedded(&state_dir, &settings)
         .await
         .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
@@ -166,7 +166,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "--state-dir".to_owned(),
         state_dir.display().to_string(),
         "--max-receives".to_owned(),
-        spec.retry.max_attempts.to_string(),
+        settings.max_receives.to_string(),
         "--visibility-timeout".to_owned(),
         format!("{}ms", args.visibility_timeout.as_millis()),
     ];

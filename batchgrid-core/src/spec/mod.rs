@@ -169,7 +169,8 @@ pub struct OutputSpec {
 /// Retry policy for failed tasks.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts before a task is dead-lettered and reported failed.
+    /// Failed runs before a task is dead-lettered and reported failed. A run that never ended
+    /// (its worker released it on shutdown or died) is not a failed run.
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles each attempt.
     #[serde(with = "humantime_serde")]
@@ -191,6 +192,34 @@ impl JobSpec {
     /// Index of the last stage.
     pub fn last_stage(&self) -> usize {
         self.stages.len() - 1
+    }
+
+    /// Checks the job against a grid whose queue dead-letters after `max_receives` deliveries
+    /// (unknown: nothing to check). `text` is the job document, when there is one, to say on
+    /// which line the refused field is.
+    pub fn check_against_grid(
+        &self,
+        max_receives: Option<u32>,
+        text: Option<&str>,
+        origin: &str,
+    ) -> Result<(), SpecError> {
+        let Some(max_receives) = max_receives else { return Ok(()) };
+        let honoured = crate::queue::max_honoured_attempts(max_receives);
+        if self.retry.max_attempts <= honoured {
+            return Ok(());
+        }
+        let field = FieldPath::root().key("retry").key("max_attempts");
+        Err(SpecError {
+            origin: origin.to_owned(),
+            position: text.and_then(|text| locate::locate(text, &field)),
+            field: field.to_string(),
+            message: format!(
+                "{} attempts asked, but this grid honours at most {honoured}: its queue dead-letters a task after \
+                 {max_receives} deliveries and keeps {} for releases (shutdown, spot notices)",
+                self.retry.max_attempts,
+                crate::queue::RELEASE_MARGIN
+            ),
+        })
     }
 }
 
