@@ -26,7 +26,7 @@ use crate::processor::command::CommandProcessor;
 use crate::processor::{Processor, ProcessorRegistry, TaskContext, TaskFailure, TaskOutput};
 use crate::queue::{QueueMessage, Receipt, TaskQueue, MAX_BATCH};
 use crate::scratch::ScratchSlots;
-use crate::spec::{JobSpec, StageKind, StageRun};
+use crate::spec::{JobSpec, StageFailurePolicy, StageKind, StageRun};
 use crate::task::{output_prefix, spec_key, TaskMessage};
 
 /// How often a worker re-reads a job's state (to notice cancellation).
@@ -161,7 +161,17 @@ struct CachedJob {
     /// One per stage; a missing processor is the reason a task of that stage fails.
     processors: Arc<Vec<Result<Arc<dyn Processor>, TaskFailure>>>,
     state: JobState,
+    /// With `on_stage_failure: stop`, the first stage known to have a task failed for good.
+    stopped_at: Option<u32>,
     checked: Instant,
+}
+
+/// What a worker knows of a job when it takes one of its tasks.
+struct JobView {
+    spec: Arc<JobSpec>,
+    processors: StageProcessors,
+    state: JobState,
+    stopped_at: Option<u32>,
 }
 
 type StageProcessors = Arc<Vec<Result<Arc<dyn Processor>, TaskFailure>>>;
@@ -576,16 +586,24 @@ impl Worker {
         }
     }
 
-    async fn job(&self, job_id: &str) -> Result<(Arc<JobSpec>, StageProcessors, JobState), String> {
+    async fn job(&self, job_id: &str) -> Result<JobView, String> {
         let mut jobs = self.jobs.lock().await;
         if let Some(cached) = jobs.get_mut(job_id) {
             if cached.checked.elapsed() >= JOB_STATE_TTL {
                 if let Ok(Some(record)) = self.grid.analytics.job(job_id).await {
                     cached.state = record.state;
                 }
+                if let Some(first) = self.first_failed_stage(job_id, &cached.spec).await {
+                    cached.stopped_at = Some(cached.stopped_at.map_or(first, |known| known.min(first)));
+                }
                 cached.checked = Instant::now();
             }
-            return Ok((cached.spec.clone(), cached.processors.clone(), cached.state));
+            return Ok(JobView {
+                spec: cached.spec.clone(),
+                processors: cached.processors.clone(),
+                state: cached.state,
+                stopped_at: cached.stopped_at,
+            });
         }
         let bytes = self.grid.store.get(&spec_key(job_id)).await.map_err(|e| format!("reading job spec: {e}"))?;
         let spec: JobSpec = serde_json::from_slice(&bytes).map_err(|e| format!("job spec is corrupt: {e}"))?;
@@ -593,6 +611,7 @@ impl Worker {
             Ok(Some(record)) => record.state,
             _ => JobState::Running,
         };
+        let stopped_at = self.first_failed_stage(job_id, &spec).await;
         let processors: StageProcessors = Arc::new(
             spec.stages
                 .iter()
@@ -609,9 +628,36 @@ impl Worker {
         let spec = Arc::new(spec);
         jobs.insert(
             job_id.to_owned(),
-            CachedJob { spec: spec.clone(), processors: processors.clone(), state, checked: Instant::now() },
+            CachedJob {
+                spec: spec.clone(),
+                processors: processors.clone(),
+                state,
+                stopped_at,
+                checked: Instant::now(),
+            },
         );
-        Ok((spec, processors, state))
+        Ok(JobView { spec, processors, state, stopped_at })
+    }
+
+    /// With `on_stage_failure: stop`, the first stage with a task failed for good, from the
+    /// analytics store (`None` when there is none, nothing to stop, or the store cannot say).
+    async fn first_failed_stage(&self, job_id: &str, spec: &JobSpec) -> Option<u32> {
+        if spec.on_stage_failure != StageFailurePolicy::Stop || spec.stages.len() < 2 {
+            return None;
+        }
+        let stages = self.grid.analytics.stages(job_id).await.ok()?;
+        stages.iter().filter(|s| s.failed > 0).map(|s| s.stage).min()
+    }
+
+    /// Remembers that `stage` of `job_id` has a task failed for good (this worker failed it), so
+    /// this worker stops forwarding and running later stages without waiting for the store.
+    async fn note_stage_failed(&self, job_id: &str, stage: u32) {
+        let mut jobs = self.jobs.lock().await;
+        if let Some(cached) = jobs.get_mut(job_id) {
+            if cached.spec.on_stage_failure == StageFailurePolicy::Stop {
+                cached.stopped_at = Some(cached.stopped_at.map_or(stage, |known| known.min(stage)));
+            }
+        }
     }
 
     /// How many runs of `task` failed before this delivery, from its recorded attempts; `None`
@@ -649,7 +695,7 @@ impl Worker {
                 return completion;
             }
         };
-        let (spec, processors, state) = match self.job(&task.job).await {
+        let JobView { spec, processors, state, stopped_at } = match self.job(&task.job).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(job = %task.job, %error, "job spec unavailable; retrying later");
@@ -661,8 +707,13 @@ impl Worker {
                 return completion;
             }
         };
-        if state == JobState::Cancelled {
-            return completion; // Deleted unrun.
+        if state.is_terminal() {
+            return completion; // Cancelled, or failed: deleted unrun.
+        }
+        if stopped_at.is_some_and(|failed| task.stage > failed) {
+            // `on_stage_failure: stop`: an earlier stage failed, so this stage is skipped.
+            tracing::info!(job = %task.job, stage = task.stage, task = %task.task, "dropping a task of a stage after a failed one");
+            return completion;
         }
         let Some(stage) = spec.stages.get(task.stage as usize) else {
             completion.action = Action::DeadLetter(format!("job `{}` has no stage {}", task.job, task.stage));
@@ -726,7 +777,8 @@ impl Worker {
                 attempt.bytes_in = output.bytes_in;
                 attempt.bytes_out = output.bytes_out;
                 let next = task.stage as usize + 1;
-                if spec.stages.get(next).is_some_and(|s| s.kind == StageKind::Map) {
+                let stopped = stopped_at.is_some_and(|failed| task.stage >= failed);
+                if !stopped && spec.stages.get(next).is_some_and(|s| s.kind == StageKind::Map) {
                     completion.forward = Some(
                         TaskMessage {
                             job: task.job.clone(),
@@ -750,6 +802,7 @@ impl Worker {
                     Some(failures) if failures >= spec.retry.max_attempts => {
                         attempt.outcome = AttemptOutcome::Failed;
                         completion.action = Action::DeadLetter(failure.message);
+                        self.note_stage_failed(&task.job, task.stage).await;
                     }
                     Some(failures) => {
                         attempt.outcome = AttemptOutcome::Retrying;

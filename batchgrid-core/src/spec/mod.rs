@@ -49,6 +49,23 @@ pub struct JobSpec {
     pub output: OutputSpec,
     /// How failed tasks are retried.
     pub retry: RetryPolicy,
+    /// What a stage's task failed for good means for the stages after it.
+    #[serde(default)]
+    pub on_stage_failure: StageFailurePolicy,
+}
+
+/// What a task failed for good (past its retries) does to the stages after its own.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StageFailurePolicy {
+    /// No task of a later stage starts once a stage has a failed task: workers stop forwarding
+    /// and drop later-stage tasks unrun, the manager opens no later stage, and the job ends
+    /// `failed` when the stages up to the failed one have drained, naming the skipped stages.
+    #[default]
+    Stop,
+    /// Later map stages go on with the tasks that succeeded; a reduce stage is still skipped
+    /// when any stage before it has a failed task, since it would run over partial data.
+    Continue,
 }
 
 /// The job's input.
@@ -238,6 +255,8 @@ struct RawJob {
     retry: Option<RawRetry>,
     #[serde(default, with = "humantime_serde::option")]
     timeout: Option<Duration>,
+    #[serde(default)]
+    on_stage_failure: Option<StageFailurePolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -501,7 +520,15 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         };
 
         let retry = self.retry(raw.retry.as_ref())?;
-        Ok(JobSpec { name: raw.name, input, split, stages, output: OutputSpec { path: output }, retry })
+        Ok(JobSpec {
+            name: raw.name,
+            input,
+            split,
+            stages,
+            output: OutputSpec { path: output },
+            retry,
+            on_stage_failure: raw.on_stage_failure.unwrap_or_default(),
+        })
     }
 
     fn absolute(&self, path: &Path) -> PathBuf {
