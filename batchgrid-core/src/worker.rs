@@ -37,6 +37,9 @@ const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
 const REQUESTS_EVERY: Duration = Duration::from_secs(2);
 /// How long a queue that came back empty is not probed again ahead of the long poll.
 const EMPTY_PROBE_BACKOFF: Duration = Duration::from_secs(1);
+/// How long finished tasks are held while their attempts cannot be recorded (the analytics
+/// store is down or stalled) before they are left to be redelivered.
+const RECORD_PATIENCE: Duration = Duration::from_secs(10 * 60);
 /// Delay before retrying a task whose job spec could not be read.
 const SPEC_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -520,13 +523,22 @@ impl Worker {
 
     async fn flush(&self, batch: Vec<Completion>, stats: &Mutex<WorkerStats>) {
         let attempts: Vec<AttemptRecord> = batch.iter().filter_map(|c| c.attempt.clone()).collect();
-        if let Err(error) = self.grid.analytics.record_attempts(&attempts).await {
-            // Without the record the task is not done: leave the messages to be redelivered.
-            tracing::error!(%error, tasks = batch.len(), "could not record attempts; tasks will be redelivered");
-            for completion in &batch {
-                self.unhold(completion.source, &completion.message_id);
+        // The messages stay held (and heartbeated) while the record is retried: a database
+        // outage or failover must not make finished tasks run again. Only past the patience
+        // are they left to be redelivered, since without the record a task is not done.
+        let since = Instant::now();
+        let mut delay = Duration::from_millis(500);
+        while let Err(error) = self.grid.analytics.record_attempts(&attempts).await {
+            if since.elapsed() >= RECORD_PATIENCE {
+                tracing::error!(%error, tasks = batch.len(), "could not record attempts; tasks will be redelivered");
+                for completion in &batch {
+                    self.unhold(completion.source, &completion.message_id);
+                }
+                return;
             }
-            return;
+            tracing::warn!(%error, tasks = batch.len(), retry_in = ?delay, "could not record attempts; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
         let forwards: Vec<String> = batch.iter().filter_map(|c| c.forward.clone()).collect();
         for chunk in forwards.chunks(MAX_BATCH) {
@@ -647,6 +659,11 @@ impl Worker {
         }
         let stages = self.grid.analytics.stages(job_id).await.ok()?;
         stages.iter().filter(|s| s.failed > 0).map(|s| s.stage).min()
+    }
+
+    /// The first failed stage this worker knows of, without asking the store.
+    async fn known_stopped_at(&self, job_id: &str) -> Option<u32> {
+        self.jobs.lock().await.get(job_id).and_then(|cached| cached.stopped_at)
     }
 
     /// Remembers that `stage` of `job_id` has a task failed for good (this worker failed it), so
@@ -777,6 +794,8 @@ impl Worker {
                 attempt.bytes_in = output.bytes_in;
                 attempt.bytes_out = output.bytes_out;
                 let next = task.stage as usize + 1;
+                // Read again: a failure this worker saw while the task ran counts too.
+                let stopped_at = self.known_stopped_at(&task.job).await.or(stopped_at);
                 let stopped = stopped_at.is_some_and(|failed| task.stage >= failed);
                 if !stopped && spec.stages.get(next).is_some_and(|s| s.kind == StageKind::Map) {
                     completion.forward = Some(

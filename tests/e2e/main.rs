@@ -11,3 +11,4 @@ mod local_stack;
 mod provision;
 mod rotation;
 mod shutdown;
+mod worker_faults;
