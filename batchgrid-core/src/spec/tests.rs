@@ -155,3 +155,15 @@ fn more_attempts_than_the_grid_honours_are_refused_naming_field_and_line() {
     let message = error.to_string();
     assert!(message.contains(&format!("job.yaml:{line}")) && message.contains("at most 3"), "{message}");
 }
+
+#[test]
+fn on_stage_failure_defaults_to_stop_and_is_validated() {
+    assert_eq!(parse(GOOD).expect("valid").on_stage_failure, StageFailurePolicy::Stop);
+    let text = format!("{GOOD}on_stage_failure: continue\n");
+    assert_eq!(parse(&text).expect("valid").on_stage_failure, StageFailurePolicy::Continue);
+    let text = format!("{GOOD}on_stage_failure: sometimes\n");
+    let error = parse(&text).expect_err("an unknown policy");
+    assert_eq!(error.field, "on_stage_failure");
+    assert_eq!(error.position.map(|p| p.line), Some(text.lines().count()));
+    assert!(error.message.contains("stop") && error.message.contains("continue"), "{error}");
+}
