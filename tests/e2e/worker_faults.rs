@@ -224,10 +224,11 @@ async fn workers_sigkilled_every_two_seconds_lose_nothing_and_leave_no_task_proc
     let marker = format!("bgmarker-{}", ulid::Ulid::new().to_string().to_lowercase());
     // The marker is in the command's line and in its child's, which is no direct child of the
     // worker's: both must die with the worker.
-    let command = format!(
-        r#"[sh, -c, 'sh -c "sleep 0.4; true" child-$2; cp "$0" "$1/"', "{{input}}", "{{output}}", "{marker}"]"#
-    );
-    let tasks = 60;
+    let command =
+        format!(r#"[sh, -c, 'sh -c "sleep 1; true" child-$2; cp "$0" "$1/"', "{{input}}", "{{output}}", "{marker}"]"#);
+    // Tasks of 1 s: long enough that a task of a killed worker would still be running when
+    // the survivors are counted, short enough that every 2 s round finishes some.
+    let tasks = 24;
     let (_, spec) = one_stage_job(dir.path(), "killed", &command, tasks, "  max_attempts: 3");
     let state = dir.path().join("state");
     // Every kill is a delivery of each task its worker held: a generous receive limit.
@@ -256,8 +257,9 @@ async fn workers_sigkilled_every_two_seconds_lose_nothing_and_leave_no_task_proc
             let _ = worker.wait();
         }
         kills += 1;
-        // The supervisors notice within 50 ms; give them a little more.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The supervisors notice within 50 ms; give them a little more, well under the 1 s a
+        // task's processes would otherwise live on.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let left = processes_with(&marker);
         assert!(left.is_empty(), "task processes outlived their SIGKILLed worker: {left:?}");
         if let Some(state) = ended {
