@@ -49,7 +49,7 @@ const WORKERS: usize = 2;
 /// Above this many SQS requests per task the bench prints where they went.
 const TARGET_PER_TASK: f64 = 0.35;
 /// Deliveries before a message is dead-lettered, as the deployed stacks set it.
-const MAX_RECEIVES: u32 = 3;
+const MAX_RECEIVES: u32 = 5;
 /// No-op tasks take microseconds, so a worker can hold a whole batch of ten running and another
 /// ten received ahead: then every receive asks for ten, and the completer gets near-full batches
 /// to delete. (The defaults, one task per core and as many ahead, ask for five on two cores.)

@@ -86,7 +86,7 @@ async fn grid_drain(queued: u64, measured: u64, expected: u64) -> f64 {
     );
     let spec = parse_job(&job, "bench.yaml", dir.path(), &Overrides::default()).expect("job");
     let state = dir.path().join("state");
-    let grid = Grid::open_embedded(&state, &EmbeddedGridSettings { max_receives: 3 }).await.expect("grid");
+    let grid = Grid::open_embedded(&state, &EmbeddedGridSettings::for_job(&spec)).await.expect("grid");
     let manager = Manager::new(grid.clone(), state.join("spool"));
     let job_id = manager.submit(&spec).await.expect("submit");
     grid.analytics.set_stage_expected(&job_id, 0, expected).await.expect("expected");

@@ -65,6 +65,14 @@ pub struct EmbeddedGridSettings {
     pub max_receives: u32,
 }
 
+impl EmbeddedGridSettings {
+    /// A grid sized for one job: it honours the job's `retry.max_attempts` with
+    /// [`crate::queue::RELEASE_MARGIN`] deliveries to spare for releases and dead workers.
+    pub fn for_job(spec: &crate::spec::JobSpec) -> Self {
+        Self { max_receives: spec.retry.max_attempts.saturating_add(crate::queue::RELEASE_MARGIN) }
+    }
+}
+
 impl Grid {
     /// Opens (creating if needed) the embedded grid under `state_dir`.
     pub async fn open_embedded(state_dir: &Path, settings: &EmbeddedGridSettings) -> Result<Self, GridError> {

@@ -19,7 +19,7 @@ use crate::db::now_millis;
 use crate::grid::Grid;
 use crate::queue::{QueueError, TaskQueue, MAX_BATCH};
 use crate::report::JobReport;
-use crate::spec::{InputSpec, JobSpec, SplitSpec, StageKind};
+use crate::spec::{InputSpec, JobSpec, SplitSpec, StageFailurePolicy, StageKind};
 use crate::split::{split_input, Chunk, ChunkData, SplitError};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::task::{
@@ -68,6 +68,9 @@ pub enum ManagerError {
         /// What is wrong.
         message: String,
     },
+    /// The job asks for more than its grid can honour.
+    #[error(transparent)]
+    Refused(#[from] crate::spec::SpecError),
     /// The spool directory is unusable.
     #[error("spool directory {path}: {source}")]
     Spool {
@@ -185,6 +188,7 @@ impl Manager {
 
     /// Records a new job and publishes its spec for the workers; returns its id.
     pub async fn submit(&self, spec: &JobSpec) -> Result<String, ManagerError> {
+        spec.check_against_grid(self.grid.tasks.max_receives(), None, &spec.name)?;
         let id = format!("{}-{}", spec.name, ulid::Ulid::new().to_string().to_lowercase());
         let spec_json = serde_json::to_string(spec).unwrap_or_default();
         // Workers read the spec from the store; publish it before any task can reference it.
@@ -387,8 +391,15 @@ impl Manager {
         let mut stages = self.grid.analytics.stages(job_id).await?;
         let mut state = job.state;
         let mut error = None;
+        // With `on_stage_failure: stop`, the first stage with a task failed for good: no stage
+        // after it is opened, and the job ends when the stages up to it have drained.
+        let stop_at = match spec.on_stage_failure {
+            StageFailurePolicy::Stop => stages.iter().position(|s| s.failed > 0),
+            StageFailurePolicy::Continue => None,
+        };
+        let considered = stop_at.map_or(stages.len(), |failed| failed + 1);
 
-        for index in 0..stages.len() {
+        for index in 0..considered {
             if stages[index].expected.is_none() {
                 if index == 0 {
                     break; // Still splitting.
@@ -401,7 +412,8 @@ impl Manager {
                 let expected = match stage.kind {
                     // Map tasks have been streaming in; one per done task of the stage before.
                     StageKind::Map => previous.done,
-                    StageKind::Reduce if previous.failed > 0 || previous.done == 0 => 0,
+                    // Never over partial data: any failed task before it skips the reduce.
+                    StageKind::Reduce if stages[..index].iter().any(|s| s.failed > 0) || previous.done == 0 => 0,
                     StageKind::Reduce => {
                         let prior = &spec.stages[index - 1];
                         let message = TaskMessage {
@@ -426,14 +438,22 @@ impl Manager {
         if stages.first().is_some_and(|s| s.expected == Some(0)) {
             error = Some("the input produced no tasks".to_owned());
             state = JobState::Failed;
-        } else if stages.iter().all(StageProgress::is_finished) {
+        } else if stages[..considered].iter().all(StageProgress::is_finished) {
             let failed: Vec<String> =
                 stages.iter().filter(|s| s.failed > 0).map(|s| format!("{} in `{}`", s.failed, s.name)).collect();
-            let skipped: Vec<String> = stages
+            let mut skipped: Vec<String> = stages[..considered]
                 .iter()
                 .filter(|s| s.kind == StageKind::Reduce && s.expected == Some(0))
-                .map(|s| format!("`{}`", s.name))
+                .map(|s| format!("`{}` (a reduce does not run over partial data)", s.name))
                 .collect();
+            if let Some(failed_stage) = stop_at.filter(|&f| f + 1 < stages.len()) {
+                let names: Vec<String> = stages[failed_stage + 1..].iter().map(|s| format!("`{}`", s.name)).collect();
+                skipped.push(format!(
+                    "{} (stage `{}` has failed tasks; on_stage_failure: stop)",
+                    names.join(", "),
+                    stages[failed_stage].name
+                ));
+            }
             if failed.is_empty() && skipped.is_empty() {
                 state = JobState::Completed;
             } else {

@@ -82,6 +82,10 @@ pub struct JobReport {
     pub bytes_out: u64,
     /// Every task that failed for good.
     pub failures: Vec<FailedTask>,
+    /// Stages of an ended job that never ran (why is in `error`): stages after a failed one
+    /// under `on_stage_failure: stop`, and reduce stages after failures.
+    #[serde(default)]
+    pub skipped_stages: Vec<String>,
     /// Where the results were written.
     pub output: Option<PathBuf>,
     /// AWS requests the grid made while the job ran, with their list price (empty on the
@@ -149,7 +153,23 @@ impl JobReport {
                 error: t.last_error.unwrap_or_default(),
             })
             .collect::<Vec<_>>();
+        let skipped_stages = if job.state.is_terminal() && job.state != JobState::Cancelled {
+            // The first stage is never skipped (a failed split is in `error`).
+            stages
+                .iter()
+                .skip(1)
+                .filter(|s| match s.expected {
+                    None => true,
+                    Some(0) => s.kind == StageKind::Reduce,
+                    Some(_) => false,
+                })
+                .map(|s| s.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
+            skipped_stages,
             job_id: job.id,
             name: job.name,
             state: job.state,
@@ -220,7 +240,7 @@ impl JobReport {
                 StageKind::Reduce => "reduce",
             };
             let expected = match stage.expected {
-                Some(0) if stage.kind == StageKind::Reduce => "skipped".to_owned(),
+                _ if self.skipped_stages.contains(&stage.name) => "skipped".to_owned(),
                 Some(n) => n.to_string(),
                 None => "-".to_owned(),
             };

@@ -22,14 +22,24 @@ pub struct ScratchSlots {
 }
 
 impl ScratchSlots {
-    /// A pool under `root` (created on first use; removed with [`ScratchSlots::remove`]).
+    /// A pool for one run of a worker: slots live under `owner/run-<unique>` (created on first
+    /// use; removed with [`ScratchSlots::remove`]).
     ///
-    /// Whatever is already under `root` is removed: it is what a crashed predecessor with the same
-    /// worker id left behind, and a reused slot with its stale outputs would leak them into the next
-    /// task's results.
-    pub fn new(root: PathBuf) -> Arc<Self> {
-        let _ = std::fs::remove_dir_all(&root);
+    /// Whatever is already under `owner` is removed: it is what a crashed predecessor with the
+    /// same worker id left behind, and a reused slot with its stale outputs would leak them into
+    /// the next task's results. The run directory is new on every start, so a late write by a
+    /// dead predecessor's task (one still dying) lands in a directory no task of ours uses, or
+    /// fails because it was removed, and never in a slot of ours.
+    pub fn new(owner: PathBuf) -> Arc<Self> {
+        let _ = std::fs::remove_dir_all(&owner);
+        let run = ulid::Ulid::new().to_string().to_lowercase();
+        let root = owner.join(format!("run-{run}"));
         Arc::new(Self { root, free: Mutex::new(Vec::new()), created: AtomicUsize::new(0) })
+    }
+
+    /// The directory this run's slots are under.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// An empty directory for one task, returned to the pool (emptied) when dropped.
@@ -48,9 +58,12 @@ impl ScratchSlots {
         Ok(ScratchSlot { path: Some(path), pool: self.clone() })
     }
 
-    /// Removes the whole pool directory.
+    /// Removes the whole pool directory (and the owner's, when nothing else is left in it).
     pub fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.root);
+        if let Some(owner) = self.root.parent() {
+            let _ = std::fs::remove_dir(owner);
+        }
     }
 }
 
@@ -134,7 +147,7 @@ mod tests {
         assert_ne!(&*other, &*slot, "concurrent tasks get different directories");
         drop((slot, other));
         pool.remove();
-        assert!(!root.path().join("w1").exists());
+        assert!(!root.path().join("w1").exists(), "the run's and the owner's directories are removed");
     }
 
     /// A worker restarted under the same id must not hand its tasks the outputs its killed
@@ -148,5 +161,20 @@ mod tests {
         let pool = ScratchSlots::new(root.path().join("w1"));
         let slot = pool.acquire().expect("slot");
         assert_eq!(std::fs::read_dir(&*slot).expect("read").count(), 0, "the slot starts empty");
+        assert!(!stale.exists(), "the predecessor's slots are gone");
+    }
+
+    /// A dead worker's task still writing into its slot must never write into a slot of the
+    /// restarted worker: every start of a worker gets directories no earlier start had.
+    #[test]
+    fn every_start_gets_fresh_slot_directories() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let first = ScratchSlots::new(root.path().join("w1"));
+        let first_slot = first.acquire().expect("slot").to_path_buf();
+        let second = ScratchSlots::new(root.path().join("w1"));
+        let second_slot = second.acquire().expect("slot").to_path_buf();
+        assert_ne!(first_slot, second_slot);
+        assert_ne!(first.root(), second.root());
+        assert!(second_slot.starts_with(root.path().join("w1")));
     }
 }

@@ -3,9 +3,10 @@
 //! forwards the result to the next stage and acknowledges the message. A crash between any two
 //! steps repeats work but never loses it, and repeated work lands on the same keys and rows.
 //!
-//! Three loops share the work: the receive loop (which owns the concurrency limit), one
-//! heartbeat loop for all held messages (batched, as SQS wants), and the completer, which
-//! batches the bookkeeping of finished tasks. On shutdown the worker stops receiving, lets
+//! Four loops share the work: the receive loop (which owns the concurrency limit), one
+//! heartbeat loop for all held messages (batched, as SQS wants; it talks to the queue only, so a
+//! stalled database cannot delay it), a liveness loop that records the worker in the database,
+//! and the completer, which batches the bookkeeping of finished tasks. On shutdown the worker stops receiving, lets
 //! running tasks finish until the drain deadline, releases what is left so other workers pick it
 //! up at once, and exits.
 
@@ -25,7 +26,7 @@ use crate::processor::command::CommandProcessor;
 use crate::processor::{Processor, ProcessorRegistry, TaskContext, TaskFailure, TaskOutput};
 use crate::queue::{QueueMessage, Receipt, TaskQueue, MAX_BATCH};
 use crate::scratch::ScratchSlots;
-use crate::spec::{JobSpec, StageKind, StageRun};
+use crate::spec::{JobSpec, StageFailurePolicy, StageKind, StageRun};
 use crate::task::{output_prefix, spec_key, TaskMessage};
 
 /// How often a worker re-reads a job's state (to notice cancellation).
@@ -36,6 +37,9 @@ const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
 const REQUESTS_EVERY: Duration = Duration::from_secs(2);
 /// How long a queue that came back empty is not probed again ahead of the long poll.
 const EMPTY_PROBE_BACKOFF: Duration = Duration::from_secs(1);
+/// How long finished tasks are held while their attempts cannot be recorded (the analytics
+/// store is down or stalled) before they are left to be redelivered.
+const RECORD_PATIENCE: Duration = Duration::from_secs(10 * 60);
 /// Delay before retrying a task whose job spec could not be read.
 const SPEC_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -160,7 +164,17 @@ struct CachedJob {
     /// One per stage; a missing processor is the reason a task of that stage fails.
     processors: Arc<Vec<Result<Arc<dyn Processor>, TaskFailure>>>,
     state: JobState,
+    /// With `on_stage_failure: stop`, the first stage known to have a task failed for good.
+    stopped_at: Option<u32>,
     checked: Instant,
+}
+
+/// What a worker knows of a job when it takes one of its tasks.
+struct JobView {
+    spec: Arc<JobSpec>,
+    processors: StageProcessors,
+    state: JobState,
+    stopped_at: Option<u32>,
 }
 
 type StageProcessors = Arc<Vec<Result<Arc<dyn Processor>, TaskFailure>>>;
@@ -265,7 +279,9 @@ impl Worker {
         let stats = Arc::new(Mutex::new(WorkerStats::default()));
         let completer = tokio::spawn(self.clone().complete(done_rx, stats.clone()));
         let heartbeat_stop = Arc::new(tokio::sync::Notify::new());
-        let heartbeat = tokio::spawn(self.clone().heartbeat(heartbeat_stop.clone(), started_at));
+        let heartbeat = tokio::spawn(self.clone().renew(heartbeat_stop.clone()));
+        let alive_stop = Arc::new(tokio::sync::Notify::new());
+        let alive = tokio::spawn(self.clone().alive(alive_stop.clone(), started_at));
 
         let mut running = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
@@ -343,6 +359,8 @@ impl Worker {
         let released = self.release_held().await;
         heartbeat_stop.notify_one();
         let _ = heartbeat.await;
+        alive_stop.notify_one();
+        let _ = alive.await;
         self.scratch.remove();
         self.record_self("stopped", started_at).await;
         // The heartbeat published every couple of seconds; this is the final count.
@@ -419,42 +437,56 @@ impl Worker {
     }
 
     /// Extends the visibility of every held message, in batches, a few times per timeout.
-    async fn heartbeat(self: Arc<Self>, stop: Arc<tokio::sync::Notify>, started_at: i64) {
+    ///
+    /// This loop talks to the queue only: the database (worker records, request counts, attempt
+    /// records) is written by other loops, so a stalled database cannot let a running task's
+    /// message become visible and run twice. Each renewal round has its own deadline, shorter
+    /// than a period, so one stalled queue call is abandoned and the next round tries again
+    /// while the message is still invisible.
+    async fn renew(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) {
         let period = (self.settings.visibility / 3).max(Duration::from_millis(100));
-        let mut last_alive = Instant::now();
-        let mut last_extended = Instant::now();
-        let mut last_published = Instant::now();
+        let deadline = period;
         loop {
             tokio::select! {
                 () = stop.notified() => return,
-                () = tokio::time::sleep(period.min(REQUESTS_EVERY)) => {}
+                () = tokio::time::sleep(period) => {}
             }
-            if last_published.elapsed() >= REQUESTS_EVERY {
-                last_published = Instant::now();
-                self.grid.publish_requests(&self.settings.id).await;
-            }
-            if last_extended.elapsed() < period {
-                continue;
-            }
-            last_extended = Instant::now();
             let held: Vec<((Source, String), Receipt)> =
                 self.held.lock().map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
-            for source in [Source::Tasks, Source::Chain] {
-                let changes: Vec<(Receipt, Duration)> = held
-                    .iter()
-                    .filter(|((s, _), _)| *s == source)
-                    .map(|(_, r)| (r.clone(), self.settings.visibility))
-                    .collect();
-                for chunk in changes.chunks(MAX_BATCH) {
-                    match self.queue(source).change_visibility(chunk).await {
-                        Ok(failures) if !failures.is_empty() => {
-                            tracing::warn!(?failures, "heartbeat lost some messages; another worker may run them")
+            let round = async {
+                for source in [Source::Tasks, Source::Chain] {
+                    let changes: Vec<(Receipt, Duration)> = held
+                        .iter()
+                        .filter(|((s, _), _)| *s == source)
+                        .map(|(_, r)| (r.clone(), self.settings.visibility))
+                        .collect();
+                    for chunk in changes.chunks(MAX_BATCH) {
+                        match self.queue(source).change_visibility(chunk).await {
+                            Ok(failures) if !failures.is_empty() => {
+                                tracing::warn!(?failures, "heartbeat lost some messages; another worker may run them")
+                            }
+                            Ok(_) => {}
+                            Err(error) => tracing::warn!(%error, "heartbeat failed"),
                         }
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(%error, "heartbeat failed"),
                     }
                 }
+            };
+            if tokio::time::timeout(deadline, round).await.is_err() {
+                tracing::warn!(?deadline, "a visibility renewal took too long; trying again next period");
             }
+        }
+    }
+
+    /// Records that this worker is alive and publishes its request counts. Separate from
+    /// [`Worker::renew`] because these are database writes, which may stall.
+    async fn alive(self: Arc<Self>, stop: Arc<tokio::sync::Notify>, started_at: i64) {
+        let mut last_alive = Instant::now();
+        loop {
+            tokio::select! {
+                () = stop.notified() => return,
+                () = tokio::time::sleep(REQUESTS_EVERY) => {}
+            }
+            self.grid.publish_requests(&self.settings.id).await;
             if last_alive.elapsed() >= WORKER_HEARTBEAT {
                 last_alive = Instant::now();
                 self.record_self("running", started_at).await;
@@ -491,13 +523,22 @@ impl Worker {
 
     async fn flush(&self, batch: Vec<Completion>, stats: &Mutex<WorkerStats>) {
         let attempts: Vec<AttemptRecord> = batch.iter().filter_map(|c| c.attempt.clone()).collect();
-        if let Err(error) = self.grid.analytics.record_attempts(&attempts).await {
-            // Without the record the task is not done: leave the messages to be redelivered.
-            tracing::error!(%error, tasks = batch.len(), "could not record attempts; tasks will be redelivered");
-            for completion in &batch {
-                self.unhold(completion.source, &completion.message_id);
+        // The messages stay held (and heartbeated) while the record is retried: a database
+        // outage or failover must not make finished tasks run again. Only past the patience
+        // are they left to be redelivered, since without the record a task is not done.
+        let since = Instant::now();
+        let mut delay = Duration::from_millis(500);
+        while let Err(error) = self.grid.analytics.record_attempts(&attempts).await {
+            if since.elapsed() >= RECORD_PATIENCE {
+                tracing::error!(%error, tasks = batch.len(), "could not record attempts; tasks will be redelivered");
+                for completion in &batch {
+                    self.unhold(completion.source, &completion.message_id);
+                }
+                return;
             }
-            return;
+            tracing::warn!(%error, tasks = batch.len(), retry_in = ?delay, "could not record attempts; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
         let forwards: Vec<String> = batch.iter().filter_map(|c| c.forward.clone()).collect();
         for chunk in forwards.chunks(MAX_BATCH) {
@@ -557,16 +598,24 @@ impl Worker {
         }
     }
 
-    async fn job(&self, job_id: &str) -> Result<(Arc<JobSpec>, StageProcessors, JobState), String> {
+    async fn job(&self, job_id: &str) -> Result<JobView, String> {
         let mut jobs = self.jobs.lock().await;
         if let Some(cached) = jobs.get_mut(job_id) {
             if cached.checked.elapsed() >= JOB_STATE_TTL {
                 if let Ok(Some(record)) = self.grid.analytics.job(job_id).await {
                     cached.state = record.state;
                 }
+                if let Some(first) = self.first_failed_stage(job_id, &cached.spec).await {
+                    cached.stopped_at = Some(cached.stopped_at.map_or(first, |known| known.min(first)));
+                }
                 cached.checked = Instant::now();
             }
-            return Ok((cached.spec.clone(), cached.processors.clone(), cached.state));
+            return Ok(JobView {
+                spec: cached.spec.clone(),
+                processors: cached.processors.clone(),
+                state: cached.state,
+                stopped_at: cached.stopped_at,
+            });
         }
         let bytes = self.grid.store.get(&spec_key(job_id)).await.map_err(|e| format!("reading job spec: {e}"))?;
         let spec: JobSpec = serde_json::from_slice(&bytes).map_err(|e| format!("job spec is corrupt: {e}"))?;
@@ -574,6 +623,7 @@ impl Worker {
             Ok(Some(record)) => record.state,
             _ => JobState::Running,
         };
+        let stopped_at = self.first_failed_stage(job_id, &spec).await;
         let processors: StageProcessors = Arc::new(
             spec.stages
                 .iter()
@@ -590,9 +640,57 @@ impl Worker {
         let spec = Arc::new(spec);
         jobs.insert(
             job_id.to_owned(),
-            CachedJob { spec: spec.clone(), processors: processors.clone(), state, checked: Instant::now() },
+            CachedJob {
+                spec: spec.clone(),
+                processors: processors.clone(),
+                state,
+                stopped_at,
+                checked: Instant::now(),
+            },
         );
-        Ok((spec, processors, state))
+        Ok(JobView { spec, processors, state, stopped_at })
+    }
+
+    /// With `on_stage_failure: stop`, the first stage with a task failed for good, from the
+    /// analytics store (`None` when there is none, nothing to stop, or the store cannot say).
+    async fn first_failed_stage(&self, job_id: &str, spec: &JobSpec) -> Option<u32> {
+        if spec.on_stage_failure != StageFailurePolicy::Stop || spec.stages.len() < 2 {
+            return None;
+        }
+        let stages = self.grid.analytics.stages(job_id).await.ok()?;
+        stages.iter().filter(|s| s.failed > 0).map(|s| s.stage).min()
+    }
+
+    /// The first failed stage this worker knows of, without asking the store.
+    async fn known_stopped_at(&self, job_id: &str) -> Option<u32> {
+        self.jobs.lock().await.get(job_id).and_then(|cached| cached.stopped_at)
+    }
+
+    /// Remembers that `stage` of `job_id` has a task failed for good (this worker failed it), so
+    /// this worker stops forwarding and running later stages without waiting for the store.
+    async fn note_stage_failed(&self, job_id: &str, stage: u32) {
+        let mut jobs = self.jobs.lock().await;
+        if let Some(cached) = jobs.get_mut(job_id) {
+            if cached.spec.on_stage_failure == StageFailurePolicy::Stop {
+                cached.stopped_at = Some(cached.stopped_at.map_or(stage, |known| known.min(stage)));
+            }
+        }
+    }
+
+    /// How many runs of `task` failed before this delivery, from its recorded attempts; `None`
+    /// when the analytics store cannot say.
+    async fn earlier_failures(&self, task: &TaskMessage, delivery: u32) -> Option<u32> {
+        match self.grid.analytics.attempts(&task.job, task.stage, &task.task).await {
+            Ok(attempts) => {
+                let failed =
+                    attempts.iter().filter(|a| a.attempt != delivery && a.outcome != AttemptOutcome::Succeeded);
+                Some(u32::try_from(failed.count()).unwrap_or(u32::MAX))
+            }
+            Err(error) => {
+                tracing::warn!(%error, job = %task.job, task = %task.task, "cannot read the task's earlier attempts");
+                None
+            }
+        }
     }
 
     /// Runs one delivered message to a completion; never panics on bad payloads.
@@ -614,7 +712,7 @@ impl Worker {
                 return completion;
             }
         };
-        let (spec, processors, state) = match self.job(&task.job).await {
+        let JobView { spec, processors, state, stopped_at } = match self.job(&task.job).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(job = %task.job, %error, "job spec unavailable; retrying later");
@@ -626,8 +724,13 @@ impl Worker {
                 return completion;
             }
         };
-        if state == JobState::Cancelled {
-            return completion; // Deleted unrun.
+        if state.is_terminal() {
+            return completion; // Cancelled, or failed: deleted unrun.
+        }
+        if stopped_at.is_some_and(|failed| task.stage > failed) {
+            // `on_stage_failure: stop`: an earlier stage failed, so this stage is skipped.
+            tracing::info!(job = %task.job, stage = task.stage, task = %task.task, "dropping a task of a stage after a failed one");
+            return completion;
         }
         let Some(stage) = spec.stages.get(task.stage as usize) else {
             completion.action = Action::DeadLetter(format!("job `{}` has no stage {}", task.job, task.stage));
@@ -691,7 +794,10 @@ impl Worker {
                 attempt.bytes_in = output.bytes_in;
                 attempt.bytes_out = output.bytes_out;
                 let next = task.stage as usize + 1;
-                if spec.stages.get(next).is_some_and(|s| s.kind == StageKind::Map) {
+                // Read again: a failure this worker saw while the task ran counts too.
+                let stopped_at = self.known_stopped_at(&task.job).await.or(stopped_at);
+                let stopped = stopped_at.is_some_and(|failed| task.stage >= failed);
+                if !stopped && spec.stages.get(next).is_some_and(|s| s.kind == StageKind::Map) {
                     completion.forward = Some(
                         TaskMessage {
                             job: task.job.clone(),
@@ -707,13 +813,26 @@ impl Worker {
             Err(failure) => {
                 attempt.exit_status = failure.exit_status;
                 attempt.error = Some(failure.message.clone());
-                tracing::warn!(job = %task.job, stage = %stage.name, task = %task.task, attempt = message.receive_count, error = %failure.message, "task failed");
-                if message.receive_count >= spec.retry.max_attempts {
-                    attempt.outcome = AttemptOutcome::Failed;
-                    completion.action = Action::DeadLetter(failure.message);
-                } else {
-                    attempt.outcome = AttemptOutcome::Retrying;
-                    completion.action = Action::Retry(spec.retry.delay_after(message.receive_count));
+                // `max_attempts` counts failed runs, not deliveries: releases on shutdown and
+                // deliveries whose worker died raise the receive count but are no failure.
+                let failures = self.earlier_failures(&task, message.receive_count).await.map(|n| n + 1);
+                tracing::warn!(job = %task.job, stage = %stage.name, task = %task.task, delivery = message.receive_count, ?failures, error = %failure.message, "task failed");
+                match failures {
+                    Some(failures) if failures >= spec.retry.max_attempts => {
+                        attempt.outcome = AttemptOutcome::Failed;
+                        completion.action = Action::DeadLetter(failure.message);
+                        self.note_stage_failed(&task.job, task.stage).await;
+                    }
+                    Some(failures) => {
+                        attempt.outcome = AttemptOutcome::Retrying;
+                        completion.action = Action::Retry(spec.retry.delay_after(failures));
+                    }
+                    // The store cannot say how many failed before: never dead-letter on a guess;
+                    // try again (the queue's receive limit is the safety net).
+                    None => {
+                        attempt.outcome = AttemptOutcome::Retrying;
+                        completion.action = Action::Retry(spec.retry.delay_after(message.receive_count));
+                    }
                 }
             }
         }

@@ -18,7 +18,7 @@ use batchgrid_testkit::MetadataServer;
 
 /// A grid holding a job of `tasks` tasks that each take `seconds`.
 async fn grid_with_job(dir: &std::path::Path, tasks: usize, seconds: f32) -> Grid {
-    let grid = Grid::open_embedded(&dir.join("state"), &EmbeddedGridSettings { max_receives: 3 }).await.expect("grid");
+    let grid = Grid::open_embedded(&dir.join("state"), &EmbeddedGridSettings { max_receives: 5 }).await.expect("grid");
     let input = dir.join("input.txt");
     std::fs::write(&input, (0..tasks).map(|i| format!("line-{i}\n")).collect::<String>()).expect("input");
     let yaml = format!(

@@ -209,7 +209,7 @@ async fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
     let overrides = batchgrid_core::spec::Overrides { input: args.input.as_deref().map(run::from_cwd), output: None };
     let spec = batchgrid_core::spec::load_job_file(&args.job, &overrides)?;
-    let settings = batchgrid_core::grid::EmbeddedGridSettings { max_receives: spec.retry.max_attempts };
+    let settings = batchgrid_core::grid::EmbeddedGridSettings::for_job(&spec);
     let grid = batchgrid_core::grid::Grid::open_embedded(&args.state_dir, &settings)
         .await
         .with_context(|| format!("opening the grid in {}", args.state_dir.display()))?;

@@ -214,7 +214,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let logs = state_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let max_receives = match &plan {
-        Plan::Fresh(spec) => spec.retry.max_attempts,
+        Plan::Fresh(spec) => EmbeddedGridSettings::for_job(spec).max_receives,
         Plan::Resume(record) => record.max_receives,
     };
     let settings = EmbeddedGridSettings { max_receives };

@@ -42,8 +42,10 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub visibility_timeout: Duration,
     /// Deliveries after which the queue dead-letters a task whose worker never finished it
-    /// (embedded grid; a deployed queue's redrive policy says this).
-    #[arg(long, default_value_t = 3)]
+    /// (embedded grid; a deployed queue's redrive policy says this). A safety net above the
+    /// jobs' `retry.max_attempts`, which count failed runs; 5, as `queues.max_receives` in
+    /// environments/base.yaml.
+    #[arg(long, default_value_t = 5)]
     pub max_receives: u32,
     /// On SIGTERM, how long running tasks may take before they are released.
     #[arg(long, env = env::DRAIN_DEADLINE, default_value = "30s", value_parser = parse_duration)]

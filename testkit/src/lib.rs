@@ -4,6 +4,8 @@
 pub mod metadata;
 pub mod moto;
 pub mod postgres;
+pub mod proxy;
 
 pub use metadata::MetadataServer;
 pub use moto::Moto;
+pub use proxy::StallingProxy;

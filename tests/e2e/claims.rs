@@ -60,7 +60,7 @@ async fn a_worker_killed_mid_task_loses_nothing() {
     let marker = dir.path().join("killed-once");
     // The first delivery of chunk 000001 kills its own worker (the shell's parent) mid-task.
     let killer = format!(
-        "command: [sh, -c, 'if [ \"$BATCHGRID_TASK_ID\" = 000001 ] && [ ! -e {marker} ]; then touch {marker}; kill -9 $PPID; sleep 1; exit 1; fi; exec batchgrid-claims validate \"$0\" \"$1\"', \"{{input}}\", \"{{output}}\"]",
+        "command: [sh, -c, 'if [ \"$BATCHGRID_TASK_ID\" = 000001 ] && [ ! -e {marker} ]; then touch {marker}; kill -9 $(ps -o ppid= -p $PPID); sleep 1; exit 1; fi; exec batchgrid-claims validate \"$0\" \"$1\"', \"{{input}}\", \"{{output}}\"]",
         marker = marker.display()
     );
     let job = claims_job(dir.path())

@@ -61,7 +61,8 @@ async fn a_task_that_always_fails_is_dead_lettered_and_reported() {
 async fn a_task_whose_worker_always_dies_is_dead_lettered_and_reported() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_lines(&dir.path().join("input.txt"), 2);
-    let command = r#"[sh, -c, 'if grep -q line-1 "$0"; then sleep 0.5; kill -9 $PPID; sleep 5; fi', "{input}"]"#;
+    let command = r#"[sh, -c, 'if grep -q line-1 "$0"; then sleep 0.5; kill -9 $(ps -o ppid= -p $PPID); sleep 5; fi', "{input}"]"#;
+    // The command's parent is its supervisor; the supervisor's parent is the worker.
     let job = job(dir.path(), command, "  max_attempts: 2\n  backoff: 100ms");
     // One task per worker, so the dying task takes no innocent one with it.
     let result = run_job(dir.path(), &job, &["--workers", "2", "--concurrency", "1", "--visibility-timeout", "1s"]);

@@ -303,7 +303,7 @@ fn a_worker_killed_mid_task_on_the_local_stack_loses_nothing() {
     let expected = reference(dir, &input);
     let marker = dir.join("killed-once");
     let killer = format!(
-        "command: [sh, -c, 'if [ \"$BATCHGRID_TASK_ID\" = 000001 ] && [ ! -e {marker} ]; then touch {marker}; kill -9 $PPID; sleep 1; exit 1; fi; exec batchgrid-claims validate \"$0\" \"$1\"', \"{{input}}\", \"{{output}}\"]",
+        "command: [sh, -c, 'if [ \"$BATCHGRID_TASK_ID\" = 000001 ] && [ ! -e {marker} ]; then touch {marker}; kill -9 $(ps -o ppid= -p $PPID); sleep 1; exit 1; fi; exec batchgrid-claims validate \"$0\" \"$1\"', \"{{input}}\", \"{{output}}\"]",
         marker = marker.display()
     );
     let job = dir.join("claims.yaml");

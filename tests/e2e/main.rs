@@ -12,3 +12,4 @@ mod provision;
 mod resume;
 mod rotation;
 mod shutdown;
+mod worker_faults;

@@ -7,7 +7,8 @@
 //! directory holding the earlier stage's results otherwise. Inputs are read-only: where the
 //! object store keeps the object as a local file, the command reads it in place (no copy per
 //! task), so a command must not modify its input. The command runs in its own process group, which is killed
-//! whole when the task times out or the worker gives the task up.
+//! whole when the task times out or the worker gives the task up, and under a supervisor that
+//! kills that group when the worker process dies (see [`super::supervise`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -122,6 +123,7 @@ impl Processor for CommandProcessor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        super::supervise::die_with_worker(&mut command);
         let mut child = command.spawn().map_err(|e| failure(&format!("starting `{program}`"), e))?;
         let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
 

@@ -30,6 +30,22 @@ pub use sqlite::SqliteQueue;
 #[cfg(feature = "aws")]
 pub use sqs::SqsQueue;
 
+/// Deliveries a queue must allow beyond a job's `retry.max_attempts`.
+///
+/// `max_attempts` counts failed runs, decided by the worker from the task's recorded failures;
+/// the queue's receive limit (`max_receives`, SQS's `maxReceiveCount`) counts deliveries, which
+/// also rise when a task is released unfinished (SIGTERM drain, spot notice, lifecycle drain,
+/// a prefetched message given back) or its worker dies. The receive limit stays as a safety net
+/// for tasks whose workers never finish them, and it must leave room for this many such
+/// deliveries above the failures, so a job is refused at submit when
+/// `max_attempts > max_receives - RELEASE_MARGIN`.
+pub const RELEASE_MARGIN: u32 = 2;
+
+/// The most attempts a queue dead-lettering after `max_receives` deliveries can honour.
+pub fn max_honoured_attempts(max_receives: u32) -> u32 {
+    max_receives.saturating_sub(RELEASE_MARGIN)
+}
+
 /// Most entries in one send, delete or visibility batch (SQS's limit).
 pub const MAX_BATCH: usize = 10;
 
@@ -133,6 +149,10 @@ pub trait TaskQueue: Send + Sync + std::fmt::Debug {
     async fn redrive(&self) -> Result<u64, QueueError>;
     /// Message counts.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
+    /// Deliveries after which the queue dead-letters a message by itself, where known.
+    fn max_receives(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Checks a batch against the contract's limits.

@@ -144,6 +144,10 @@ impl SqliteQueue {
 
 #[async_trait]
 impl TaskQueue for SqliteQueue {
+    fn max_receives(&self) -> Option<u32> {
+        Some(self.max_receives)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -47,6 +47,8 @@ pub struct SqsQueue {
     name: String,
     url: String,
     dead_letter_url: String,
+    /// The redrive policy's `maxReceiveCount`.
+    max_receives: Option<u32>,
     delivered: Mutex<HashMap<String, (String, Instant)>>,
 }
 
@@ -87,6 +89,12 @@ impl SqsQueue {
             .ok_or_else(|| fail("the queue has no redrive policy, so it has no dead-letter queue".into()))?;
         let policy: serde_json::Value =
             serde_json::from_str(&policy).map_err(|e| fail(format!("unreadable redrive policy: {e}")))?;
+        // A number, or a number in a string, as CloudFormation writes it.
+        let max_receives = match &policy["maxReceiveCount"] {
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        };
         let target = policy["deadLetterTargetArn"]
             .as_str()
             .ok_or_else(|| fail("the redrive policy names no deadLetterTargetArn".into()))?;
@@ -106,6 +114,7 @@ impl SqsQueue {
             name,
             url: url.to_owned(),
             dead_letter_url: dead.queue_url.unwrap_or_default(),
+            max_receives,
             delivered: Mutex::new(HashMap::new()),
         })
     }
@@ -283,6 +292,10 @@ impl SqsQueue {
 
 #[async_trait]
 impl TaskQueue for SqsQueue {
+    fn max_receives(&self) -> Option<u32> {
+        self.max_receives
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -453,6 +466,7 @@ mod tests {
             name: "q".into(),
             url: "https://sqs.example/123/q".into(),
             dead_letter_url: "https://sqs.example/123/q-dlq".into(),
+            max_receives: Some(5),
             delivered: Mutex::new(HashMap::new()),
         }
     }

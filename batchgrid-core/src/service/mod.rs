@@ -138,6 +138,8 @@ impl JobService {
         overrides: &Overrides,
     ) -> Result<String, ServiceError> {
         let spec = parse_job(text, origin, &self.base_dir, overrides)?;
+        // Checked here too (the manager checks every submission) to name the line in `text`.
+        spec.check_against_grid(self.manager.grid().tasks.max_receives(), Some(text), origin)?;
         let id = self.manager.submit(&spec).await?;
         self.start(id.clone(), spec, true);
         Ok(id)

@@ -49,6 +49,23 @@ pub struct JobSpec {
     pub output: OutputSpec,
     /// How failed tasks are retried.
     pub retry: RetryPolicy,
+    /// What a stage's task failed for good means for the stages after it.
+    #[serde(default)]
+    pub on_stage_failure: StageFailurePolicy,
+}
+
+/// What a task failed for good (past its retries) does to the stages after its own.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StageFailurePolicy {
+    /// No task of a later stage starts once a stage has a failed task: workers stop forwarding
+    /// and drop later-stage tasks unrun, the manager opens no later stage, and the job ends
+    /// `failed` when the stages up to the failed one have drained, naming the skipped stages.
+    #[default]
+    Stop,
+    /// Later map stages go on with the tasks that succeeded; a reduce stage is still skipped
+    /// when any stage before it has a failed task, since it would run over partial data.
+    Continue,
 }
 
 /// The job's input.
@@ -169,7 +186,8 @@ pub struct OutputSpec {
 /// Retry policy for failed tasks.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts before a task is dead-lettered and reported failed.
+    /// Failed runs before a task is dead-lettered and reported failed. A run that never ended
+    /// (its worker released it on shutdown or died) is not a failed run.
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles each attempt.
     #[serde(with = "humantime_serde")]
@@ -192,6 +210,34 @@ impl JobSpec {
     pub fn last_stage(&self) -> usize {
         self.stages.len() - 1
     }
+
+    /// Checks the job against a grid whose queue dead-letters after `max_receives` deliveries
+    /// (unknown: nothing to check). `text` is the job document, when there is one, to say on
+    /// which line the refused field is.
+    pub fn check_against_grid(
+        &self,
+        max_receives: Option<u32>,
+        text: Option<&str>,
+        origin: &str,
+    ) -> Result<(), SpecError> {
+        let Some(max_receives) = max_receives else { return Ok(()) };
+        let honoured = crate::queue::max_honoured_attempts(max_receives);
+        if self.retry.max_attempts <= honoured {
+            return Ok(());
+        }
+        let field = FieldPath::root().key("retry").key("max_attempts");
+        Err(SpecError {
+            origin: origin.to_owned(),
+            position: text.and_then(|text| locate::locate(text, &field)),
+            field: field.to_string(),
+            message: format!(
+                "{} attempts asked, but this grid honours at most {honoured}: its queue dead-letters a task after \
+                 {max_receives} deliveries and keeps {} for releases (shutdown, spot notices)",
+                self.retry.max_attempts,
+                crate::queue::RELEASE_MARGIN
+            ),
+        })
+    }
 }
 
 // ---- raw form: what serde reads ------------------------------------------------------------
@@ -209,6 +255,8 @@ struct RawJob {
     retry: Option<RawRetry>,
     #[serde(default, with = "humantime_serde::option")]
     timeout: Option<Duration>,
+    #[serde(default)]
+    on_stage_failure: Option<StageFailurePolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -472,7 +520,15 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         };
 
         let retry = self.retry(raw.retry.as_ref())?;
-        Ok(JobSpec { name: raw.name, input, split, stages, output: OutputSpec { path: output }, retry })
+        Ok(JobSpec {
+            name: raw.name,
+            input,
+            split,
+            stages,
+            output: OutputSpec { path: output },
+            retry,
+            on_stage_failure: raw.on_stage_failure.unwrap_or_default(),
+        })
     }
 
     fn absolute(&self, path: &Path) -> PathBuf {

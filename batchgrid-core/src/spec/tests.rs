@@ -139,3 +139,31 @@ fn retry_delay_doubles_up_to_the_cap() {
     assert_eq!(policy.delay_after(4), Duration::from_secs(5));
     assert_eq!(policy.delay_after(400), Duration::from_secs(5));
 }
+
+#[test]
+fn more_attempts_than_the_grid_honours_are_refused_naming_field_and_line() {
+    let spec = parse(GOOD).expect("valid");
+    assert_eq!(spec.retry.max_attempts, 4);
+    let text = GOOD.replace("INPUT", "x");
+    spec.check_against_grid(Some(4 + crate::queue::RELEASE_MARGIN), Some(&text), "job.yaml")
+        .expect("room for releases");
+    spec.check_against_grid(None, Some(&text), "job.yaml").expect("an unknown limit is no limit");
+    let error = spec.check_against_grid(Some(5), Some(&text), "job.yaml").expect_err("refused");
+    let line = text.lines().position(|l| l.contains("max_attempts")).expect("line") + 1;
+    assert_eq!(error.field, "retry.max_attempts");
+    assert_eq!(error.position.map(|p| p.line), Some(line));
+    let message = error.to_string();
+    assert!(message.contains(&format!("job.yaml:{line}")) && message.contains("at most 3"), "{message}");
+}
+
+#[test]
+fn on_stage_failure_defaults_to_stop_and_is_validated() {
+    assert_eq!(parse(GOOD).expect("valid").on_stage_failure, StageFailurePolicy::Stop);
+    let text = format!("{GOOD}on_stage_failure: continue\n");
+    assert_eq!(parse(&text).expect("valid").on_stage_failure, StageFailurePolicy::Continue);
+    let text = format!("{GOOD}on_stage_failure: sometimes\n");
+    let error = parse(&text).expect_err("an unknown policy");
+    assert_eq!(error.field, "on_stage_failure");
+    assert_eq!(error.position.map(|p| p.line), Some(text.lines().count()));
+    assert!(error.message.contains("stop") && error.message.contains("continue"), "{error}");
+}

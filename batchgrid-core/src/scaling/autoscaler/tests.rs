@@ -52,7 +52,7 @@ fn one_map_stage() -> [StageRecord; 1] {
 }
 
 async fn setup(dir: &std::path::Path, delay: Duration) -> (Grid, Arc<FakeGroup>, Autoscaler) {
-    let grid = Grid::open_embedded(dir, &EmbeddedGridSettings { max_receives: 3 }).await.expect("grid");
+    let grid = Grid::open_embedded(dir, &EmbeddedGridSettings { max_receives: 5 }).await.expect("grid");
     let group = Arc::new(FakeGroup::default());
     let settings = SizingSettings { scale_in_delay: delay, ..SizingSettings::default() };
     let queues = vec![grid.tasks.clone(), grid.chain.clone()];
