@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::analytics::{
-    AnalyticsError, AttemptOutcome, AttemptRecord, JobRecord, JobState, StageProgress, StageRecord,
+    actor, AnalyticsError, AttemptOutcome, AttemptRecord, JobRecord, JobState, StageProgress, StageRecord,
 };
 use crate::db::now_millis;
 use crate::grid::Grid;
@@ -214,7 +214,7 @@ impl Manager {
     /// how many. `on_task` is called with the running count. The job is running from the first
     /// enqueued batch, so workers start before the split ends.
     pub async fn split(&self, job_id: &str, spec: &JobSpec, on_task: impl Fn(u64) + Send) -> Result<u64, ManagerError> {
-        self.grid.analytics.set_job_state(job_id, JobState::Splitting, None).await?;
+        self.grid.analytics.transition(job_id, JobState::Splitting, None, actor::MANAGER).await?;
         let spool = self.spool.join(job_id);
         std::fs::create_dir_all(&spool).map_err(|source| ManagerError::Spool { path: spool.clone(), source })?;
         let input = match &spec.input {
@@ -278,7 +278,7 @@ impl Manager {
                 }
                 if !started {
                     started = true;
-                    self.grid.analytics.set_job_state(job_id, JobState::Running, None).await?;
+                    self.grid.analytics.transition(job_id, JobState::Running, None, actor::MANAGER).await?;
                 }
                 on_task(staged);
             }
@@ -294,7 +294,7 @@ impl Manager {
         on_task(staged);
         self.grid.analytics.set_stage_expected(job_id, 0, count).await?;
         if !started {
-            self.grid.analytics.set_job_state(job_id, JobState::Running, None).await?;
+            self.grid.analytics.transition(job_id, JobState::Running, None, actor::MANAGER).await?;
         }
         tracing::info!(job = %job_id, tasks = count, "split complete");
         Ok(count)
@@ -452,7 +452,7 @@ impl Manager {
                     error = Some(e.to_string());
                 }
             }
-            self.grid.analytics.set_job_state(job_id, state, error.as_deref()).await?;
+            self.grid.analytics.transition(job_id, state, error.as_deref(), actor::MANAGER).await?;
             tracing::info!(job = %job_id, %state, "job finished");
         }
         Ok(JobProgress { state, stages, error })
@@ -539,13 +539,16 @@ impl Manager {
 
     /// Marks a job cancelled; workers delete its remaining tasks unrun.
     pub async fn cancel(&self, job_id: &str) -> Result<(), ManagerError> {
-        self.grid.analytics.set_job_state(job_id, JobState::Cancelled, Some("cancelled on request")).await?;
+        self.grid
+            .analytics
+            .transition(job_id, JobState::Cancelled, Some("cancelled on request"), actor::OPERATOR)
+            .await?;
         Ok(())
     }
 
     /// Ends a job as failed for a reason outside its tasks (its grid went away).
     pub async fn fail(&self, job_id: &str, reason: &str) -> Result<(), ManagerError> {
-        self.grid.analytics.set_job_state(job_id, JobState::Failed, Some(reason)).await?;
+        self.grid.analytics.transition(job_id, JobState::Failed, Some(reason), actor::MANAGER).await?;
         Ok(())
     }
 
@@ -588,7 +591,7 @@ impl Manager {
                         Ok(Err(error)) => Some(error.to_string()),
                         Err(error) => Some(error.to_string()),
                     } {
-                        self.grid.analytics.set_job_state(&job_id, JobState::Failed, Some(&error)).await?;
+                        self.grid.analytics.transition(&job_id, JobState::Failed, Some(&error), actor::MANAGER).await?;
                     }
                 }
             }

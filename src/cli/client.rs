@@ -305,6 +305,28 @@ pub async fn cancel(args: JobArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints a job's history: every state change, when, why and by whom.
+pub async fn history(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let entries = args.connection.client().await?.history(&args.job).await?;
+    if args.connection.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for entry in entries {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(entry.at).unwrap_or(0));
+        let from = entry.from.map_or("-", |s| s.as_str());
+        let reason = entry.reason.map(|r| format!("  ({r})")).unwrap_or_default();
+        println!(
+            "{}  {:<10} -> {:<10} by {}{reason}",
+            humantime::format_rfc3339_millis(at),
+            from,
+            entry.to.as_str(),
+            entry.actor
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Lists workers.
 pub async fn workers(connection: Connection) -> anyhow::Result<ExitCode> {
     let workers = connection.client().await?.workers().await?;

@@ -9,6 +9,7 @@
 //! | GET | `/v1/jobs/{id}/results` | result objects and, once ended, the report |
 //! | GET | `/v1/jobs/{id}/results/{path}` | one result object's bytes |
 //! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
+//! | GET | `/v1/jobs/{id}/history` | every state change: time, from, to, reason, actor |
 //! | GET | `/v1/workers` | workers and their statistics |
 
 use std::future::Future;
@@ -25,7 +26,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::{JobService, ServiceError};
-use crate::analytics::WorkerRecord;
+use crate::analytics::{HistoryEntry, WorkerRecord};
 use crate::report::JobReport;
 use crate::secret::Secret;
 use crate::spec::{JobSpec, Overrides};
@@ -130,6 +131,7 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/v1/jobs/{id}/results", get(results))
         .route("/v1/jobs/{id}/results/{*path}", get(result_object))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/history", get(history))
         .route("/v1/workers", get(workers))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -249,6 +251,10 @@ const STREAM_CHUNK: usize = 256 * 1024;
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     state.service.cancel(&id).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+async fn history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    Ok(Json(state.service.history(&id).await?))
 }
 
 async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerRecord>>, ApiError> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::{JobRecord, JobState, StageProgress};
+use crate::analytics::{actor, HistoryEntry, JobRecord, JobState, StageProgress};
 use crate::manager::{Manager, ManagerError};
 use crate::spec::{parse_job, JobSpec, Overrides, SpecError};
 
@@ -116,12 +116,12 @@ impl JobService {
                     }
                     Err(error) => {
                         let reason = format!("stored spec unreadable after a manager restart: {error}");
-                        analytics.set_job_state(&job.id, JobState::Failed, Some(&reason)).await?;
+                        analytics.transition(&job.id, JobState::Failed, Some(&reason), actor::MANAGER).await?;
                     }
                 },
                 JobState::Submitted | JobState::Splitting => {
                     let reason = "the manager restarted while splitting the input; submit the job again";
-                    analytics.set_job_state(&job.id, JobState::Failed, Some(reason)).await?;
+                    analytics.transition(&job.id, JobState::Failed, Some(reason), actor::MANAGER).await?;
                 }
                 _ => {}
             }
@@ -176,6 +176,13 @@ impl JobService {
         let job = analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
         let stages = analytics.stages(id).await?;
         Ok(JobStatus::of(job, stages))
+    }
+
+    /// A job's history: every state change with its time, reason and actor.
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ServiceError> {
+        let analytics = &self.manager.grid().analytics;
+        analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
+        Ok(analytics.history(id).await?)
     }
 
     /// Cancels a job that has not ended.
