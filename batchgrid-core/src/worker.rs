@@ -500,6 +500,10 @@ impl Worker {
             return;
         }
         let forwards: Vec<String> = batch.iter().filter_map(|c| c.forward.clone()).collect();
+        #[cfg(feature = "fault-injection")]
+        if !forwards.is_empty() {
+            crate::fault::crash_point(crate::fault::AFTER_RECORD);
+        }
         for chunk in forwards.chunks(MAX_BATCH) {
             if let Err(error) = self.grid.chain.send_batch(chunk).await {
                 tracing::error!(%error, "could not forward results to the next stage; tasks will be redelivered");

@@ -239,6 +239,13 @@ async fn download_results(
 /// Prints a job's state and per-stage progress, or every job.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = args.connection.client().await?;
+    // Health first: when the analytics store is down, it says so even if the rest cannot answer.
+    let health = client.health().await.context("asking the manager for its health")?;
+    if !args.connection.json {
+        for line in health.describe() {
+            eprintln!("{line}");
+        }
+    }
     let Some(job) = &args.job else {
         let jobs = client.jobs().await?;
         if args.connection.json {
@@ -261,6 +268,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("job {} ({}) {}", status.id, status.name, status.state);
     if let Some(error) = &status.error {
         println!("  reason: {error}");
+    }
+    if let Some(note) = &status.watchdog {
+        println!("  watchdog: {note}");
     }
     for stage in &status.stages {
         let expected = stage.expected.map_or_else(|| "?".to_owned(), |n| n.to_string());

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use super::api::{ErrorBody, Results, Submitted};
 use super::JobStatus;
 use crate::analytics::{HistoryEntry, WorkerRecord};
+use crate::manager::HealthReport;
 use crate::secret::Secret;
 
 /// Client errors.
@@ -151,6 +152,11 @@ impl ApiClient {
     /// A job's history, oldest first.
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ClientError> {
         self.json(self.http.get(self.url(&format!("/v1/jobs/{id}/history")))).await
+    }
+
+    /// The manager's health.
+    pub async fn health(&self) -> Result<HealthReport, ClientError> {
+        self.json(self.http.get(self.url("/v1/health"))).await
     }
 
     /// Workers and their statistics.

@@ -49,6 +49,9 @@ pub struct JobSpec {
     pub output: OutputSpec,
     /// How failed tasks are retried.
     pub retry: RetryPolicy,
+    /// How long after submission the job may run before it fails (`deadline:`); none by default.
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
 }
 
 /// The job's input.
@@ -209,6 +212,8 @@ struct RawJob {
     retry: Option<RawRetry>,
     #[serde(default, with = "humantime_serde::option")]
     timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    deadline: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -472,7 +477,18 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         };
 
         let retry = self.retry(raw.retry.as_ref())?;
-        Ok(JobSpec { name: raw.name, input, split, stages, output: OutputSpec { path: output }, retry })
+        if raw.deadline.is_some_and(|d| d.is_zero()) {
+            return Err((self.error_at)(&root.key("deadline"), "must be more than zero".into()));
+        }
+        Ok(JobSpec {
+            name: raw.name,
+            input,
+            split,
+            stages,
+            output: OutputSpec { path: output },
+            retry,
+            deadline: raw.deadline,
+        })
     }
 
     fn absolute(&self, path: &Path) -> PathBuf {

@@ -139,3 +139,18 @@ fn retry_delay_doubles_up_to_the_cap() {
     assert_eq!(policy.delay_after(4), Duration::from_secs(5));
     assert_eq!(policy.delay_after(400), Duration::from_secs(5));
 }
+
+#[test]
+fn deadline_is_a_duration_from_submission() {
+    let spec = parse(&format!("{GOOD}deadline: 2h\n")).expect("valid");
+    assert_eq!(spec.deadline, Some(Duration::from_secs(7200)));
+    assert_eq!(parse(GOOD).expect("valid").deadline, None, "no deadline unless asked");
+}
+
+#[test]
+fn bad_deadline_names_line_and_field() {
+    let line = error_of(&format!("{GOOD}deadline: soon\n"));
+    assert!(line.starts_with("job.yaml:20:") && line.contains("deadline"), "{line}");
+    let line = error_of(&format!("{GOOD}deadline: 0s\n"));
+    assert!(line.starts_with("job.yaml:20:") && line.contains("deadline") && line.contains("more than zero"), "{line}");
+}
