@@ -24,3 +24,22 @@ pub fn crash_point(point: &str) {
         std::process::abort();
     }
 }
+
+/// In the manager: after each group of first-stage tasks is enqueued while splitting.
+pub const SPLIT_BATCH: &str = "split-batch";
+
+/// The environment variable that slows a point down: `POINT:DURATION`, e.g. `split-batch:2s`.
+pub const SLOW_ENV: &str = "BATCHGRID_SLOW";
+
+/// Pauses for the armed duration if `point` is the one slowed down, so a test can act (kill,
+/// cancel) while the process is at that point.
+pub async fn slow_point(point: &str) {
+    let Ok(armed) = std::env::var(SLOW_ENV) else { return };
+    let Some((wanted, pause)) = armed.split_once(':') else { return };
+    if wanted != point {
+        return;
+    }
+    if let Ok(pause) = humantime::parse_duration(pause) {
+        tokio::time::sleep(pause).await;
+    }
+}

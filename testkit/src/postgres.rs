@@ -40,7 +40,7 @@ pub struct TestDatabase {
     admin_url: String,
     name: String,
     /// Dropped after the database, by field order: the server must outlive it.
-    _cluster: Option<Cluster>,
+    cluster: Option<Cluster>,
 }
 
 impl Default for TestDatabase {
@@ -69,13 +69,41 @@ impl TestDatabase {
         }
     }
 
+    /// Always starts a throwaway cluster (trust authentication) of the test's own, which
+    /// [`TestDatabase::stop`] and [`TestDatabase::start`] can take away and bring back; panics
+    /// if `initdb` and `pg_ctl` cannot be found or fail.
+    pub fn throwaway() -> Self {
+        match Cluster::start(None) {
+            Ok(cluster) => Self::create(cluster.url(), Some(cluster)),
+            Err(error) => panic!("no throwaway PostgreSQL cluster ({error}). To fix, {INSTALL_HINT}."),
+        }
+    }
+
+    /// Stops the server at once, as a crash or a failover would (`pg_ctl stop -m immediate`):
+    /// every connection breaks and new ones are refused until [`TestDatabase::start`]. Panics
+    /// unless the database is on a throwaway cluster ([`TestDatabase::throwaway`]).
+    pub fn stop(&self) {
+        let cluster = self.cluster.as_ref().expect("stop() needs a throwaway cluster: use TestDatabase::throwaway()");
+        if let Err(error) = cluster.stop() {
+            panic!("could not stop the throwaway PostgreSQL cluster: {error}");
+        }
+    }
+
+    /// Starts the server again on the same port, after [`TestDatabase::stop`].
+    pub fn start(&self) {
+        let cluster = self.cluster.as_ref().expect("start() needs a throwaway cluster: use TestDatabase::throwaway()");
+        if let Err(error) = cluster.restart() {
+            panic!("could not start the throwaway PostgreSQL cluster again: {error}");
+        }
+    }
+
     fn create(admin_url: String, cluster: Option<Cluster>) -> Self {
         let name = format!("batchgrid_test_{}", ulid::Ulid::new().to_string().to_lowercase());
         let statement = format!(r#"CREATE DATABASE "{name}""#);
         if let Err(error) = block_on(admin(&admin_url, &[statement])) {
             panic!("could not create test database `{name}` on {}: {error}", redact(&admin_url));
         }
-        Self { admin_url, name, _cluster: cluster }
+        Self { admin_url, name, cluster }
     }
 
     /// The URL of the test database, as the superuser.
@@ -290,6 +318,19 @@ impl Cluster {
         }
     }
 
+    fn stop(&self) -> Result<(), String> {
+        let data_arg = self.data.display().to_string();
+        self.run("pg_ctl", &["-D", &data_arg, "-m", "immediate", "-w", "stop"])
+    }
+
+    /// Starts the stopped server again on its port.
+    fn restart(&self) -> Result<(), String> {
+        let data_arg = self.data.display().to_string();
+        let log = self.data.join("server.log").display().to_string();
+        let port_option = format!("-p {}", self.port);
+        self.run("pg_ctl", &["-D", &data_arg, "-l", &log, "-o", &port_option, "-w", "-t", "60", "start"])
+    }
+
     /// Runs one of the server binaries, as `postgres` when we are root.
     fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
         let path = self.bin.join(program);
@@ -315,8 +356,8 @@ impl Drop for Cluster {
         if self.port == 0 {
             return;
         }
-        let data_arg = self.data.display().to_string();
-        if let Err(error) = self.run("pg_ctl", &["-D", &data_arg, "-m", "immediate", "-w", "stop"]) {
+        // Best effort: the test may have stopped it already.
+        if let Err(error) = self.stop() {
             eprintln!("warning: could not stop the throwaway PostgreSQL cluster: {error}");
         }
     }

@@ -4,9 +4,15 @@
 //! for 90 s, the manager is SIGKILLed while splitting and while tasks run, and a cancel arrives
 //! while splitting. Each ends with exact totals (or `cancelled`, and still so later).
 
+use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
-use crate::harness::{batchgrid, write_lines};
+use batchgrid_core::analytics::{AnalyticsStore, JobState, PgAnalytics};
+use batchgrid_core::service::JobStatus;
+
+use crate::harness::{batchgrid, block_on, write_lines};
+use crate::local_stack::{Credentials, LocalStack, TOKEN};
 
 /// A crash after a worker records tasks done and before it forwards them to the next map
 /// stage, on their last allowed delivery (`max_attempts: 1`): the queue dead-letters them on
@@ -60,4 +66,196 @@ retry:
     assert_eq!(parts, 12, "one result per task");
     assert!(stderr.contains("re-sent"), "the watchdog repaired the lost forwards; stderr:\n{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(120), "bounded in time");
+}
+
+/// A map stage of one task per input line, each sleeping `sleep` seconds, then a reduce over all.
+fn write_job(dir: &Path, tasks: usize, sleep: &str) -> PathBuf {
+    let input = dir.join("input.txt");
+    write_lines(&input, tasks);
+    let job = format!(
+        r#"name: faults
+input:
+  path: {input}
+split:
+  lines: 1
+stages:
+  - name: upper
+    command: [sh, -c, 'sleep {sleep}; tr a-z A-Z < "$0" > "$1/part.txt"', "{{input}}", "{{output}}"]
+  - name: gather
+    kind: reduce
+    command: [sh, -c, 'cat "$0"/*/part.txt | sort > "$1/all.txt"', "{{input}}", "{{output}}"]
+output:
+  path: {output}
+"#,
+        input = input.display(),
+        output = dir.join("out").display(),
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, job).expect("write job");
+    path
+}
+
+/// Submits a job file (uploading its input) without waiting; returns the job id.
+fn submit(stack: &LocalStack, job: &Path) -> String {
+    let mut command = stack.command();
+    command.args(["submit", "--env", "local", "--json"]).args(stack.place_args()).arg(job);
+    let output = command.output().expect("run submit");
+    assert!(output.status.success(), "submit failed: {}", String::from_utf8_lossy(&output.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("submit answers JSON");
+    answer["job_id"].as_str().expect("job id").to_owned()
+}
+
+/// The job's status, or `None` while the manager cannot answer (restarting, database away).
+fn status(stack: &LocalStack, id: &str) -> Option<JobStatus> {
+    block_on(stack.client(TOKEN).status(id)).ok()
+}
+
+/// Polls the job until `done` says so; panics with the manager's logs after `timeout`.
+fn wait_until(
+    stack: &LocalStack,
+    id: &str,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&JobStatus) -> bool,
+) -> JobStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = status(stack, id) {
+            if done(&status) {
+                return status;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}; manager logs:\n{}",
+            stack.manager_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Mid-split: the first tasks are queued, the first stage's size is not known yet.
+fn splitting(status: &JobStatus) -> bool {
+    !status.state.is_terminal()
+        && status.stages.first().is_some_and(|s| s.expected.is_none())
+        && status.state == JobState::Running
+}
+
+/// The job completed with exact totals: every task done once, none failed, every done task
+/// with its attempts recorded, and the reduce saw each line exactly once.
+fn assert_exact(stack: &LocalStack, id: &str, tasks: usize) {
+    let status = wait_until(stack, id, Duration::from_secs(150), "the job ends", |s| s.state.is_terminal());
+    assert_eq!(status.state, JobState::Completed, "{status:?}\nmanager logs:\n{}", stack.manager_logs());
+    let counts: Vec<(Option<u64>, u64, u64)> = status.stages.iter().map(|s| (s.expected, s.done, s.failed)).collect();
+    assert_eq!(counts, [(Some(tasks as u64), tasks as u64, 0), (Some(1), 1, 0)], "{status:?}");
+    let url = stack.database.url();
+    let id_owned = id.to_owned();
+    let (statuses, unrecorded) = block_on(async move {
+        let store = PgAnalytics::connect(&url, 2).await.expect("analytics");
+        let statuses = store.task_statuses(&id_owned, 0).await.expect("tasks");
+        let mut unrecorded = Vec::new();
+        for (task, _) in &statuses {
+            if store.attempts(&id_owned, 0, task).await.expect("attempts").is_empty() {
+                unrecorded.push(task.clone());
+            }
+        }
+        (statuses, unrecorded)
+    });
+    assert_eq!(statuses.len(), tasks, "one task row per task: no task counted twice");
+    assert!(statuses.iter().all(|(_, s)| s == "done"), "{statuses:?}");
+    assert!(unrecorded.is_empty(), "tasks done without a recorded attempt: {unrecorded:?}");
+    let client = stack.client(TOKEN);
+    let all = stack.dir.path().join("all.txt");
+    block_on(client.download_result(id, "all.txt", &all)).expect("download the reduce's output");
+    let text = std::fs::read_to_string(&all).expect("read all.txt");
+    let lines: std::collections::BTreeSet<&str> = text.lines().collect();
+    assert_eq!((text.lines().count(), lines.len()), (tasks, tasks), "each line once in the reduce's output");
+}
+
+/// PostgreSQL stopped for 90 s (an RDS failover takes one to two minutes) while a job runs,
+/// then started: the manager reports itself degraded meanwhile, never fails the job, and the
+/// job completes with exact totals.
+#[test]
+fn the_database_away_for_90s_fails_no_job() {
+    let stack = LocalStack::launch(2, &[], Credentials::Throwaway);
+    let job = write_job(stack.dir.path(), 60, "1");
+    let id = submit(&stack, &job);
+    wait_until(&stack, &id, Duration::from_secs(60), "some tasks are done", |s| {
+        s.stages.first().is_some_and(|s| s.done >= 8)
+    });
+    let stopped = Instant::now();
+    stack.database.stop();
+    // The manager says what is wrong while it retries.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        let health = block_on(stack.client(TOKEN).health()).expect("health answers without the database");
+        if health.faults.contains_key("analytics") {
+            break health;
+        }
+        assert!(Instant::now() < deadline, "the manager never reported the database away: {health:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(health.status, "degraded");
+    let output = stack.command().args(["status"]).output().expect("run status");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("analytics store unreachable since") && said.contains("retrying"), "{said}");
+    std::thread::sleep(Duration::from_secs(90).saturating_sub(stopped.elapsed()));
+    stack.database.start();
+    assert_exact(&stack, &id, 60);
+    let health = block_on(stack.client(TOKEN).health()).expect("health");
+    assert_eq!(health.status, "ok", "{health:?}");
+}
+
+/// The manager SIGKILLed while it splits the input: the new manager splits it again from the
+/// start, and the tasks sent twice run and count once.
+#[test]
+fn the_manager_killed_while_splitting_loses_nothing() {
+    let mut stack = LocalStack::launch(2, &[], Credentials::Throwaway);
+    let job = write_job(stack.dir.path(), 200, "0");
+    // Slow the split down (test builds only) so that the kill lands in the middle of it.
+    stack.set_manager_env("BATCHGRID_SLOW", "split-batch:2s");
+    stack.kill_and_restart_manager();
+    let id = submit(&stack, &job);
+    wait_until(&stack, &id, Duration::from_secs(60), "the split is under way", splitting);
+    stack.kill_and_restart_manager();
+    assert_exact(&stack, &id, 200);
+}
+
+/// The manager SIGKILLed while tasks run: the new one picks the running job up.
+#[test]
+fn the_manager_killed_while_tasks_run_loses_nothing() {
+    let mut stack = LocalStack::launch(2, &[], Credentials::Throwaway);
+    let job = write_job(stack.dir.path(), 40, "0.3");
+    let id = submit(&stack, &job);
+    wait_until(&stack, &id, Duration::from_secs(60), "tasks are running", |s| {
+        s.stages.first().is_some_and(|s| s.expected.is_some() && s.done >= 5)
+    });
+    stack.kill_and_restart_manager();
+    assert_exact(&stack, &id, 40);
+}
+
+/// A cancel while the input is being split: the job ends `cancelled` and stays so; the
+/// splitter's `running` and the reconciler's `completed` cannot overwrite it.
+#[test]
+fn a_cancel_while_splitting_stays_cancelled() {
+    let mut stack = LocalStack::launch(2, &[], Credentials::Throwaway);
+    let job = write_job(stack.dir.path(), 200, "0");
+    stack.set_manager_env("BATCHGRID_SLOW", "split-batch:2s");
+    stack.kill_and_restart_manager();
+    let id = submit(&stack, &job);
+    wait_until(&stack, &id, Duration::from_secs(60), "the split is under way", splitting);
+    block_on(stack.client(TOKEN).cancel(&id)).expect("cancel");
+    let status = wait_until(&stack, &id, Duration::from_secs(30), "the job ends", |s| s.state.is_terminal());
+    assert_eq!(status.state, JobState::Cancelled, "{status:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    let later = status_of(&stack, &id);
+    assert_eq!(later.state, JobState::Cancelled, "still cancelled 5 s later: {later:?}");
+    let history = block_on(stack.client(TOKEN).history(&id)).expect("history");
+    let last = history.last().expect("history entries");
+    assert_eq!((last.to, last.actor.as_str()), (JobState::Cancelled, "operator"), "{history:?}");
+    assert!(!history.iter().any(|h| h.to == JobState::Completed), "{history:?}");
+}
+
+fn status_of(stack: &LocalStack, id: &str) -> JobStatus {
+    status(stack, id).expect("status")
 }

@@ -97,6 +97,8 @@ impl Manager {
                     analytics.transition(job_id, JobState::Running, Some("first tasks queued"), actor::MANAGER).await?;
                 }
                 on_task(staged);
+                #[cfg(feature = "fault-injection")]
+                crate::fault::slow_point(crate::fault::SPLIT_BATCH).await;
                 if self.job_has_ended(job_id).await? {
                     tracing::info!(job = %job_id, "job ended while splitting; split stopped");
                     break;
