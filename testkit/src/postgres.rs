@@ -61,7 +61,7 @@ impl TestDatabase {
     /// `initdb` and `pg_ctl` cannot be found or fail.
     pub fn with_password_auth() -> Self {
         let password = ulid::Ulid::new().to_string();
-        match Cluster::start(Some(&password)) {
+        match Cluster::start(Some(&password), false) {
             Ok(cluster) => Self::create(cluster.url(), Some(cluster)),
             Err(error) => {
                 panic!("no PostgreSQL cluster with password authentication ({error}). To fix, {INSTALL_HINT}.")
@@ -70,10 +70,12 @@ impl TestDatabase {
     }
 
     /// Always starts a throwaway cluster (trust authentication) of the test's own, which
-    /// [`TestDatabase::stop`] and [`TestDatabase::start`] can take away and bring back; panics
+    /// [`TestDatabase::stop`] and [`TestDatabase::start`] can take away and bring back. Its
+    /// commits are synchronous, as on RDS: a commit acknowledged before a stop survives it
+    /// (the other clusters trade that away for speed). Panics
     /// if `initdb` and `pg_ctl` cannot be found or fail.
     pub fn throwaway() -> Self {
-        match Cluster::start(None) {
+        match Cluster::start(None, true) {
             Ok(cluster) => Self::create(cluster.url(), Some(cluster)),
             Err(error) => panic!("no throwaway PostgreSQL cluster ({error}). To fix, {INSTALL_HINT}."),
         }
@@ -160,7 +162,7 @@ fn server() -> (String, Option<Cluster>) {
         Ok(()) => return (LOCAL_URL.to_owned(), None),
         Err(error) => error,
     };
-    match Cluster::start(None) {
+    match Cluster::start(None, false) {
         Ok(cluster) => (cluster.url(), Some(cluster)),
         Err(error) => panic!(
             "no PostgreSQL for the tests: nothing usable at {LOCAL_URL} ({local}), and no throwaway cluster \
@@ -253,7 +255,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(password: Option<&str>) -> Result<Self, String> {
+    /// `durable`: commits are acknowledged only once written, so an immediate stop loses none.
+    fn start(password: Option<&str>, durable: bool) -> Result<Self, String> {
         let bin = server_binaries().ok_or("`initdb` and `pg_ctl` are not in PATH nor in /usr/lib/postgresql/*/bin")?;
         let dir = tempfile::Builder::new()
             .prefix("batchgrid-pg-")
@@ -281,13 +284,17 @@ impl Cluster {
         let initialised = cluster.run("initdb", &initdb);
         let _ = std::fs::remove_file(&pwfile);
         initialised?;
-        // Loopback only, no Unix socket (its directory may not be writable), and no durability:
+        // Loopback only, no Unix socket (its directory may not be writable), and little durability:
         // the cluster dies with the test.
-        let settings = "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nfsync = off\n\
-                        synchronous_commit = off\nfull_page_writes = off\n";
+        let mut settings = "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nfsync = off\n\
+                            full_page_writes = off\n"
+            .to_owned();
+        // fsync off still writes the WAL to the kernel at commit, which a server crash keeps;
+        // asynchronous commit does not even write it.
+        settings.push_str(if durable { "synchronous_commit = on\n" } else { "synchronous_commit = off\n" });
         let conf = cluster.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).map_err(|e| format!("reading {}: {e}", conf.display()))?;
-        text.push_str(settings);
+        text.push_str(&settings);
         std::fs::write(&conf, text).map_err(|e| format!("writing {}: {e}", conf.display()))?;
 
         // The port is free when chosen but another process may take it before the server

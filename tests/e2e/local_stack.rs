@@ -51,6 +51,8 @@ pub(crate) struct LocalStack {
     manager_starts: usize,
     /// Extra environment of manager processes started from now on.
     manager_env: Vec<(String, String)>,
+    /// Workers' `--visibility-timeout`.
+    worker_visibility: String,
     workers: Vec<Child>,
 }
 
@@ -102,6 +104,7 @@ impl LocalStack {
             manager_args: manager_args.iter().map(|a| (*a).to_owned()).collect(),
             manager_starts: 0,
             manager_env: vec![],
+            worker_visibility: "2s".to_owned(),
             workers: vec![],
         };
         let deploy = stack
@@ -176,6 +179,15 @@ impl LocalStack {
         logs
     }
 
+    /// Starts `count` more workers with `--visibility-timeout visibility`.
+    pub(crate) fn start_workers_with_visibility(&mut self, count: usize, visibility: &str) {
+        self.worker_visibility = visibility.to_owned();
+        let first = self.workers.len();
+        for index in first..first + count {
+            self.start_worker(index);
+        }
+    }
+
     fn start_worker(&mut self, index: usize) {
         self.start_worker_with(index, &[]);
     }
@@ -184,7 +196,7 @@ impl LocalStack {
         let log = self.log(&format!("worker-{index}"));
         let worker = self
             .command()
-            .args(["worker", "--env", "local", "--visibility-timeout", "2s", "--concurrency", "2"])
+            .args(["worker", "--env", "local", "--visibility-timeout", &self.worker_visibility, "--concurrency", "2"])
             .args(["--id", &format!("local-worker-{index}"), "--drain-deadline", "5s"])
             .arg("--scratch-dir")
             .arg(self.dir.path().join(format!("scratch-{index}")))

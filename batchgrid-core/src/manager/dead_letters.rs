@@ -14,8 +14,10 @@ use crate::db::now_millis;
 use crate::queue::{DeadLetter, Receipt, TaskQueue, MAX_BATCH};
 use crate::task::TaskMessage;
 
-/// How long a taken letter stays hidden before it can be taken again (if it was not deleted).
-const DEAD_LETTER_HOLD: Duration = Duration::from_secs(120);
+/// How long a taken letter stays hidden before it can be taken again (if it was not deleted,
+/// say because the analytics store failed between taking and recording it): short, as
+/// the job waits for it meanwhile.
+const DEAD_LETTER_HOLD: Duration = Duration::from_secs(30);
 
 impl Manager {
     /// Records every dead letter no worker recorded as failed, then removes it; returns how

@@ -208,9 +208,10 @@ impl Manager {
         let mut stages = analytics.stages(job_id).await?;
         // Level-triggered: the first stage's size is written only once the split has finished,
         // so a job without it needs splitting, whatever its state and whoever split it before.
-        let needs_split = stages.first().is_some_and(|s| s.expected.is_none());
+        let mut needs_split = stages.first().is_some_and(|s| s.expected.is_none());
         self.open_stages(job_id, spec, &mut stages).await?;
         self.watch_stages(job_id, spec, &stages, watchdog).await?;
+        needs_split |= std::mem::take(&mut watchdog.resplit);
 
         let (mut state, mut error) = (job.state, None);
         if stages.first().is_some_and(|s| s.expected == Some(0)) {
@@ -327,4 +328,77 @@ fn verdict(stages: &[StageProgress]) -> (JobState, Option<String>) {
         reason.push_str(&format!("; skipped: {}", skipped.join(", ")));
     }
     (JobState::Failed, Some(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::AnalyticsError;
+    use crate::queue::QueueError;
+    use crate::split::SplitError;
+
+    fn stage(kind: StageKind, expected: u64, done: u64, failed: u64) -> StageProgress {
+        StageProgress { stage: 0, name: "s".into(), kind, expected: Some(expected), done, failed, retrying: 0 }
+    }
+
+    #[test]
+    fn only_the_job_s_own_faults_can_fail_it() {
+        let infrastructure: Vec<ManagerError> = vec![
+            AnalyticsError::Backend("pool timed out".into()).into(),
+            QueueError::Backend { queue: "q".into(), source: "throttled".into() }.into(),
+            SplitError::Io { context: "writing a chunk".into(), source: std::io::Error::other("disk full") }.into(),
+        ];
+        for error in &infrastructure {
+            assert!(!error.is_job_fault(), "{error} must be retried, not fail the job");
+        }
+        let own: Vec<ManagerError> = vec![
+            ManagerError::Input { input: "s3://b/k".into(), message: "no such object".into() },
+            SplitError::Io { context: "reading input".into(), source: std::io::ErrorKind::NotFound.into() }.into(),
+            SplitError::HeaderTooLong("in.csv".into()).into(),
+        ];
+        for error in &own {
+            assert!(error.is_job_fault(), "{error} is the job's own");
+        }
+        assert_eq!(infrastructure[0].part(), "analytics");
+        assert_eq!(infrastructure[1].part(), "queue");
+    }
+
+    #[test]
+    fn a_job_fails_for_failed_tasks_and_skipped_reduces_only() {
+        let done = [stage(StageKind::Map, 3, 3, 0), stage(StageKind::Reduce, 1, 1, 0)];
+        assert_eq!(verdict(&done), (JobState::Completed, None));
+        let failed = [stage(StageKind::Map, 3, 2, 1), stage(StageKind::Reduce, 0, 0, 0)];
+        let (state, reason) = verdict(&failed);
+        assert_eq!(state, JobState::Failed);
+        let reason = reason.expect("a reason");
+        assert!(reason.contains("1 in `s`") && reason.contains("skipped"), "{reason}");
+    }
+
+    #[test]
+    fn the_deadline_counts_from_submission() {
+        let spec_with = |deadline: Option<Duration>| {
+            let mut spec: JobSpec = serde_json::from_value(serde_json::json!({
+                "name": "d", "input": {"local": "/in"}, "split": "per_file", "stages": [],
+                "output": {"path": "/out"}, "retry": {"max_attempts": 1, "backoff": "1s", "max_backoff": "1s"},
+            }))
+            .expect("spec");
+            spec.deadline = deadline;
+            spec
+        };
+        let job = |submitted_at| JobRecord {
+            id: "j".into(),
+            name: "d".into(),
+            state: JobState::Running,
+            spec: String::new(),
+            submitted_at,
+            started_at: None,
+            finished_at: None,
+            error: None,
+        };
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(deadline_passed(&job(now_millis()), &spec_with(hour)), None);
+        let reason = deadline_passed(&job(now_millis() - 3_601_000), &spec_with(hour)).expect("passed");
+        assert!(reason.contains("deadline of 1h"), "{reason}");
+        assert_eq!(deadline_passed(&job(0), &spec_with(None)), None, "no deadline, no limit");
+    }
 }

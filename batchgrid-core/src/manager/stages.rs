@@ -5,6 +5,8 @@
 //! worker that died after recording a task done but before forwarding it to the next map stage,
 //! on its last allowed delivery: the next stage's task is re-sent from the done task before it
 //! (keys are deterministic and progress is counted once, so a needless re-send is harmless).
+//! First-stage tasks lost (a message deleted whose record a database crash then lost) are
+//! re-sent by splitting the input again.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -23,6 +25,9 @@ const STALL_AFTER: Duration = Duration::from_secs(120);
 const QUIET_PASSES: u32 = 3;
 /// See [`QUIET_PASSES`].
 const QUIET_FOR: Duration = Duration::from_secs(2);
+/// After acting (or reporting), the watchdog waits this long for things to move before it acts
+/// again: a re-send needs time to run, a redelivery time to come.
+const ACT_EVERY: Duration = Duration::from_secs(30);
 
 /// What the watchdog remembers between passes of one job.
 #[derive(Debug)]
@@ -31,11 +36,22 @@ pub(super) struct Watchdog {
     moved_at: Instant,
     quiet_passes: u32,
     quiet_since: Option<Instant>,
+    /// When it last acted, while nothing has moved since.
+    acted_at: Option<Instant>,
+    /// Set when first-stage tasks are lost: the split is run again (it is idempotent).
+    pub(super) resplit: bool,
 }
 
 impl Default for Watchdog {
     fn default() -> Self {
-        Self { counters: Vec::new(), moved_at: Instant::now(), quiet_passes: 0, quiet_since: None }
+        Self {
+            counters: Vec::new(),
+            moved_at: Instant::now(),
+            quiet_passes: 0,
+            quiet_since: None,
+            acted_at: None,
+            resplit: false,
+        }
     }
 }
 
@@ -55,6 +71,7 @@ impl Manager {
             watchdog.moved_at = Instant::now();
             watchdog.quiet_passes = 0;
             watchdog.quiet_since = None;
+            watchdog.acted_at = None;
             self.set_note(job_id, None);
         }
         // The first stage still open; stages after it have not started.
@@ -74,15 +91,23 @@ impl Manager {
         }
         let quiet =
             watchdog.quiet_passes >= QUIET_PASSES && watchdog.quiet_since.is_some_and(|t| t.elapsed() >= QUIET_FOR);
-        if missing == 0 || !(quiet || watchdog.moved_at.elapsed() >= STALL_AFTER) {
+        let recently_acted = watchdog.acted_at.is_some_and(|t| t.elapsed() < ACT_EVERY);
+        if missing == 0 || recently_acted || !(quiet || watchdog.moved_at.elapsed() >= STALL_AFTER) {
             return Ok(());
         }
+        let dead = tasks.dead + chain.dead;
         let mut note = format!(
-            "stage `{}`: expected {expected}, done {} + failed {} + queued or in flight {outstanding} (all queues)",
+            "stage `{}`: expected {expected}, done {} + failed {} + queued or in flight {outstanding} (all queues), \
+             {dead} dead-lettered not yet recorded",
             stage.name, stage.done, stage.failed
         );
         let resent = match (index, stage.kind) {
-            (0, _) => 0,
+            (0, _) => {
+                // First-stage tasks come from the input: splitting again re-sends them all, and
+                // those already done run again and count once.
+                watchdog.resplit = true;
+                missing
+            }
             (_, StageKind::Map) => self.reforward(job_id, spec, index).await?,
             (_, StageKind::Reduce) => {
                 let known = self.grid.analytics.task(job_id, index as u32, REDUCE_TASK_ID).await?;
@@ -94,7 +119,10 @@ impl Manager {
                 }
             }
         };
-        if resent > 0 {
+        if index == 0 {
+            note.push_str(&format!("; {missing} task(s) lost: splitting the input again"));
+            tracing::warn!(job = %job_id, "watchdog: {note}");
+        } else if resent > 0 {
             note.push_str(&format!("; re-sent {resent} lost task(s)"));
             tracing::warn!(job = %job_id, "watchdog: {note}");
         } else {
@@ -102,8 +130,8 @@ impl Manager {
             tracing::warn!(job = %job_id, "watchdog: {note}");
         }
         self.set_note(job_id, Some(note));
-        // Give the repair (or the redeliveries) time before looking again.
-        watchdog.moved_at = Instant::now();
+        // Give the repair (or the redeliveries) time before acting again.
+        watchdog.acted_at = Some(Instant::now());
         watchdog.quiet_passes = 0;
         watchdog.quiet_since = None;
         Ok(())

@@ -111,8 +111,20 @@ impl JobService {
     /// once). A job whose stored spec cannot be read fails, as nothing could ever run it.
     pub async fn resume(self: &Arc<Self>) -> Result<usize, ServiceError> {
         let analytics = &self.manager.grid().analytics;
+        // A manager restarted while the database is away waits for it rather than exiting.
+        let mut backoff = crate::manager::Backoff::default();
+        let jobs = loop {
+            match analytics.jobs().await {
+                Ok(jobs) => break jobs,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "cannot list unfinished jobs yet; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
         let mut resumed = 0;
-        for job in analytics.jobs().await? {
+        for job in jobs {
             if job.state.is_terminal() {
                 continue;
             }
