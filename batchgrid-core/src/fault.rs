@@ -1,28 +1,30 @@
 //! Fault-injection points, compiled only with the `fault-injection` feature (test builds): the
-//! fault suite makes a process crash at a chosen point to show the grid repairs what it left.
+//! fault suite makes a process fail at a chosen point to show the grid repairs what it left.
 //!
-//! `BATCHGRID_FAULT=POINT:MARKER` crashes the first process to reach `POINT`, once: the marker
-//! file, created atomically, records that the crash has happened.
+//! `BATCHGRID_FAULT=POINT:MARKER` arms `POINT` once: the first process to reach it fires it and
+//! creates the marker file (atomically), which disarms it for every process.
 
 /// In a worker: after a batch of attempts is recorded, before the batch's results are
-/// forwarded to the next stage.
+/// forwarded to the next stage. Firing it loses the batch as a crash there would (nothing
+/// forwarded, nothing acknowledged, no more visibility renewals) while the rest of the process
+/// goes on, so tasks the worker holds in other batches are not lost with it.
 pub const AFTER_RECORD: &str = "after-record";
 
 /// The environment variable that arms a fault.
 pub const FAULT_ENV: &str = "BATCHGRID_FAULT";
 
-/// Aborts the process (no destructors, no flushing: a crash) if the armed fault is `point`
-/// and has not fired yet.
-pub fn crash_point(point: &str) {
-    let Ok(armed) = std::env::var(FAULT_ENV) else { return };
-    let Some((wanted, marker)) = armed.split_once(':') else { return };
+/// Whether the armed fault is `point` and fires now (once, across processes).
+pub fn fires(point: &str) -> bool {
+    let Ok(armed) = std::env::var(FAULT_ENV) else { return false };
+    let Some((wanted, marker)) = armed.split_once(':') else { return false };
     if wanted != point {
-        return;
+        return false;
     }
-    if std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok() {
-        eprintln!("fault injection: crashing at {point}");
-        std::process::abort();
+    let fired = std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok();
+    if fired {
+        eprintln!("fault injection: {point} fired");
     }
+    fired
 }
 
 /// In the manager: after each group of first-stage tasks is enqueued while splitting.

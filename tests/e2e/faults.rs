@@ -1,5 +1,5 @@
 //! The fault suite: infrastructure faults neither fail nor hang a job. On the embedded grid, a
-//! worker crashes between recording a task and forwarding it; on the local stack (the
+//! worker fails between recording a task and forwarding it; on the local stack (the
 //! emulator's S3 and SQS, and a PostgreSQL the test starts and stops), the database goes away
 //! for 90 s, the manager is SIGKILLed while splitting and while tasks run, and a cancel arrives
 //! while splitting. Each ends with exact totals (or `cancelled`, and still so later).
@@ -14,10 +14,11 @@ use batchgrid_core::service::JobStatus;
 use crate::harness::{batchgrid, block_on, write_lines};
 use crate::local_stack::{Credentials, LocalStack, TOKEN};
 
-/// A crash after a worker records tasks done and before it forwards them to the next map
-/// stage, on their last allowed delivery (`max_attempts: 1`): the queue dead-letters them on
-/// redelivery, and the manager's watchdog finds the next stage short with nothing queued and
-/// re-sends the lost tasks from the done ones. The job completes with every task counted once.
+/// A worker fails after recording a batch of tasks done and before forwarding them to the next
+/// map stage (the injected fault loses that batch as a crash would), on their last allowed
+/// delivery (`max_attempts: 1`): the queue dead-letters them on redelivery, and the manager's
+/// watchdog finds the next stage short with nothing queued and re-sends the lost tasks from
+/// the done ones. The job completes with every task counted once.
 #[test]
 fn a_crash_between_record_and_forward_is_repaired() {
     let dir = tempfile::tempdir().expect("temp dir");
