@@ -69,6 +69,37 @@ retry:
     assert!(started.elapsed() < std::time::Duration::from_secs(120), "bounded in time");
 }
 
+/// 150 tasks that all end in the dead-letter queue, more than the 100 letters the manager used
+/// to read per scan: the job ends `failed` naming every one, and the dead-letter queue is left
+/// empty, each letter consumed once it was recorded.
+#[test]
+fn a_job_whose_150_tasks_are_dead_lettered_fails_naming_all_150() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_lines(&dir.path().join("input.txt"), 150);
+    let job = format!(
+        "name: doomed\ninput:\n  path: {input}\nsplit:\n  lines: 1\nstages:\n  - name: work\n    \
+         command: [sh, -c, 'echo \"bad row in $0\" >&2; exit 3', \"{{input}}\"]\noutput:\n  path: {output}\n\
+         retry:\n  max_attempts: 1\n",
+        input = dir.path().join("input.txt").display(),
+        output = dir.path().join("out").display(),
+    );
+    let result = crate::harness::run_job(dir.path(), &job, &["--workers", "2"]);
+    assert_eq!(result.code, Some(1), "a failed job exits non-zero; stderr: {}", result.stderr);
+    assert_eq!(result.report["state"], "failed");
+    let failures = result.report["failures"].as_array().expect("failures");
+    let named: std::collections::BTreeSet<&str> = failures.iter().filter_map(|f| f["task"].as_str()).collect();
+    assert_eq!(named.len(), 150, "every failed task is named: {failures:?}");
+    assert!(failures.iter().all(|f| f["error"].as_str().is_some_and(|e| e.contains("exit status 3"))), "{failures:?}");
+    let letters = block_on(async {
+        use batchgrid_core::queue::TaskQueue;
+        let db = result.state_dir.join("queue.db");
+        let pool = batchgrid_core::queue::sqlite::open_queue_database(&db).await.expect("queue db");
+        let queue = batchgrid_core::queue::SqliteQueue::new(pool, batchgrid_core::grid::TASK_QUEUE, 1);
+        queue.dead_letters(200).await.expect("dead letters")
+    });
+    assert!(letters.is_empty(), "every dead letter consumed: {} left", letters.len());
+}
+
 /// A map stage of one task per input line, each sleeping `sleep` seconds, then a reduce over all.
 fn write_job(dir: &Path, tasks: usize, sleep: &str) -> PathBuf {
     let input = dir.join("input.txt");
@@ -262,6 +293,10 @@ fn a_cancel_while_splitting_stays_cancelled() {
     let last = history.last().expect("history entries");
     assert_eq!((last.to, last.actor.as_str()), (JobState::Cancelled, "operator"), "{history:?}");
     assert!(!history.iter().any(|h| h.to == JobState::Completed), "{history:?}");
+    let output = stack.command().args(["history", &id]).output().expect("run history");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(printed.contains("-> cancelled") && printed.contains("by operator"), "{printed}");
 }
 
 fn status_of(stack: &LocalStack, id: &str) -> JobStatus {
