@@ -97,6 +97,11 @@ async fn a_task_that_runs_twice_counts_once(store: &dyn AnalyticsStore) {
     );
     let task = store.task("twice", 0, "t1").await.expect("task").expect("exists");
     assert_eq!(task.worker_id.as_deref(), Some("w1"), "the first success wins");
+    store.record_attempts(&[attempt("twice", "t0", 1, AttemptOutcome::Retrying)]).await.expect("record");
+    let statuses = store.task_statuses("twice", 0).await.expect("statuses");
+    let expected = vec![("t0".to_owned(), "retrying".to_owned()), ("t1".to_owned(), "done".to_owned())];
+    assert_eq!(statuses, expected, "one entry per task, by id, with its status (what the watchdog compares)");
+    assert!(store.task_statuses("twice", 1).await.expect("statuses").is_empty());
 }
 
 async fn retries_then_success(store: &dyn AnalyticsStore) {
