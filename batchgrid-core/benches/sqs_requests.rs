@@ -378,6 +378,14 @@ impl TaskQueue for CountingQueue {
         self.inner.dead_letter(receipt, reason).await
     }
 
+    async fn take_dead_letters(&self, max: usize, hold: Duration) -> Result<Vec<DeadLetter>, QueueError> {
+        self.inner.take_dead_letters(max, hold).await
+    }
+
+    async fn delete_dead_letters(&self, receipts: &[Receipt]) -> Result<BatchFailures, QueueError> {
+        self.inner.delete_dead_letters(receipts).await
+    }
+
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.inner.dead_letters(max).await
     }

@@ -24,6 +24,8 @@ pub mod aws;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod db;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod grid;
 #[cfg(feature = "aws")]
 pub mod instance;

@@ -541,6 +541,14 @@ impl Worker {
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         let forwards: Vec<String> = batch.iter().filter_map(|c| c.forward.clone()).collect();
+        #[cfg(feature = "fault-injection")]
+        if !forwards.is_empty() && crate::fault::fires(crate::fault::AFTER_RECORD) {
+            // As if the process died here: no forward, no acknowledgement, no more renewals.
+            for completion in &batch {
+                self.unhold(completion.source, &completion.message_id);
+            }
+            return;
+        }
         for chunk in forwards.chunks(MAX_BATCH) {
             if let Err(error) = self.grid.chain.send_batch(chunk).await {
                 tracing::error!(%error, "could not forward results to the next stage; tasks will be redelivered");

@@ -239,6 +239,13 @@ async fn download_results(
 /// Prints a job's state and per-stage progress, or every job.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = args.connection.client().await?;
+    // Health first: when the analytics store is down, it says so even if the rest cannot answer.
+    let health = client.health().await.context("asking the manager for its health")?;
+    if !args.connection.json {
+        for line in health.describe() {
+            eprintln!("{line}");
+        }
+    }
     let Some(job) = &args.job else {
         let jobs = client.jobs().await?;
         if args.connection.json {
@@ -261,6 +268,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("job {} ({}) {}", status.id, status.name, status.state);
     if let Some(error) = &status.error {
         println!("  reason: {error}");
+    }
+    if let Some(note) = &status.watchdog {
+        println!("  watchdog: {note}");
     }
     for stage in &status.stages {
         let expected = stage.expected.map_or_else(|| "?".to_owned(), |n| n.to_string());
@@ -302,6 +312,28 @@ pub async fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
 pub async fn cancel(args: JobArgs) -> anyhow::Result<ExitCode> {
     args.connection.client().await?.cancel(&args.job).await?;
     eprintln!("job {} cancelled", args.job);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a job's history: every state change, when, why and by whom.
+pub async fn history(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let entries = args.connection.client().await?.history(&args.job).await?;
+    if args.connection.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for entry in entries {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(entry.at).unwrap_or(0));
+        let from = entry.from.map_or("-", |s| s.as_str());
+        let reason = entry.reason.map(|r| format!("  ({r})")).unwrap_or_default();
+        println!(
+            "{}  {:<10} -> {:<10} by {}{reason}",
+            humantime::format_rfc3339_millis(at),
+            from,
+            entry.to.as_str(),
+            entry.actor
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

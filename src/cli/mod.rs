@@ -49,6 +49,8 @@ enum Command {
     Results(client::ResultsArgs),
     /// Cancel a job.
     Cancel(client::JobArgs),
+    /// Show a job's history: every state change, when, why and by whom.
+    History(client::JobArgs),
     /// List the grid's workers and their statistics.
     Workers(client::Connection),
     /// After a deploy: run a tiny job through the manager and check its results; prints the
@@ -164,6 +166,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Watch(args) => client::watch(args).await,
             Command::Results(args) => client::results(args).await,
             Command::Cancel(args) => client::cancel(args).await,
+            Command::History(args) => client::history(args).await,
             Command::Workers(args) => client::workers(args).await,
             Command::Smoke(args) => smoke::run(args).await,
             Command::Validate(args) => validate(args),

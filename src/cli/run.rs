@@ -222,8 +222,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
     let manager = Manager::new(grid, spool_dir(&state_dir));
-    // The job, whether its input still has to be split, and how its workers run.
-    let (job_id, spec, split, record) = match plan {
+    // The job, and how its workers run.
+    let (job_id, spec, record) = match plan {
         Plan::Fresh(spec) => {
             let job_id = manager.submit(&spec).await?;
             let record = RunRecord {
@@ -234,7 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 max_receives,
             };
             record.write(&state_dir)?;
-            (job_id, spec, true, record)
+            (job_id, spec, record)
         }
         Plan::Resume(record) => {
             let analytics = &manager.grid().analytics;
@@ -249,8 +249,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let report = batchgrid_core::report::JobReport::build(analytics.as_ref(), &job.id, output).await?;
                 return finish(&args, &state_dir, &report);
             }
-            // Splitting again from the start is safe: task ids and result keys are
-            // deterministic and progress is an upsert per task, so a task queued twice counts once.
+            // The manager's pass decides what is left: a job whose split never finished is split
+            // again from the start, which is safe because task ids and result keys are
+            // deterministic and progress is an upsert per task (a task queued twice counts once).
             let split = matches!(job.state, JobState::Submitted | JobState::Splitting);
             eprintln!(
                 "resuming job {} ({}; {}) with {} worker(s)",
@@ -259,7 +260,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 if split { "splitting its input again" } else { "its input was split" },
                 record.workers
             );
-            (record.job_id.clone(), spec, split, record)
+            (record.job_id.clone(), spec, record)
         }
     };
 
@@ -306,7 +307,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
     };
 
-    let run = manager.drive(&job_id, &spec, split, Duration::from_millis(200), {
+    let run = manager.drive(&job_id, &spec, Duration::from_millis(200), {
         let view = view.clone();
         move |job, progress| {
             if let Ok(mut view) = view.lock() {

@@ -40,7 +40,7 @@ pub struct TestDatabase {
     admin_url: String,
     name: String,
     /// Dropped after the database, by field order: the server must outlive it.
-    _cluster: Option<Cluster>,
+    cluster: Option<Cluster>,
 }
 
 impl Default for TestDatabase {
@@ -61,11 +61,41 @@ impl TestDatabase {
     /// `initdb` and `pg_ctl` cannot be found or fail.
     pub fn with_password_auth() -> Self {
         let password = ulid::Ulid::new().to_string();
-        match Cluster::start(Some(&password)) {
+        match Cluster::start(Some(&password), false) {
             Ok(cluster) => Self::create(cluster.url(), Some(cluster)),
             Err(error) => {
                 panic!("no PostgreSQL cluster with password authentication ({error}). To fix, {INSTALL_HINT}.")
             }
+        }
+    }
+
+    /// Always starts a throwaway cluster (trust authentication) of the test's own, which
+    /// [`TestDatabase::stop`] and [`TestDatabase::start`] can take away and bring back. Its
+    /// commits are synchronous, as on RDS: a commit acknowledged before a stop survives it
+    /// (the other clusters trade that away for speed). Panics
+    /// if `initdb` and `pg_ctl` cannot be found or fail.
+    pub fn throwaway() -> Self {
+        match Cluster::start(None, true) {
+            Ok(cluster) => Self::create(cluster.url(), Some(cluster)),
+            Err(error) => panic!("no throwaway PostgreSQL cluster ({error}). To fix, {INSTALL_HINT}."),
+        }
+    }
+
+    /// Stops the server at once, as a crash or a failover would (`pg_ctl stop -m immediate`):
+    /// every connection breaks and new ones are refused until [`TestDatabase::start`]. Panics
+    /// unless the database is on a throwaway cluster ([`TestDatabase::throwaway`]).
+    pub fn stop(&self) {
+        let cluster = self.cluster.as_ref().expect("stop() needs a throwaway cluster: use TestDatabase::throwaway()");
+        if let Err(error) = cluster.stop() {
+            panic!("could not stop the throwaway PostgreSQL cluster: {error}");
+        }
+    }
+
+    /// Starts the server again on the same port, after [`TestDatabase::stop`].
+    pub fn start(&self) {
+        let cluster = self.cluster.as_ref().expect("start() needs a throwaway cluster: use TestDatabase::throwaway()");
+        if let Err(error) = cluster.restart() {
+            panic!("could not start the throwaway PostgreSQL cluster again: {error}");
         }
     }
 
@@ -75,7 +105,7 @@ impl TestDatabase {
         if let Err(error) = block_on(admin(&admin_url, &[statement])) {
             panic!("could not create test database `{name}` on {}: {error}", redact(&admin_url));
         }
-        Self { admin_url, name, _cluster: cluster }
+        Self { admin_url, name, cluster }
     }
 
     /// The URL of the test database, as the superuser.
@@ -132,7 +162,7 @@ fn server() -> (String, Option<Cluster>) {
         Ok(()) => return (LOCAL_URL.to_owned(), None),
         Err(error) => error,
     };
-    match Cluster::start(None) {
+    match Cluster::start(None, false) {
         Ok(cluster) => (cluster.url(), Some(cluster)),
         Err(error) => panic!(
             "no PostgreSQL for the tests: nothing usable at {LOCAL_URL} ({local}), and no throwaway cluster \
@@ -225,7 +255,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(password: Option<&str>) -> Result<Self, String> {
+    /// `durable`: commits are acknowledged only once written, so an immediate stop loses none.
+    fn start(password: Option<&str>, durable: bool) -> Result<Self, String> {
         let bin = server_binaries().ok_or("`initdb` and `pg_ctl` are not in PATH nor in /usr/lib/postgresql/*/bin")?;
         let dir = tempfile::Builder::new()
             .prefix("batchgrid-pg-")
@@ -253,13 +284,17 @@ impl Cluster {
         let initialised = cluster.run("initdb", &initdb);
         let _ = std::fs::remove_file(&pwfile);
         initialised?;
-        // Loopback only, no Unix socket (its directory may not be writable), and no durability:
+        // Loopback only, no Unix socket (its directory may not be writable), and little durability:
         // the cluster dies with the test.
-        let settings = "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nfsync = off\n\
-                        synchronous_commit = off\nfull_page_writes = off\n";
+        let mut settings = "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nfsync = off\n\
+                            full_page_writes = off\n"
+            .to_owned();
+        // fsync off still writes the WAL to the kernel at commit, which a server crash keeps;
+        // asynchronous commit does not even write it.
+        settings.push_str(if durable { "synchronous_commit = on\n" } else { "synchronous_commit = off\n" });
         let conf = cluster.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).map_err(|e| format!("reading {}: {e}", conf.display()))?;
-        text.push_str(settings);
+        text.push_str(&settings);
         std::fs::write(&conf, text).map_err(|e| format!("writing {}: {e}", conf.display()))?;
 
         // The port is free when chosen but another process may take it before the server
@@ -290,6 +325,19 @@ impl Cluster {
         }
     }
 
+    fn stop(&self) -> Result<(), String> {
+        let data_arg = self.data.display().to_string();
+        self.run("pg_ctl", &["-D", &data_arg, "-m", "immediate", "-w", "stop"])
+    }
+
+    /// Starts the stopped server again on its port.
+    fn restart(&self) -> Result<(), String> {
+        let data_arg = self.data.display().to_string();
+        let log = self.data.join("server.log").display().to_string();
+        let port_option = format!("-p {}", self.port);
+        self.run("pg_ctl", &["-D", &data_arg, "-l", &log, "-o", &port_option, "-w", "-t", "60", "start"])
+    }
+
     /// Runs one of the server binaries, as `postgres` when we are root.
     fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
         let path = self.bin.join(program);
@@ -315,8 +363,8 @@ impl Drop for Cluster {
         if self.port == 0 {
             return;
         }
-        let data_arg = self.data.display().to_string();
-        if let Err(error) = self.run("pg_ctl", &["-D", &data_arg, "-m", "immediate", "-w", "stop"]) {
+        // Best effort: the test may have stopped it already.
+        if let Err(error) = self.stop() {
             eprintln!("warning: could not stop the throwaway PostgreSQL cluster: {error}");
         }
     }

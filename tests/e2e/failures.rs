@@ -53,8 +53,7 @@ async fn a_task_that_always_fails_is_dead_lettered_and_reported() {
         batchgrid_core::queue::sqlite::open_queue_database(&result.state_dir.join("queue.db")).await.expect("db");
     let queue = SqliteQueue::new(pool, batchgrid_core::grid::TASK_QUEUE, 2);
     let letters = queue.dead_letters(10).await.expect("dead letters");
-    assert_eq!(letters.len(), 1, "the task is in the dead-letter queue");
-    assert!(letters[0].body.contains("000001"));
+    assert!(letters.is_empty(), "the manager consumed the dead letter once it was recorded: {letters:?}");
 }
 
 #[tokio::test]

@@ -31,6 +31,9 @@ pub(crate) enum Credentials {
     /// `BATCHGRID_DATABASE_HOST` and `BATCHGRID_DATABASE_SECRET_ARN`: the credentials of a
     /// login role in the emulator's Secrets Manager, on a server that checks passwords.
     Secret,
+    /// `BATCHGRID_DATABASE_URL`, to a throwaway cluster of the test's own that it can stop
+    /// and start ([`TestDatabase::stop`]).
+    Throwaway,
 }
 
 /// A deployed local stack with a manager and workers running against it.
@@ -42,6 +45,14 @@ pub(crate) struct LocalStack {
     pub(crate) dir: tempfile::TempDir,
     manager: Option<Child>,
     manager_url: String,
+    manager_port: u16,
+    manager_args: Vec<String>,
+    /// Manager processes started so far, for their log names.
+    manager_starts: usize,
+    /// Extra environment of manager processes started from now on.
+    manager_env: Vec<(String, String)>,
+    /// Workers' `--visibility-timeout`.
+    worker_visibility: String,
     workers: Vec<Child>,
 }
 
@@ -69,10 +80,11 @@ impl LocalStack {
         Self::launch(workers, &[], credentials)
     }
 
-    fn launch(workers: usize, manager_args: &[&str], credentials: Credentials) -> Self {
+    pub(crate) fn launch(workers: usize, manager_args: &[&str], credentials: Credentials) -> Self {
         let moto = Moto::start();
         let (database, secret_arn) = match credentials {
             Credentials::Url => (TestDatabase::new(), None),
+            Credentials::Throwaway => (TestDatabase::throwaway(), None),
             Credentials::Secret => {
                 let database = TestDatabase::with_password_auth();
                 let arn = grid_login(&moto, &database);
@@ -88,6 +100,11 @@ impl LocalStack {
             dir,
             manager: None,
             manager_url: format!("http://127.0.0.1:{port}"),
+            manager_port: port,
+            manager_args: manager_args.iter().map(|a| (*a).to_owned()).collect(),
+            manager_starts: 0,
+            manager_env: vec![],
+            worker_visibility: "2s".to_owned(),
             workers: vec![],
         };
         let deploy = stack
@@ -99,31 +116,76 @@ impl LocalStack {
             .expect("run deploy");
         assert!(deploy.status.success(), "deploy failed: {}", String::from_utf8_lossy(&deploy.stderr));
 
-        let log = stack.log("manager");
-        let manager = stack
-            .command()
-            .args(["manager", "--env", "local", "--tick", "300ms", "--listen", &format!("127.0.0.1:{port}")])
-            .args(stack.place_args())
-            .arg("--spool")
-            .arg(stack.dir.path().join("spool"))
-            .args(manager_args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the manager");
-        stack.manager = Some(manager);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = stack.manager.as_mut().and_then(|m| m.try_wait().ok().flatten()) {
-                panic!("the manager exited ({status}):\n{}", stack.read_log("manager"));
-            }
-            assert!(Instant::now() < deadline, "the manager did not listen within 60s:\n{}", stack.read_log("manager"));
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        stack.start_manager();
         for index in 0..workers {
             stack.start_worker(index);
         }
         stack
+    }
+
+    /// Starts a manager process and waits until it listens.
+    fn start_manager(&mut self) {
+        let name = match self.manager_starts {
+            0 => "manager".to_owned(),
+            n => format!("manager-{n}"),
+        };
+        self.manager_starts += 1;
+        let port = self.manager_port;
+        let log = self.log(&name);
+        let manager = self
+            .command()
+            .args(["manager", "--env", "local", "--tick", "300ms", "--listen", &format!("127.0.0.1:{port}")])
+            .args(self.place_args())
+            .arg("--spool")
+            .arg(self.dir.path().join("spool"))
+            .args(&self.manager_args)
+            .envs(self.manager_env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the manager");
+        self.manager = Some(manager);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = self.manager.as_mut().and_then(|m| m.try_wait().ok().flatten()) {
+                panic!("the manager exited ({status}):\n{}", self.read_log(&name));
+            }
+            assert!(Instant::now() < deadline, "the manager did not listen within 60s:\n{}", self.read_log(&name));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the manager with SIGKILL (no shutdown of any kind), waits for it to be gone, and
+    /// starts a new one on the same address.
+    pub(crate) fn kill_and_restart_manager(&mut self) {
+        if let Some(mut manager) = self.manager.take() {
+            let _ = manager.kill();
+            let _ = manager.wait();
+        }
+        self.start_manager();
+    }
+
+    /// Sets a variable in the environment of manager processes started from now on.
+    pub(crate) fn set_manager_env(&mut self, key: &str, value: &str) {
+        self.manager_env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Every manager log so far, oldest first.
+    pub(crate) fn manager_logs(&self) -> String {
+        let mut logs = self.read_log("manager");
+        for n in 1..self.manager_starts {
+            logs.push_str(&format!("\n--- manager-{n} ---\n{}", self.read_log(&format!("manager-{n}"))));
+        }
+        logs
+    }
+
+    /// Starts `count` more workers with `--visibility-timeout visibility`.
+    pub(crate) fn start_workers_with_visibility(&mut self, count: usize, visibility: &str) {
+        self.worker_visibility = visibility.to_owned();
+        let first = self.workers.len();
+        for index in first..first + count {
+            self.start_worker(index);
+        }
     }
 
     fn start_worker(&mut self, index: usize) {
@@ -134,7 +196,7 @@ impl LocalStack {
         let log = self.log(&format!("worker-{index}"));
         let worker = self
             .command()
-            .args(["worker", "--env", "local", "--visibility-timeout", "2s", "--concurrency", "2"])
+            .args(["worker", "--env", "local", "--visibility-timeout", &self.worker_visibility, "--concurrency", "2"])
             .args(["--id", &format!("local-worker-{index}"), "--drain-deadline", "5s"])
             .arg("--scratch-dir")
             .arg(self.dir.path().join(format!("scratch-{index}")))
@@ -191,7 +253,7 @@ impl LocalStack {
     }
 
     /// `batchgrid submit --watch --json` against this stack, missing only `--download DIR JOB`.
-    fn submit_command(&self) -> Command {
+    pub(crate) fn submit_command(&self) -> Command {
         let mut command = self.command();
         command.args(["submit", "--env", "local", "--watch", "--json"]).args(self.place_args());
         command

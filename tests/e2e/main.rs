@@ -6,6 +6,7 @@ mod bootstrap;
 mod chaining;
 mod claims;
 mod failures;
+mod faults;
 mod harness;
 mod local_stack;
 mod provision;

@@ -14,6 +14,11 @@
 //!   `record_requests` keeps the larger of the stored and the reported count, so a late or
 //!   repeated report never lowers it. `request_totals` sums them over every process, one entry
 //!   per (service, operation), sorted by service then operation in byte order.
+//! - A job's state changes only through `transition`, a compare-and-set on its current state:
+//!   a state is entered only from the states [`JobState::allowed_from`] names, so terminal states
+//!   are never left and a cancel, allowed from every live state, wins over any concurrent
+//!   change. Each applied transition appends an entry to the job's `history` in the same
+//!   transaction; a refused one changes nothing and returns `false`.
 //! - Times are Unix milliseconds.
 
 #[cfg(feature = "postgres")]
@@ -81,6 +86,24 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
     }
+
+    /// The states a job may enter `self` from. No terminal state is listed anywhere, so an
+    /// ended job stays ended; `cancelled` and `failed` may be entered from every live state.
+    pub fn allowed_from(self) -> &'static [JobState] {
+        use JobState::*;
+        match self {
+            Submitted => &[],
+            Splitting => &[Submitted],
+            Running => &[Submitted, Splitting],
+            Completed => &[Running],
+            Failed | Cancelled => &[Submitted, Splitting, Running],
+        }
+    }
+
+    /// Whether a job in `self` may move to `to`.
+    pub fn can_move_to(self, to: JobState) -> bool {
+        to.allowed_from().contains(&self)
+    }
 }
 
 impl std::fmt::Display for JobState {
@@ -108,6 +131,31 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
     /// Why it failed, if it did.
     pub error: Option<String>,
+}
+
+/// One entry of a job's history: a state change, with who asked for it and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Position in the job's history, from 1.
+    pub seq: u64,
+    /// When, Unix milliseconds.
+    pub at: i64,
+    /// The state left; `None` for the submission.
+    pub from: Option<JobState>,
+    /// The state entered.
+    pub to: JobState,
+    /// Why, where given.
+    pub reason: Option<String>,
+    /// Who asked: `manager`, `operator`, ...
+    pub actor: String,
+}
+
+/// Who changes a job's state, as recorded in its history.
+pub mod actor {
+    /// The manager's reconciler.
+    pub const MANAGER: &str = "manager";
+    /// A person, through the API or the CLI.
+    pub const OPERATOR: &str = "operator";
 }
 
 /// A stage as declared when the job is created.
@@ -310,8 +358,21 @@ impl From<sqlx::Error> for AnalyticsError {
 pub trait AnalyticsStore: Send + Sync + std::fmt::Debug {
     /// Records a new job and its stages (idempotent for the same id).
     async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError>;
-    /// Moves a job to `state`, stamping start and end times.
-    async fn set_job_state(&self, job_id: &str, state: JobState, error: Option<&str>) -> Result<(), AnalyticsError>;
+    /// Moves a job to `to` if its current state allows it (compare-and-set), stamping start and
+    /// end times, keeping `reason` as the job's error when it fails or is cancelled, and
+    /// recording the change in its history, all in one transaction. Returns whether it applied;
+    /// an unknown job is an error.
+    async fn transition(
+        &self,
+        job_id: &str,
+        to: JobState,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> Result<bool, AnalyticsError>;
+    /// A job's history, oldest first.
+    async fn history(&self, job_id: &str) -> Result<Vec<HistoryEntry>, AnalyticsError>;
+    /// Every recorded task of one stage with its status (`retrying`, `done`, `failed`).
+    async fn task_statuses(&self, job_id: &str, stage: u32) -> Result<Vec<(String, String)>, AnalyticsError>;
     /// Records how many tasks a stage will have.
     async fn set_stage_expected(&self, job_id: &str, stage: u32, expected: u64) -> Result<(), AnalyticsError>;
     /// One job.
@@ -344,6 +405,22 @@ pub trait AnalyticsStore: Send + Sync + std::fmt::Debug {
     async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError>;
     /// Request counts summed over every process, sorted by service then operation.
     async fn request_totals(&self) -> Result<Vec<RequestCount>, AnalyticsError>;
+}
+
+/// How many times a transition re-reads a state that changed under it. States only move
+/// forward (at most four steps), so a few rounds always settle.
+const TRANSITION_ROUNDS: usize = 6;
+
+/// What a transition to `to` writes besides the state: (started_at, finished_at, error).
+fn transition_stamps(to: JobState, reason: Option<&str>, now: i64) -> (Option<i64>, Option<i64>, Option<&str>) {
+    let started = (to == JobState::Running).then_some(now);
+    let finished = to.is_terminal().then_some(now);
+    let error = matches!(to, JobState::Failed | JobState::Cancelled).then_some(reason).flatten();
+    (started, finished, error)
+}
+
+fn parse_state(text: &str) -> Result<JobState, AnalyticsError> {
+    JobState::parse(text).ok_or_else(|| AnalyticsError::Corrupt(format!("job state `{text}`")))
 }
 
 // Helpers both backends share: the stored names, integer conversions, and the decisions taken

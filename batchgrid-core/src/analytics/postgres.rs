@@ -15,9 +15,10 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::credentials::{CredentialsSource, FixedUrl, Reconnect, ReconnectSettings};
 use super::{
-    kind_str, merged_request_counts, parse_kind, status_delta, to_i64, to_u32, to_u64, winners_by_stage,
-    worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, AttemptTotals, JobRecord, JobState,
-    RequestCount, StageProgress, StageRecord, TaskRecord, WorkerRecord,
+    actor, kind_str, merged_request_counts, parse_kind, parse_state, status_delta, to_i64, to_u32, to_u64,
+    transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
+    AttemptTotals, HistoryEntry, JobRecord, JobState, RequestCount, StageProgress, StageRecord, TaskRecord,
+    WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::now_millis;
 
@@ -143,8 +144,22 @@ impl AnalyticsStore for PgAnalytics {
         self.run(|sql| sql.create_job(job, stages)).await
     }
 
-    async fn set_job_state(&self, job_id: &str, state: JobState, error: Option<&str>) -> Result<(), AnalyticsError> {
-        self.run(|sql| sql.set_job_state(job_id, state, error)).await
+    async fn transition(
+        &self,
+        job_id: &str,
+        to: JobState,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> Result<bool, AnalyticsError> {
+        self.run(|sql| sql.transition(job_id, to, reason, actor)).await
+    }
+
+    async fn history(&self, job_id: &str) -> Result<Vec<HistoryEntry>, AnalyticsError> {
+        self.run(|sql| sql.history(job_id)).await
+    }
+
+    async fn task_statuses(&self, job_id: &str, stage: u32) -> Result<Vec<(String, String)>, AnalyticsError> {
+        self.run(|sql| sql.task_statuses(job_id, stage)).await
     }
 
     async fn set_stage_expected(&self, job_id: &str, stage: u32, expected: u64) -> Result<(), AnalyticsError> {
@@ -228,6 +243,16 @@ impl AnalyticsStore for Sql {
         .bind(&job.error)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO job_history (job_id, seq, at, from_state, to_state, reason, actor)
+             VALUES ($1, 1, $2, NULL, $3, NULL, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(job.submitted_at)
+        .bind(job.state.as_str())
+        .bind(actor::MANAGER)
+        .execute(&mut *tx)
+        .await?;
         for stage in stages {
             sqlx::query(
                 "INSERT INTO stages (job_id, stage, name, kind) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -243,26 +268,94 @@ impl AnalyticsStore for Sql {
         Ok(())
     }
 
-    async fn set_job_state(&self, job_id: &str, state: JobState, error: Option<&str>) -> Result<(), AnalyticsError> {
-        let now = now_millis();
-        let started = (state == JobState::Running).then_some(now);
-        let finished = state.is_terminal().then_some(now);
-        let done = sqlx::query(
-            "UPDATE jobs SET state = $1, started_at = COALESCE(started_at, $2), finished_at = COALESCE($3, finished_at),
-                             error = COALESCE($4, error)
-             WHERE id = $5",
-        )
-        .bind(state.as_str())
-        .bind(started)
-        .bind(finished)
-        .bind(error)
-        .bind(job_id)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(AnalyticsError::JobNotFound(job_id.to_owned()));
+    async fn transition(
+        &self,
+        job_id: &str,
+        to: JobState,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> Result<bool, AnalyticsError> {
+        for _ in 0..TRANSITION_ROUNDS {
+            let Some(row) =
+                sqlx::query("SELECT state FROM jobs WHERE id = $1").bind(job_id).fetch_optional(&self.pool).await?
+            else {
+                return Err(AnalyticsError::JobNotFound(job_id.to_owned()));
+            };
+            let from = parse_state(&row.try_get::<String, _>("state")?)?;
+            if !from.can_move_to(to) {
+                return Ok(false);
+            }
+            let now = now_millis();
+            let (started, finished, error) = transition_stamps(to, reason, now);
+            let mut tx = self.pool.begin().await?;
+            // Compare-and-set on the state just read: a change that slipped in between makes
+            // this update miss, and the loop decides again on the new state.
+            let moved = sqlx::query(
+                "UPDATE jobs SET state = $1, started_at = COALESCE(started_at, $2), finished_at = COALESCE($3, finished_at),
+                                 error = COALESCE($4, error)
+                 WHERE id = $5 AND state = $6",
+            )
+            .bind(to.as_str())
+            .bind(started)
+            .bind(finished)
+            .bind(error)
+            .bind(job_id)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() == 0 {
+                tx.rollback().await?;
+                continue;
+            }
+            // The update holds the job's row, so the next sequence number is this writer's alone.
+            sqlx::query(
+                "INSERT INTO job_history (job_id, seq, at, from_state, to_state, reason, actor)
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6 FROM job_history WHERE job_id = $7",
+            )
+            .bind(job_id)
+            .bind(now)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(actor)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    async fn history(&self, job_id: &str) -> Result<Vec<HistoryEntry>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, from_state, to_state, reason, actor FROM job_history WHERE job_id = $1 ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_state")?;
+                Ok(HistoryEntry {
+                    seq: to_u64(row.try_get("seq")?),
+                    at: row.try_get("at")?,
+                    from: from.as_deref().map(parse_state).transpose()?,
+                    to: parse_state(&row.try_get::<String, _>("to_state")?)?,
+                    reason: row.try_get("reason")?,
+                    actor: row.try_get("actor")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn task_statuses(&self, job_id: &str, stage: u32) -> Result<Vec<(String, String)>, AnalyticsError> {
+        let rows = sqlx::query("SELECT task_id, status FROM tasks WHERE job_id = $1 AND stage = $2 ORDER BY task_id")
+            .bind(job_id)
+            .bind(i64::from(stage))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("task_id")?, row.try_get("status")?))).collect()
     }
 
     async fn set_stage_expected(&self, job_id: &str, stage: u32, expected: u64) -> Result<(), AnalyticsError> {

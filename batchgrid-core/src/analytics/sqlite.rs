@@ -8,9 +8,10 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    kind_str, merged_request_counts, parse_kind, status_delta, to_i64, to_u32, to_u64, winners_by_stage,
-    worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, AttemptTotals, JobRecord, JobState,
-    RequestCount, StageProgress, StageRecord, TaskRecord, WorkerRecord,
+    actor, kind_str, merged_request_counts, parse_kind, parse_state, status_delta, to_i64, to_u32, to_u64,
+    transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
+    AttemptTotals, HistoryEntry, JobRecord, JobState, RequestCount, StageProgress, StageRecord, TaskRecord,
+    WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::{now_millis, open_sqlite};
 
@@ -105,6 +106,16 @@ impl AnalyticsStore for SqliteAnalytics {
         .bind(&job.error)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO job_history (job_id, seq, at, from_state, to_state, reason, actor)
+             VALUES (?, 1, ?, NULL, ?, NULL, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(job.submitted_at)
+        .bind(job.state.as_str())
+        .bind(actor::MANAGER)
+        .execute(&mut *tx)
+        .await?;
         for stage in stages {
             sqlx::query("INSERT INTO stages (job_id, stage, name, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
                 .bind(&job.id)
@@ -118,26 +129,94 @@ impl AnalyticsStore for SqliteAnalytics {
         Ok(())
     }
 
-    async fn set_job_state(&self, job_id: &str, state: JobState, error: Option<&str>) -> Result<(), AnalyticsError> {
-        let now = now_millis();
-        let started = (state == JobState::Running).then_some(now);
-        let finished = state.is_terminal().then_some(now);
-        let done = sqlx::query(
-            "UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?), finished_at = COALESCE(?, finished_at),
-                             error = COALESCE(?, error)
-             WHERE id = ?",
-        )
-        .bind(state.as_str())
-        .bind(started)
-        .bind(finished)
-        .bind(error)
-        .bind(job_id)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(AnalyticsError::JobNotFound(job_id.to_owned()));
+    async fn transition(
+        &self,
+        job_id: &str,
+        to: JobState,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> Result<bool, AnalyticsError> {
+        for _ in 0..TRANSITION_ROUNDS {
+            let Some(row) =
+                sqlx::query("SELECT state FROM jobs WHERE id = ?").bind(job_id).fetch_optional(&self.pool).await?
+            else {
+                return Err(AnalyticsError::JobNotFound(job_id.to_owned()));
+            };
+            let from = parse_state(&row.try_get::<String, _>("state")?)?;
+            if !from.can_move_to(to) {
+                return Ok(false);
+            }
+            let now = now_millis();
+            let (started, finished, error) = transition_stamps(to, reason, now);
+            let mut tx = self.pool.begin().await?;
+            // Compare-and-set on the state just read: a change that slipped in between makes
+            // this update miss, and the loop decides again on the new state.
+            let moved = sqlx::query(
+                "UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?), finished_at = COALESCE(?, finished_at),
+                                 error = COALESCE(?, error)
+                 WHERE id = ? AND state = ?",
+            )
+            .bind(to.as_str())
+            .bind(started)
+            .bind(finished)
+            .bind(error)
+            .bind(job_id)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() == 0 {
+                tx.rollback().await?;
+                continue;
+            }
+            // The update holds the job's row, so the next sequence number is this writer's alone.
+            sqlx::query(
+                "INSERT INTO job_history (job_id, seq, at, from_state, to_state, reason, actor)
+                 SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM job_history WHERE job_id = ?",
+            )
+            .bind(job_id)
+            .bind(now)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(actor)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    async fn history(&self, job_id: &str) -> Result<Vec<HistoryEntry>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, from_state, to_state, reason, actor FROM job_history WHERE job_id = ? ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_state")?;
+                Ok(HistoryEntry {
+                    seq: to_u64(row.try_get("seq")?),
+                    at: row.try_get("at")?,
+                    from: from.as_deref().map(parse_state).transpose()?,
+                    to: parse_state(&row.try_get::<String, _>("to_state")?)?,
+                    reason: row.try_get("reason")?,
+                    actor: row.try_get("actor")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn task_statuses(&self, job_id: &str, stage: u32) -> Result<Vec<(String, String)>, AnalyticsError> {
+        let rows = sqlx::query("SELECT task_id, status FROM tasks WHERE job_id = ? AND stage = ? ORDER BY task_id")
+            .bind(job_id)
+            .bind(i64::from(stage))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("task_id")?, row.try_get("status")?))).collect()
     }
 
     async fn set_stage_expected(&self, job_id: &str, stage: u32, expected: u64) -> Result<(), AnalyticsError> {

@@ -1,13 +1,17 @@
 //! The [`AnalyticsStore`] contract.
 
 use crate::analytics::{
-    AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, RequestCount, StageRecord, WorkerRecord,
+    actor, AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, RequestCount, StageRecord, WorkerRecord,
 };
 use crate::spec::StageKind;
 
 /// Runs every analytics check against an empty store.
 pub async fn run_all(store: &dyn AnalyticsStore) {
     job_lifecycle(store).await;
+    transitions_allowed_and_refused(store).await;
+    terminal_states_are_never_left(store).await;
+    a_cancel_wins_over_a_concurrent_transition(store).await;
+    history_records_every_applied_transition(store).await;
     a_task_that_runs_twice_counts_once(store).await;
     retries_then_success(store).await;
     final_failure_then_redrive(store).await;
@@ -55,16 +59,19 @@ fn attempt(job: &str, task: &str, number: u32, outcome: AttemptOutcome) -> Attem
 async fn job_lifecycle(store: &dyn AnalyticsStore) {
     store.create_job(&job("life"), &stages()).await.expect("create");
     store.create_job(&job("life"), &stages()).await.expect("creating the same job again is harmless");
-    store.set_job_state("life", JobState::Running, None).await.expect("running");
+    assert!(store.transition("life", JobState::Running, None, actor::MANAGER).await.expect("running"));
     let running = store.job("life").await.expect("job").expect("exists");
     assert_eq!(running.state, JobState::Running);
     assert!(running.started_at.is_some(), "running stamps started_at");
-    store.set_job_state("life", JobState::Failed, Some("because")).await.expect("failed");
+    assert!(store.transition("life", JobState::Failed, Some("because"), actor::MANAGER).await.expect("failed"));
     let failed = store.job("life").await.expect("job").expect("exists");
     assert_eq!((failed.state, failed.error.as_deref()), (JobState::Failed, Some("because")));
     assert!(failed.finished_at.is_some(), "a terminal state stamps finished_at");
     assert!(store.job("nope").await.expect("lookup").is_none());
-    assert!(store.set_job_state("nope", JobState::Running, None).await.is_err(), "unknown jobs are an error");
+    assert!(
+        store.transition("nope", JobState::Running, None, actor::MANAGER).await.is_err(),
+        "unknown jobs are an error"
+    );
     assert!(store.jobs().await.expect("jobs").iter().any(|j| j.id == "life"));
     store.set_stage_expected("life", 0, 7).await.expect("expected");
     let progress = store.stages("life").await.expect("stages");
@@ -90,6 +97,11 @@ async fn a_task_that_runs_twice_counts_once(store: &dyn AnalyticsStore) {
     );
     let task = store.task("twice", 0, "t1").await.expect("task").expect("exists");
     assert_eq!(task.worker_id.as_deref(), Some("w1"), "the first success wins");
+    store.record_attempts(&[attempt("twice", "t0", 1, AttemptOutcome::Retrying)]).await.expect("record");
+    let statuses = store.task_statuses("twice", 0).await.expect("statuses");
+    let expected = vec![("t0".to_owned(), "retrying".to_owned()), ("t1".to_owned(), "done".to_owned())];
+    assert_eq!(statuses, expected, "one entry per task, by id, with its status (what the watchdog compares)");
+    assert!(store.task_statuses("twice", 1).await.expect("statuses").is_empty());
 }
 
 async fn retries_then_success(store: &dyn AnalyticsStore) {
@@ -183,4 +195,124 @@ async fn request_counts_are_cumulative_per_process(store: &dyn AnalyticsStore) {
         vec![requests("S3", "PutObject", 10), requests("S3", "multipart", 2), requests("SQS", "SendMessage", 4)],
         "totals sum each process's largest count, by service then operation in byte order"
     );
+}
+
+/// Every (from, to) pair: the guarded transition applies exactly when the state machine allows
+/// it, and a refused one leaves the state and the history as they were.
+async fn transitions_allowed_and_refused(store: &dyn AnalyticsStore) {
+    use JobState::*;
+    let all = [Submitted, Splitting, Running, Completed, Failed, Cancelled];
+    // The shortest way to reach each state from `submitted`.
+    let path = |state: JobState| -> Vec<JobState> {
+        match state {
+            Submitted => vec![],
+            Splitting => vec![Splitting],
+            Running => vec![Splitting, Running],
+            Completed => vec![Splitting, Running, Completed],
+            Failed => vec![Failed],
+            Cancelled => vec![Cancelled],
+        }
+    };
+    let allowed = [
+        (Submitted, Splitting),
+        (Submitted, Running),
+        (Submitted, Failed),
+        (Submitted, Cancelled),
+        (Splitting, Running),
+        (Splitting, Failed),
+        (Splitting, Cancelled),
+        (Running, Completed),
+        (Running, Failed),
+        (Running, Cancelled),
+    ];
+    for from in all {
+        for to in all {
+            let id = format!("sm-{from}-{to}");
+            store.create_job(&job(&id), &stages()).await.expect("create");
+            for step in path(from) {
+                assert!(store.transition(&id, step, None, actor::MANAGER).await.expect("step"), "{id}: to {step}");
+            }
+            let before = store.history(&id).await.expect("history").len();
+            let applied = store.transition(&id, to, Some("test"), actor::MANAGER).await.expect("transition");
+            let expected = allowed.contains(&(from, to));
+            assert_eq!(applied, expected, "{from} -> {to}");
+            assert_eq!(from.can_move_to(to), expected, "JobState::can_move_to({from}, {to})");
+            let state = store.job(&id).await.expect("job").expect("exists").state;
+            assert_eq!(state, if expected { to } else { from }, "{from} -> {to}");
+            let after = store.history(&id).await.expect("history").len();
+            assert_eq!(after, before + usize::from(expected), "{from} -> {to}: history grows only when applied");
+        }
+    }
+}
+
+async fn terminal_states_are_never_left(store: &dyn AnalyticsStore) {
+    for end in [JobState::Completed, JobState::Failed, JobState::Cancelled] {
+        assert!(end.allowed_from().iter().all(|s| !s.is_terminal()), "{end} is entered only from live states");
+        for state in [JobState::Submitted, JobState::Splitting, JobState::Running, JobState::Completed] {
+            assert!(!end.can_move_to(state), "{end} -> {state} must be refused");
+        }
+    }
+    store.create_job(&job("ended"), &stages()).await.expect("create");
+    assert!(store.transition("ended", JobState::Cancelled, Some("stop"), actor::OPERATOR).await.expect("cancel"));
+    assert!(!store.transition("ended", JobState::Completed, None, actor::MANAGER).await.expect("refused"));
+    assert!(!store.transition("ended", JobState::Failed, Some("late"), actor::MANAGER).await.expect("refused"));
+    let job = store.job("ended").await.expect("job").expect("exists");
+    assert_eq!(
+        (job.state, job.error.as_deref()),
+        (JobState::Cancelled, Some("stop")),
+        "a refused change writes nothing"
+    );
+}
+
+/// A cancel and the manager's own transitions race; whatever the interleaving, the job ends
+/// `cancelled`: the splitter's `running` and a tick's `completed` cannot overwrite it.
+async fn a_cancel_wins_over_a_concurrent_transition(store: &dyn AnalyticsStore) {
+    for round in 0..20 {
+        let id = format!("race-{round}");
+        store.create_job(&job(&id), &stages()).await.expect("create");
+        assert!(store.transition(&id, JobState::Splitting, None, actor::MANAGER).await.expect("splitting"));
+        let manager = async {
+            let _ = store.transition(&id, JobState::Running, None, actor::MANAGER).await.expect("running");
+            let _ = store.transition(&id, JobState::Completed, None, actor::MANAGER).await.expect("completed");
+        };
+        let cancel = async {
+            assert!(
+                store.transition(&id, JobState::Cancelled, Some("stop"), actor::OPERATOR).await.expect("cancel")
+                    || store.job(&id).await.expect("job").expect("exists").state == JobState::Completed,
+                "a cancel is refused only by a job that already ended"
+            );
+        };
+        futures::join!(manager, cancel);
+        let state = store.job(&id).await.expect("job").expect("exists").state;
+        assert!(state == JobState::Cancelled || state == JobState::Completed, "{state}");
+        if state == JobState::Cancelled {
+            assert!(!store.transition(&id, JobState::Completed, None, actor::MANAGER).await.expect("late tick"));
+            assert_eq!(store.job(&id).await.expect("job").expect("exists").state, JobState::Cancelled);
+        }
+        let history = store.history(&id).await.expect("history");
+        let seqs: Vec<u64> = history.iter().map(|h| h.seq).collect();
+        assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "one entry per applied change");
+        assert_eq!(history.last().map(|h| h.to), Some(state), "the history ends in the job's state");
+    }
+}
+
+async fn history_records_every_applied_transition(store: &dyn AnalyticsStore) {
+    store.create_job(&job("hist"), &stages()).await.expect("create");
+    store.create_job(&job("hist"), &stages()).await.expect("again");
+    assert!(store.transition("hist", JobState::Splitting, None, actor::MANAGER).await.expect("splitting"));
+    assert!(!store.transition("hist", JobState::Completed, None, actor::MANAGER).await.expect("refused"));
+    assert!(store.transition("hist", JobState::Cancelled, Some("not needed"), actor::OPERATOR).await.expect("cancel"));
+    let history = store.history("hist").await.expect("history");
+    let steps: Vec<(Option<JobState>, JobState, Option<&str>, &str)> =
+        history.iter().map(|h| (h.from, h.to, h.reason.as_deref(), h.actor.as_str())).collect();
+    assert_eq!(
+        steps,
+        vec![
+            (None, JobState::Submitted, None, actor::MANAGER),
+            (Some(JobState::Submitted), JobState::Splitting, None, actor::MANAGER),
+            (Some(JobState::Splitting), JobState::Cancelled, Some("not needed"), actor::OPERATOR),
+        ]
+    );
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at), "times never go back");
+    assert!(store.history("nope").await.expect("history").is_empty());
 }

@@ -27,6 +27,7 @@ where
     delete_is_idempotent(new_queue().await.as_ref()).await;
     max_receives_dead_letters_and_redrive(new_queue().await.as_ref()).await;
     explicit_dead_letter_keeps_reason(new_queue().await.as_ref()).await;
+    dead_letters_are_consumed_completely(new_queue().await.as_ref()).await;
     batch_limits(new_queue().await.as_ref()).await;
     long_poll_returns_when_a_message_arrives(new_queue().await).await;
     a_receipt_from_before_a_redrive_is_stale(new_queue().await.as_ref()).await;
@@ -169,4 +170,56 @@ async fn long_poll_returns_when_a_message_arrives(queue: Arc<dyn TaskQueue>) {
     send.await.expect("sender");
     assert_eq!(got.len(), 1, "a long poll receives a message sent while it waits");
     assert!(started.elapsed() < Duration::from_secs(8), "a long poll returns when a message arrives, not at its end");
+}
+
+/// More dead letters than one read returns: taking until nothing comes back, and deleting what
+/// was taken, sees every letter exactly once and leaves the dead-letter queue empty; a letter
+/// taken and not deleted comes back once its hold has passed.
+async fn dead_letters_are_consumed_completely(queue: &dyn TaskQueue) {
+    let total = 25;
+    let bodies: Vec<String> = (0..total).map(|i| format!("dead-{i:02}")).collect();
+    for chunk in bodies.chunks(MAX_BATCH) {
+        queue.send_batch(chunk).await.expect("send");
+    }
+    for message in receive_n(queue, total, 60 * SECOND).await {
+        queue.dead_letter(&message.receipt, "poison").await.expect("dead-letter");
+    }
+    let mut seen = Vec::new();
+    let mut kept_back = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let letters = queue.take_dead_letters(MAX_BATCH, 2 * SECOND).await.expect("take");
+        if letters.is_empty() {
+            break;
+        }
+        assert!(letters.len() <= MAX_BATCH);
+        let mut receipts = Vec::new();
+        for letter in letters {
+            assert_eq!(letter.reason.as_deref(), Some("poison"));
+            // Keep one back, undeleted, to see it return after its hold.
+            if kept_back.is_none() {
+                kept_back = Some(letter.body.clone());
+            } else {
+                receipts.push(letter.receipt.clone());
+            }
+            seen.push(letter.body);
+        }
+        assert!(queue.delete_dead_letters(&receipts).await.expect("delete").is_empty(), "deletes succeed");
+        assert!(queue.delete_dead_letters(&receipts).await.expect("delete again").is_empty(), "idempotent");
+    }
+    let unique: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), total, "each letter taken once within its hold: {seen:?}");
+    assert_eq!(unique, bodies.iter().cloned().collect(), "every letter taken");
+
+    let kept = kept_back.expect("one kept back");
+    let mut returned = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while returned.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(SECOND / 2).await;
+        returned = queue.take_dead_letters(MAX_BATCH, 60 * SECOND).await.expect("take");
+    }
+    assert_eq!(returned.iter().map(|l| l.body.clone()).collect::<Vec<_>>(), vec![kept], "an undeleted letter returns");
+    let receipts: Vec<_> = returned.iter().map(|l| l.receipt.clone()).collect();
+    assert!(queue.delete_dead_letters(&receipts).await.expect("delete").is_empty());
+    assert!(queue.dead_letters(MAX_BATCH).await.expect("list").is_empty(), "nothing left");
 }

@@ -14,6 +14,10 @@
 //! - A message received more than `max_receives` times without being deleted moves to the
 //!   dead-letter queue instead of being delivered; `dead_letter` moves one there at once with a
 //!   reason; `redrive` sends every dead letter back with its count reset.
+//! - `take_dead_letters` hides the dead letters it returns for `hold`, so successive calls walk
+//!   the whole dead-letter queue however long it is; `delete_dead_letters` removes taken ones
+//!   (idempotently). A taken letter that is not deleted comes back after `hold`, so a consumer
+//!   that records each letter before deleting it misses none.
 //! - Batches hold at most [`MAX_BATCH`] entries and a body at most [`MAX_BODY_BYTES`].
 //! - `receive` waits up to `wait` for a message (long polling) and returns as soon as one is
 //!   there; it returns at most `max` messages, possibly fewer than are available.
@@ -80,6 +84,8 @@ pub struct DeadLetter {
     pub receive_count: u32,
     /// Why it was dead-lettered, where known.
     pub reason: Option<String>,
+    /// Proof of this read, to delete the letter with.
+    pub receipt: Receipt,
 }
 
 /// How many messages a queue holds.
@@ -145,6 +151,12 @@ pub trait TaskQueue: Send + Sync + std::fmt::Debug {
     async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError>;
     /// Up to `max` dead letters, oldest first, left in place.
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
+    /// Up to `max` (at most [`MAX_BATCH`]) dead letters not taken in the last `hold`, hidden
+    /// for `hold` from now; an empty answer means none is left to take.
+    async fn take_dead_letters(&self, max: usize, hold: Duration) -> Result<Vec<DeadLetter>, QueueError>;
+    /// Removes dead letters read by `take_dead_letters` or `dead_letters`; removing one
+    /// already gone succeeds.
+    async fn delete_dead_letters(&self, receipts: &[Receipt]) -> Result<BatchFailures, QueueError>;
     /// Sends every dead letter back to the queue; returns how many.
     async fn redrive(&self) -> Result<u64, QueueError>;
     /// Message counts.

@@ -25,6 +25,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/queue-sq
 const POLL_MIN: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
+/// Receipts of dead letters name the message alone: a dead letter has no deliveries to tell apart.
+const DEAD_RECEIPT: &str = "dead.";
+
+fn dead_receipt(id: i64) -> Receipt {
+    Receipt(format!("{DEAD_RECEIPT}{id}"))
+}
+
 /// A [`TaskQueue`] in a SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteQueue {
@@ -296,8 +303,58 @@ impl TaskQueue for SqliteQueue {
                 body: row.get(1),
                 receive_count: u32::try_from(row.get::<i64, _>(2)).unwrap_or(u32::MAX),
                 reason: row.get(3),
+                receipt: dead_receipt(row.get::<i64, _>(0)),
             })
             .collect())
+    }
+
+    async fn take_dead_letters(&self, max: usize, hold: Duration) -> Result<Vec<DeadLetter>, QueueError> {
+        let now = now_millis();
+        let until = now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
+        let rows = sqlx::query(
+            "UPDATE messages SET visible_at = ?1
+             WHERE id IN (SELECT id FROM messages WHERE queue = ?2 AND visible_at <= ?3 ORDER BY id LIMIT ?4)
+             RETURNING id, body, receive_count, reason",
+        )
+        .bind(until)
+        .bind(&self.dead_letter_name)
+        .bind(now)
+        .bind(max.min(MAX_BATCH) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let mut letters: Vec<DeadLetter> = rows
+            .into_iter()
+            .map(|row| DeadLetter {
+                id: row.get::<i64, _>(0).to_string(),
+                body: row.get(1),
+                receive_count: u32::try_from(row.get::<i64, _>(2)).unwrap_or(u32::MAX),
+                reason: row.get(3),
+                receipt: dead_receipt(row.get::<i64, _>(0)),
+            })
+            .collect();
+        letters.sort_by_key(|l| l.id.parse::<i64>().unwrap_or(i64::MAX));
+        Ok(letters)
+    }
+
+    async fn delete_dead_letters(&self, receipts: &[Receipt]) -> Result<BatchFailures, QueueError> {
+        if receipts.len() > MAX_BATCH {
+            return Err(QueueError::BatchTooLarge(receipts.len()));
+        }
+        let mut failures = BatchFailures::default();
+        for (index, receipt) in receipts.iter().enumerate() {
+            let Some(id) = receipt.0.strip_prefix(DEAD_RECEIPT).and_then(|id| id.parse::<i64>().ok()) else {
+                failures.0.push((index, format!("`{}` is not a dead-letter receipt", receipt.0)));
+                continue;
+            };
+            sqlx::query("DELETE FROM messages WHERE id = ? AND queue = ?")
+                .bind(id)
+                .bind(&self.dead_letter_name)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(failures)
     }
 
     async fn redrive(&self) -> Result<u64, QueueError> {

@@ -392,6 +392,7 @@ impl TaskQueue for SqsQueue {
                         body: message.body,
                         receive_count: message.receive_count,
                         reason,
+                        receipt: message.receipt,
                     });
                 }
             }
@@ -400,6 +401,27 @@ impl TaskQueue for SqsQueue {
             }
         }
         Ok(letters)
+    }
+
+    async fn take_dead_letters(&self, max: usize, hold: Duration) -> Result<Vec<DeadLetter>, QueueError> {
+        let got = self.receive_from(&self.dead_letter_url, max.min(MAX_BATCH), hold, Duration::ZERO).await?;
+        Ok(got
+            .into_iter()
+            .map(|(message, reason)| DeadLetter {
+                id: message.id,
+                body: message.body,
+                receive_count: message.receive_count,
+                reason,
+                receipt: message.receipt,
+            })
+            .collect())
+    }
+
+    async fn delete_dead_letters(&self, receipts: &[Receipt]) -> Result<BatchFailures, QueueError> {
+        if receipts.len() > MAX_BATCH {
+            return Err(QueueError::BatchTooLarge(receipts.len()));
+        }
+        self.delete_from(&self.dead_letter_url, receipts).await
     }
 
     async fn redrive(&self) -> Result<u64, QueueError> {

@@ -1,4 +1,5 @@
-//! The manager's HTTP API. Every route wants `Authorization: Bearer TOKEN`; errors are JSON
+//! The manager's HTTP API. Every route wants `Authorization: Bearer TOKEN` (health too: its
+//! errors name the grid's endpoints, and the design's rule is one token for everything); errors are JSON
 //! `{"error": "..."}` (with `field` and `line` for an invalid job).
 //!
 //! | method | path | does |
@@ -9,7 +10,9 @@
 //! | GET | `/v1/jobs/{id}/results` | result objects and, once ended, the report |
 //! | GET | `/v1/jobs/{id}/results/{path}` | one result object's bytes |
 //! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
+//! | GET | `/v1/jobs/{id}/history` | every state change: time, from, to, reason, actor |
 //! | GET | `/v1/workers` | workers and their statistics |
+//! | GET | `/v1/health` | `{"status":"ok"}` or `{"status":"degraded","analytics":{"error","since",...}}` |
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -25,7 +28,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::{JobService, ServiceError};
-use crate::analytics::WorkerRecord;
+use crate::analytics::{HistoryEntry, WorkerRecord};
+use crate::manager::HealthReport;
 use crate::report::JobReport;
 use crate::secret::Secret;
 use crate::spec::{JobSpec, Overrides};
@@ -130,7 +134,9 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/v1/jobs/{id}/results", get(results))
         .route("/v1/jobs/{id}/results/{*path}", get(result_object))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/history", get(history))
         .route("/v1/workers", get(workers))
+        .route("/v1/health", get(health))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -249,6 +255,14 @@ const STREAM_CHUNK: usize = 256 * 1024;
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     state.service.cancel(&id).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+async fn history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    Ok(Json(state.service.history(&id).await?))
+}
+
+async fn health(State(state): State<AppState>) -> Json<HealthReport> {
+    Json(state.service.health().await)
 }
 
 async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerRecord>>, ApiError> {

@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 
 use super::api::{ErrorBody, Results, Submitted};
 use super::JobStatus;
-use crate::analytics::WorkerRecord;
+use crate::analytics::{HistoryEntry, WorkerRecord};
+use crate::manager::HealthReport;
 use crate::secret::Secret;
 
 /// Client errors.
@@ -146,6 +147,16 @@ impl ApiClient {
     /// Cancels a job.
     pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
         self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/cancel")))).await.map(|_| ())
+    }
+
+    /// A job's history, oldest first.
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/jobs/{id}/history")))).await
+    }
+
+    /// The manager's health.
+    pub async fn health(&self) -> Result<HealthReport, ClientError> {
+        self.json(self.http.get(self.url("/v1/health"))).await
     }
 
     /// Workers and their statistics.

@@ -1,6 +1,6 @@
 //! The job manager as a long-running service: jobs arrive through an HTTP API ([`api`]), each
-//! is driven to its end by its own task, and jobs left running by a previous manager process are
-//! picked up again at start. [`client`] is the other end of the API.
+//! is driven to its end by its own task, and jobs a previous manager process left unfinished
+//! (submitted, splitting or running) are picked up again at start. [`client`] is the other end of the API.
 
 pub mod api;
 pub mod client;
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::{JobRecord, JobState, StageProgress};
-use crate::manager::{Manager, ManagerError};
+use crate::analytics::{actor, HistoryEntry, JobRecord, JobState, StageProgress};
+use crate::manager::{HealthReport, Manager, ManagerError};
 use crate::spec::{parse_job, JobSpec, Overrides, SpecError};
 
 /// A job as the API reports it.
@@ -36,6 +36,9 @@ pub struct JobStatus {
     /// Per-stage progress (empty in listings).
     #[serde(default)]
     pub stages: Vec<StageProgress>,
+    /// What the manager's watchdog last found amiss with the job's stages, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<String>,
 }
 
 impl JobStatus {
@@ -49,6 +52,7 @@ impl JobStatus {
             finished_at: job.finished_at,
             error: job.error,
             stages,
+            watchdog: None,
         }
     }
 }
@@ -102,28 +106,37 @@ impl JobService {
         &self.manager
     }
 
-    /// Picks up jobs a previous manager process left unfinished: running jobs are driven on;
-    /// jobs caught mid-split fail (their split cannot be resumed) and can be submitted again.
+    /// Picks up every job a previous manager process left unfinished, whatever its state: the
+    /// reconciler finds where each one is (a split cut short is split again; its tasks count
+    /// once). A job whose stored spec cannot be read fails, as nothing could ever run it.
     pub async fn resume(self: &Arc<Self>) -> Result<usize, ServiceError> {
         let analytics = &self.manager.grid().analytics;
-        let mut resumed = 0;
-        for job in analytics.jobs().await? {
-            match job.state {
-                JobState::Running => match serde_json::from_str::<JobSpec>(&job.spec) {
-                    Ok(spec) => {
-                        self.start(job.id.clone(), spec, false);
-                        resumed += 1;
-                    }
-                    Err(error) => {
-                        let reason = format!("stored spec unreadable after a manager restart: {error}");
-                        analytics.set_job_state(&job.id, JobState::Failed, Some(&reason)).await?;
-                    }
-                },
-                JobState::Submitted | JobState::Splitting => {
-                    let reason = "the manager restarted while splitting the input; submit the job again";
-                    analytics.set_job_state(&job.id, JobState::Failed, Some(reason)).await?;
+        // A manager restarted while the database is away waits for it rather than exiting.
+        let mut backoff = crate::manager::Backoff::default();
+        let jobs = loop {
+            match analytics.jobs().await {
+                Ok(jobs) => break jobs,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "cannot list unfinished jobs yet; retrying");
+                    tokio::time::sleep(delay).await;
                 }
-                _ => {}
+            }
+        };
+        let mut resumed = 0;
+        for job in jobs {
+            if job.state.is_terminal() {
+                continue;
+            }
+            match serde_json::from_str::<JobSpec>(&job.spec) {
+                Ok(spec) => {
+                    self.start(job.id.clone(), spec);
+                    resumed += 1;
+                }
+                Err(error) => {
+                    let reason = format!("stored spec unreadable after a manager restart: {error}");
+                    analytics.transition(&job.id, JobState::Failed, Some(&reason), actor::MANAGER).await?;
+                }
             }
         }
         Ok(resumed)
@@ -141,21 +154,19 @@ impl JobService {
         // Checked here too (the manager checks every submission) to name the line in `text`.
         spec.check_against_grid(self.manager.grid().tasks.max_receives(), Some(text), origin)?;
         let id = self.manager.submit(&spec).await?;
-        self.start(id.clone(), spec, true);
+        self.start(id.clone(), spec);
         Ok(id)
     }
 
-    fn start(self: &Arc<Self>, id: String, spec: JobSpec, split: bool) {
+    fn start(self: &Arc<Self>, id: String, spec: JobSpec) {
         let service = self.clone();
         let job_id = id.clone();
         let handle = tokio::spawn(async move {
-            let outcome = service.manager.drive(&job_id, &spec, split, service.tick, |_, _| {}).await;
-            match outcome {
+            // The driver retries infrastructure errors itself; its one error is a job that
+            // vanished, which nothing can drive.
+            match service.manager.drive(&job_id, &spec, service.tick, |_, _| {}).await {
                 Ok(report) => tracing::info!(job = %job_id, state = %report.state, "job ended"),
-                Err(error) => {
-                    tracing::error!(job = %job_id, %error, "job driver failed");
-                    let _ = service.manager.fail(&job_id, &error.to_string()).await;
-                }
+                Err(error) => tracing::error!(job = %job_id, %error, "job driver stopped"),
             }
             if let Ok(mut running) = service.running.lock() {
                 running.remove(&job_id);
@@ -177,16 +188,31 @@ impl JobService {
         let analytics = &self.manager.grid().analytics;
         let job = analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
         let stages = analytics.stages(id).await?;
-        Ok(JobStatus::of(job, stages))
+        let mut status = JobStatus::of(job, stages);
+        status.watchdog = self.manager.watchdog_note(id);
+        Ok(status)
+    }
+
+    /// The manager's health: which parts of the grid it cannot reach, and since when.
+    pub async fn health(&self) -> HealthReport {
+        self.manager.probe_health().await
+    }
+
+    /// A job's history: every state change with its time, reason and actor.
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ServiceError> {
+        let analytics = &self.manager.grid().analytics;
+        analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
+        Ok(analytics.history(id).await?)
     }
 
     /// Cancels a job that has not ended.
     pub async fn cancel(&self, id: &str) -> Result<(), ServiceError> {
         let status = self.status(id).await?;
-        if status.state.is_terminal() {
-            return Err(ServiceError::Ended { id: id.to_owned(), state: status.state });
+        if status.state.is_terminal() || !self.manager.cancel(id).await? {
+            // Ended before the cancel (or while it was on its way): the guarded change refused.
+            let state = self.status(id).await?.state;
+            return Err(ServiceError::Ended { id: id.to_owned(), state });
         }
-        self.manager.cancel(id).await?;
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub struct JobSpec {
     /// What a stage's task failed for good means for the stages after it.
     #[serde(default)]
     pub on_stage_failure: StageFailurePolicy,
+    /// How long after submission the job may run before it fails (`deadline:`); none by default.
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
 }
 
 /// What a task failed for good (past its retries) does to the stages after its own.
@@ -257,6 +260,8 @@ struct RawJob {
     timeout: Option<Duration>,
     #[serde(default)]
     on_stage_failure: Option<StageFailurePolicy>,
+    #[serde(default, with = "humantime_serde::option")]
+    deadline: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,6 +525,9 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         };
 
         let retry = self.retry(raw.retry.as_ref())?;
+        if raw.deadline.is_some_and(|d| d.is_zero()) {
+            return Err((self.error_at)(&root.key("deadline"), "must be more than zero".into()));
+        }
         Ok(JobSpec {
             name: raw.name,
             input,
@@ -528,6 +536,7 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
             output: OutputSpec { path: output },
             retry,
             on_stage_failure: raw.on_stage_failure.unwrap_or_default(),
+            deadline: raw.deadline,
         })
     }
 

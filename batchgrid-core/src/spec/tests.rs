@@ -167,3 +167,18 @@ fn on_stage_failure_defaults_to_stop_and_is_validated() {
     assert_eq!(error.position.map(|p| p.line), Some(text.lines().count()));
     assert!(error.message.contains("stop") && error.message.contains("continue"), "{error}");
 }
+
+#[test]
+fn deadline_is_a_duration_from_submission() {
+    let spec = parse(&format!("{GOOD}deadline: 2h\n")).expect("valid");
+    assert_eq!(spec.deadline, Some(Duration::from_secs(7200)));
+    assert_eq!(parse(GOOD).expect("valid").deadline, None, "no deadline unless asked");
+}
+
+#[test]
+fn bad_deadline_names_line_and_field() {
+    let line = error_of(&format!("{GOOD}deadline: soon\n"));
+    assert!(line.starts_with("job.yaml:20:") && line.contains("deadline"), "{line}");
+    let line = error_of(&format!("{GOOD}deadline: 0s\n"));
+    assert!(line.starts_with("job.yaml:20:") && line.contains("deadline") && line.contains("more than zero"), "{line}");
+}

@@ -67,7 +67,7 @@ async fn a_job_being_split_raises_a_group_at_zero_and_queued_tasks_raise_it_furt
     assert!(matches!(scaler.pass().await.expect("pass"), Decision::Hold { .. }), "no jobs: hold at zero");
 
     grid.analytics.create_job(&job("j1"), &one_map_stage()).await.expect("job");
-    grid.analytics.set_job_state("j1", JobState::Splitting, None).await.expect("splitting");
+    grid.analytics.transition("j1", JobState::Splitting, None, "test").await.expect("splitting");
     let decision = scaler.pass().await.expect("pass");
     assert!(matches!(decision, Decision::Set { desired: 1, .. }), "{decision:?}");
     assert_eq!(*group.calls.lock().expect("lock"), vec![1]);
@@ -82,7 +82,7 @@ async fn a_job_being_split_raises_a_group_at_zero_and_queued_tasks_raise_it_furt
     assert_eq!(group.calls.lock().expect("lock").last(), Some(&4));
 
     // A job that ended counts nothing, but messages a worker still holds do: the group holds.
-    grid.analytics.set_job_state("j1", JobState::Cancelled, None).await.expect("ended");
+    grid.analytics.transition("j1", JobState::Cancelled, None, "test").await.expect("ended");
     while !grid.tasks.receive(10, Duration::from_secs(60), Duration::ZERO).await.expect("receive").is_empty() {}
     assert!(matches!(scaler.pass().await.expect("pass"), Decision::Hold { .. }));
     assert_eq!(group.calls.lock().expect("lock").len(), 2, "no call while holding");

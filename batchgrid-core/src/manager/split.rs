@@ -1,0 +1,195 @@
+//! Splitting: the job's input staged in the object store and cut into first-stage tasks,
+//! enqueued in batches of ten with several batches in flight.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{Manager, ManagerError, SEND_CONCURRENCY, SPLIT_AHEAD};
+use crate::analytics::{actor, JobState};
+use crate::queue::{TaskQueue, MAX_BATCH};
+use crate::spec::{InputSpec, JobSpec, SplitSpec};
+use crate::split::{split_input, Chunk, ChunkData, SplitError};
+use crate::store::StoreError;
+use crate::task::{chunk_task_id, input_key, TaskMessage, MAX_INLINE_BYTES};
+
+impl Manager {
+    /// Stages the input and enqueues the first stage's tasks as the chunks are cut; returns
+    /// how many. `on_task` is called with the running count. The job is running from the first
+    /// enqueued batch, so workers start before the split ends.
+    ///
+    /// Restartable: task ids and object keys are deterministic and progress is an upsert per
+    /// task, so a split cut short (by a crash or an infrastructure error) is simply run again
+    /// from the start; tasks sent twice run twice and count once. A job that ends meanwhile
+    /// (cancelled) stops the split at the next batch.
+    pub async fn split(&self, job_id: &str, spec: &JobSpec, on_task: impl Fn(u64) + Send) -> Result<u64, ManagerError> {
+        let analytics = &self.grid.analytics;
+        // Refused unless still `submitted`: a re-split after a restart keeps the state it finds.
+        analytics.transition(job_id, JobState::Splitting, Some("splitting the input"), actor::MANAGER).await?;
+        if self.job_has_ended(job_id).await? {
+            return Ok(0);
+        }
+        let spool = self.spool.join(job_id);
+        std::fs::create_dir_all(&spool).map_err(|source| ManagerError::Spool { path: spool.clone(), source })?;
+        let input = match &spec.input {
+            InputSpec::Local(path) => path.clone(),
+            InputSpec::S3 { bucket, key } => match self.fetch_input(bucket, key, spec.split, &spool).await {
+                Ok(path) => path,
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&spool);
+                    return Err(error);
+                }
+            },
+        };
+        let input = &input;
+
+        // The splitter is blocking file work; chunks come through a small bounded channel.
+        let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Chunk>(SPLIT_AHEAD);
+        let splitter = {
+            let (input, split, spool) = (input.clone(), spec.split, spool.clone());
+            tokio::task::spawn_blocking(move || {
+                split_input(&input, split, &spool, |chunk| {
+                    chunk_tx.blocking_send(chunk).map_err(|_| SplitError::Stopped("the enqueuer stopped".into()))
+                })
+            })
+        };
+
+        let mut pending: Vec<String> = Vec::with_capacity(MAX_BATCH * SEND_CONCURRENCY);
+        let mut staged = 0u64;
+        let mut started = false;
+        let mut failure: Option<ManagerError> = None;
+        while let Some(chunk) = chunk_rx.recv().await {
+            let task = chunk_task_id(chunk.index);
+            let key = input_key(job_id, &task, &chunk.file_name, spec.split == SplitSpec::PerFile);
+            let mut inline = None;
+            let result = match chunk.data {
+                ChunkData::Memory(bytes) if bytes.len() <= MAX_INLINE_BYTES => match String::from_utf8(bytes) {
+                    Ok(text) => {
+                        inline = Some(text);
+                        Ok(())
+                    }
+                    Err(not_text) => self.grid.store.put(&key, Bytes::from(not_text.into_bytes())).await,
+                },
+                ChunkData::Memory(bytes) => self.grid.store.put(&key, Bytes::from(bytes)).await,
+                ChunkData::File { path, spooled } => {
+                    let stored = self.grid.store.put_file(&key, &path).await.map(|_| ());
+                    if spooled {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    stored
+                }
+            };
+            if let Err(error) = result {
+                failure = Some(error.into());
+                break;
+            }
+            pending.push(TaskMessage { job: job_id.to_owned(), stage: 0, task, input: key, data: inline }.encode());
+            staged += 1;
+            if pending.len() >= MAX_BATCH * SEND_CONCURRENCY {
+                if let Err(error) = self.enqueue(&self.grid.tasks, std::mem::take(&mut pending)).await {
+                    failure = Some(error);
+                    break;
+                }
+                if !started {
+                    started = true;
+                    analytics.transition(job_id, JobState::Running, Some("first tasks queued"), actor::MANAGER).await?;
+                }
+                on_task(staged);
+                #[cfg(feature = "fault-injection")]
+                crate::fault::slow_point(crate::fault::SPLIT_BATCH).await;
+                if self.job_has_ended(job_id).await? {
+                    tracing::info!(job = %job_id, "job ended while splitting; split stopped");
+                    break;
+                }
+            }
+        }
+        drop(chunk_rx);
+        let split_result = splitter.await.map_err(|e| SplitError::Stopped(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&spool);
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        if self.job_has_ended(job_id).await? {
+            return Ok(staged);
+        }
+        let count = split_result?;
+        self.enqueue(&self.grid.tasks, pending).await?;
+        on_task(staged);
+        analytics.set_stage_expected(job_id, 0, count).await?;
+        // Refused if the job ended meanwhile (a cancel wins) or is already running.
+        analytics.transition(job_id, JobState::Running, Some("input split"), actor::MANAGER).await?;
+        tracing::info!(job = %job_id, tasks = count, "split complete");
+        Ok(count)
+    }
+
+    /// Downloads an `s3://` input into the spool: the one object for a chunked split, every
+    /// object under the prefix otherwise (keeping their relative paths). Returns the local path.
+    async fn fetch_input(
+        &self,
+        bucket: &str,
+        key: &str,
+        split: SplitSpec,
+        spool: &Path,
+    ) -> Result<PathBuf, ManagerError> {
+        let describe = || format!("s3://{bucket}/{key}");
+        let Some(opener) = &self.buckets else {
+            return Err(ManagerError::Input { input: describe(), message: "s3:// inputs need a grid on AWS".into() });
+        };
+        let store = opener(bucket);
+        let root = spool.join("input");
+        let objects: Vec<String> = if split == SplitSpec::PerFile {
+            store.list(key).await?.into_iter().map(|o| o.key).filter(|k| !k.ends_with('/')).collect()
+        } else {
+            vec![key.to_owned()]
+        };
+        if objects.is_empty() {
+            return Err(ManagerError::Input { input: describe(), message: "no objects under this prefix".into() });
+        }
+        let base = match key.rfind('/') {
+            Some(i) => &key[..=i],
+            None => "",
+        };
+        let spool_error = |path: &Path, source| ManagerError::Spool { path: path.to_path_buf(), source };
+        let mut single = None;
+        for object in &objects {
+            let relative = object.strip_prefix(base).unwrap_or(object);
+            let target = root.join(relative);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| spool_error(parent, e))?;
+            }
+            match store.get_to_file(object, &target).await {
+                Err(StoreError::NotFound(_)) => {
+                    return Err(ManagerError::Input { input: describe(), message: "no such object".into() })
+                }
+                other => other?,
+            };
+            single = Some(target);
+        }
+        // One object named exactly by the key is a file input; anything else a directory.
+        Ok(match single {
+            Some(path) if objects.len() == 1 && objects[0] == key => path,
+            _ => root,
+        })
+    }
+
+    /// Sends bodies in batches of ten, several batches in flight.
+    pub(super) async fn enqueue(&self, queue: &Arc<dyn TaskQueue>, bodies: Vec<String>) -> Result<(), ManagerError> {
+        let batches: Vec<Vec<String>> = bodies.chunks(MAX_BATCH).map(<[String]>::to_vec).collect();
+        let mut sends = futures::stream::iter(batches.into_iter().map(|batch| {
+            let queue = queue.clone();
+            async move { queue.send_batch(&batch).await }
+        }))
+        .buffer_unordered(SEND_CONCURRENCY);
+        while let Some(result) = sends.next().await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn job_has_ended(&self, job_id: &str) -> Result<bool, ManagerError> {
+        let job = self.grid.analytics.job(job_id).await?;
+        Ok(job.is_none_or(|job| job.state.is_terminal()))
+    }
+}
