@@ -3,6 +3,8 @@
 //!
 //! `BATCHGRID_FAULT=POINT:MARKER` arms `POINT` once: the first process to reach it fires it and
 //! creates the marker file (atomically), which disarms it for every process.
+//! `BATCHGRID_FAULT=POINT:MARKER:every` fires it every time (the marker still shows it fired):
+//! a task whose every delivery meets the fault reaches its last one, as the worst case needs.
 
 /// In a worker: after a batch of attempts is recorded, before the batch's results are
 /// forwarded to the next stage. Firing it loses the batch as a crash there would (nothing
@@ -20,7 +22,8 @@ pub fn fires(point: &str) -> bool {
     if wanted != point {
         return false;
     }
-    let fired = std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok();
+    let (marker, every) = marker.strip_suffix(":every").map_or((marker, false), |m| (m, true));
+    let fired = std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok() || every;
     if fired {
         eprintln!("fault injection: {point} fired");
     }

@@ -15,10 +15,10 @@ use crate::harness::{batchgrid, block_on, write_lines};
 use crate::local_stack::{Credentials, LocalStack, TOKEN};
 
 /// A worker fails after recording a batch of tasks done and before forwarding them to the next
-/// map stage (the injected fault loses that batch as a crash would), on their last allowed
-/// delivery (`max_attempts: 1`): the queue dead-letters them on redelivery, and the manager's
-/// watchdog finds the next stage short with nothing queued and re-sends the lost tasks from
-/// the done ones. The job completes with every task counted once.
+/// map stage (the injected fault loses that batch as a crash would), on every delivery up to
+/// the last allowed one (the queue's receive limit): the queue dead-letters them, and the
+/// manager's watchdog finds the next stage short with nothing queued and re-sends the lost
+/// tasks from the done ones. The job completes with every task counted once.
 #[test]
 fn a_crash_between_record_and_forward_is_repaired() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -47,7 +47,9 @@ retry:
     let marker = dir.path().join("crashed");
     let started = std::time::Instant::now();
     let output: Output = batchgrid()
-        .env("BATCHGRID_FAULT", format!("after-record:{}", marker.display()))
+        // Every delivery of a first-stage batch loses its forwards, so those tasks reach their
+        // last allowed delivery done but never forwarded: only the watchdog can repair them.
+        .env("BATCHGRID_FAULT", format!("after-record:{}:every", marker.display()))
         .env("BATCHGRID_LOG", "warn")
         .args(["run", "--json", "--keep-state", "--workers", "2", "--visibility-timeout", "1s", "--state-dir"])
         .arg(dir.path().join("state"))
