@@ -1,8 +1,8 @@
 //! The fault suite: infrastructure faults neither fail nor hang a job. On the embedded grid, a
 //! worker fails between recording a task and forwarding it; on the local stack (the
 //! emulator's S3 and SQS, and a PostgreSQL the test starts and stops), the database goes away
-//! for 90 s, the manager is SIGKILLed while splitting and while tasks run, and a cancel arrives
-//! while splitting. Each ends with exact totals (or `cancelled`, and still so later).
+//! for 90 s, the manager is SIGKILLed while splitting and while tasks run, the workers are
+//! SIGKILLed every 2 s, and a cancel arrives while splitting. Each ends with exact totals (or `cancelled`, and still so later).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -168,6 +168,27 @@ fn wait_until(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Both workers SIGKILLed every 2 s while a job runs on the local stack, and restarted: the
+/// killed workers' tasks come back after the visibility timeout and run again elsewhere, and
+/// the job completes with exact totals, every task counted once.
+#[test]
+fn workers_killed_every_2s_lose_nothing() {
+    let mut stack = LocalStack::launch(2, &[], Credentials::Url);
+    let tasks = 24;
+    let job = write_job(stack.dir.path(), tasks, "0.3");
+    let id = submit(&stack, &job);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut kills = 0;
+    while !status(&stack, &id).is_some_and(|s| s.state.is_terminal()) {
+        assert!(Instant::now() < deadline, "the job did not end within 150 s of kills; {}", stack.manager_logs());
+        std::thread::sleep(Duration::from_secs(2));
+        stack.kill_and_restart_workers();
+        kills += 1;
+    }
+    assert!(kills >= 3, "the workers were killed {kills} times while the job ran");
+    assert_exact(&stack, &id, tasks);
 }
 
 /// Mid-split: the first tasks are queued, the first stage's size is not known yet.

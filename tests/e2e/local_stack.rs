@@ -165,6 +165,19 @@ impl LocalStack {
         self.start_manager();
     }
 
+    /// Kills every worker with SIGKILL, waits for each to be gone, and starts as many again
+    /// (each with fresh scratch directories of its own, as a restarted worker gets).
+    pub(crate) fn kill_and_restart_workers(&mut self) {
+        let count = self.workers.len();
+        for mut worker in std::mem::take(&mut self.workers) {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+        for index in 0..count {
+            self.start_worker(index);
+        }
+    }
+
     /// Sets a variable in the environment of manager processes started from now on.
     pub(crate) fn set_manager_env(&mut self, key: &str, value: &str) {
         self.manager_env.push((key.to_owned(), value.to_owned()));
