@@ -43,18 +43,30 @@ else
 	@echo; cat $(DEMO_DIR)/results/summary.txt
 endif
 
-tools: ## install the test tools that do not come with cargo (cfn-lint, moto from PyPI; systemd, shellcheck from apt)
+# checkov, the CloudFormation scanner, lives in a virtual environment of its own (its many
+# pinned dependencies would fight cfn-lint's and moto's), outside the repository so worktrees
+# share it. The version is pinned here and in batchgrid-provision/src/render.rs (CHECKOV_VERSION).
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV    := $(HOME)/.cache/batchgrid/checkov-venv
+CHECKOV         := $(CHECKOV_VENV)/bin/checkov
+
+tools: ## install the test tools that do not come with cargo (cfn-lint, moto from PyPI; checkov pinned in its own venv; systemd, shellcheck, nftables from apt)
 	@command -v cfn-lint >/dev/null || { echo "installing cfn-lint (pip)..."; python3 -m pip install --quiet 'cfn-lint>=1.20'; }
 	@command -v moto_server >/dev/null || { echo "installing moto[server], the local AWS emulator (pip)..."; python3 -m pip install --quiet 'moto[server]>=5'; }
 	@command -v pyenv >/dev/null && pyenv rehash || true
 	@# The image's user and units are checked with systemd's own tools, its scripts with shellcheck.
 	@{ command -v systemd-analyze && command -v systemd-sysusers; } >/dev/null || { echo "installing systemd (apt: systemd-analyze, systemd-sysusers)..."; (apt-get update -qq && apt-get install -y -qq systemd) >/dev/null; }
 	@command -v shellcheck >/dev/null || { echo "installing shellcheck (apt)..."; (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null; }
-	@echo "using $$(cfn-lint --version), moto $$(python3 -c 'import moto; print(moto.__version__)'), $$(systemd-analyze --version | head -n 1), shellcheck $$(shellcheck --version | sed -n 's/^version: //p')"
+	@# The image's firewall rule (no instance metadata for tasks) is checked with nft itself.
+	@command -v nft >/dev/null || { echo "installing nftables (apt: nft, to check the image's firewall rule)..."; (apt-get update -qq && apt-get install -y -qq nftables) >/dev/null; }
+	@[ "$$($(CHECKOV) --version 2>/dev/null)" = "$(CHECKOV_VERSION)" ] || { \
+	  echo "installing checkov $(CHECKOV_VERSION) (pip, in its own virtual environment $(CHECKOV_VENV))..."; \
+	  python3 -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'; }
+	@echo "using $$(cfn-lint --version), checkov $$($(CHECKOV) --version), moto $$(python3 -c 'import moto; print(moto.__version__)'), $$(systemd-analyze --version | head -n 1), shellcheck $$(shellcheck --version | sed -n 's/^version: //p')"
 
 # cargo test builds every binary the end-to-end tests run, with the same features as the tests
 # (a separate `cargo build` would compile much of the tree twice).
-test: setup tools ## run every test (unit, conformance, end to end, cfn-lint on every template)
+test: setup tools ## run every test (unit, conformance, end to end, cfn-lint and checkov on every template)
 	@mkdir -p build
 	@echo "building and running every test..."
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee build/test.log; status=$$?; \

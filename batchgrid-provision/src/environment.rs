@@ -100,6 +100,9 @@ pub struct Storage {
     pub versioning: bool,
     /// Days before interim results expire.
     pub interim_expiry_days: u32,
+    /// S3 server access logs of both buckets, delivered to a log bucket of their own (an audit
+    /// trail of who read or wrote which object; production turns it on).
+    pub access_logs: bool,
 }
 
 /// Queue settings.
@@ -131,6 +134,9 @@ pub struct Analytics {
     pub backup_retention_days: u32,
     /// Refuse deletion of the database.
     pub deletion_protection: bool,
+    /// RDS enhanced monitoring: seconds between OS metrics (1, 5, 10, 15, 30 or 60), or 0 for
+    /// none. On, the stack creates the monitoring role RDS publishes them with.
+    pub enhanced_monitoring_seconds: u32,
 }
 
 /// Worker Auto Scaling group settings.
@@ -151,6 +157,10 @@ pub struct GridGroup {
     pub max_size: u32,
     /// Use spot capacity.
     pub spot: bool,
+    /// Give workers `AmazonSSMManagedInstanceCore`, so an operator can open a shell on them
+    /// (Session Manager). Off by default: that policy also reads any SSM parameter, which a
+    /// task on the instance could do too.
+    pub shell_access: bool,
     /// Target queue backlog per in-service instance of the safety-net scaling policy (the
     /// manager sizes the group itself; see [`GridGroup::target_completion`]).
     pub backlog_per_instance: u32,
@@ -569,6 +579,12 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
     }
     if !["rds", "external"].contains(&env.analytics.provider.as_str()) {
         return Err((analytics.key("provider"), format!("`{}`: use `rds` or `external`", env.analytics.provider)));
+    }
+    if ![0, 1, 5, 10, 15, 30, 60].contains(&env.analytics.enhanced_monitoring_seconds) {
+        return Err((
+            analytics.key("enhanced_monitoring_seconds"),
+            "RDS takes 0 (off), 1, 5, 10, 15, 30 or 60 seconds".into(),
+        ));
     }
     if env.protected && env.analytics.provider == "rds" && !env.analytics.deletion_protection {
         return Err((analytics.key("deletion_protection"), "a protected environment needs deletion protection".into()));

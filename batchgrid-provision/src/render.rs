@@ -94,6 +94,72 @@ pub(crate) fn assert_cfn_lint_clean(files: &[PathBuf]) {
     );
 }
 
+/// The checkov version `make tools` installs into its own virtual environment; the scan's
+/// verdicts change between versions, so the version is pinned and said here once.
+#[cfg(test)]
+pub(crate) const CHECKOV_VERSION: &str = "3.3.30";
+
+/// Where `make tools` puts checkov: `BATCHGRID_CHECKOV` if set, else the virtual environment
+/// under `$HOME/.cache/batchgrid/checkov-venv` (outside the repository, shared by worktrees).
+#[cfg(test)]
+pub(crate) fn checkov_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("BATCHGRID_CHECKOV") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/batchgrid/checkov-venv/bin/checkov")
+}
+
+/// Runs checkov on `files` and fails the test on any failed check. A check that does not apply
+/// is skipped in the template, on the resource, with its reason (`Metadata: checkov: skip`);
+/// [`assert_checkov_skips_explained`] holds every such skip to a written comment. Never skips
+/// itself: a missing checkov is a failure that names `make tools`.
+#[cfg(test)]
+pub(crate) fn assert_checkov_clean(files: &[PathBuf]) {
+    let checkov = checkov_path();
+    let mut command = std::process::Command::new(&checkov);
+    for file in files {
+        command.arg("--file").arg(file);
+    }
+    // --skip-download: no calls to the vendor's platform (tests never leave the machine).
+    command.args(["--framework", "cloudformation", "--compact", "--quiet", "--skip-download", "--output", "cli"]);
+    let output = command.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run checkov at {} ({e}): `make tools` installs checkov {CHECKOV_VERSION} in its own virtual \
+             environment there (or set BATCHGRID_CHECKOV to a checkov binary)",
+            checkov.display()
+        )
+    });
+    assert!(
+        output.status.success(),
+        "checkov failed checks (exit {:?}); fix the template or skip the check on the resource with \
+         `Metadata: checkov: skip: [{{id: CKV_..., comment: why}}]`:\n{}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every `Metadata: checkov: skip` in a rendered template names a check id and says why in
+/// a comment of some length, so no failure is waved through without a reason in review.
+#[cfg(test)]
+pub(crate) fn assert_checkov_skips_explained(name: &str, template: &str) {
+    let parsed: serde_yaml::Value = serde_yaml::from_str(template).unwrap_or_else(|e| panic!("{name}: not YAML: {e}"));
+    let Some(resources) = parsed["Resources"].as_mapping() else { panic!("{name}: no Resources") };
+    for (id, resource) in resources {
+        let Some(skips) = resource["Metadata"]["checkov"]["skip"].as_sequence() else { continue };
+        for skip in skips {
+            let check = skip["id"].as_str().unwrap_or_default();
+            let comment = skip["comment"].as_str().unwrap_or_default();
+            assert!(check.starts_with("CKV_"), "{name}: {id:?} skips {skip:?} without a check id");
+            assert!(
+                comment.len() >= 40,
+                "{name}: {id:?} skips {check} without a written reason (comment): {comment:?}"
+            );
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Subnet {
     id: &'static str,

@@ -20,7 +20,12 @@ fn every_shipped_environment_loads() {
             assert!(env.protected && env.analytics.deletion_protection && env.analytics.multi_az);
             assert_eq!(env.grid.instance_types, ["m7g.xlarge", "m6g.xlarge"], "lists are replaced, not appended");
             assert_eq!(env.queues.max_receives, 5, "unset keys keep the base's value");
+            assert!(env.storage.access_logs && env.analytics.enhanced_monitoring_seconds == 60);
         }
+        if name != "prod" {
+            assert!(!env.storage.access_logs && env.analytics.enhanced_monitoring_seconds == 0);
+        }
+        assert!(!env.grid.shell_access, "no environment opens shells on workers by default");
     }
 }
 
@@ -91,6 +96,9 @@ fn impossible_values_are_rejected() {
         ("template_bucket: My_Bucket\n", "template_bucket"),
         ("grid:\n  ami: ubuntu\n", "grid.ami"),
         ("grid:\n  tasks_per_instance: 0\n", "grid.tasks_per_instance"),
+        ("analytics:\n  enhanced_monitoring_seconds: 2\n", "analytics.enhanced_monitoring_seconds"),
+        ("grid:\n  shell_access: sometimes\n", "grid.shell_access"),
+        ("storage:\n  access_logs: 1\n", "storage.access_logs"),
         ("grid:\n  target_completion: 30s\n", "grid.target_completion"),
         ("grid:\n  target_completion: 2days\n", "grid.target_completion"),
         ("grid:\n  scale_in_delay: 25h\n", "grid.scale_in_delay"),

@@ -64,6 +64,23 @@ fn image_templates_pass_cfn_lint() {
     crate::render::assert_cfn_lint_clean(&files);
 }
 
+/// checkov (pinned, from `make tools`) on every golden image template and on the bucket-only
+/// first deploy: no failed check, and every skipped one explained on its resource.
+#[test]
+fn image_templates_pass_checkov() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bucket_only = dir.path().join("image-bucket-only.yaml");
+    let text = render_deployment_bucket(&templates(), "dev", &environment("dev")).expect("render").expect("bucket");
+    std::fs::write(&bucket_only, text).expect("write");
+    let mut files: Vec<PathBuf> = ENVIRONMENTS.iter().map(|n| golden_dir().join(format!("image-{n}.yaml"))).collect();
+    files.push(bucket_only);
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        crate::render::assert_checkov_skips_explained(&file.display().to_string(), &text);
+    }
+    crate::render::assert_checkov_clean(&files);
+}
+
 #[test]
 fn the_image_is_built_for_the_grids_architecture() {
     let arm = parse(&rendered_with(&environment("dev"), VERSION, REVISION));

@@ -93,6 +93,20 @@ fn golden_templates_pass_cfn_lint() {
     assert_cfn_lint_clean(&files);
 }
 
+/// checkov (pinned, from `make tools`) on every golden template: no failed check, and every
+/// skipped one explained on its resource.
+#[test]
+fn golden_templates_pass_checkov() {
+    let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let files: Vec<PathBuf> =
+        ["local", "dev", "ci", "prod"].iter().map(|n| golden_dir.join(format!("{n}.yaml"))).collect();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        crate::render::assert_checkov_skips_explained(&file.display().to_string(), &text);
+    }
+    crate::render::assert_checkov_clean(&files);
+}
+
 /// `grid.ami: image`: workers launch from the parameter `make image` writes, resolved by EC2 at
 /// every launch; the manager's instance resolves it at deploy time. cfn-lint accepts both.
 #[test]
