@@ -32,6 +32,9 @@ pub mod names {
     pub const UNITS: &str = "systemd";
     /// The sysusers.d file creating the units' user, installed in `/usr/lib/sysusers.d/`.
     pub const SYSUSERS: &str = "sysusers.d/batchgrid.conf";
+    /// The nftables rule keeping job tasks from the instance metadata service, installed as
+    /// `/etc/batchgrid/task-firewall.nft` and loaded by `batchgrid-task-firewall.service`.
+    pub const TASK_FIREWALL: &str = "nftables/batchgrid-task.nft";
 }
 
 /// The default configuration installed with the binary when the packaging folder has none:
@@ -50,6 +53,27 @@ BATCHGRID_LOG_FORMAT=json
 pub const DEFAULT_SYSUSERS: &str = "\
 # The system user and group batchgrid's units run as: no login shell, home at the state directory.
 u batchgrid - \"batchgrid services\" /var/lib/batchgrid /usr/sbin/nologin
+# The user job tasks run as, never the worker's: no login shell, home `/`, no instance metadata.
+u batchgrid-task - \"batchgrid job tasks\" / /usr/sbin/nologin
+";
+
+/// The rule keeping job tasks (user `batchgrid-task`) from the instance metadata service when
+/// the packaging folder has none (the same rules as `packaging/nftables/batchgrid-task.nft`):
+/// the image never runs tasks without it.
+pub const DEFAULT_TASK_FIREWALL: &str = "\
+#!/usr/sbin/nft -f
+# Job tasks (user batchgrid-task) must not reach the instance metadata service.
+table inet batchgrid_task
+delete table inet batchgrid_task
+table inet batchgrid_task {
+\tchain output {
+\t\ttype filter hook output priority filter; policy accept;
+\t\tmeta skuid \"batchgrid-task\" ip daddr 169.254.169.254 meta l4proto tcp reject with tcp reset
+\t\tmeta skuid \"batchgrid-task\" ip daddr 169.254.169.254 reject
+\t\tmeta skuid \"batchgrid-task\" ip6 daddr fd00:ec2::254 meta l4proto tcp reject with tcp reset
+\t\tmeta skuid \"batchgrid-task\" ip6 daddr fd00:ec2::254 reject
+\t}
+}
 ";
 
 /// Errors while gathering or uploading the image's artifacts.
@@ -304,7 +328,8 @@ pub struct Artifacts {
 
 /// Gathers the artifacts: `binary`; `packaging/defaults.env`, or [`DEFAULT_CONFIG`] when there
 /// is none; `packaging/systemd/*.service` (none when that folder is missing);
-/// `packaging/sysusers.d/batchgrid.conf`, or [`DEFAULT_SYSUSERS`] when there is none.
+/// `packaging/sysusers.d/batchgrid.conf`, or [`DEFAULT_SYSUSERS`] when there is none;
+/// `packaging/nftables/batchgrid-task.nft`, or [`DEFAULT_TASK_FIREWALL`] when there is none.
 pub fn collect_artifacts(binary: &Path, packaging: &Path) -> Result<Artifacts, ArtifactError> {
     fn read_error(path: &Path) -> impl Fn(std::io::Error) -> ArtifactError + '_ {
         move |source| ArtifactError::Read { path: path.to_path_buf(), source }
@@ -341,6 +366,9 @@ pub fn collect_artifacts(binary: &Path, packaging: &Path) -> Result<Artifacts, A
     let sysusers = packaging.join(names::SYSUSERS);
     let sysusers = if sysusers.is_file() { Source::File(sysusers) } else { Source::BuiltIn(DEFAULT_SYSUSERS) };
     files.push(Artifact { name: names::SYSUSERS.to_owned(), source: sysusers });
+    let firewall = packaging.join(names::TASK_FIREWALL);
+    let firewall = if firewall.is_file() { Source::File(firewall) } else { Source::BuiltIn(DEFAULT_TASK_FIREWALL) };
+    files.push(Artifact { name: names::TASK_FIREWALL.to_owned(), source: firewall });
     Ok(Artifacts { files, missing_units })
 }
 

@@ -14,12 +14,17 @@ use batchgrid_provision::{environment, image};
 /// Where the units' user lives, as the units say (StateDirectory=batchgrid).
 const STATE_DIR: &str = "/var/lib/batchgrid";
 /// The component's install commands this test mirrors; checked against the rendered component.
-const INSTALL_COMMANDS: [&str; 4] = [
+const INSTALL_COMMANDS: [&str; 5] = [
     "install -m 0755 /tmp/batchgrid-artifacts/batchgrid /usr/local/bin/batchgrid",
     r#"for unit in /tmp/batchgrid-artifacts/systemd/*.service; do install -m 0644 "$unit" /etc/systemd/system/; done"#,
     "install -D -m 0644 /tmp/batchgrid-artifacts/sysusers.d/batchgrid.conf /usr/lib/sysusers.d/batchgrid.conf",
     "systemd-sysusers /usr/lib/sysusers.d/batchgrid.conf",
+    "install -m 0600 /tmp/batchgrid-artifacts/nftables/batchgrid-task.nft /etc/batchgrid/task-firewall.nft",
 ];
+/// The user job tasks run as, and where the image installs the rule that keeps it from the
+/// instance metadata service.
+const TASK_USER: &str = "batchgrid-task";
+const TASK_FIREWALL: &str = "/etc/batchgrid/task-firewall.nft";
 
 fn project() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -53,12 +58,17 @@ fn units() -> Vec<PathBuf> {
 fn install_root() -> tempfile::TempDir {
     let root = tempfile::tempdir().expect("temp dir");
     let at = |path: &str| root.path().join(path.trim_start_matches('/'));
-    for dir in ["etc/systemd/system", "usr/local/bin", "usr/lib/sysusers.d", "usr/lib/systemd"] {
+    for dir in
+        ["etc/systemd/system", "etc/batchgrid", "usr/local/bin", "usr/sbin", "usr/lib/sysusers.d", "usr/lib/systemd"]
+    {
         std::fs::create_dir_all(at(dir)).expect("mkdir");
     }
-    let binary = at("/usr/local/bin/batchgrid");
-    std::fs::write(&binary, "#!/bin/sh\nexit 0\n").expect("stand-in binary");
-    set_mode(&binary, 0o755);
+    // Stand-ins for the binary and for nft (which Amazon Linux's nftables package installs).
+    for binary in ["/usr/local/bin/batchgrid", "/usr/sbin/nft"] {
+        std::fs::write(at(binary), "#!/bin/sh\nexit 0\n").expect("stand-in binary");
+        set_mode(&at(binary), 0o755);
+    }
+    std::fs::copy(project().join("packaging").join(image::names::TASK_FIREWALL), at(TASK_FIREWALL)).expect("rule");
     for unit in units() {
         std::fs::copy(&unit, at("/etc/systemd/system").join(unit.file_name().expect("name"))).expect("unit");
     }
@@ -129,11 +139,22 @@ fn the_units_user_exists_on_the_image_without_a_login_shell() {
     let group = entry(root.path(), "group", "batchgrid").expect("batchgrid in the image's /etc/group");
     assert_eq!(user[3], group[2], "its primary group is batchgrid");
 
-    // Every unit's User= and Group= exist in that root, and its state directory is the home.
+    // Every service unit's User= and Group= exist in that root, and its state directory is the
+    // home; each keeps its files to itself (UMask=0077) and its state directory closed.
     for unit in units() {
         let text = std::fs::read_to_string(&unit).expect("unit");
         let value = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::to_owned);
         let name = unit.display();
+        assert_eq!(value("UMask=").as_deref(), Some("0077"), "{name}: files private to their writer");
+        if unit.ends_with("batchgrid-task-firewall.service") {
+            // A root oneshot loading the firewall: no user, no state.
+            assert!(value("User=").is_none() && value("StateDirectory=").is_none(), "{name}");
+            continue;
+        }
+        // The worker's may be traversed (not listed) so a task reaches its scratch slot.
+        let mode = value("StateDirectoryMode=").unwrap_or_else(|| panic!("{name} sets StateDirectoryMode="));
+        assert!(["0700", "0711"].contains(&mode.as_str()), "{name}: StateDirectoryMode={mode}");
+        assert_eq!(value("LogsDirectoryMode=").as_deref(), Some("0750"), "{name}");
         let unit_user = value("User=").unwrap_or_else(|| panic!("{name} names its User="));
         assert!(entry(root.path(), "passwd", &unit_user).is_some(), "{name}: User={unit_user} is not created");
         let unit_group = value("Group=").unwrap_or_else(|| panic!("{name} names its Group="));
@@ -143,11 +164,11 @@ fn the_units_user_exists_on_the_image_without_a_login_shell() {
 }
 
 #[test]
-fn systemd_analyze_verify_accepts_both_units_and_rejects_a_broken_one() {
+fn systemd_analyze_verify_accepts_every_unit_and_rejects_a_broken_one() {
     let root = install_root();
     let names: Vec<String> =
         units().iter().map(|u| u.file_name().expect("name").to_string_lossy().into_owned()).collect();
-    assert_eq!(names, ["batchgrid-manager.service", "batchgrid-worker.service"]);
+    assert_eq!(names, ["batchgrid-manager.service", "batchgrid-task-firewall.service", "batchgrid-worker.service"]);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let verified = verify(root.path(), &names);
     assert!(verified.status.success(), "systemd-analyze verify rejected the units: {}", text(&verified));
@@ -229,4 +250,83 @@ fn the_component_installs_as_this_test_does_and_its_steps_pass_shellcheck() {
         let output = child.wait_with_output().expect("shellcheck");
         assert!(output.status.success(), "shellcheck on the component's {name} step:\n{script}\n{}", text(&output));
     }
+}
+
+/// The tasks' user exists on the image beside the units' user: a system user of its own, no
+/// login shell, no home of its own to write to, not in the units' group.
+#[test]
+fn the_tasks_user_exists_on_the_image_apart_from_the_workers() {
+    let root = install_root();
+    let task = entry(root.path(), "passwd", TASK_USER).expect("batchgrid-task in the image's /etc/passwd");
+    let worker = entry(root.path(), "passwd", "batchgrid").expect("batchgrid in the image's /etc/passwd");
+    assert!(task[2].parse::<u32>().is_ok_and(|uid| (1..1000).contains(&uid)), "a system user: {task:?}");
+    assert_ne!(task[2], worker[2], "not the worker's uid");
+    assert_ne!(task[3], worker[3], "not the worker's group");
+    assert!(task[6].ends_with("/nologin"), "no login shell: {task:?}");
+    assert_eq!(task[5], "/", "no home of its own: {task:?}");
+    let group = entry(root.path(), "group", "batchgrid").expect("batchgrid group");
+    assert!(!group.get(3).is_some_and(|members| members.split(',').any(|m| m == TASK_USER)), "{group:?}");
+
+    // The worker's unit will not start without the rule's unit, nor before it.
+    let worker_unit =
+        std::fs::read_to_string(project().join("packaging/systemd/batchgrid-worker.service")).expect("unit");
+    for line in ["Requires=batchgrid-task-firewall.service", "After=batchgrid-task-firewall.service"] {
+        assert!(worker_unit.lines().any(|l| l == line), "the worker unit lacks `{line}`");
+    }
+    let firewall_unit =
+        std::fs::read_to_string(project().join("packaging/systemd/batchgrid-task-firewall.service")).expect("unit");
+    assert!(firewall_unit.contains(&format!("ExecStart=/usr/sbin/nft -f {TASK_FIREWALL}")), "{firewall_unit}");
+}
+
+/// The shipped rule, loaded for real into a throwaway network namespace (so this machine's own
+/// rules are untouched): nft accepts it, twice (a reload is idempotent), and it does what it
+/// says. The image's user does not exist here, so the rule is loaded with `nobody` in its
+/// place, the same shape; a listener on 169.254.169.254 on that namespace's loopback stands
+/// in for the metadata service. root connects; `nobody` is refused at once.
+#[test]
+fn the_task_firewall_refuses_the_metadata_address_to_the_tasks_user_only() {
+    let shipped = std::fs::read_to_string(project().join("packaging").join(image::names::TASK_FIREWALL)).expect("rule");
+    let quoted = format!("\"{TASK_USER}\"");
+    assert_eq!(
+        shipped.matches(&quoted).count(),
+        4,
+        "every rule matches the tasks' user (IPv4 and IPv6, TCP and the rest)"
+    );
+    for address in ["ip daddr 169.254.169.254", "ip6 daddr fd00:ec2::254"] {
+        assert!(shipped.contains(address), "the rule covers {address}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rule = dir.path().join("rule.nft");
+    std::fs::write(&rule, shipped.replace(&quoted, "\"nobody\"")).expect("write rule");
+
+    let checked = run("nft", "nftables", &["-c", "-f", &rule.display().to_string()]);
+    assert!(checked.status.success(), "nft -c rejected the rule: {}", text(&checked));
+
+    let script = format!(
+        r#"set -eu
+nft -f {rule}
+nft -f {rule}
+test "$(nft list tables | grep -c batchgrid_task)" = 1
+ip link set lo up
+ip addr add 169.254.169.254/32 dev lo
+python3 -c 'import socket, time; s = socket.socket(); s.bind(("169.254.169.254", 80)); s.listen(); time.sleep(5)' &
+for _ in $(seq 50); do (exec 3<>/dev/tcp/169.254.169.254/80) 2>/dev/null && break; sleep 0.1; done
+(exec 3<>/dev/tcp/169.254.169.254/80) && echo "root: connected"
+if setpriv --reuid=nobody --regid=nogroup --clear-groups bash -c 'exec 3<>/dev/tcp/169.254.169.254/80' 2>/dev/null; then
+  echo "nobody: connected"
+else
+  echo "nobody: refused"
+fi
+kill %1
+"#,
+        rule = rule.display()
+    );
+    let output = run("unshare", "util-linux", &["--net", "bash", "-c", &script]);
+    let said = text(&output);
+    assert!(
+        output.status.success(),
+        "the rule could not be loaded in a network namespace (this test needs root, as `make test` runs it): {said}"
+    );
+    assert!(said.contains("root: connected"), "the worker's side must still reach the address: {said}");
+    assert!(said.contains("nobody: refused"), "the tasks' user reached the metadata address: {said}");
 }

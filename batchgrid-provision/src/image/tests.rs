@@ -205,9 +205,10 @@ fn artifacts_are_the_binary_the_units_and_a_config() {
     let packaging = dir.path().join("packaging");
     let without = collect_artifacts(&binary, &packaging).expect("no packaging folder");
     let names: Vec<&str> = without.files.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["batchgrid", "defaults.env", "sysusers.d/batchgrid.conf"]);
+    assert_eq!(names, ["batchgrid", "defaults.env", "sysusers.d/batchgrid.conf", "nftables/batchgrid-task.nft"]);
     assert_eq!(without.files[1].source, Source::BuiltIn(DEFAULT_CONFIG));
     assert_eq!(without.files[2].source, Source::BuiltIn(DEFAULT_SYSUSERS), "the units' user, always");
+    assert_eq!(without.files[3].source, Source::BuiltIn(DEFAULT_TASK_FIREWALL), "no metadata for tasks, always");
     assert_eq!(without.missing_units, Some(packaging.join("systemd")));
 
     std::fs::create_dir_all(packaging.join("systemd")).expect("mkdir");
@@ -226,7 +227,8 @@ fn artifacts_are_the_binary_the_units_and_a_config() {
             "defaults.env",
             "systemd/batchgrid-manager.service",
             "systemd/batchgrid-worker.service",
-            "sysusers.d/batchgrid.conf"
+            "sysusers.d/batchgrid.conf",
+            "nftables/batchgrid-task.nft"
         ]
     );
     assert_eq!(with.files[1].source, Source::File(packaging.join("defaults.env")));
@@ -266,5 +268,16 @@ fn the_built_in_user_matches_the_shipped_sysusers_file() {
     };
     let shipped = std::fs::read_to_string(root().join("packaging").join(names::SYSUSERS)).expect("shipped file");
     assert_eq!(entries(&shipped), entries(DEFAULT_SYSUSERS));
-    assert_eq!(entries(DEFAULT_SYSUSERS).len(), 1, "one user (and its group)");
+    assert_eq!(entries(DEFAULT_SYSUSERS).len(), 2, "the units' user and the tasks' user (and their groups)");
+}
+
+/// The built-in task firewall is the shipped one: an image built without the packaging
+/// folder's file still keeps tasks from the instance metadata service.
+#[test]
+fn the_built_in_task_firewall_matches_the_shipped_rule() {
+    let rules = |text: &str| -> Vec<String> {
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+    };
+    let shipped = std::fs::read_to_string(root().join("packaging").join(names::TASK_FIREWALL)).expect("shipped rule");
+    assert_eq!(rules(&shipped), rules(DEFAULT_TASK_FIREWALL));
 }
