@@ -117,19 +117,29 @@ pub(crate) fn checkov_path() -> PathBuf {
 #[cfg(test)]
 pub(crate) fn assert_checkov_clean(files: &[PathBuf]) {
     let checkov = checkov_path();
+    let missing = |e: std::io::Error| -> ! {
+        panic!(
+            "cannot run checkov at {} ({e}): `make tools` installs checkov {CHECKOV_VERSION} in its own virtual \
+             environment, ~/.cache/batchgrid/checkov-venv (BATCHGRID_CHECKOV names another checkov binary)",
+            checkov.display()
+        )
+    };
+    // The pinned version, and no other: checks and their verdicts change between releases.
+    let version = std::process::Command::new(&checkov).arg("--version").output().unwrap_or_else(|e| missing(e));
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    assert_eq!(
+        version,
+        CHECKOV_VERSION,
+        "{} is checkov {version}, not the pinned one: run `make tools`",
+        checkov.display()
+    );
     let mut command = std::process::Command::new(&checkov);
     for file in files {
         command.arg("--file").arg(file);
     }
     // --skip-download: no calls to the vendor's platform (tests never leave the machine).
     command.args(["--framework", "cloudformation", "--compact", "--quiet", "--skip-download", "--output", "cli"]);
-    let output = command.output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run checkov at {} ({e}): `make tools` installs checkov {CHECKOV_VERSION} in its own virtual \
-             environment there (or set BATCHGRID_CHECKOV to a checkov binary)",
-            checkov.display()
-        )
-    });
+    let output = command.output().unwrap_or_else(|e| missing(e));
     assert!(
         output.status.success(),
         "checkov failed checks (exit {:?}); fix the template or skip the check on the resource with \

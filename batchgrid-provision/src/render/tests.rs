@@ -93,6 +93,14 @@ fn golden_templates_pass_cfn_lint() {
     assert_cfn_lint_clean(&files);
 }
 
+/// The Makefile installs the checkov version the tests expect.
+#[test]
+fn the_makefile_pins_the_checkov_the_tests_expect() {
+    let makefile = std::fs::read_to_string(root().join("Makefile")).expect("Makefile");
+    let pinned = makefile.lines().find_map(|l| l.strip_prefix("CHECKOV_VERSION := ")).map(str::trim);
+    assert_eq!(pinned, Some(crate::render::CHECKOV_VERSION));
+}
+
 /// checkov (pinned, from `make tools`) on every golden template: no failed check, and every
 /// skipped one explained on its resource.
 #[test]
