@@ -379,6 +379,9 @@ pub trait AnalyticsStore: Send + Sync + std::fmt::Debug {
     async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, AnalyticsError>;
     /// Every job, newest first.
     async fn jobs(&self) -> Result<Vec<JobRecord>, AnalyticsError>;
+    /// Jobs that have not ended (submitted, splitting, running), oldest first: what the
+    /// autoscaler and a restarted manager look at, without reading a year of history.
+    async fn active_jobs(&self) -> Result<Vec<JobRecord>, AnalyticsError>;
     /// Progress of every stage of a job, in order.
     async fn stages(&self, job_id: &str) -> Result<Vec<StageProgress>, AnalyticsError>;
     /// Records finished attempts and upserts their tasks' progress, in one transaction.

@@ -174,6 +174,10 @@ impl AnalyticsStore for PgAnalytics {
         self.run(|sql| sql.jobs()).await
     }
 
+    async fn active_jobs(&self) -> Result<Vec<JobRecord>, AnalyticsError> {
+        self.run(|sql| sql.active_jobs()).await
+    }
+
     async fn stages(&self, job_id: &str) -> Result<Vec<StageProgress>, AnalyticsError> {
         self.run(|sql| sql.stages(job_id)).await
     }
@@ -378,6 +382,16 @@ impl AnalyticsStore for Sql {
         let rows = sqlx::query(r#"SELECT * FROM jobs ORDER BY submitted_at DESC, id COLLATE "C" DESC"#)
             .fetch_all(&self.pool)
             .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<JobRecord>, AnalyticsError> {
+        let rows = sqlx::query(
+            r#"SELECT * FROM jobs WHERE state IN ('submitted', 'splitting', 'running')
+               ORDER BY submitted_at, id COLLATE "C""#,
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(job_from_row).collect()
     }
 

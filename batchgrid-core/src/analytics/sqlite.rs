@@ -239,6 +239,15 @@ impl AnalyticsStore for SqliteAnalytics {
         rows.iter().map(job_from_row).collect()
     }
 
+    async fn active_jobs(&self) -> Result<Vec<JobRecord>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE state IN ('submitted', 'splitting', 'running') ORDER BY submitted_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     async fn stages(&self, job_id: &str) -> Result<Vec<StageProgress>, AnalyticsError> {
         let rows = sqlx::query(
             "SELECT stage, name, kind, expected_tasks, done, failed, retrying FROM stages WHERE job_id = ? ORDER BY stage",

@@ -73,6 +73,14 @@ async fn job_lifecycle(store: &dyn AnalyticsStore) {
         "unknown jobs are an error"
     );
     assert!(store.jobs().await.expect("jobs").iter().any(|j| j.id == "life"));
+    assert!(
+        !store.active_jobs().await.expect("active jobs").iter().any(|j| j.id == "life"),
+        "an ended job is not active"
+    );
+    store.create_job(&job("live"), &stages()).await.expect("create");
+    assert!(store.transition("live", JobState::Splitting, None, actor::MANAGER).await.expect("splitting"));
+    let active: Vec<String> = store.active_jobs().await.expect("active jobs").into_iter().map(|j| j.id).collect();
+    assert!(active.contains(&"live".to_owned()) && !active.contains(&"life".to_owned()), "{active:?}");
     store.set_stage_expected("life", 0, 7).await.expect("expected");
     let progress = store.stages("life").await.expect("stages");
     assert_eq!(progress.len(), 2);

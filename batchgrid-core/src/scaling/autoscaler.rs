@@ -67,10 +67,7 @@ impl Autoscaler {
     /// so an idle grid costs no queue requests.
     async fn work(&self) -> Result<(Vec<JobWork>, u64), ScalingError> {
         let mut jobs = Vec::new();
-        for job in self.analytics.jobs().await? {
-            if job.state.is_terminal() {
-                continue;
-            }
+        for job in self.analytics.active_jobs().await? {
             let stages = self.analytics.stages(&job.id).await?;
             let mut remaining = remaining_tasks(&stages);
             // A job still being split has tasks coming that nobody has counted yet: at least one.

@@ -114,7 +114,7 @@ impl JobService {
         // A manager restarted while the database is away waits for it rather than exiting.
         let mut backoff = crate::manager::Backoff::default();
         let jobs = loop {
-            match analytics.jobs().await {
+            match analytics.active_jobs().await {
                 Ok(jobs) => break jobs,
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -125,9 +125,6 @@ impl JobService {
         };
         let mut resumed = 0;
         for job in jobs {
-            if job.state.is_terminal() {
-                continue;
-            }
             match serde_json::from_str::<JobSpec>(&job.spec) {
                 Ok(spec) => {
                     self.start(job.id.clone(), spec);
