@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::{actor, HistoryEntry, JobRecord, JobState, StageProgress};
 use crate::manager::{HealthReport, Manager, ManagerError};
-use crate::spec::{parse_job, JobSpec, Overrides, SpecError};
+use crate::spec::{parse_job_with_policy, InputPolicy, JobSpec, Overrides, SpecError};
 
 /// A job as the API reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,13 +92,16 @@ pub struct JobService {
     tick: Duration,
     /// Where relative paths in submitted jobs resolve (the manager's working directory).
     base_dir: PathBuf,
+    /// Which inputs submissions may name (on AWS: only the grid's raw bucket).
+    input_policy: InputPolicy,
     running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl JobService {
-    /// A service over `manager`, checking progress every `tick`.
-    pub fn new(manager: Manager, tick: Duration, base_dir: PathBuf) -> Arc<Self> {
-        Arc::new(Self { manager, tick, base_dir, running: Mutex::new(HashMap::new()) })
+    /// A service over `manager`, checking progress every `tick`, admitting the inputs
+    /// `input_policy` allows (a manager on AWS passes [`InputPolicy::RawBucket`]).
+    pub fn new(manager: Manager, tick: Duration, base_dir: PathBuf, input_policy: InputPolicy) -> Arc<Self> {
+        Arc::new(Self { manager, tick, base_dir, input_policy, running: Mutex::new(HashMap::new()) })
     }
 
     /// The manager behind the service.
@@ -150,7 +153,8 @@ impl JobService {
         origin: &str,
         overrides: &Overrides,
     ) -> Result<String, ServiceError> {
-        let spec = parse_job(text, origin, &self.base_dir, overrides)?;
+        // The policy is checked inside parsing, before any local path is resolved.
+        let spec = parse_job_with_policy(text, origin, &self.base_dir, overrides, &self.input_policy)?;
         // Checked here too (the manager checks every submission) to name the line in `text`.
         spec.check_against_grid(self.manager.grid().tasks.max_receives(), Some(text), origin)?;
         let id = self.manager.submit(&spec).await?;
