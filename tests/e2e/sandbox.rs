@@ -11,6 +11,8 @@ use batchgrid_core::service::client::ApiClient;
 use batchgrid_core::service::{api, JobService};
 use batchgrid_core::spec::InputPolicy;
 
+use crate::harness::{run_job, run_job_with_env, write_lines};
+
 const TOKEN: &str = "sandbox-test-token";
 const RAW: &str = "grid-raw-bucket";
 
@@ -111,4 +113,111 @@ async fn the_api_takes_only_inputs_in_the_raw_bucket_and_leaks_nothing() {
         let document = good.replace("[cat,", &format!("[{program},"));
         api.client.submit(&document, "probe.yaml", None).await.expect(program);
     }
+}
+
+/// A one-line-per-task job over `lines` lines running `command`, with `extra` stage keys.
+fn command_job(dir: &std::path::Path, lines: usize, command: &str, extra: &str) -> String {
+    write_lines(&dir.join("input.txt"), lines);
+    format!(
+        "name: sandbox\ninput:\n  path: {input}\nsplit:\n  lines: 1\nstages:\n  - name: work\n    command: {command}\n{extra}output:\n  path: {output}\nretry:\n  max_attempts: 1\n",
+        input = dir.join("input.txt").display(),
+        output = dir.join("out").display(),
+    )
+}
+
+/// A task's environment is built from an allowlist: the worker's secrets and credentials are not
+/// in it; the task variables, `PATH`, `HOME` and the stage's `env` are.
+#[test]
+fn a_task_sees_no_secret_of_the_worker() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let command = r#"[sh, -c, 'env > "$1/env.txt"', "{input}", "{output}"]"#;
+    let job = command_job(dir.path(), 1, command, "    env:\n      STAGE_SETTING: from-the-job\n");
+    let secrets = [
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-marker"),
+        ("AWS_ACCESS_KEY_ID", "aws-key-marker"),
+        ("AWS_SESSION_TOKEN", "aws-session-marker"),
+        ("BATCHGRID_DATABASE_URL", "postgres://user:db-password-marker@db/grid"),
+        ("BATCHGRID_API_TOKEN", "api-token-marker"),
+        ("SANDBOX_TEST_MARKER", "inherited-marker"),
+    ];
+    let result = run_job_with_env(dir.path(), &job, &["--workers", "1"], &secrets);
+    assert_eq!(result.code, Some(0), "stderr: {}", result.stderr);
+    let env = std::fs::read_to_string(dir.path().join("out/000000/env.txt")).expect("the task's env dump");
+    for (name, value) in secrets {
+        assert!(!env.contains(name), "{name} reached the task:\n{env}");
+        assert!(!env.contains(value), "the value of {name} reached the task:\n{env}");
+    }
+    assert!(!env.lines().any(|l| l.starts_with("AWS_")), "no AWS_ variable at all:\n{env}");
+    let job_id = result.report["job_id"].as_str().expect("job id");
+    for expected in [
+        format!("BATCHGRID_JOB_ID={job_id}"),
+        "BATCHGRID_STAGE=work".to_owned(),
+        "BATCHGRID_TASK_ID=000000".to_owned(),
+        "BATCHGRID_ATTEMPT=1".to_owned(),
+        "STAGE_SETTING=from-the-job".to_owned(),
+    ] {
+        assert!(env.lines().any(|l| l == expected), "`{expected}` is missing:\n{env}");
+    }
+    for prefix in ["BATCHGRID_INPUT=/", "BATCHGRID_OUTPUT_DIR=/", "PATH=", "HOME=/"] {
+        assert!(env.lines().any(|l| l.starts_with(prefix)), "`{prefix}...` is missing:\n{env}");
+    }
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(n, _)| n)).collect();
+    let allowed = |n: &str| {
+        n.starts_with("BATCHGRID_")
+            || ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "STAGE_SETTING", "PWD", "SHLVL", "_", "OLDPWD"].contains(&n)
+    };
+    assert!(names.iter().all(|n| allowed(n)), "only allowlisted variables: {names:?}");
+}
+
+/// Whether any process's command line holds `marker`.
+fn running(marker: &str) -> bool {
+    let output = std::process::Command::new("pgrep").arg("-f").arg(marker).output().expect("run pgrep");
+    output.status.success()
+}
+
+/// A marker unique to this test run, written as a number so `sleep` takes it as an argument
+/// (it sums them) and every process of the task carries it on its command line.
+fn marker() -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("0.0000{}{nanos}", std::process::id())
+}
+
+/// A command that detaches sleepers with `setsid` (their own session and process group), one of
+/// them two levels down, then runs `then`.
+fn detaching(marker: &str, then: &str) -> String {
+    format!(
+        r#"[sh, -c, 'setsid sh -c "sleep 300 {marker}1" & setsid sh -c "sh -c \"sleep 300 {marker}2\" & sleep 300 {marker}3" & sleep 0.3; {then}']"#
+    )
+}
+
+/// Everything a task started dies when it ends, however it detached.
+#[test]
+fn a_task_that_detaches_with_setsid_leaves_nothing_behind() {
+    let marker = marker();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let job = command_job(dir.path(), 2, &detaching(&marker, "exit 0"), "");
+    let result = run_job(dir.path(), &job, &["--workers", "1"]);
+    assert_eq!(result.code, Some(0), "stderr: {}", result.stderr);
+    // The kill happens before the task is reported done, so nothing may be left now.
+    assert!(!running(&marker), "a detached process of the task survived it");
+}
+
+/// A task that times out is killed with everything it started, detached or not.
+#[test]
+fn a_task_that_times_out_leaves_nothing_behind() {
+    let marker = marker();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let job = command_job(dir.path(), 1, &detaching(&marker, "sleep 300"), "    timeout: 1s\n");
+    let started = std::time::Instant::now();
+    let result = run_job(dir.path(), &job, &["--workers", "1"]);
+    assert_eq!(result.code, Some(1), "the job fails; stderr: {}", result.stderr);
+    let error = result.report["failures"][0]["error"].as_str().expect("error").to_owned();
+    assert!(error.contains("timed out"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(60), "the task did not hang the job");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while running(&marker) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!running(&marker), "a process of the timed-out task survived it");
 }

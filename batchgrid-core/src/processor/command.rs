@@ -6,9 +6,13 @@
 //! `{input}` is the staged file for a first-stage task (a chunk or an input file), and a
 //! directory holding the earlier stage's results otherwise. Inputs are read-only: where the
 //! object store keeps the object as a local file, the command reads it in place (no copy per
-//! task), so a command must not modify its input. The command runs in its own process group, which is killed
-//! whole when the task times out or the worker gives the task up, and under a supervisor that
-//! kills that group when the worker process dies (see [`super::supervise`]).
+//! task), so a command must not modify its input.
+//!
+//! The command's environment is built from an allowlist ([`INHERITED_ENV`], `HOME` set to the
+//! scratch directory, the stage's `env`, the `BATCHGRID_*` task variables), never inherited
+//! from the worker. It runs under a supervisor that kills everything it started, however
+//! detached, when it exits, times out, is given up, or the worker dies (see
+//! [`super::supervise`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -47,16 +51,32 @@ impl CommandProcessor {
     }
 }
 
-/// Kills the command's whole process group if the task is dropped before it exits.
-struct GroupGuard(Option<i32>);
+/// Has the supervisor kill everything the command started if the task is dropped (timed out,
+/// given up) before the supervisor has been waited for.
+struct StopGuard(Option<i32>);
 
-impl Drop for GroupGuard {
+impl StopGuard {
+    /// The supervisor has been reaped: its id may now belong to someone else.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopGuard {
     fn drop(&mut self) {
         if let Some(pid) = self.0.take() {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            super::supervise::stop(pid);
         }
     }
 }
+
+/// Variables of the worker's environment a task inherits: the locale, the time zone and the
+/// search path. Everything else (cloud credentials, the database URL, the API token) stays
+/// out: a task sees only these, its stage's `env` and its `BATCHGRID_*` variables.
+pub const INHERITED_ENV: [&str; 4] = ["PATH", "LANG", "LC_ALL", "TZ"];
+
+/// `PATH` for a task when the worker has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 fn failure(context: &str, error: impl std::fmt::Display) -> TaskFailure {
     TaskFailure::new(format!("{context}: {error}"))
@@ -108,8 +128,17 @@ impl Processor for CommandProcessor {
             return Err(TaskFailure::new("empty command"));
         };
         let mut command = tokio::process::Command::new(program);
+        // Built from an allowlist, never inherited: the worker's environment holds its
+        // credentials and secrets.
+        command.env_clear().env("PATH", DEFAULT_PATH);
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
             .args(args.iter().map(|a| substitute(a)))
+            .env("HOME", &ctx.scratch)
             .envs(&self.env)
             .env("BATCHGRID_INPUT", &input_path)
             .env("BATCHGRID_OUTPUT_DIR", &output_dir)
@@ -121,11 +150,12 @@ impl Processor for CommandProcessor {
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            // Not `kill_on_drop`: a SIGKILLed supervisor could not kill what the command
+            // started; the guard asks it to (and tokio reaps it once it has exited).
+            .process_group(0);
         super::supervise::die_with_worker(&mut command);
         let mut child = command.spawn().map_err(|e| failure(&format!("starting `{program}`"), e))?;
-        let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
+        let mut guard = StopGuard(child.id().and_then(|id| i32::try_from(id).ok()));
 
         // Drain stderr while the command runs (a full pipe would stall it), keeping the tail.
         let mut stderr = child.stderr.take();
@@ -146,6 +176,9 @@ impl Processor for CommandProcessor {
             tail
         };
         let (status, tail) = tokio::join!(child.wait(), drain);
+        if status.is_ok() {
+            guard.disarm();
+        }
         let status = status.map_err(|e| failure(&format!("waiting for `{program}`"), e))?;
         if !status.success() {
             let tail =
