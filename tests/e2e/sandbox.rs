@@ -29,9 +29,13 @@ impl Api {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("state");
-        let grid = Grid::open_embedded(&state, &EmbeddedGridSettings { max_receives: 10 }).await.expect("grid");
-        let manager = Manager::new(grid.clone(), spool_dir(&state));
-        let policy = InputPolicy::RawBucket(RAW.to_owned());
+        Self::over(dir, &state, InputPolicy::RawBucket(RAW.to_owned())).await
+    }
+
+    /// The API over the embedded grid in `state`.
+    async fn over(dir: tempfile::TempDir, state: &std::path::Path, policy: InputPolicy) -> Self {
+        let grid = Grid::open_embedded(state, &EmbeddedGridSettings { max_receives: 10 }).await.expect("grid");
+        let manager = Manager::new(grid.clone(), spool_dir(state));
         let service = JobService::new(manager, Duration::from_millis(100), dir.path().to_path_buf(), policy);
         std::fs::write(dir.path().join("manager.env"), "BATCHGRID_DATABASE_URL=postgres://secret\n").expect("env");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -220,4 +224,77 @@ fn a_task_that_times_out_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!running(&marker), "a process of the timed-out task survived it");
+}
+
+/// A task's stdout and stderr are its own: captured and stored under its log prefix (capped),
+/// served by the API, never written into the worker's log, where a forged JSON line could pass
+/// for the worker's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_output_is_captured_apart_from_the_worker_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let forged = r#"{"level":"INFO","fields":{"message":"forged-by-the-task"},"target":"batchgrid_core::worker"}"#;
+    // Task 000000 forges a log line on both streams; 000001 prints 3 MiB; 000002 fails.
+    let command = format!(
+        r#"[sh, -c, 'case "$BATCHGRID_TASK_ID" in 000000) echo {q}{forged}{q}; echo {q}{forged}{q} >&2;; 000001) head -c 3145728 /dev/zero | tr "\\0" x;; *) echo "row 9 is bad" >&2; exit 4;; esac']"#,
+        q = "''", // A quote inside YAML's single-quoted scalar: sh sees '{forged}'.
+    );
+    let job = command_job(dir.path(), 3, &command, "");
+    let result = run_job(dir.path(), &job, &["--workers", "1"]);
+    assert_eq!(result.code, Some(1), "task 000002 fails; stderr: {}", result.stderr);
+    assert!(!result.stderr.contains("forged-by-the-task"), "not on run's own output either");
+    let worker_log = std::fs::read_to_string(result.state_dir.join("logs/worker-0.log")).expect("worker log");
+    assert!(!worker_log.contains("forged-by-the-task"), "the task wrote into the worker's log:\n{worker_log}");
+    let error = result.report["failures"][0]["error"].as_str().expect("error").to_owned();
+    assert!(
+        error.contains("exit status 4") && error.contains("row 9 is bad"),
+        "the stderr tail is in the report: {error}"
+    );
+
+    let job_id = result.report["job_id"].as_str().expect("job id").to_owned();
+    let logs = result.state_dir.join(format!("objects/jobs/{job_id}/logs/00-work"));
+    let read = |task: &str, name: &str| std::fs::read(logs.join(task).join(name)).unwrap_or_default();
+    assert_eq!(String::from_utf8_lossy(&read("000000", "stdout.txt")).trim(), forged);
+    assert_eq!(String::from_utf8_lossy(&read("000000", "stderr.txt")).trim(), forged);
+    let big = read("000001", "stdout.txt");
+    let cap = batchgrid_core::processor::command::LOG_CAP;
+    assert!(big.len() > cap && big.len() < cap + 200, "capped at 1 MiB and a note: {} bytes", big.len());
+    let note = String::from_utf8_lossy(&big[cap..]).to_string();
+    assert!(note.contains("truncated") && note.contains(&(3 * cap - cap).to_string()), "{note}");
+    assert!(logs.join("000001").join("stderr.txt").metadata().is_err(), "an empty stream stores nothing");
+    assert_eq!(String::from_utf8_lossy(&read("000002", "stderr.txt")).trim(), "row 9 is bad");
+    let results: Vec<_> = walk(&dir.path().join("out"));
+    assert!(results.iter().all(|p| !p.contains("stdout") && !p.contains("stderr")), "results untouched: {results:?}");
+
+    // The API serves them.
+    let api = Api::over(dir, &result.state_dir, InputPolicy::Operator).await;
+    let stdout = api.client.task_log(&job_id, "work", "000000", "stdout").await.expect("stdout");
+    assert_eq!(String::from_utf8_lossy(&stdout).trim(), forged);
+    let stderr = api.client.task_log(&job_id, "work", "000002", "stderr").await.expect("stderr");
+    assert_eq!(String::from_utf8_lossy(&stderr).trim(), "row 9 is bad");
+    for (stage, task, stream) in [
+        ("work", "000001", "stderr"),
+        ("work", "..", "stdout"),
+        ("nope", "000000", "stdout"),
+        ("work", "000000", "environ"),
+    ] {
+        let missing = api.client.task_log(&job_id, stage, task, stream).await.expect_err("no such log");
+        assert_eq!(missing.status().map(|s| s.as_u16()), Some(404), "{stage}/{task}/{stream}: {missing}");
+    }
+}
+
+/// Every file under `root`, as paths relative to it.
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+            }
+        }
+    }
+    found
 }

@@ -209,6 +209,39 @@ impl JobService {
         Ok(analytics.history(id).await?)
     }
 
+    /// One task's captured `stream` (`stdout` or `stderr`), as stored by the worker that ran
+    /// it last (at most [`crate::processor::command::LOG_CAP`] bytes and a note). A task whose
+    /// stream was empty, or that ran a processor rather than a command, has none.
+    pub async fn task_log(
+        &self,
+        id: &str,
+        stage: &str,
+        task: &str,
+        stream: &str,
+    ) -> Result<bytes::Bytes, ServiceError> {
+        let analytics = &self.manager.grid().analytics;
+        let job = analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
+        let missing = || ServiceError::NotFound(format!("{id}: stage `{stage}`, task `{task}`, {stream}"));
+        let name = match stream {
+            "stdout" => crate::processor::command::LOG_STREAMS[0],
+            "stderr" => crate::processor::command::LOG_STREAMS[1],
+            _ => return Err(missing()),
+        };
+        // Task ids are generated (digits, or `all` for a reduce): anything else names no task,
+        // and must not reach the store as a key.
+        if task.is_empty() || !task.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(missing());
+        }
+        let spec: JobSpec = serde_json::from_str(&job.spec).map_err(|_| missing())?;
+        let index = spec.stages.iter().position(|s| s.name == stage).ok_or_else(missing)?;
+        let key = format!("{}{name}", crate::task::log_prefix(id, index as u32, stage, task));
+        match self.manager.grid().store.get(&key).await {
+            Ok(bytes) => Ok(bytes),
+            Err(crate::store::StoreError::NotFound(_)) => Err(missing()),
+            Err(error) => Err(ServiceError::Manager(error.into())),
+        }
+    }
+
     /// Cancels a job that has not ended.
     pub async fn cancel(&self, id: &str) -> Result<(), ServiceError> {
         let status = self.status(id).await?;
