@@ -168,10 +168,15 @@ impl Processor for CommandProcessor {
         // the task's, not the worker's: on an instance the worker's own output is its JSON log,
         // into which a command could otherwise write forged lines.
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let (status, out, err) = tokio::join!(child.wait(), capture(stdout), capture(stderr));
-        if status.is_ok() {
-            guard.disarm();
-        }
+        let wait = async {
+            let status = child.wait().await;
+            if status.is_ok() {
+                // Reaped: from here its id may be another process's, never to be signalled.
+                guard.disarm();
+            }
+            status
+        };
+        let (status, out, err) = tokio::join!(wait, capture(stdout), capture(stderr));
         let status = status.map_err(|e| failure(&format!("waiting for `{program}`"), e))?;
         store_logs(ctx, &out, &err).await;
         let tail = err.tail;
