@@ -89,6 +89,12 @@ pub fn output_prefix(job: &str, stage: u32, stage_name: &str, task: &str) -> Str
     format!("{}{task}/", stage_prefix(job, stage, stage_name))
 }
 
+/// Prefix of one task's captured standard output and error (`stdout.txt`, `stderr.txt`): under
+/// the job but outside `stages/`, so results listings and downstream stages never see them.
+pub fn log_prefix(job: &str, stage: u32, stage_name: &str, task: &str) -> String {
+    format!("jobs/{job}/logs/{stage:02}-{stage_name}/{task}/")
+}
+
 /// Id of the `index`th first-stage task; zero-padded so keys sort in input order.
 pub fn chunk_task_id(index: u64) -> String {
     format!("{index:06}")
@@ -124,5 +130,6 @@ mod tests {
     fn keys_are_deterministic() {
         assert_eq!(output_prefix("j", 1, "merge", REDUCE_TASK_ID), "jobs/j/stages/01-merge/all/");
         assert_eq!(chunk_task_id(42), "000042");
+        assert_eq!(log_prefix("j", 0, "work", "000042"), "jobs/j/logs/00-work/000042/");
     }
 }

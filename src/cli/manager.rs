@@ -134,7 +134,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let manager =
         manager.with_buckets(opener).keep_results_in_store().with_dead_letter_scan_every(Duration::from_secs(5));
     let base_dir = std::env::current_dir().context("reading the working directory")?;
-    let service = JobService::new(manager, args.tick, base_dir);
+    // The API's callers hold a token, not a login on this machine: they name data already in
+    // the raw bucket (the CLI uploads local files there first), never a path on this disk.
+    let policy = batchgrid_core::spec::InputPolicy::RawBucket(stack.raw_bucket.clone());
+    let service = JobService::new(manager, args.tick, base_dir, policy);
     let resumed = service.resume().await.context("resuming unfinished jobs")?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;

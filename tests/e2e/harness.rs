@@ -77,10 +77,16 @@ pub struct RunResult {
 
 /// Writes `job` into `dir/job.yaml` and runs it with `--json --keep-state` and extra args.
 pub fn run_job(dir: &Path, job: &str, extra: &[&str]) -> RunResult {
+    run_job_with_env(dir, job, extra, &[])
+}
+
+/// As [`run_job`], with extra variables in the environment of `run` (and so of its workers).
+pub fn run_job_with_env(dir: &Path, job: &str, extra: &[&str], env: &[(&str, &str)]) -> RunResult {
     let job_path = dir.join("job.yaml");
     std::fs::write(&job_path, job).expect("write job");
     let state_dir = dir.join("state");
     let output: Output = batchgrid()
+        .envs(env.iter().copied())
         .arg("run")
         .arg(&job_path)
         .arg("--json")

@@ -424,6 +424,9 @@ async fn the_api_wants_its_token_and_refuses_bad_jobs_before_enqueueing() {
     assert_eq!(wrong.status().map(|s| s.as_u16()), Some(401), "{wrong}");
 
     let client = stack.client(TOKEN);
+    // Inputs in the grid's own raw bucket, the only ones the API takes, so each case fails on
+    // the field it is about.
+    let raw = stack.outputs()["RawBucketName"].as_str().expect("raw bucket").to_owned();
     let cases = [
         ("name: bad\ninput: {path: s3://raw-bucket/x}\nstages:\n  - {name: s, command: [true]}\noutput: {path: out}\nsurprise: 1\n", "surprise"),
         ("name: bad\ninput: {path: s3://raw-bucket/x}\nsplit: {lines: 0}\nstages:\n  - {name: s, command: [true]}\noutput: {path: out}\n", "split.lines"),
@@ -431,11 +434,23 @@ async fn the_api_wants_its_token_and_refuses_bad_jobs_before_enqueueing() {
         ("name: bad\ninput: {path: s3://raw-bucket/x}\nstages:\n  - {name: s, command: [true], timeout: soon}\noutput: {path: out}\n", "stages[0].timeout"),
     ];
     for (document, field) in cases {
-        let refused = client.submit(document, "bad.yaml", None).await.expect_err("an invalid job is refused");
+        let document = document.replace("s3://raw-bucket/", &format!("s3://{raw}/"));
+        let refused = client.submit(&document, "bad.yaml", None).await.expect_err("an invalid job is refused");
         assert_eq!(refused.status().map(|s| s.as_u16()), Some(400), "{refused}");
         let message = refused.to_string();
         assert!(message.contains(field), "the error names `{field}`: {message}");
         assert!(message.contains("bad.yaml"), "and the document: {message}");
+    }
+    // The manager's disk is out of reach: local paths and other buckets are refused alike.
+    for input in ["/etc/passwd", "/proc/self/environ", "../x", "s3://another-bucket/x"] {
+        let document = format!(
+            "name: probe\ninput:\n  path: {input}\nstages:\n  - {{name: s, command: [cat]}}\noutput: {{path: out}}\n"
+        );
+        let refused = client.submit(&document, "probe.yaml", None).await.expect_err(input);
+        assert_eq!(refused.status().map(|s| s.as_u16()), Some(400), "{refused}");
+        let message = refused.to_string();
+        assert!(message.contains("field input.path, line 3"), "{input}: {message}");
+        assert!(!message.contains("exist") && !message.contains("passwd") && !message.contains("environ"), "{message}");
     }
     assert!(client.jobs().await.expect("jobs").is_empty(), "no job was recorded");
     let outputs = stack.outputs();

@@ -12,5 +12,6 @@ mod local_stack;
 mod provision;
 mod resume;
 mod rotation;
+mod sandbox;
 mod shutdown;
 mod worker_faults;

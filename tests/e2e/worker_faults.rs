@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use batchgrid_core::analytics::{AttemptOutcome, JobState};
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::manager::{spool_dir, Manager};
-use batchgrid_core::spec::{parse_job, JobSpec, Overrides};
+use batchgrid_core::spec::{parse_job, InputPolicy, JobSpec, Overrides};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -126,7 +126,7 @@ async fn a_job_asking_more_attempts_than_the_grid_honours_is_refused_at_submit()
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
     let (_, manager) = embedded(&state, 5).await;
-    let service = JobService::new(manager, Duration::from_millis(100), dir.path().to_path_buf());
+    let service = JobService::new(manager, Duration::from_millis(100), dir.path().to_path_buf(), InputPolicy::Operator);
     write_lines(&dir.path().join("input.txt"), 1);
     let text = format!(
         "name: greedy\ninput:\n  path: {}\nstages:\n  - name: work\n    command: [cat]\noutput:\n  path: out\nretry:\n  max_attempts: 4\n",

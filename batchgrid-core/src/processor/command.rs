@@ -6,9 +6,13 @@
 //! `{input}` is the staged file for a first-stage task (a chunk or an input file), and a
 //! directory holding the earlier stage's results otherwise. Inputs are read-only: where the
 //! object store keeps the object as a local file, the command reads it in place (no copy per
-//! task), so a command must not modify its input. The command runs in its own process group, which is killed
-//! whole when the task times out or the worker gives the task up, and under a supervisor that
-//! kills that group when the worker process dies (see [`super::supervise`]).
+//! task), so a command must not modify its input.
+//!
+//! The command's environment is built from an allowlist ([`INHERITED_ENV`], `HOME` set to the
+//! scratch directory, the stage's `env`, the `BATCHGRID_*` task variables), never inherited
+//! from the worker. It runs under a supervisor that kills everything it started, however
+//! detached, when it exits, times out, is given up, or the worker dies (see
+//! [`super::supervise`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +25,13 @@ use super::{Processor, TaskContext, TaskFailure, TaskOutput};
 
 /// Bytes of the command's standard error kept for the error text.
 const STDERR_TAIL: usize = 2048;
+
+/// Most bytes of each of a task's output streams stored; the rest is counted, not kept, so a
+/// chatty command cannot fill the store or the worker's memory.
+pub const LOG_CAP: usize = 1 << 20;
+
+/// The names a task's captured streams are stored under, in its [`crate::task::log_prefix`].
+pub const LOG_STREAMS: [&str; 2] = ["stdout.txt", "stderr.txt"];
 
 /// A stage's command.
 #[derive(Debug, Clone)]
@@ -47,16 +58,32 @@ impl CommandProcessor {
     }
 }
 
-/// Kills the command's whole process group if the task is dropped before it exits.
-struct GroupGuard(Option<i32>);
+/// Has the supervisor kill everything the command started if the task is dropped (timed out,
+/// given up) before the supervisor has been waited for.
+struct StopGuard(Option<i32>);
 
-impl Drop for GroupGuard {
+impl StopGuard {
+    /// The supervisor has been reaped: its id may now belong to someone else.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopGuard {
     fn drop(&mut self) {
         if let Some(pid) = self.0.take() {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            super::supervise::stop(pid);
         }
     }
 }
+
+/// Variables of the worker's environment a task inherits: the locale, the time zone and the
+/// search path. Everything else (cloud credentials, the database URL, the API token) stays
+/// out: a task sees only these, its stage's `env` and its `BATCHGRID_*` variables.
+pub const INHERITED_ENV: [&str; 4] = ["PATH", "LANG", "LC_ALL", "TZ"];
+
+/// `PATH` for a task when the worker has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 fn failure(context: &str, error: impl std::fmt::Display) -> TaskFailure {
     TaskFailure::new(format!("{context}: {error}"))
@@ -108,8 +135,17 @@ impl Processor for CommandProcessor {
             return Err(TaskFailure::new("empty command"));
         };
         let mut command = tokio::process::Command::new(program);
+        // Built from an allowlist, never inherited: the worker's environment holds its
+        // credentials and secrets.
+        command.env_clear().env("PATH", DEFAULT_PATH);
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
             .args(args.iter().map(|a| substitute(a)))
+            .env("HOME", &ctx.scratch)
             .envs(&self.env)
             .env("BATCHGRID_INPUT", &input_path)
             .env("BATCHGRID_OUTPUT_DIR", &output_dir)
@@ -119,34 +155,31 @@ impl Processor for CommandProcessor {
             .env("BATCHGRID_ATTEMPT", ctx.attempt.to_string())
             .current_dir(&ctx.scratch)
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            // Not `kill_on_drop`: a SIGKILLed supervisor could not kill what the command
+            // started; the guard asks it to (and tokio reaps it once it has exited).
+            .process_group(0);
         super::supervise::die_with_worker(&mut command);
         let mut child = command.spawn().map_err(|e| failure(&format!("starting `{program}`"), e))?;
-        let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
+        let mut guard = StopGuard(child.id().and_then(|id| i32::try_from(id).ok()));
 
-        // Drain stderr while the command runs (a full pipe would stall it), keeping the tail.
-        let mut stderr = child.stderr.take();
-        let drain = async {
-            let mut tail: Vec<u8> = Vec::new();
-            if let Some(stderr) = stderr.as_mut() {
-                let mut buffer = [0u8; 8192];
-                while let Ok(n) = stderr.read(&mut buffer).await {
-                    if n == 0 {
-                        break;
-                    }
-                    tail.extend_from_slice(&buffer[..n]);
-                    if tail.len() > 4 * STDERR_TAIL {
-                        tail.drain(..tail.len() - STDERR_TAIL);
-                    }
-                }
+        // Drain both streams while the command runs (a full pipe would stall it). They are
+        // the task's, not the worker's: on an instance the worker's own output is its JSON log,
+        // into which a command could otherwise write forged lines.
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let wait = async {
+            let status = child.wait().await;
+            if status.is_ok() {
+                // Reaped: from here its id may be another process's, never to be signalled.
+                guard.disarm();
             }
-            tail
+            status
         };
-        let (status, tail) = tokio::join!(child.wait(), drain);
+        let (status, out, err) = tokio::join!(wait, capture(stdout), capture(stderr));
         let status = status.map_err(|e| failure(&format!("waiting for `{program}`"), e))?;
+        store_logs(ctx, &out, &err).await;
+        let tail = err.tail;
         if !status.success() {
             let tail =
                 String::from_utf8_lossy(&tail[tail.len().saturating_sub(STDERR_TAIL)..]).trim().replace('\n', " | ");
@@ -162,6 +195,72 @@ impl Processor for CommandProcessor {
 
         let bytes_out = upload_outputs(ctx, &output_dir).await?;
         Ok(TaskOutput { bytes_in, bytes_out })
+    }
+}
+
+/// One output stream of a task: its first [`LOG_CAP`] bytes, how many more there were, and
+/// its last [`STDERR_TAIL`] bytes (for the error text).
+#[derive(Debug, Default)]
+struct Captured {
+    kept: Vec<u8>,
+    dropped: u64,
+    tail: Vec<u8>,
+}
+
+impl Captured {
+    /// What is stored: the kept bytes, and a note of what was not kept.
+    fn stored(&self) -> Vec<u8> {
+        let mut text = self.kept.clone();
+        if self.dropped > 0 {
+            if !text.ends_with(b"\n") {
+                text.push(b'\n');
+            }
+            text.extend_from_slice(
+                format!("[batchgrid: output truncated at {LOG_CAP} bytes; {} more not kept]\n", self.dropped)
+                    .as_bytes(),
+            );
+        }
+        text
+    }
+}
+
+/// Reads `stream` to its end, keeping what [`Captured`] says.
+async fn capture(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> Captured {
+    let mut captured = Captured::default();
+    let Some(mut stream) = stream else {
+        return captured;
+    };
+    let mut buffer = [0u8; 8192];
+    // A read error ends the capture like the end of the stream: the command's status decides.
+    while let Ok(n) = stream.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        let chunk = &buffer[..n];
+        let room = LOG_CAP.saturating_sub(captured.kept.len()).min(n);
+        captured.kept.extend_from_slice(&chunk[..room]);
+        captured.dropped += (n - room) as u64;
+        captured.tail.extend_from_slice(chunk);
+        if captured.tail.len() > 4 * STDERR_TAIL {
+            captured.tail.drain(..captured.tail.len() - STDERR_TAIL);
+        }
+    }
+    captured
+}
+
+/// Stores a task's captured streams under its log prefix. Empty streams are stored only on a
+/// retry (to replace an earlier attempt's), sparing two requests per quiet task. A failure to
+/// store them is logged, not the task's: its results decide its outcome.
+async fn store_logs(ctx: &TaskContext, out: &Captured, err: &Captured) {
+    let prefix = crate::task::log_prefix(&ctx.job_id, ctx.stage, &ctx.stage_name, &ctx.task_id);
+    for (name, captured) in LOG_STREAMS.into_iter().zip([out, err]) {
+        if captured.kept.is_empty() && ctx.attempt <= 1 {
+            continue;
+        }
+        let key = format!("{prefix}{name}");
+        if let Err(error) = ctx.store.put(&key, bytes::Bytes::from(captured.stored())).await {
+            tracing::warn!(%error, %key, "could not store the task's output");
+        }
     }
 }
 

@@ -1,34 +1,50 @@
-//! Tying a task's processes to the worker's life: a task command runs under a tiny supervisor,
-//! forked from the worker, that kills the task's whole process group the moment the worker
-//! process is gone (even by SIGKILL, which runs no cleanup of ours).
+//! Tying a task's processes to the task: a task command runs under a tiny supervisor, forked
+//! from the worker, that kills every process the command started, whatever it did to detach
+//! (`setsid`, double forks, a new process group), when the command exits, when the worker asks
+//! ([`stop`]: the task timed out or was given up), and when the worker process is gone (even by
+//! SIGKILL, which runs no cleanup of ours).
 //!
-//! Why a supervisor polling `getppid()` and not the alternatives:
-//! - `prctl(PR_SET_PDEATHSIG, SIGKILL)` on the child alone fires when the *thread* that forked
-//!   it exits (a tokio blocking thread retires after 10 s idle, killing healthy tasks), and it
-//!   only kills the direct child: a shell's own children would survive it.
-//! - cgroups need a delegated hierarchy, which neither a developer's `batchgrid run` nor every
-//!   container has.
+//! How:
 //! - The supervisor is the process the worker spawns (so `Child` and its exit status are the
-//!   supervisor's, which relays the command's). It forks the command into the same process
-//!   group, then waits for it and checks every [`POLL`] whether its parent changed: the parent
-//!   of a process changes only when the parent *process* dies (threads do not count). It then
-//!   kills the group, itself included, with SIGKILL. A dead worker's task therefore outlives it
-//!   by at most [`POLL`], far less than the visibility timeout after which another worker could
-//!   receive the task again.
+//!   supervisor's, which relays the command's). It makes itself a *child subreaper*
+//!   (`PR_SET_CHILD_SUBREAPER`) before forking the command: any process the command starts
+//!   that loses its parent is re-parented to the supervisor, not to init, so however it
+//!   detaches it stays a descendant the supervisor can find.
+//! - The command runs in a process group of its own (not the supervisor's), so the supervisor
+//!   can SIGKILL the whole group at once without killing itself.
+//! - To end the task, the supervisor kills the command's group, then, until it has no child
+//!   left, SIGKILLs every child it has (`/proc/thread-self/children`; killed processes'
+//!   children are re-parented to it in turn) and reaps them. Pids from that list are its own
+//!   unreaped children, so none can have been reused by an unrelated process.
+//! - It watches for the worker's death by polling `getppid()` every [`POLL`]: the parent of a
+//!   process changes only when the parent *process* dies (threads do not count).
+//!   `PR_SET_PDEATHSIG` would fire when the *thread* that forked it exits (a tokio blocking
+//!   thread retires after 10 s idle, killing healthy tasks). cgroups need a delegated
+//!   hierarchy, which neither a developer's `batchgrid run` nor every container has.
+//! - The worker asks it to stop with SIGTERM; its handler only sets a flag (and interrupts the
+//!   sleep), and `exec` resets the handler to the default in the command.
 //!
 //! Everything in the supervisor runs between `fork` and `exec` of a multi-threaded process,
 //! so it calls only async-signal-safe functions (`fork`, `waitpid`, `getppid`, `nanosleep`,
-//! `kill`, `close_range`/`close`, `_exit`) and never allocates.
+//! `kill`, `prctl`, `sigaction`, `open`/`read`/`close`, `_exit`) and never allocates.
 #![allow(unsafe_code)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How often the supervisor checks that the worker is alive.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Makes `command` run under a supervisor that kills its process group when this process dies.
-/// The command must be put in a process group of its own (`process_group(0)`), which the
-/// supervisor leads.
+/// Set in the supervisor by SIGTERM: the worker wants the task stopped.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_signal: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Makes `command` run under a supervisor that kills everything it started when it ends, when
+/// [`stop`] is called on the spawned process's id, or when this process dies. The supervisor
+/// should lead a process group of its own (`process_group(0)`), away from the worker's.
 pub fn die_with_worker(command: &mut tokio::process::Command) {
     let worker = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the forked child before `exec`; it only calls
@@ -41,6 +57,13 @@ pub fn die_with_worker(command: &mut tokio::process::Command) {
     }
 }
 
+/// Asks the supervisor `pid` (the id of the process [`die_with_worker`] spawned) to kill its
+/// task and everything the task started, then exit. Only call it while that process is not yet
+/// reaped, so the id cannot belong to another process.
+pub fn stop(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+}
+
 /// In the forked child: returns in the command's process (which then `exec`s); the supervisor
 /// itself never returns.
 fn supervise(worker: i32) {
@@ -49,12 +72,30 @@ fn supervise(worker: i32) {
         if libc::getppid() != worker {
             libc::_exit(137); // The worker died while spawning us.
         }
+        // Before the command exists, so nothing it starts can be re-parented past us. Failure
+        // (a kernel before 3.4) leaves the process-group kill as the only one.
+        libc::prctl(
+            libc::PR_SET_CHILD_SUBREAPER,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_stop as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
         let task = libc::fork();
         if task == 0 {
-            return; // The command: go on to exec.
+            // The command: a group of its own, so it can be killed whole without us.
+            libc::setpgid(0, 0);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            return; // Go on to exec.
         }
         if task < 0 {
-            return; // No supervisor possible; run the command unsupervised rather than not at all.
+            // No supervisor possible; run the command unsupervised rather than not at all.
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            return;
         }
         // Let go of every descriptor, so the worker sees the spawn's error pipe and the
         // command's stdio close when the command does, not when the supervisor exits.
@@ -65,8 +106,13 @@ fn supervise(worker: i32) {
         }
         let pause = libc::timespec { tv_sec: 0, tv_nsec: POLL.as_nanos() as libc::c_long };
         loop {
-            let mut status = 0;
-            if libc::waitpid(task, &mut status, libc::WNOHANG) == task {
+            // WNOWAIT: the exited command stays a zombie, so its group id cannot be reused
+            // before the group is killed.
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let waited =
+                libc::waitid(libc::P_PID, task as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
+            if waited == 0 && info.si_pid() == task {
+                let status = end_task(task);
                 if libc::WIFEXITED(status) {
                     libc::_exit(libc::WEXITSTATUS(status));
                 }
@@ -77,13 +123,69 @@ fn supervise(worker: i32) {
                     libc::kill(libc::getpid(), signal);
                     libc::_exit(128 + signal);
                 }
+                libc::_exit(1);
             }
-            if libc::getppid() != worker {
-                // The worker is gone: the whole group goes, this supervisor last.
-                libc::kill(-libc::getpid(), libc::SIGKILL);
+            if libc::getppid() != worker || STOP.load(Ordering::SeqCst) {
+                // The worker is gone or gave the task up: everything goes, this supervisor last.
+                end_task(task);
                 libc::_exit(137);
             }
             libc::nanosleep(&pause, std::ptr::null_mut());
         }
     }
+}
+
+/// Kills the command (exited or not), its process group and every other descendant, reaps them
+/// all, and returns the command's wait status.
+unsafe fn end_task(task: libc::pid_t) -> libc::c_int {
+    libc::kill(-task, libc::SIGKILL);
+    libc::kill(task, libc::SIGKILL);
+    let mut status = 0;
+    while libc::waitpid(task, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
+    let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+    loop {
+        kill_children();
+        loop {
+            let mut ignored = 0;
+            let reaped = libc::waitpid(-1, &mut ignored, libc::WNOHANG);
+            if reaped > 0 {
+                continue;
+            }
+            if reaped < 0 && *libc::__errno_location() == libc::ECHILD {
+                return status; // No child left: nothing the task started survives.
+            }
+            break;
+        }
+        libc::nanosleep(&pause, std::ptr::null_mut());
+    }
+}
+
+/// SIGKILLs every current child of this (single-threaded) process, as listed by the kernel.
+unsafe fn kill_children() {
+    let fd = libc::open(c"/proc/thread-self/children".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return; // Without /proc, only the group kill and reaping remain.
+    }
+    let mut buffer = [0u8; 512];
+    let mut pid: libc::pid_t = 0;
+    loop {
+        let read = libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len());
+        if read <= 0 {
+            break;
+        }
+        for &byte in &buffer[..read as usize] {
+            if byte.is_ascii_digit() {
+                pid = pid.saturating_mul(10).saturating_add(libc::pid_t::from(byte - b'0'));
+            } else {
+                if pid > 0 {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                pid = 0;
+            }
+        }
+    }
+    if pid > 0 {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    libc::close(fd);
 }

@@ -9,6 +9,7 @@
 //! | GET | `/v1/jobs/{id}` | a job with per-stage progress |
 //! | GET | `/v1/jobs/{id}/results` | result objects and, once ended, the report |
 //! | GET | `/v1/jobs/{id}/results/{path}` | one result object's bytes |
+//! | GET | `/v1/jobs/{id}/logs/{stage}/{task}/{stdout\|stderr}` | a command task's captured output (text, at most 1 MiB) |
 //! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
 //! | GET | `/v1/jobs/{id}/history` | every state change: time, from, to, reason, actor |
 //! | GET | `/v1/workers` | workers and their statistics |
@@ -133,6 +134,7 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/v1/jobs/{id}", get(status))
         .route("/v1/jobs/{id}/results", get(results))
         .route("/v1/jobs/{id}/results/{*path}", get(result_object))
+        .route("/v1/jobs/{id}/logs/{stage}/{task}/{stream}", get(task_log))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/history", get(history))
         .route("/v1/workers", get(workers))
@@ -247,6 +249,16 @@ async fn result_object(
     let headers =
         [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_LENGTH, length.to_string())];
     Ok((headers, Body::from_stream(chunks)).into_response())
+}
+
+async fn task_log(
+    State(state): State<AppState>,
+    Path((id, stage, task, stream)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let bytes = state.service.task_log(&id, &stage, &task, &stream).await?;
+    // Plain text, never HTML: the bytes are whatever the command printed.
+    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")];
+    Ok((headers, bytes).into_response())
 }
 
 /// Bytes read per chunk of a streamed result.

@@ -107,6 +107,17 @@ impl ApiClient {
         Ok(self.json::<Submitted>(request).await?.job_id)
     }
 
+    /// A command task's captured `stream` (`stdout` or `stderr`).
+    pub async fn task_log(&self, id: &str, stage: &str, task: &str, stream: &str) -> Result<Vec<u8>, ClientError> {
+        let response =
+            self.send(self.http.get(self.url(&format!("/v1/jobs/{id}/logs/{stage}/{task}/{stream}")))).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
+        Ok(bytes.to_vec())
+    }
+
     /// Every job, newest first.
     pub async fn jobs(&self) -> Result<Vec<JobStatus>, ClientError> {
         self.json(self.http.get(self.url("/v1/jobs"))).await

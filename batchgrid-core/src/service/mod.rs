@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::{actor, HistoryEntry, JobRecord, JobState, StageProgress};
 use crate::manager::{HealthReport, Manager, ManagerError};
-use crate::spec::{parse_job, JobSpec, Overrides, SpecError};
+use crate::spec::{parse_job_with_policy, InputPolicy, JobSpec, Overrides, SpecError};
 
 /// A job as the API reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,13 +92,16 @@ pub struct JobService {
     tick: Duration,
     /// Where relative paths in submitted jobs resolve (the manager's working directory).
     base_dir: PathBuf,
+    /// Which inputs submissions may name (on AWS: only the grid's raw bucket).
+    input_policy: InputPolicy,
     running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl JobService {
-    /// A service over `manager`, checking progress every `tick`.
-    pub fn new(manager: Manager, tick: Duration, base_dir: PathBuf) -> Arc<Self> {
-        Arc::new(Self { manager, tick, base_dir, running: Mutex::new(HashMap::new()) })
+    /// A service over `manager`, checking progress every `tick`, admitting the inputs
+    /// `input_policy` allows (a manager on AWS passes [`InputPolicy::RawBucket`]).
+    pub fn new(manager: Manager, tick: Duration, base_dir: PathBuf, input_policy: InputPolicy) -> Arc<Self> {
+        Arc::new(Self { manager, tick, base_dir, input_policy, running: Mutex::new(HashMap::new()) })
     }
 
     /// The manager behind the service.
@@ -147,7 +150,8 @@ impl JobService {
         origin: &str,
         overrides: &Overrides,
     ) -> Result<String, ServiceError> {
-        let spec = parse_job(text, origin, &self.base_dir, overrides)?;
+        // The policy is checked inside parsing, before any local path is resolved.
+        let spec = parse_job_with_policy(text, origin, &self.base_dir, overrides, &self.input_policy)?;
         // Checked here too (the manager checks every submission) to name the line in `text`.
         spec.check_against_grid(self.manager.grid().tasks.max_receives(), Some(text), origin)?;
         let id = self.manager.submit(&spec).await?;
@@ -200,6 +204,39 @@ impl JobService {
         let analytics = &self.manager.grid().analytics;
         analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
         Ok(analytics.history(id).await?)
+    }
+
+    /// One task's captured `stream` (`stdout` or `stderr`), as stored by the worker that ran
+    /// it last (at most [`crate::processor::command::LOG_CAP`] bytes and a note). A task whose
+    /// stream was empty, or that ran a processor rather than a command, has none.
+    pub async fn task_log(
+        &self,
+        id: &str,
+        stage: &str,
+        task: &str,
+        stream: &str,
+    ) -> Result<bytes::Bytes, ServiceError> {
+        let analytics = &self.manager.grid().analytics;
+        let job = analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
+        let missing = || ServiceError::NotFound(format!("{id}: stage `{stage}`, task `{task}`, {stream}"));
+        let name = match stream {
+            "stdout" => crate::processor::command::LOG_STREAMS[0],
+            "stderr" => crate::processor::command::LOG_STREAMS[1],
+            _ => return Err(missing()),
+        };
+        // Task ids are generated (digits, or `all` for a reduce): anything else names no task,
+        // and must not reach the store as a key.
+        if task.is_empty() || !task.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(missing());
+        }
+        let spec: JobSpec = serde_json::from_str(&job.spec).map_err(|_| missing())?;
+        let index = spec.stages.iter().position(|s| s.name == stage).ok_or_else(missing)?;
+        let key = format!("{}{name}", crate::task::log_prefix(id, index as u32, stage, task));
+        match self.manager.grid().store.get(&key).await {
+            Ok(bytes) => Ok(bytes),
+            Err(crate::store::StoreError::NotFound(_)) => Err(missing()),
+            Err(error) => Err(ServiceError::Manager(error.into())),
+        }
     }
 
     /// Cancels a job that has not ended.

@@ -368,6 +368,21 @@ pub struct Overrides {
     pub output: Option<PathBuf>,
 }
 
+/// Which inputs a job may name, and so what parsing may look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InputPolicy {
+    /// Local paths (resolved and checked to exist) and any `s3://` URL: for `batchgrid run`
+    /// and the CLI, where whoever writes the job file is the machine's operator.
+    #[default]
+    Operator,
+    /// Only `s3://BUCKET/...` inside this bucket (the grid's raw bucket): for the manager's API,
+    /// whose callers must not read the manager's own disk. Nothing on the local disk is looked
+    /// at (no `stat` of the input, nor of a command's program), so errors cannot tell a caller
+    /// which files exist there.
+    RawBucket(String),
+}
+
 /// Reads and validates a job file.
 pub fn load_job_file(path: &Path, overrides: &Overrides) -> Result<JobSpec, SpecError> {
     let origin = path.display().to_string();
@@ -389,6 +404,18 @@ pub fn load_job_file(path: &Path, overrides: &Overrides) -> Result<JobSpec, Spec
 
 /// Parses and validates job YAML; relative paths resolve against `base_dir`.
 pub fn parse_job(text: &str, origin: &str, base_dir: &Path, overrides: &Overrides) -> Result<JobSpec, SpecError> {
+    parse_job_with_policy(text, origin, base_dir, overrides, &InputPolicy::Operator)
+}
+
+/// As [`parse_job`], admitting only the inputs `policy` allows; the policy is checked before
+/// anything names a local path, so a refused input is never looked up on disk.
+pub fn parse_job_with_policy(
+    text: &str,
+    origin: &str,
+    base_dir: &Path,
+    overrides: &Overrides,
+    policy: &InputPolicy,
+) -> Result<JobSpec, SpecError> {
     let error_at = |path: &FieldPath, message: String| SpecError {
         origin: origin.to_owned(),
         position: locate::locate(text, path),
@@ -418,7 +445,7 @@ pub fn parse_job(text: &str, origin: &str, base_dir: &Path, overrides: &Override
             message: locate::bare_message(&inner.to_string()),
         }
     })?;
-    Validator { error_at: &error_at, base_dir, overrides }.job(raw)
+    Validator { error_at: &error_at, base_dir, overrides, policy }.job(raw)
 }
 
 /// Deepest `[`/`{` nesting accepted; real job files use three or four.
@@ -468,6 +495,7 @@ struct Validator<'a, F: Fn(&FieldPath, String) -> SpecError> {
     error_at: &'a F,
     base_dir: &'a Path,
     overrides: &'a Overrides,
+    policy: &'a InputPolicy,
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -478,7 +506,7 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         check_name(&raw.name).map_err(|m| (self.error_at)(&root.key("name"), m))?;
 
         let input = match &self.overrides.input {
-            Some(path) => self.input(path, "--input", None)?,
+            Some(path) => self.input(path, self.override_name(), None)?,
             None => {
                 let field = root.key("input").key("path");
                 self.input(Path::new(&raw.input.path), "input.path", Some(&field))?
@@ -540,6 +568,21 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         })
     }
 
+    /// Where an input override comes from: the CLI's `--input`, or the API's `?input=`.
+    fn override_origin(&self) -> &'static str {
+        match self.policy {
+            InputPolicy::RawBucket(_) => "query",
+            InputPolicy::Operator => "command line",
+        }
+    }
+
+    fn override_name(&self) -> &'static str {
+        match self.policy {
+            InputPolicy::RawBucket(_) => "?input=",
+            InputPolicy::Operator => "--input",
+        }
+    }
+
     fn absolute(&self, path: &Path) -> PathBuf {
         let joined = if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) };
         normalize(&std::path::absolute(&joined).unwrap_or(joined))
@@ -549,8 +592,25 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
     fn input(&self, path: &Path, name: &str, field: Option<&FieldPath>) -> Result<InputSpec, SpecError> {
         let fail = |message: String| match field {
             Some(field) => (self.error_at)(field, message),
-            None => SpecError { origin: "command line".to_owned(), position: None, field: name.to_owned(), message },
+            None => {
+                SpecError { origin: self.override_origin().to_owned(), position: None, field: name.to_owned(), message }
+            }
         };
+        if let InputPolicy::RawBucket(raw_bucket) = self.policy {
+            // Checked before anything else: a refused input is never resolved nor looked up,
+            // and the message repeats nothing of it, so it says nothing about the disk.
+            return match path.to_str().and_then(InputSpec::parse_s3) {
+                Some(Ok(InputSpec::S3 { bucket, key }))
+                    if bucket == *raw_bucket && !key.split('/').any(|part| part == ".." || part == ".") =>
+                {
+                    Ok(InputSpec::S3 { bucket, key })
+                }
+                _ => Err(fail(format!(
+                    "the manager takes only inputs in the grid's raw bucket (`s3://{raw_bucket}/...`); \
+                     upload local data there first (`batchgrid submit` does)"
+                ))),
+            };
+        }
         match path.to_str().and_then(InputSpec::parse_s3) {
             Some(Ok(input)) => Ok(input),
             Some(Err(message)) => Err(fail(message)),
@@ -649,6 +709,16 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
 
     /// Resolves a command's program: a path relative to the job file, or a name on `PATH`.
     fn program(&self, program: &str) -> Result<String, String> {
+        if matches!(self.policy, InputPolicy::RawBucket(_)) {
+            // The program runs on a worker's image, not the manager's disk, which a caller of
+            // the API must not be able to probe: only the shape is checked here, and a missing
+            // program fails the task on the worker.
+            return if program.contains('/') && !program.starts_with('/') {
+                Err("a program given by path must be absolute on the worker's image".into())
+            } else {
+                Ok(program.to_owned())
+            };
+        }
         if program.contains('/') {
             let path = self.absolute(Path::new(program));
             return if path.is_file() {
