@@ -57,6 +57,8 @@ tools: ## install the test tools that do not come with cargo (cfn-lint, moto fro
 	@# The image's user and units are checked with systemd's own tools, its scripts with shellcheck.
 	@{ command -v systemd-analyze && command -v systemd-sysusers; } >/dev/null || { echo "installing systemd (apt: systemd-analyze, systemd-sysusers)..."; (apt-get update -qq && apt-get install -y -qq systemd) >/dev/null; }
 	@command -v shellcheck >/dev/null || { echo "installing shellcheck (apt)..."; (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null; }
+	@# The fault tests start, stop and restart throwaway PostgreSQL clusters of their own.
+	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { echo "installing postgresql (apt: initdb and pg_ctl for the tests' throwaway clusters)..."; (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null; }
 	@# The image's firewall rule (no instance metadata for tasks) is checked with nft itself.
 	@command -v nft >/dev/null || { echo "installing nftables (apt: nft, to check the image's firewall rule)..."; (apt-get update -qq && apt-get install -y -qq nftables) >/dev/null; }
 	@[ "$$($(CHECKOV) --version 2>/dev/null)" = "$(CHECKOV_VERSION)" ] || { \
