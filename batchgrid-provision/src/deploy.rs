@@ -725,4 +725,4 @@ fn not_emptied(bucket: &str, failures: &[aws_sdk_s3::types::Error]) -> DeployErr
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -33,12 +33,6 @@ pub struct SmokeArgs {
     connection: Connection,
 }
 
-fn millis_since_epoch() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Runs the smoke job; exit 0 only when it completed with the expected results in time.
 pub async fn run(args: SmokeArgs) -> anyhow::Result<ExitCode> {
     let stack_args = StackArgs {
@@ -54,7 +48,7 @@ pub async fn run(args: SmokeArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&input, smoke::input_text()).with_context(|| format!("writing {}", input.display()))?;
     let input = upload(&stack_args, smoke::JOB_NAME, &input, true).await?;
 
-    let submitted_ms = millis_since_epoch();
+    let submitted_ms = batchgrid_core::db::now_millis();
     let started = Instant::now();
     let id = client.submit(&smoke::job_document(), "smoke.yaml", Some(&input)).await?;
     eprintln!(

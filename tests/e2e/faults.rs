@@ -191,6 +191,18 @@ fn workers_killed_every_2s_lose_nothing() {
     assert_exact(&stack, &id, tasks);
 }
 
+/// A local stack whose manager splits slowly (a test-only pause after each batch), with a job
+/// of `tasks` tasks submitted and caught in the middle of its split.
+fn submitted_mid_split(tasks: usize) -> (LocalStack, String) {
+    let mut stack = LocalStack::launch(2, &[], Credentials::Throwaway);
+    let job = write_job(stack.dir.path(), tasks, "0");
+    stack.set_manager_env("BATCHGRID_SLOW", "split-batch:2s");
+    stack.kill_and_restart_manager();
+    let id = submit(&stack, &job);
+    wait_until(&stack, &id, Duration::from_secs(60), "the split is under way", splitting);
+    (stack, id)
+}
+
 /// Mid-split: the first tasks are queued, the first stage's size is not known yet.
 fn splitting(status: &JobStatus) -> bool {
     !status.state.is_terminal()
@@ -272,13 +284,7 @@ fn the_database_away_for_90s_fails_no_job() {
 /// start, and the tasks sent twice run and count once.
 #[test]
 fn the_manager_killed_while_splitting_loses_nothing() {
-    let mut stack = LocalStack::launch(2, &[], Credentials::Throwaway);
-    let job = write_job(stack.dir.path(), 200, "0");
-    // Slow the split down (test builds only) so that the kill lands in the middle of it.
-    stack.set_manager_env("BATCHGRID_SLOW", "split-batch:2s");
-    stack.kill_and_restart_manager();
-    let id = submit(&stack, &job);
-    wait_until(&stack, &id, Duration::from_secs(60), "the split is under way", splitting);
+    let (mut stack, id) = submitted_mid_split(200);
     stack.kill_and_restart_manager();
     assert_exact(&stack, &id, 200);
 }
@@ -300,12 +306,7 @@ fn the_manager_killed_while_tasks_run_loses_nothing() {
 /// splitter's `running` and the reconciler's `completed` cannot overwrite it.
 #[test]
 fn a_cancel_while_splitting_stays_cancelled() {
-    let mut stack = LocalStack::launch(2, &[], Credentials::Throwaway);
-    let job = write_job(stack.dir.path(), 200, "0");
-    stack.set_manager_env("BATCHGRID_SLOW", "split-batch:2s");
-    stack.kill_and_restart_manager();
-    let id = submit(&stack, &job);
-    wait_until(&stack, &id, Duration::from_secs(60), "the split is under way", splitting);
+    let (stack, id) = submitted_mid_split(200);
     block_on(stack.client(TOKEN).cancel(&id)).expect("cancel");
     let status = wait_until(&stack, &id, Duration::from_secs(30), "the job ends", |s| s.state.is_terminal());
     assert_eq!(status.state, JobState::Cancelled, "{status:?}");

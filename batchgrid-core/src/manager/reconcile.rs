@@ -14,7 +14,7 @@ use super::health::Backoff;
 use super::stages::Watchdog;
 use super::{JobProgress, Manager, ManagerError, REQUESTS_SETTLE};
 use crate::analytics::{actor, AnalyticsError, JobRecord, JobState, StageProgress};
-use crate::db::now_millis;
+use crate::db::{millis, now_millis};
 use crate::report::JobReport;
 use crate::spec::{JobSpec, StageFailurePolicy, StageKind};
 use crate::task::{report_key, stage_prefix, TaskMessage, REDUCE_TASK_ID};
@@ -309,7 +309,7 @@ pub(super) fn reduce_message(job_id: &str, spec: &JobSpec, index: usize) -> Stri
 /// Why the job is past its deadline, if it is.
 fn deadline_passed(job: &JobRecord, spec: &JobSpec) -> Option<String> {
     let deadline = spec.deadline?;
-    let limit = job.submitted_at.saturating_add(i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX));
+    let limit = job.submitted_at.saturating_add(millis(deadline));
     (now_millis() > limit)
         .then(|| format!("deadline of {} after submission passed", humantime::format_duration(deadline)))
 }

@@ -32,6 +32,18 @@ fn dead_receipt(id: i64) -> Receipt {
     Receipt(format!("{DEAD_RECEIPT}{id}"))
 }
 
+/// A dead letter from a row of `id, body, receive_count, reason`.
+fn dead_letter_from_row(row: &sqlx::sqlite::SqliteRow) -> DeadLetter {
+    let id: i64 = row.get(0);
+    DeadLetter {
+        id: id.to_string(),
+        body: row.get(1),
+        receive_count: u32::try_from(row.get::<i64, _>(2)).unwrap_or(u32::MAX),
+        reason: row.get(3),
+        receipt: dead_receipt(id),
+    }
+}
+
 /// A [`TaskQueue`] in a SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteQueue {
@@ -296,21 +308,12 @@ impl TaskQueue for SqliteQueue {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| self.err(e))?;
-        Ok(rows
-            .into_iter()
-            .map(|row| DeadLetter {
-                id: row.get::<i64, _>(0).to_string(),
-                body: row.get(1),
-                receive_count: u32::try_from(row.get::<i64, _>(2)).unwrap_or(u32::MAX),
-                reason: row.get(3),
-                receipt: dead_receipt(row.get::<i64, _>(0)),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|row| dead_letter_from_row(&row)).collect())
     }
 
     async fn take_dead_letters(&self, max: usize, hold: Duration) -> Result<Vec<DeadLetter>, QueueError> {
         let now = now_millis();
-        let until = now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
+        let until = now.saturating_add(millis(hold));
         let rows = sqlx::query(
             "UPDATE messages SET visible_at = ?1
              WHERE id IN (SELECT id FROM messages WHERE queue = ?2 AND visible_at <= ?3 ORDER BY id LIMIT ?4)
@@ -323,16 +326,7 @@ impl TaskQueue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        let mut letters: Vec<DeadLetter> = rows
-            .into_iter()
-            .map(|row| DeadLetter {
-                id: row.get::<i64, _>(0).to_string(),
-                body: row.get(1),
-                receive_count: u32::try_from(row.get::<i64, _>(2)).unwrap_or(u32::MAX),
-                reason: row.get(3),
-                receipt: dead_receipt(row.get::<i64, _>(0)),
-            })
-            .collect();
+        let mut letters: Vec<DeadLetter> = rows.into_iter().map(|row| dead_letter_from_row(&row)).collect();
         letters.sort_by_key(|l| l.id.parse::<i64>().unwrap_or(i64::MAX));
         Ok(letters)
     }

@@ -57,7 +57,8 @@ fn add(logical: &str) -> Change {
         .build()
 }
 
-fn deployer(rules: &[&Rule]) -> Deployer {
+/// A deployer whose CloudFormation answers by `rules` (S3 is never called).
+pub(crate) fn deployer(rules: &[&Rule]) -> Deployer {
     let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, rules);
     let s3_config = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())

@@ -51,16 +51,22 @@ fn every_environment_matches_its_golden_image_template() {
     }
 }
 
+/// Every golden image template, and the bucket-only first deploy rendered into `dir`.
+fn image_templates(dir: &Path) -> Vec<PathBuf> {
+    let bucket_only = dir.join("image-bucket-only.yaml");
+    let text = render_deployment_bucket(&templates(), "dev", &environment("dev")).expect("render").expect("bucket");
+    std::fs::write(&bucket_only, text).expect("write");
+    let mut files: Vec<PathBuf> = ENVIRONMENTS.iter().map(|n| golden_dir().join(format!("image-{n}.yaml"))).collect();
+    files.push(bucket_only);
+    files
+}
+
 /// cfn-lint on every golden image template, and on the bucket-only first deploy: no errors
 /// and no warnings. `make test` installs it.
 #[test]
 fn image_templates_pass_cfn_lint() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let bucket_only = dir.path().join("image-bucket-only.yaml");
-    let text = render_deployment_bucket(&templates(), "dev", &environment("dev")).expect("render").expect("bucket");
-    std::fs::write(&bucket_only, text).expect("write");
-    let mut files: Vec<PathBuf> = ENVIRONMENTS.iter().map(|n| golden_dir().join(format!("image-{n}.yaml"))).collect();
-    files.push(bucket_only);
+    let files = image_templates(dir.path());
     crate::render::assert_cfn_lint_clean(&files);
 }
 
@@ -69,11 +75,7 @@ fn image_templates_pass_cfn_lint() {
 #[test]
 fn image_templates_pass_checkov() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let bucket_only = dir.path().join("image-bucket-only.yaml");
-    let text = render_deployment_bucket(&templates(), "dev", &environment("dev")).expect("render").expect("bucket");
-    std::fs::write(&bucket_only, text).expect("write");
-    let mut files: Vec<PathBuf> = ENVIRONMENTS.iter().map(|n| golden_dir().join(format!("image-{n}.yaml"))).collect();
-    files.push(bucket_only);
+    let files = image_templates(dir.path());
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         crate::render::assert_checkov_skips_explained(&file.display().to_string(), &text);

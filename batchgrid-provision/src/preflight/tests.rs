@@ -1,15 +1,15 @@
 //! The image preflight against scripted CloudFormation responses: no server.
 
 use std::path::Path;
-use std::time::Duration;
 
 use aws_sdk_cloudformation::error::ErrorMetadata;
 use aws_sdk_cloudformation::operation::describe_stacks::{DescribeStacksError, DescribeStacksOutput};
 use aws_sdk_cloudformation::types::{Output, Stack, StackStatus};
 use aws_sdk_cloudformation::Client;
-use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+use aws_smithy_mocks::mock;
 
 use super::*;
+use crate::deploy::tests::deployer;
 use crate::environment::load;
 
 fn environment(ami: &str) -> Environment {
@@ -17,15 +17,6 @@ fn environment(ami: &str) -> Environment {
     let mut env = load(&dir, "dev", &|_| None).expect("dev environment");
     env.grid.ami = ami.to_owned();
     env
-}
-
-fn deployer(rules: &[&Rule]) -> Deployer {
-    let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, rules);
-    let s3_config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("eu-west-1"))
-        .build();
-    Deployer::new(cfn, aws_sdk_s3::Client::from_conf(s3_config), Duration::ZERO)
 }
 
 fn image_stack(status: StackStatus, outputs: &[(&str, &str)]) -> DescribeStacksOutput {
