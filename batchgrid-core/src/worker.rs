@@ -666,7 +666,7 @@ impl Worker {
             return None;
         }
         let stages = self.grid.analytics.stages(job_id).await.ok()?;
-        stages.iter().filter(|s| s.failed > 0).map(|s| s.stage).min()
+        spec.stop_stage(&stages).map(|index| stages[index].stage)
     }
 
     /// The first failed stage this worker knows of, without asking the store.

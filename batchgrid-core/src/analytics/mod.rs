@@ -286,6 +286,13 @@ pub struct TaskRecord {
     pub duration_ms: Option<i64>,
 }
 
+impl TaskRecord {
+    /// Whether the task has ended for good, done or failed (not waiting for a retry).
+    pub fn is_settled(&self) -> bool {
+        self.status == "done" || self.status == "failed"
+    }
+}
+
 /// A worker and what it has done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerRecord {
@@ -422,7 +429,7 @@ fn transition_stamps(to: JobState, reason: Option<&str>, now: i64) -> (Option<i6
     (started, finished, error)
 }
 
-fn parse_state(text: &str) -> Result<JobState, AnalyticsError> {
+pub(crate) fn parse_state(text: &str) -> Result<JobState, AnalyticsError> {
     JobState::parse(text).ok_or_else(|| AnalyticsError::Corrupt(format!("job state `{text}`")))
 }
 

@@ -104,7 +104,7 @@ fn job_from_row(row: &PgRow) -> Result<JobRecord, AnalyticsError> {
     Ok(JobRecord {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        state: JobState::parse(&state).ok_or_else(|| AnalyticsError::Corrupt(format!("job state `{state}`")))?,
+        state: parse_state(&state)?,
         spec: row.try_get("spec")?,
         submitted_at: row.try_get("submitted_at")?,
         started_at: row.try_get("started_at")?,

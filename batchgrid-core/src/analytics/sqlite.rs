@@ -31,7 +31,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, AnalyticsError> {
     Ok(JobRecord {
         id: row.get("id"),
         name: row.get("name"),
-        state: JobState::parse(&state).ok_or_else(|| AnalyticsError::Corrupt(format!("job state `{state}`")))?,
+        state: parse_state(&state)?,
         spec: row.get("spec"),
         submitted_at: row.get("submitted_at"),
         started_at: row.get("started_at"),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Manager, ManagerError};
-use crate::analytics::{AttemptOutcome, AttemptRecord, JobState};
+use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, TaskRecord};
 use crate::db::now_millis;
 use crate::queue::{DeadLetter, Receipt, TaskQueue, MAX_BATCH};
 use crate::task::TaskMessage;
@@ -73,7 +73,7 @@ impl Manager {
             return Ok(None);
         }
         let known = self.grid.analytics.task(&task.job, task.stage, &task.task).await?;
-        if known.as_ref().is_some_and(|t| t.status == "failed" || t.status == "done") {
+        if known.as_ref().is_some_and(TaskRecord::is_settled) {
             return Ok(None);
         }
         let reason = letter.reason.clone().unwrap_or_else(|| "dead-lettered".into());

@@ -16,7 +16,7 @@ use super::{JobProgress, Manager, ManagerError, REQUESTS_SETTLE};
 use crate::analytics::{actor, AnalyticsError, JobRecord, JobState, StageProgress};
 use crate::db::{millis, now_millis};
 use crate::report::JobReport;
-use crate::spec::{JobSpec, StageFailurePolicy, StageKind};
+use crate::spec::{JobSpec, StageKind};
 use crate::task::{report_key, stage_prefix, TaskMessage, REDUCE_TASK_ID};
 
 /// What one pass found and what the driver should do next.
@@ -107,9 +107,7 @@ impl Manager {
         if let Some(handle) = splitter {
             handle.abort();
         }
-        if let Ok(mut notes) = self.watchdog_notes.lock() {
-            notes.remove(job_id);
-        }
+        self.set_note(job_id, None);
         if !requests_before.is_empty() || !self.grid.meter.snapshot().is_empty() {
             // Workers publish their request counts every couple of seconds; wait for the last.
             tokio::time::sleep(REQUESTS_SETTLE).await;
@@ -150,7 +148,7 @@ impl Manager {
 
     /// Runs `operation` until it succeeds, pausing with backoff and reporting health between
     /// tries; an unknown job is the one error returned, as no retry can help it.
-    async fn retrying<T, E, F, Fut>(&self, what: &str, mut operation: F) -> Result<T, ManagerError>
+    pub(crate) async fn retrying<T, E, F, Fut>(&self, what: &str, mut operation: F) -> Result<T, ManagerError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -209,12 +207,13 @@ impl Manager {
         // Level-triggered: the first stage's size is written only once the split has finished,
         // so a job without it needs splitting, whatever its state and whoever split it before.
         let mut needs_split = stages.first().is_some_and(|s| s.expected.is_none());
-        self.open_stages(job_id, spec, &mut stages).await?;
+        let stop_at = spec.stop_stage(&stages);
+        let considered = taking_part(&stages, stop_at);
+        self.open_stages(job_id, spec, &mut stages, considered).await?;
         self.watch_stages(job_id, spec, &stages, watchdog).await?;
         needs_split |= std::mem::take(&mut watchdog.resplit);
 
         let (mut state, mut error) = (job.state, None);
-        let (considered, stop_at) = considered_stages(spec, &stages);
         if stages.first().is_some_and(|s| s.expected == Some(0)) {
             error = Some("the input produced no tasks".to_owned());
             state = JobState::Failed;
@@ -252,8 +251,8 @@ impl Manager {
         job_id: &str,
         spec: &JobSpec,
         stages: &mut [StageProgress],
+        considered: usize,
     ) -> Result<(), ManagerError> {
-        let (considered, _) = considered_stages(spec, stages);
         for index in 0..considered {
             if stages[index].expected.is_none() {
                 if index == 0 {
@@ -314,20 +313,15 @@ fn deadline_passed(job: &JobRecord, spec: &JobSpec) -> Option<String> {
         .then(|| format!("deadline of {} after submission passed", humantime::format_duration(deadline)))
 }
 
-/// How many stages take part in the job now, and the stage that stopped the rest: with
-/// `on_stage_failure: stop`, the first stage with a task failed for good; no stage after it is
-/// opened, and the job ends once the stages up to it have drained.
-fn considered_stages(spec: &JobSpec, stages: &[StageProgress]) -> (usize, Option<usize>) {
-    let stop_at = match spec.on_stage_failure {
-        StageFailurePolicy::Stop => stages.iter().position(|s| s.failed > 0),
-        StageFailurePolicy::Continue => None,
-    };
-    (stop_at.map_or(stages.len(), |failed| failed + 1), stop_at)
+/// How many stages take part in the job now: all, or with a stage that stopped the rest
+/// ([`JobSpec::stop_stage`]) the stages up to it; the job ends once those have drained.
+fn taking_part(stages: &[StageProgress], stop_at: Option<usize>) -> usize {
+    stop_at.map_or(stages.len(), |failed| failed + 1)
 }
 
 /// How a job ends once the stages taking part have all finished.
 fn verdict(stages: &[StageProgress], stop_at: Option<usize>) -> (JobState, Option<String>) {
-    let considered = stop_at.map_or(stages.len(), |failed| failed + 1);
+    let considered = taking_part(stages, stop_at);
     let failed: Vec<String> =
         stages.iter().filter(|s| s.failed > 0).map(|s| format!("{} in `{}`", s.failed, s.name)).collect();
     let mut skipped: Vec<String> = stages[..considered]

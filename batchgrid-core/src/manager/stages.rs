@@ -80,7 +80,7 @@ impl Manager {
         };
         let Some(expected) = stage.expected else { return Ok(()) }; // Still splitting.
         let missing = expected.saturating_sub(stage.done + stage.failed);
-        let (tasks, chain) = (self.grid.tasks.depth().await?, self.grid.chain.depth().await?);
+        let (tasks, chain) = tokio::try_join!(self.grid.tasks.depth(), self.grid.chain.depth())?;
         let outstanding = tasks.visible + tasks.in_flight + chain.visible + chain.in_flight;
         if outstanding == 0 {
             watchdog.quiet_passes += 1;
@@ -92,7 +92,7 @@ impl Manager {
         let quiet =
             watchdog.quiet_passes >= QUIET_PASSES && watchdog.quiet_since.is_some_and(|t| t.elapsed() >= QUIET_FOR);
         let recently_acted = watchdog.acted_at.is_some_and(|t| t.elapsed() < ACT_EVERY);
-        if missing == 0 || recently_acted || !(quiet || watchdog.moved_at.elapsed() >= STALL_AFTER) {
+        if recently_acted || !(quiet || watchdog.moved_at.elapsed() >= STALL_AFTER) {
             return Ok(());
         }
         let dead = tasks.dead + chain.dead;
@@ -111,7 +111,7 @@ impl Manager {
             (_, StageKind::Map) => self.reforward(job_id, spec, index).await?,
             (_, StageKind::Reduce) => {
                 let known = self.grid.analytics.task(job_id, index as u32, REDUCE_TASK_ID).await?;
-                if known.is_some_and(|t| t.status == "done" || t.status == "failed") {
+                if known.is_some_and(|t| t.is_settled()) {
                     0
                 } else {
                     self.enqueue(&self.grid.tasks, vec![reduce_message(job_id, spec, index)]).await?;
@@ -121,14 +121,12 @@ impl Manager {
         };
         if index == 0 {
             note.push_str(&format!("; {missing} task(s) lost: splitting the input again"));
-            tracing::warn!(job = %job_id, "watchdog: {note}");
         } else if resent > 0 {
             note.push_str(&format!("; re-sent {resent} lost task(s)"));
-            tracing::warn!(job = %job_id, "watchdog: {note}");
         } else {
             note.push_str("; tasks missing and none to re-send, waiting for redeliveries");
-            tracing::warn!(job = %job_id, "watchdog: {note}");
         }
+        tracing::warn!(job = %job_id, "watchdog: {note}");
         self.set_note(job_id, Some(note));
         // Give the repair (or the redeliveries) time before acting again.
         watchdog.acted_at = Some(Instant::now());
@@ -167,7 +165,7 @@ impl Manager {
         Ok(count)
     }
 
-    fn set_note(&self, job_id: &str, note: Option<String>) {
+    pub(super) fn set_note(&self, job_id: &str, note: Option<String>) {
         if let Ok(mut notes) = self.watchdog_notes.lock() {
             match note {
                 Some(note) => notes.insert(job_id.to_owned(), note),

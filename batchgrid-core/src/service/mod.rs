@@ -115,17 +115,7 @@ impl JobService {
     pub async fn resume(self: &Arc<Self>) -> Result<usize, ServiceError> {
         let analytics = &self.manager.grid().analytics;
         // A manager restarted while the database is away waits for it rather than exiting.
-        let mut backoff = crate::manager::Backoff::default();
-        let jobs = loop {
-            match analytics.active_jobs().await {
-                Ok(jobs) => break jobs,
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in = ?delay, "cannot list unfinished jobs yet; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        };
+        let jobs = self.manager.retrying("listing unfinished jobs", || analytics.active_jobs()).await?;
         let mut resumed = 0;
         for job in jobs {
             match serde_json::from_str::<JobSpec>(&job.spec) {
@@ -201,9 +191,8 @@ impl JobService {
 
     /// A job's history: every state change with its time, reason and actor.
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ServiceError> {
-        let analytics = &self.manager.grid().analytics;
-        analytics.job(id).await?.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
-        Ok(analytics.history(id).await?)
+        self.state(id).await?;
+        Ok(self.manager.grid().analytics.history(id).await?)
     }
 
     /// One task's captured `stream` (`stdout` or `stderr`), as stored by the worker that ran
@@ -241,13 +230,19 @@ impl JobService {
 
     /// Cancels a job that has not ended.
     pub async fn cancel(&self, id: &str) -> Result<(), ServiceError> {
-        let status = self.status(id).await?;
-        if status.state.is_terminal() || !self.manager.cancel(id).await? {
+        let state = self.state(id).await?;
+        if state.is_terminal() || !self.manager.cancel(id).await? {
             // Ended before the cancel (or while it was on its way): the guarded change refused.
-            let state = self.status(id).await?.state;
+            let state = self.state(id).await?;
             return Err(ServiceError::Ended { id: id.to_owned(), state });
         }
         Ok(())
+    }
+
+    /// A job's state alone (no stage progress), or `NotFound`.
+    async fn state(&self, id: &str) -> Result<JobState, ServiceError> {
+        let job = self.manager.grid().analytics.job(id).await?;
+        Ok(job.ok_or_else(|| ServiceError::NotFound(id.to_owned()))?.state)
     }
 
     /// Jobs being driven by this process.

@@ -209,6 +209,15 @@ impl RetryPolicy {
 }
 
 impl JobSpec {
+    /// With `on_stage_failure: stop`, the index of the first stage with a task failed for
+    /// good: no stage after it runs. The manager and the workers both decide by this.
+    pub fn stop_stage(&self, stages: &[crate::analytics::StageProgress]) -> Option<usize> {
+        match self.on_stage_failure {
+            StageFailurePolicy::Stop => stages.iter().position(|s| s.failed > 0),
+            StageFailurePolicy::Continue => None,
+        }
+    }
+
     /// Index of the last stage.
     pub fn last_stage(&self) -> usize {
         self.stages.len() - 1
