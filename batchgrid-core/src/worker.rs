@@ -160,21 +160,27 @@ struct Completion {
 type Held = Arc<Mutex<HashMap<(Source, String), Receipt>>>;
 
 struct CachedJob {
-    spec: Arc<JobSpec>,
-    /// One per stage; a missing processor is the reason a task of that stage fails.
-    processors: Arc<Vec<Result<Arc<dyn Processor>, TaskFailure>>>,
-    state: JobState,
-    /// With `on_stage_failure: stop`, the first stage known to have a task failed for good.
-    stopped_at: Option<u32>,
+    view: JobView,
+    /// When the state and the failed stages were last read from the store.
     checked: Instant,
 }
 
 /// What a worker knows of a job when it takes one of its tasks.
+#[derive(Clone)]
 struct JobView {
     spec: Arc<JobSpec>,
+    /// One per stage; a missing processor is the reason a task of that stage fails.
     processors: StageProcessors,
     state: JobState,
+    /// With `on_stage_failure: stop`, the first stage known to have a task failed for good.
     stopped_at: Option<u32>,
+}
+
+impl JobView {
+    /// Remembers that `stage` has a task failed for good; the earliest such stage stops the rest.
+    fn note_failed_stage(&mut self, stage: u32) {
+        self.stopped_at = Some(self.stopped_at.map_or(stage, |known| known.min(stage)));
+    }
 }
 
 type StageProcessors = Arc<Vec<Result<Arc<dyn Processor>, TaskFailure>>>;
@@ -363,7 +369,7 @@ impl Worker {
         let _ = alive.await;
         self.scratch.remove();
         self.record_self("stopped", started_at).await;
-        // The heartbeat published every couple of seconds; this is the final count.
+        // The liveness loop published every couple of seconds; this is the final count.
         self.grid.publish_requests(&self.settings.id).await;
         let mut stats = stats.lock().map(|s| *s).unwrap_or_default();
         stats.released = released + released_early;
@@ -445,7 +451,6 @@ impl Worker {
     /// while the message is still invisible.
     async fn renew(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) {
         let period = (self.settings.visibility / 3).max(Duration::from_millis(100));
-        let deadline = period;
         loop {
             tokio::select! {
                 () = stop.notified() => return,
@@ -471,8 +476,9 @@ impl Worker {
                     }
                 }
             };
-            if tokio::time::timeout(deadline, round).await.is_err() {
-                tracing::warn!(?deadline, "a visibility renewal took too long; trying again next period");
+            // A round may take at most one period: a stalled queue call is given up, not waited on.
+            if tokio::time::timeout(period, round).await.is_err() {
+                tracing::warn!(deadline = ?period, "a visibility renewal took too long; trying again next period");
             }
         }
     }
@@ -531,9 +537,7 @@ impl Worker {
         while let Err(error) = self.grid.analytics.record_attempts(&attempts).await {
             if since.elapsed() >= RECORD_PATIENCE {
                 tracing::error!(%error, tasks = batch.len(), "could not record attempts; tasks will be redelivered");
-                for completion in &batch {
-                    self.unhold(completion.source, &completion.message_id);
-                }
+                self.unhold_all(&batch);
                 return;
             }
             tracing::warn!(%error, tasks = batch.len(), retry_in = ?delay, "could not record attempts; retrying");
@@ -544,17 +548,13 @@ impl Worker {
         #[cfg(feature = "fault-injection")]
         if !forwards.is_empty() && crate::fault::fires(crate::fault::AFTER_RECORD) {
             // As if the process died here: no forward, no acknowledgement, no more renewals.
-            for completion in &batch {
-                self.unhold(completion.source, &completion.message_id);
-            }
+            self.unhold_all(&batch);
             return;
         }
         for chunk in forwards.chunks(MAX_BATCH) {
             if let Err(error) = self.grid.chain.send_batch(chunk).await {
                 tracing::error!(%error, "could not forward results to the next stage; tasks will be redelivered");
-                for completion in &batch {
-                    self.unhold(completion.source, &completion.message_id);
-                }
+                self.unhold_all(&batch);
                 return;
             }
         }
@@ -601,29 +601,45 @@ impl Worker {
                 }
             }
         }
-        for completion in &batch {
+        self.unhold_all(&batch);
+    }
+
+    /// Stops renewing every message of `batch`: what is not acknowledged comes back after its
+    /// visibility timeout.
+    fn unhold_all(&self, batch: &[Completion]) {
+        for completion in batch {
             self.unhold(completion.source, &completion.message_id);
         }
     }
 
+    /// The job as this worker knows it, its state and failed stages re-read from the store
+    /// every [`JOB_STATE_TTL`]. A refresh reads the store without holding the cache, so a
+    /// stalled database never holds up tasks that only look at what is cached (completions
+    /// above all).
     async fn job(&self, job_id: &str) -> Result<JobView, String> {
-        let mut jobs = self.jobs.lock().await;
-        if let Some(cached) = jobs.get_mut(job_id) {
-            if cached.checked.elapsed() >= JOB_STATE_TTL {
-                if let Ok(Some(record)) = self.grid.analytics.job(job_id).await {
-                    cached.state = record.state;
-                }
-                if let Some(first) = self.first_failed_stage(job_id, &cached.spec).await {
-                    cached.stopped_at = Some(cached.stopped_at.map_or(first, |known| known.min(first)));
-                }
-                cached.checked = Instant::now();
+        let cached = self.jobs.lock().await.get(job_id).map(|c| (c.view.clone(), c.checked.elapsed() >= JOB_STATE_TTL));
+        if let Some((view, stale)) = cached {
+            if !stale {
+                return Ok(view);
             }
-            return Ok(JobView {
-                spec: cached.spec.clone(),
-                processors: cached.processors.clone(),
-                state: cached.state,
-                stopped_at: cached.stopped_at,
-            });
+            let state = self.grid.analytics.job(job_id).await.ok().flatten().map(|record| record.state);
+            let first = self.first_failed_stage(job_id, &view.spec).await;
+            let mut jobs = self.jobs.lock().await;
+            let Some(cached) = jobs.get_mut(job_id) else { return Ok(view) };
+            if let Some(state) = state {
+                cached.view.state = state;
+            }
+            if let Some(first) = first {
+                cached.view.note_failed_stage(first);
+            }
+            cached.checked = Instant::now();
+            return Ok(cached.view.clone());
+        }
+        // A job's first task loads it under the lock, so its other tasks wait for that one load
+        // instead of each reading the spec again.
+        let mut jobs = self.jobs.lock().await;
+        if let Some(cached) = jobs.get(job_id) {
+            return Ok(cached.view.clone());
         }
         let bytes = self.grid.store.get(&spec_key(job_id)).await.map_err(|e| format!("reading job spec: {e}"))?;
         let spec: JobSpec = serde_json::from_slice(&bytes).map_err(|e| format!("job spec is corrupt: {e}"))?;
@@ -645,18 +661,9 @@ impl Worker {
                 })
                 .collect(),
         );
-        let spec = Arc::new(spec);
-        jobs.insert(
-            job_id.to_owned(),
-            CachedJob {
-                spec: spec.clone(),
-                processors: processors.clone(),
-                state,
-                stopped_at,
-                checked: Instant::now(),
-            },
-        );
-        Ok(JobView { spec, processors, state, stopped_at })
+        let view = JobView { spec: Arc::new(spec), processors, state, stopped_at };
+        jobs.insert(job_id.to_owned(), CachedJob { view: view.clone(), checked: Instant::now() });
+        Ok(view)
     }
 
     /// With `on_stage_failure: stop`, the first stage with a task failed for good, from the
@@ -671,7 +678,7 @@ impl Worker {
 
     /// The first failed stage this worker knows of, without asking the store.
     async fn known_stopped_at(&self, job_id: &str) -> Option<u32> {
-        self.jobs.lock().await.get(job_id).and_then(|cached| cached.stopped_at)
+        self.jobs.lock().await.get(job_id).and_then(|cached| cached.view.stopped_at)
     }
 
     /// Remembers that `stage` of `job_id` has a task failed for good (this worker failed it), so
@@ -679,8 +686,8 @@ impl Worker {
     async fn note_stage_failed(&self, job_id: &str, stage: u32) {
         let mut jobs = self.jobs.lock().await;
         if let Some(cached) = jobs.get_mut(job_id) {
-            if cached.spec.on_stage_failure == StageFailurePolicy::Stop {
-                cached.stopped_at = Some(cached.stopped_at.map_or(stage, |known| known.min(stage)));
+            if cached.view.spec.on_stage_failure == StageFailurePolicy::Stop {
+                cached.view.note_failed_stage(stage);
             }
         }
     }

@@ -213,11 +213,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let logs = state_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let max_receives = match &plan {
-        Plan::Fresh(spec) => EmbeddedGridSettings::for_job(spec).max_receives,
-        Plan::Resume(record) => record.max_receives,
+    let settings = match &plan {
+        Plan::Fresh(spec) => EmbeddedGridSettings::for_job(spec),
+        Plan::Resume(record) => EmbeddedGridSettings { max_receives: record.max_receives },
     };
-    let settings = EmbeddedGridSettings { max_receives };
     let grid = Grid::open_embedded(&state_dir, &settings)
         .await
         .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
@@ -231,7 +230,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 workers: args.workers,
                 concurrency: args.concurrency,
                 visibility_timeout_ms: u64::try_from(args.visibility_timeout.as_millis()).unwrap_or(u64::MAX),
-                max_receives,
+                max_receives: settings.max_receives,
             };
             record.write(&state_dir)?;
             (job_id, spec, record)

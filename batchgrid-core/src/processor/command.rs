@@ -176,10 +176,10 @@ impl Processor for CommandProcessor {
             }
             status
         };
-        let (status, out, err) = tokio::join!(wait, capture(stdout), capture(stderr));
+        let (status, out, mut err) = tokio::join!(wait, capture(stdout), capture(stderr));
         let status = status.map_err(|e| failure(&format!("waiting for `{program}`"), e))?;
-        store_logs(ctx, &out, &err).await;
-        let tail = err.tail;
+        let tail = std::mem::take(&mut err.tail);
+        store_logs(ctx, out, err).await;
         if !status.success() {
             let tail =
                 String::from_utf8_lossy(&tail[tail.len().saturating_sub(STDERR_TAIL)..]).trim().replace('\n', " | ");
@@ -209,8 +209,8 @@ struct Captured {
 
 impl Captured {
     /// What is stored: the kept bytes, and a note of what was not kept.
-    fn stored(&self) -> Vec<u8> {
-        let mut text = self.kept.clone();
+    fn stored(self) -> Vec<u8> {
+        let mut text = self.kept;
         if self.dropped > 0 {
             if !text.ends_with(b"\n") {
                 text.push(b'\n');
@@ -251,7 +251,7 @@ async fn capture(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> Captured 
 /// Stores a task's captured streams under its log prefix. Empty streams are stored only on a
 /// retry (to replace an earlier attempt's), sparing two requests per quiet task. A failure to
 /// store them is logged, not the task's: its results decide its outcome.
-async fn store_logs(ctx: &TaskContext, out: &Captured, err: &Captured) {
+async fn store_logs(ctx: &TaskContext, out: Captured, err: Captured) {
     let prefix = crate::task::log_prefix(&ctx.job_id, ctx.stage, &ctx.stage_name, &ctx.task_id);
     for (name, captured) in LOG_STREAMS.into_iter().zip([out, err]) {
         if captured.kept.is_empty() && ctx.attempt <= 1 {

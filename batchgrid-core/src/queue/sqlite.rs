@@ -336,18 +336,25 @@ impl TaskQueue for SqliteQueue {
             return Err(QueueError::BatchTooLarge(receipts.len()));
         }
         let mut failures = BatchFailures::default();
+        let mut ids = Vec::with_capacity(receipts.len());
         for (index, receipt) in receipts.iter().enumerate() {
-            let Some(id) = receipt.0.strip_prefix(DEAD_RECEIPT).and_then(|id| id.parse::<i64>().ok()) else {
-                failures.0.push((index, format!("`{}` is not a dead-letter receipt", receipt.0)));
-                continue;
-            };
-            sqlx::query("DELETE FROM messages WHERE id = ? AND queue = ?")
-                .bind(id)
-                .bind(&self.dead_letter_name)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.err(e))?;
+            match receipt.0.strip_prefix(DEAD_RECEIPT).and_then(|id| id.parse::<i64>().ok()) {
+                Some(id) => ids.push(id),
+                None => failures.0.push((index, format!("`{}` is not a dead-letter receipt", receipt.0))),
+            }
         }
+        if ids.is_empty() {
+            return Ok(failures);
+        }
+        // One statement for the batch: one write transaction on a file several processes share.
+        let mut query = QueryBuilder::new("DELETE FROM messages WHERE queue = ");
+        query.push_bind(&self.dead_letter_name).push(" AND id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        query.push(")");
+        query.build().execute(&self.pool).await.map_err(|e| self.err(e))?;
         Ok(failures)
     }
 

@@ -290,6 +290,17 @@ impl SqsQueue {
     }
 }
 
+/// A message read from the dead-letter queue, with the reason its worker gave.
+fn dead_letter(message: QueueMessage, reason: Option<String>) -> DeadLetter {
+    DeadLetter {
+        id: message.id,
+        body: message.body,
+        receive_count: message.receive_count,
+        reason,
+        receipt: message.receipt,
+    }
+}
+
 #[async_trait]
 impl TaskQueue for SqsQueue {
     fn max_receives(&self) -> Option<u32> {
@@ -387,13 +398,7 @@ impl TaskQueue for SqsQueue {
             let before = letters.len();
             for (message, reason) in got {
                 if letters.iter().all(|l| l.id != message.id) {
-                    letters.push(DeadLetter {
-                        id: message.id,
-                        body: message.body,
-                        receive_count: message.receive_count,
-                        reason,
-                        receipt: message.receipt,
-                    });
+                    letters.push(dead_letter(message, reason));
                 }
             }
             if letters.len() == before {
@@ -405,16 +410,7 @@ impl TaskQueue for SqsQueue {
 
     async fn take_dead_letters(&self, max: usize, hold: Duration) -> Result<Vec<DeadLetter>, QueueError> {
         let got = self.receive_from(&self.dead_letter_url, max.min(MAX_BATCH), hold, Duration::ZERO).await?;
-        Ok(got
-            .into_iter()
-            .map(|(message, reason)| DeadLetter {
-                id: message.id,
-                body: message.body,
-                receive_count: message.receive_count,
-                reason,
-                receipt: message.receipt,
-            })
-            .collect())
+        Ok(got.into_iter().map(|(message, reason)| dead_letter(message, reason)).collect())
     }
 
     async fn delete_dead_letters(&self, receipts: &[Receipt]) -> Result<BatchFailures, QueueError> {
