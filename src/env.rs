@@ -45,6 +45,10 @@ pub const GROUP_NAME: &str = "BATCHGRID_GROUP_NAME";
 pub const LIFECYCLE_HOOK: &str = "BATCHGRID_LIFECYCLE_HOOK";
 /// Where a deployed grid's worker gives tasks their scratch directories.
 pub const SCRATCH_DIR: &str = "BATCHGRID_SCRATCH_DIR";
+/// The user a worker runs task commands as (`batchgrid-task` on the grid's instances).
+pub const TASK_USER: &str = "BATCHGRID_TASK_USER";
+/// Paths, `:`-separated, task commands may write besides their scratch directory.
+pub const TASK_WRITABLE: &str = "BATCHGRID_TASK_WRITABLE";
 /// How long a stopping worker lets its running tasks finish.
 pub const DRAIN_DEADLINE: &str = "BATCHGRID_DRAIN_DEADLINE";
 /// The worker group's first instance type (instance-hours of terminated instances count as it).

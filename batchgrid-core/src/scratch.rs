@@ -6,7 +6,9 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::processor::sandbox::TaskSandbox;
 
 /// Top-level files of a slot whose names start with this are left in place when the slot is
 /// emptied: the next task overwrites the same inode and blocks (inline inputs use it). Removing
@@ -19,6 +21,9 @@ pub struct ScratchSlots {
     root: PathBuf,
     free: Mutex<Vec<PathBuf>>,
     created: AtomicUsize,
+    sandbox: Arc<TaskSandbox>,
+    /// Set once the run directory exists (with the task user's group, when there is one).
+    prepared: OnceLock<()>,
 }
 
 impl ScratchSlots {
@@ -30,11 +35,45 @@ impl ScratchSlots {
     /// the next task's results. The run directory is new on every start, so a late write by a
     /// dead predecessor's task (one still dying) lands in a directory no task of ours uses, or
     /// fails because it was removed, and never in a slot of ours.
-    pub fn new(owner: PathBuf) -> Arc<Self> {
-        let _ = std::fs::remove_dir_all(&owner);
+    ///
+    /// With a task user in `sandbox`, the run directory belongs to the task user's group, with
+    /// the set-group-id bit, so the worker and its tasks share what is created under it.
+    pub fn new(owner: PathBuf, sandbox: Arc<TaskSandbox>) -> Arc<Self> {
+        if std::fs::remove_dir_all(&owner).is_err() && owner.exists() {
+            // What the predecessor's tasks closed to the worker goes as the task user.
+            let _ = sandbox.reclaim(&owner);
+        }
         let run = ulid::Ulid::new().to_string().to_lowercase();
         let root = owner.join(format!("run-{run}"));
-        Arc::new(Self { root, free: Mutex::new(Vec::new()), created: AtomicUsize::new(0) })
+        Arc::new(Self {
+            root,
+            free: Mutex::new(Vec::new()),
+            created: AtomicUsize::new(0),
+            sandbox,
+            prepared: OnceLock::new(),
+        })
+    }
+
+    /// Creates the run directory: with a task user, the directories above it can be traversed
+    /// (not listed) by it, and the run directory is shared with its group.
+    fn prepare(&self) -> io::Result<()> {
+        if self.prepared.get().is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.root)?;
+        if let Some(user) = self.sandbox.user() {
+            use std::os::unix::fs::PermissionsExt;
+            if let Some(owner) = self.root.parent() {
+                std::fs::set_permissions(owner, std::fs::Permissions::from_mode(0o711))?;
+                if let Some(scratch) = owner.parent() {
+                    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o711))?;
+                }
+            }
+            std::os::unix::fs::chown(&self.root, None, Some(user.gid))?;
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o2770))?;
+        }
+        let _ = self.prepared.set(());
+        Ok(())
     }
 
     /// The directory this run's slots are under.
@@ -51,7 +90,8 @@ impl ScratchSlots {
                 let index = self.created.fetch_add(1, Ordering::Relaxed) + 1;
                 // New slots are new directories: `new` cleared whatever a predecessor left.
                 let path = self.root.join(format!("slot-{index}"));
-                std::fs::create_dir_all(&path)?;
+                self.prepare()?;
+                std::fs::create_dir(&path)?;
                 path
             }
         };
@@ -60,7 +100,9 @@ impl ScratchSlots {
 
     /// Removes the whole pool directory (and the owner's, when nothing else is left in it).
     pub fn remove(&self) {
-        let _ = std::fs::remove_dir_all(&self.root);
+        if std::fs::remove_dir_all(&self.root).is_err() && self.root.exists() {
+            let _ = self.sandbox.reclaim(&self.root);
+        }
         if let Some(owner) = self.root.parent() {
             let _ = std::fs::remove_dir(owner);
         }
@@ -113,9 +155,13 @@ impl Drop for ScratchSlot {
                 }
             }
             Err(error) => {
-                // An unemptiable slot is abandoned; the pool makes a new one.
-                tracing::warn!(%error, path = %path.display(), "could not empty a scratch directory");
-                let _ = std::fs::remove_dir_all(&path);
+                // A task closed part of its slot to the worker: the task user removes it (a
+                // slot is abandoned only when that fails too; the pool makes a new one).
+                if std::fs::remove_dir_all(&path).is_err() && path.exists() {
+                    if let Err(reclaim) = self.pool.sandbox.reclaim(&path) {
+                        tracing::warn!(%error, %reclaim, path = %path.display(), "could not empty a scratch directory");
+                    }
+                }
             }
         }
     }
@@ -128,7 +174,7 @@ mod tests {
     #[test]
     fn slots_are_reused_empty() {
         let root = tempfile::tempdir().expect("temp dir");
-        let pool = ScratchSlots::new(root.path().join("w1"));
+        let pool = ScratchSlots::new(root.path().join("w1"), Default::default());
         let first_path = {
             let slot = pool.acquire().expect("slot");
             std::fs::create_dir_all(slot.join("out/deep")).expect("mkdir");
@@ -158,7 +204,7 @@ mod tests {
         let stale = root.path().join("w1/slot-1/output");
         std::fs::create_dir_all(&stale).expect("mkdir");
         std::fs::write(stale.join("aggregates.csv"), "stale").expect("write");
-        let pool = ScratchSlots::new(root.path().join("w1"));
+        let pool = ScratchSlots::new(root.path().join("w1"), Default::default());
         let slot = pool.acquire().expect("slot");
         assert_eq!(std::fs::read_dir(&*slot).expect("read").count(), 0, "the slot starts empty");
         assert!(!stale.exists(), "the predecessor's slots are gone");
@@ -169,9 +215,9 @@ mod tests {
     #[test]
     fn every_start_gets_fresh_slot_directories() {
         let root = tempfile::tempdir().expect("temp dir");
-        let first = ScratchSlots::new(root.path().join("w1"));
+        let first = ScratchSlots::new(root.path().join("w1"), Default::default());
         let first_slot = first.acquire().expect("slot").to_path_buf();
-        let second = ScratchSlots::new(root.path().join("w1"));
+        let second = ScratchSlots::new(root.path().join("w1"), Default::default());
         let second_slot = second.acquire().expect("slot").to_path_buf();
         assert_ne!(first_slot, second_slot);
         assert_ne!(first.root(), second.root());

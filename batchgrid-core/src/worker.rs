@@ -23,6 +23,7 @@ use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, WorkerRecord};
 use crate::db::now_millis;
 use crate::grid::Grid;
 use crate::processor::command::CommandProcessor;
+use crate::processor::sandbox::TaskSandbox;
 use crate::processor::{Processor, ProcessorRegistry, TaskContext, TaskFailure, TaskOutput};
 use crate::queue::{QueueMessage, Receipt, TaskQueue, MAX_BATCH};
 use crate::scratch::ScratchSlots;
@@ -64,6 +65,8 @@ pub struct WorkerSettings {
     /// How long the completer waits for more finished tasks before recording and deleting, so
     /// acknowledgements go out in fuller batches (each batch is one request on SQS).
     pub completion_linger: Duration,
+    /// How task commands are confined.
+    pub sandbox: Arc<TaskSandbox>,
 }
 
 impl WorkerSettings {
@@ -79,6 +82,7 @@ impl WorkerSettings {
             drain_deadline: Duration::from_secs(30),
             completion_linger: Duration::from_millis(50),
             scratch_dir,
+            sandbox: Arc::default(),
         }
     }
 }
@@ -205,7 +209,7 @@ impl Worker {
     pub fn new(settings: WorkerSettings, grid: Grid, registry: ProcessorRegistry) -> Arc<Self> {
         // Absolute: commands run inside their slot and get paths under it.
         let scratch_root = std::path::absolute(&settings.scratch_dir).unwrap_or_else(|_| settings.scratch_dir.clone());
-        let scratch = ScratchSlots::new(scratch_root.join(sanitize(&settings.id)));
+        let scratch = ScratchSlots::new(scratch_root.join(sanitize(&settings.id)), settings.sandbox.clone());
         Arc::new(Self {
             settings,
             grid,
@@ -653,7 +657,8 @@ impl Worker {
                 .iter()
                 .map(|stage| match &stage.run {
                     StageRun::Command { argv, env } => {
-                        Ok(Arc::new(CommandProcessor::new(argv.clone(), env.clone())) as Arc<dyn Processor>)
+                        Ok(Arc::new(CommandProcessor::new(argv.clone(), env.clone(), self.settings.sandbox.clone()))
+                            as Arc<dyn Processor>)
                     }
                     StageRun::Processor { name, .. } => self.registry.get(name).ok_or_else(|| {
                         TaskFailure::new(format!("no processor named `{name}` is registered with this worker"))

@@ -55,6 +55,8 @@ pub const DEFAULT_SYSUSERS: &str = "\
 u batchgrid - \"batchgrid services\" /var/lib/batchgrid /usr/sbin/nologin
 # The user job tasks run as, never the worker's: no login shell, home `/`, no instance metadata.
 u batchgrid-task - \"batchgrid job tasks\" / /usr/sbin/nologin
+# The worker shares its tasks' group: their scratch directories belong to it.
+m batchgrid batchgrid-task
 ";
 
 /// The rule keeping job tasks (user `batchgrid-task`) from the instance metadata service when

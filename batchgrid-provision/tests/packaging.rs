@@ -253,7 +253,9 @@ fn the_component_installs_as_this_test_does_and_its_steps_pass_shellcheck() {
 }
 
 /// The tasks' user exists on the image beside the units' user: a system user of its own, no
-/// login shell, no home of its own to write to, not in the units' group.
+/// login shell, no home of its own to write to, not in the units' group; the worker is in the
+/// tasks' group (their scratch directories belong to it) and its unit holds exactly the three
+/// capabilities it needs to run tasks as that user.
 #[test]
 fn the_tasks_user_exists_on_the_image_apart_from_the_workers() {
     let root = install_root();
@@ -266,11 +268,22 @@ fn the_tasks_user_exists_on_the_image_apart_from_the_workers() {
     assert_eq!(task[5], "/", "no home of its own: {task:?}");
     let group = entry(root.path(), "group", "batchgrid").expect("batchgrid group");
     assert!(!group.get(3).is_some_and(|members| members.split(',').any(|m| m == TASK_USER)), "{group:?}");
+    let tasks_group = entry(root.path(), "group", TASK_USER).expect("batchgrid-task group");
+    assert!(
+        tasks_group.get(3).is_some_and(|members| members.split(',').any(|m| m == "batchgrid")),
+        "the worker's user is in the tasks' group: {tasks_group:?}"
+    );
 
     // The worker's unit will not start without the rule's unit, nor before it.
     let worker_unit =
         std::fs::read_to_string(project().join("packaging/systemd/batchgrid-worker.service")).expect("unit");
-    for line in ["Requires=batchgrid-task-firewall.service", "After=batchgrid-task-firewall.service"] {
+    for line in [
+        "Requires=batchgrid-task-firewall.service",
+        "After=batchgrid-task-firewall.service",
+        "AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL",
+        "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL",
+        "NoNewPrivileges=true",
+    ] {
         assert!(worker_unit.lines().any(|l| l == line), "the worker unit lacks `{line}`");
     }
     let firewall_unit =

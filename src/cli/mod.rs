@@ -36,7 +36,7 @@ enum Command {
     /// Stage a job's input and enqueue its tasks in an embedded grid, without running them.
     Split(SplitArgs),
     /// Run a worker until SIGTERM, against an embedded grid or a deployed one.
-    Worker(worker::WorkerArgs),
+    Worker(Box<worker::WorkerArgs>),
     /// Serve the job manager's API against a deployed grid until SIGTERM.
     Manager(manager::ManagerArgs),
     /// Submit a job to the manager (a local input is uploaded to the raw bucket first).
@@ -155,7 +155,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             }
             Command::Worker(args) => {
                 init_logging("info");
-                worker::run(args, registry).await
+                worker::run(*args, registry).await
             }
             Command::Manager(args) => {
                 init_logging("info");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::instance::{InstanceAgent, InstanceMetadata, InstanceSettings};
+use batchgrid_core::processor::sandbox::{TaskSandbox, TASK_UMASK};
 use batchgrid_core::processor::ProcessorRegistry;
 use batchgrid_core::worker::{default_worker_id, Worker, WorkerSettings};
 use std::sync::Arc;
@@ -27,6 +28,14 @@ pub struct WorkerArgs {
     /// Where a deployed grid's worker gives tasks their scratch directories.
     #[arg(long, env = env::SCRATCH_DIR, default_value_os_t = std::env::temp_dir().join("batchgrid-scratch"))]
     pub scratch_dir: PathBuf,
+    /// Run task commands as this user (it must differ from the worker's; the worker then needs
+    /// CAP_SETUID, CAP_SETGID and CAP_KILL). Without it, tasks run as the worker's user.
+    #[arg(long, env = env::TASK_USER)]
+    pub task_user: Option<String>,
+    /// Paths task commands may write besides their scratch directory (`:`-separated in the
+    /// environment), such as a shared file system mounted for them.
+    #[arg(long, env = env::TASK_WRITABLE, value_delimiter = ':')]
+    pub task_writable: Vec<PathBuf>,
     /// Tasks run at once (default: the number of cores).
     #[arg(long, env = env::CONCURRENCY)]
     pub concurrency: Option<usize>,
@@ -53,6 +62,11 @@ pub struct WorkerArgs {
     /// Print the configuration the worker would run with (names only, no secrets) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Check that task commands can be sandboxed here as configured (the task user, the file
+    /// confinement; a probe under --scratch-dir), print the outcome and exit: the machine
+    /// image's build runs it.
+    #[arg(long)]
+    pub check_sandbox: bool,
     /// Worker id (default: host, pid and a random suffix).
     #[arg(long)]
     pub id: Option<String>,
@@ -135,6 +149,12 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     if args.print_config {
         return print_config(&args);
     }
+    if args.check_sandbox {
+        let sandbox = task_sandbox(&args, &args.scratch_dir)?;
+        let user = sandbox.user().map(|u| u.name.as_str()).unwrap_or("the worker's");
+        println!("task sandbox works: tasks run as {user} user, files confined: {}", sandbox.confines_files());
+        return Ok(ExitCode::SUCCESS);
+    }
     let (grid, scratch, region) = match &args.state_dir {
         Some(state_dir) => {
             let state_dir = super::run::from_cwd(state_dir);
@@ -152,7 +172,9 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
             (grid, args.scratch_dir.clone(), region)
         }
     };
+    let sandbox = task_sandbox(&args, &scratch)?;
     let mut worker_settings = WorkerSettings::new(args.id.unwrap_or_else(default_worker_id), scratch);
+    worker_settings.sandbox = Arc::new(sandbox);
     if let Some(concurrency) = args.concurrency {
         anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
         worker_settings.concurrency = concurrency;
@@ -190,6 +212,35 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// The worker's task sandbox, checked by running a confined probe before any task. With a task
+/// user, files are shared through its group: the worker's umask lets the group in.
+fn task_sandbox(args: &WorkerArgs, scratch: &std::path::Path) -> anyhow::Result<TaskSandbox> {
+    let writable: Vec<PathBuf> = args.task_writable.iter().filter(|p| !p.as_os_str().is_empty()).cloned().collect();
+    let sandbox = TaskSandbox::new(args.task_user.as_deref(), writable).context("setting up the task sandbox")?;
+    if sandbox.user().is_some() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(TASK_UMASK as nix::libc::mode_t));
+    }
+    std::fs::create_dir_all(scratch)
+        .with_context(|| format!("creating the scratch directory {}", scratch.display()))?;
+    if sandbox.user().is_some() {
+        // The task user reaches its slots through it, without listing it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("opening {} to the task user", scratch.display()))?;
+    }
+    let probe = tempfile::Builder::new()
+        .prefix("sandbox-probe-")
+        .tempdir_in(scratch)
+        .with_context(|| format!("creating a probe directory in {}", scratch.display()))?;
+    sandbox.probe(probe.path()).context("checking the task sandbox")?;
+    tracing::info!(
+        task_user = sandbox.user().map(|u| u.name.as_str()),
+        files_confined = sandbox.confines_files(),
+        "task sandbox checked"
+    );
+    Ok(sandbox)
+}
+
 /// Prints what the worker would run against, resolved exactly as a real start resolves it.
 fn print_config(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let grid = match &args.state_dir {
@@ -200,6 +251,9 @@ fn print_config(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = serde_json::json!({
         "grid": grid,
         "scratch_dir": args.scratch_dir,
+        "task_user": args.task_user,
+        "task_writable": args.task_writable,
+        "task_files": batchgrid_core::processor::sandbox::landlock_status(),
         "drain_deadline": humantime::format_duration(args.drain_deadline).to_string(),
         "visibility_timeout": humantime::format_duration(args.visibility_timeout).to_string(),
         "instance_agent": instance.instance_agent,

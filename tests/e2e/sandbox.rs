@@ -168,7 +168,8 @@ fn a_task_sees_no_secret_of_the_worker() {
     let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(n, _)| n)).collect();
     let allowed = |n: &str| {
         n.starts_with("BATCHGRID_")
-            || ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "STAGE_SETTING", "PWD", "SHLVL", "_", "OLDPWD"].contains(&n)
+            || ["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ", "STAGE_SETTING", "PWD", "SHLVL", "_", "OLDPWD"]
+                .contains(&n)
     };
     assert!(names.iter().all(|n| allowed(n)), "only allowlisted variables: {names:?}");
 }

@@ -8,19 +8,22 @@
 //! object store keeps the object as a local file, the command reads it in place (no copy per
 //! task), so a command must not modify its input.
 //!
-//! The command's environment is built from an allowlist ([`INHERITED_ENV`], `HOME` set to the
-//! scratch directory, the stage's `env`, the `BATCHGRID_*` task variables), never inherited
+//! The command's environment is built from an allowlist ([`INHERITED_ENV`], `HOME` and `TMPDIR`
+//! set to the scratch directory, the stage's `env`, the `BATCHGRID_*` task variables), never inherited
 //! from the worker. It runs under a supervisor that kills everything it started, however
 //! detached, when it exits, times out, is given up, or the worker dies (see
-//! [`super::supervise`]).
+//! [`super::supervise`]), and may write only its scratch directory, as its own user where one is
+//! configured (see [`super::sandbox`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 
+use super::sandbox::TaskSandbox;
 use super::{Processor, TaskContext, TaskFailure, TaskOutput};
 
 /// Bytes of the command's standard error kept for the error text.
@@ -38,12 +41,13 @@ pub const LOG_STREAMS: [&str; 2] = ["stdout.txt", "stderr.txt"];
 pub struct CommandProcessor {
     argv: Vec<String>,
     env: BTreeMap<String, String>,
+    sandbox: Arc<TaskSandbox>,
 }
 
 impl CommandProcessor {
-    /// A processor running `argv` with extra `env`. A bare program name is looked up on
-    /// `PATH` once here rather than on every task.
-    pub fn new(mut argv: Vec<String>, env: BTreeMap<String, String>) -> Self {
+    /// A processor running `argv` with extra `env`, confined by `sandbox`. A bare program name
+    /// is looked up on `PATH` once here rather than on every task.
+    pub fn new(mut argv: Vec<String>, env: BTreeMap<String, String>, sandbox: Arc<TaskSandbox>) -> Self {
         if let Some(program) = argv.first_mut() {
             if !program.contains('/') {
                 let found = std::env::var_os("PATH").and_then(|paths| {
@@ -54,7 +58,7 @@ impl CommandProcessor {
                 }
             }
         }
-        Self { argv, env }
+        Self { argv, env, sandbox }
     }
 }
 
@@ -96,7 +100,12 @@ impl Processor for CommandProcessor {
         tokio::fs::create_dir_all(&output_dir).await.map_err(|e| failure("creating scratch directory", e))?;
 
         let mut bytes_in = 0;
-        let in_place = if ctx.single_input() && ctx.inline.is_none() { ctx.store.local_path(&ctx.input) } else { None };
+        // A task user cannot read the embedded store's files in place; it gets a copy.
+        let in_place = if ctx.single_input() && ctx.inline.is_none() && self.sandbox.user().is_none() {
+            ctx.store.local_path(&ctx.input)
+        } else {
+            None
+        };
         let input_path = if let Some(data) = &ctx.inline {
             // A fixed name, rewritten in place task after task: no inode churn per task.
             let name = ctx.input.rsplit('/').next().unwrap_or_default();
@@ -146,6 +155,7 @@ impl Processor for CommandProcessor {
         command
             .args(args.iter().map(|a| substitute(a)))
             .env("HOME", &ctx.scratch)
+            .env("TMPDIR", &ctx.scratch)
             .envs(&self.env)
             .env("BATCHGRID_INPUT", &input_path)
             .env("BATCHGRID_OUTPUT_DIR", &output_dir)
@@ -160,8 +170,10 @@ impl Processor for CommandProcessor {
             // Not `kill_on_drop`: a SIGKILLed supervisor could not kill what the command
             // started; the guard asks it to (and tokio reaps it once it has exited).
             .process_group(0);
-        super::supervise::die_with_worker(&mut command);
+        let confinement = self.sandbox.for_task(&ctx.scratch).map_err(|e| failure("sandboxing the task", e))?;
+        super::supervise::die_with_worker(&mut command, confinement.confinement());
         let mut child = command.spawn().map_err(|e| failure(&format!("starting `{program}`"), e))?;
+        drop(confinement);
         let mut guard = StopGuard(child.id().and_then(|id| i32::try_from(id).ok()));
 
         // Drain both streams while the command runs (a full pipe would stall it). They are

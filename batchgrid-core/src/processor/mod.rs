@@ -3,6 +3,7 @@
 //! register theirs next to the built-in ones.
 
 pub mod command;
+pub mod sandbox;
 pub mod supervise;
 
 use std::collections::HashMap;

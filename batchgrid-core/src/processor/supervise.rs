@@ -24,13 +24,25 @@
 //! - The worker asks it to stop with SIGTERM; its handler only sets a flag (and interrupts the
 //!   sleep), and `exec` resets the handler to the default in the command.
 //!
+//! - The command's own process then confines itself ([`Confinement`], built by
+//!   [`super::sandbox`]): no new privileges, the task user, its umask, the Landlock ruleset.
+//!   The supervisor stays the worker's user, out of the task's reach.
+//!
 //! Everything in the supervisor runs between `fork` and `exec` of a multi-threaded process,
 //! so it calls only async-signal-safe functions (`fork`, `waitpid`, `getppid`, `nanosleep`,
-//! `kill`, `prctl`, `sigaction`, `open`/`read`/`close`, `_exit`) and never allocates.
+//! `kill`, `prctl`, `sigaction`, `open`/`read`/`close`, `setuid` and kin, `umask`, `syscall`,
+//! `_exit`) and never allocates.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use super::sandbox::Confinement;
+
+/// `prctl` operation on the ambient capability set, and its "clear all" (linux/prctl.h; the
+/// libc crate has them for Android only).
+const PR_CAP_AMBIENT: libc::c_int = 47;
+const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
 
 /// How often the supervisor checks that the worker is alive.
 const POLL: Duration = Duration::from_millis(50);
@@ -43,18 +55,60 @@ extern "C" fn on_stop(_signal: libc::c_int) {
 }
 
 /// Makes `command` run under a supervisor that kills everything it started when it ends, when
-/// [`stop`] is called on the spawned process's id, or when this process dies. The supervisor
-/// should lead a process group of its own (`process_group(0)`), away from the worker's.
-pub fn die_with_worker(command: &mut tokio::process::Command) {
+/// [`stop`] is called on the spawned process's id, or when this process dies, and confined by
+/// `confinement` (whose ruleset descriptor must stay open until the spawn returns). The
+/// supervisor should lead a process group of its own (`process_group(0)`), away from the
+/// worker's. A confinement that cannot be applied fails the spawn with its OS error.
+pub fn die_with_worker(command: &mut tokio::process::Command, confinement: Confinement) {
     let worker = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the forked child before `exec`; it only calls
     // async-signal-safe libc functions on values already on its stack (see the module docs).
     unsafe {
         command.pre_exec(move || {
             supervise(worker);
-            Ok(())
+            confine(&confinement)
         });
     }
+}
+
+/// In the command's process, before `exec`: applies `confinement`. An error (an OS error, no
+/// allocation) makes the spawn fail; the supervisor then sees the command exit and ends too.
+unsafe fn confine(confinement: &Confinement) -> std::io::Result<()> {
+    let check = |result: libc::c_long| if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+    // Nothing the task runs can gain privileges (set-user-id programs, file capabilities);
+    // Landlock requires it too.
+    check(
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+        .into(),
+    )?;
+    if let Some((uid, gid)) = confinement.user {
+        // Group first: after setuid there is no privilege left to change it.
+        check(libc::setgroups(1, &gid).into())?;
+        check(libc::setgid(gid).into())?;
+        check(libc::setuid(uid).into())?;
+        // The worker's ambient capabilities would survive `exec` into the task; older kernels
+        // have none to clear (EINVAL).
+        libc::prctl(
+            PR_CAP_AMBIENT,
+            PR_CAP_AMBIENT_CLEAR_ALL,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+    }
+    if let Some(mask) = confinement.umask {
+        libc::umask(mask as libc::mode_t);
+    }
+    if let Some(ruleset) = confinement.ruleset {
+        check(libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32))?;
+    }
+    Ok(())
 }
 
 /// Asks the supervisor `pid` (the id of the process [`die_with_worker`] spawned) to kill its
@@ -188,4 +242,23 @@ unsafe fn kill_children() {
         libc::kill(pid, libc::SIGKILL);
     }
     libc::close(fd);
+}
+
+/// Runs `program` with `args` in `dir`, confined like a task (no supervisor), and waits for it:
+/// the worker's start-up check that it can sandbox tasks at all.
+pub fn run_confined(
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    dir: &std::path::Path,
+    confinement: Confinement,
+) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(program);
+    command.args(args).current_dir(dir).env_clear().env("PATH", "/usr/bin:/bin").stdin(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before `exec` and calls only
+    // async-signal-safe functions on values on its stack (see `confine`).
+    unsafe {
+        command.pre_exec(move || confine(&confinement));
+    }
+    command.output()
 }

@@ -270,7 +270,11 @@ fn the_built_in_user_matches_the_shipped_sysusers_file() {
     };
     let shipped = std::fs::read_to_string(root().join("packaging").join(names::SYSUSERS)).expect("shipped file");
     assert_eq!(entries(&shipped), entries(DEFAULT_SYSUSERS));
-    assert_eq!(entries(DEFAULT_SYSUSERS).len(), 2, "the units' user and the tasks' user (and their groups)");
+    assert_eq!(
+        entries(DEFAULT_SYSUSERS).len(),
+        3,
+        "the units' user, the tasks' user (and their groups), the first in the second's group"
+    );
 }
 
 /// The built-in task firewall is the shipped one: an image built without the packaging
