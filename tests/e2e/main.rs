@@ -14,4 +14,5 @@ mod resume;
 mod rotation;
 mod sandbox;
 mod shutdown;
+mod task_role;
 mod worker_faults;
