@@ -135,7 +135,7 @@ fn the_built_image_is_read_from_its_parameter() {
 }
 
 /// The user data of a resource (`Fn::Base64: !Sub |` text), as rendered.
-fn user_data<'a>(properties: &'a serde_yaml::Value) -> &'a str {
+fn user_data(properties: &serde_yaml::Value) -> &str {
     let data = &properties["UserData"]["Fn::Base64"];
     let text = match data {
         serde_yaml::Value::Tagged(tagged) => tagged.value.as_str(),
