@@ -53,6 +53,8 @@ pub const TASK_WRITABLE: &str = "BATCHGRID_TASK_WRITABLE";
 pub const DRAIN_DEADLINE: &str = "BATCHGRID_DRAIN_DEADLINE";
 /// The worker group's first instance type (instance-hours of terminated instances count as it).
 pub const INSTANCE_TYPE: &str = "BATCHGRID_INSTANCE_TYPE";
+/// The IAM role whose short-lived credentials a worker gives its tasks (`grid.task_role_arn`).
+pub const TASK_ROLE_ARN: &str = "BATCHGRID_TASK_ROLE_ARN";
 /// Tasks a worker runs at once.
 pub const CONCURRENCY: &str = "BATCHGRID_CONCURRENCY";
 /// Messages a worker receives ahead of its free slots.

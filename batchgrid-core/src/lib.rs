@@ -13,6 +13,7 @@
 //! - [`report`]: the end-of-job report.
 //! - [`grid`]: the backends of one grid, and the embedded grid under a state directory.
 //! - [`smoke`]: the tiny job `batchgrid smoke` runs after a deploy, and the check of its results.
+//! - [`task_role`]: short-lived credentials of the environment's task role, for tasks.
 //! - [`scaling`]: sizes the worker group from the work (the manager drives it on AWS).
 //!
 //! Delivery is at least once; effects are exactly once: results have deterministic keys and
@@ -43,4 +44,5 @@ pub mod spec;
 pub mod split;
 pub mod store;
 pub mod task;
+pub mod task_role;
 pub mod worker;

@@ -29,6 +29,7 @@ use crate::queue::{QueueMessage, Receipt, TaskQueue, MAX_BATCH};
 use crate::scratch::ScratchSlots;
 use crate::spec::{JobSpec, StageFailurePolicy, StageKind, StageRun};
 use crate::task::{output_prefix, spec_key, TaskMessage};
+use crate::task_role::{TaskCredentials, TaskRole};
 
 /// How often a worker re-reads a job's state (to notice cancellation).
 const JOB_STATE_TTL: Duration = Duration::from_secs(2);
@@ -67,6 +68,8 @@ pub struct WorkerSettings {
     pub completion_linger: Duration,
     /// How task commands are confined.
     pub sandbox: Arc<TaskSandbox>,
+    /// The role whose credentials tasks get (`None`: tasks get no AWS credentials).
+    pub task_role: Option<Arc<TaskRole>>,
 }
 
 impl WorkerSettings {
@@ -83,6 +86,7 @@ impl WorkerSettings {
             completion_linger: Duration::from_millis(50),
             scratch_dir,
             sandbox: Arc::default(),
+            task_role: None,
         }
     }
 }
@@ -713,6 +717,12 @@ impl Worker {
         }
     }
 
+    /// The task role's credentials for a task that may run `timeout` (`None` without a role).
+    async fn task_credentials(&self, timeout: Duration) -> Result<Option<Arc<TaskCredentials>>, TaskFailure> {
+        let Some(role) = &self.settings.task_role else { return Ok(None) };
+        role.credentials(timeout).await.map(Some).map_err(|e| TaskFailure::new(e.to_string()))
+    }
+
     /// Runs one delivered message to a completion; never panics on bad payloads.
     async fn handle(&self, source: Source, message: QueueMessage) -> Completion {
         let started_at = now_millis();
@@ -757,6 +767,12 @@ impl Worker {
             return completion;
         };
 
+        // Without the task role's credentials the task does not run: it fails (and is retried)
+        // rather than run with none, let alone the worker's.
+        let (aws, no_credentials) = match self.task_credentials(stage.timeout).await {
+            Ok(aws) => (aws, None),
+            Err(failure) => (None, Some(failure)),
+        };
         let scratch = match self.scratch.acquire() {
             Ok(dir) => dir,
             Err(error) => {
@@ -780,9 +796,14 @@ impl Worker {
             },
             store: self.grid.store.clone(),
             scratch: scratch.to_path_buf(),
+            aws,
         };
-        let processor =
-            processors.get(task.stage as usize).cloned().unwrap_or_else(|| Err(TaskFailure::new("no such stage")));
+        let processor = match no_credentials {
+            Some(failure) => Err(failure),
+            None => {
+                processors.get(task.stage as usize).cloned().unwrap_or_else(|| Err(TaskFailure::new("no such stage")))
+            }
+        };
         let result: Result<TaskOutput, TaskFailure> = match processor {
             Ok(processor) => match tokio::time::timeout(stage.timeout, processor.process(&ctx)).await {
                 Ok(result) => result,

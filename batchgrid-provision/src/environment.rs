@@ -161,6 +161,10 @@ pub struct GridGroup {
     /// (Session Manager). Off by default: that policy also reads any SSM parameter, which a
     /// task on the instance could do too.
     pub shell_access: bool,
+    /// An IAM role for tasks: workers may assume it (and only it) and give each command its
+    /// short-lived credentials. `None` (the default): tasks get no AWS credentials.
+    #[serde(default)]
+    pub task_role_arn: Option<String>,
     /// Target queue backlog per in-service instance of the safety-net scaling policy (the
     /// manager sizes the group itself; see [`GridGroup::target_completion`]).
     pub backlog_per_instance: u32,
@@ -636,6 +640,9 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
     }
     if env.grid.backlog_per_instance == 0 {
         return Err((grid.key("backlog_per_instance"), "must be at least 1".into()));
+    }
+    if let Some(arn) = &env.grid.task_role_arn {
+        batchgrid_core::task_role::check_role_arn(arn).map_err(|m| (grid.key("task_role_arn"), m))?;
     }
     if !(1..=MAX_TASKS_PER_INSTANCE).contains(&env.grid.tasks_per_instance) {
         return Err((grid.key("tasks_per_instance"), format!("must be between 1 and {MAX_TASKS_PER_INSTANCE}")));

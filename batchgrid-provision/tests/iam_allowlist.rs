@@ -1,8 +1,8 @@
 //! Every IAM role the templates create, held against a checked-in allowlist
 //! (`tests/iam_allowlist.yaml`): each role's trusted service, managed policies, and each
 //! statement's effect, actions, resources and condition. The test renders every environment
-//! (and the variants that switch roles and policies on: `grid.shell_access`, enhanced
-//! monitoring) plus the image stack, and fails on anything the allowlist does not name, so a
+//! (and the variants that switch roles and policies on: `grid.shell_access`,
+//! `grid.task_role_arn`, enhanced monitoring) plus the image stack, and fails on anything the allowlist does not name, so a
 //! widening of a role shows in review as a change to that file. It also fails when something
 //! the allowlist names is rendered by no environment, so the list stays true.
 
@@ -14,6 +14,8 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 const ENVIRONMENTS: [&str; 4] = ["local", "dev", "ci", "prod"];
+/// The task role of the `grid.task_role_arn` variant, written `{task_role_arn}` in the allowlist.
+const TASK_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/batch/tasks";
 
 /// The allowlist file's shape.
 #[derive(Debug, Deserialize)]
@@ -80,6 +82,13 @@ fn renders() -> Vec<Rendered> {
         text: render::render(&engine, "dev", &shell).expect("render"),
         stack: render::stack_name("dev", &shell),
     });
+    let mut tasks = environment::load(&project().join("environments"), "dev", &lookup).expect("dev");
+    tasks.grid.task_role_arn = Some(TASK_ROLE_ARN.to_owned());
+    out.push(Rendered {
+        label: "dev with grid.task_role_arn".into(),
+        text: render::render(&engine, "dev", &tasks).expect("render"),
+        stack: render::stack_name("dev", &tasks),
+    });
     out
 }
 
@@ -128,7 +137,10 @@ fn every_role_stays_within_the_checked_in_allowlist() {
 
     for Rendered { label, text, stack } in renders() {
         let one_or_many = |value: &Value| -> Vec<String> {
-            one_or_many(value).into_iter().map(|s| s.replace(&stack, "{stack}")).collect()
+            one_or_many(value)
+                .into_iter()
+                .map(|s| s.replace(&stack, "{stack}").replace(TASK_ROLE_ARN, "{task_role_arn}"))
+                .collect()
         };
         let parsed: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{label}: not YAML: {e}"));
         let Some(resources) = parsed["Resources"].as_mapping() else { panic!("{label}: no Resources") };
@@ -238,6 +250,26 @@ fn every_role_stays_within_the_checked_in_allowlist() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// Workers may assume a role only when the environment names a task role, and then only it.
+#[test]
+fn workers_assume_no_role_unless_a_task_role_is_named() {
+    for rendered in renders() {
+        let parsed: Value = serde_yaml::from_str(&rendered.text).expect("YAML");
+        let policies = &parsed["Resources"]["WorkerRole"]["Properties"]["Policies"];
+        let assumable: Vec<String> = policies
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["PolicyDocument"]["Statement"].as_sequence().cloned().unwrap_or_default())
+            .filter(|s| one_or_many(&s["Action"]).iter().any(|a| a.starts_with("sts:")))
+            .flat_map(|s| one_or_many(&s["Resource"]))
+            .collect();
+        let named = rendered.label.contains("task_role_arn");
+        let expected: Vec<String> = if named { vec![TASK_ROLE_ARN.to_owned()] } else { vec![] };
+        assert_eq!(assumable, expected, "{}", rendered.label);
+    }
 }
 
 /// Workers get no `AmazonSSMManagedInstanceCore` (which reads every SSM parameter) unless the

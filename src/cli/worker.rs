@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use batchgrid_core::aws::task_role::StsAssumer;
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::instance::{InstanceAgent, InstanceMetadata, InstanceSettings};
 use batchgrid_core::processor::sandbox::{TaskSandbox, TASK_UMASK};
 use batchgrid_core::processor::ProcessorRegistry;
+use batchgrid_core::task_role::{check_role_arn, TaskRole};
 use batchgrid_core::worker::{default_worker_id, Worker, WorkerSettings};
 use std::sync::Arc;
 
@@ -59,6 +61,10 @@ pub struct WorkerArgs {
     /// On SIGTERM, how long running tasks may take before they are released.
     #[arg(long, env = env::DRAIN_DEADLINE, default_value = "30s", value_parser = parse_duration)]
     pub drain_deadline: Duration,
+    /// An IAM role for tasks: the worker assumes it and gives each command its short-lived
+    /// credentials as `AWS_*` variables (without it, tasks get no AWS credentials at all).
+    #[arg(long, env = env::TASK_ROLE_ARN)]
+    pub task_role_arn: Option<String>,
     /// Print the configuration the worker would run with (names only, no secrets) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -173,8 +179,16 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
         }
     };
     let sandbox = task_sandbox(&args, &scratch)?;
+    let task_role = task_role_arn(&args)?;
     let mut worker_settings = WorkerSettings::new(args.id.unwrap_or_else(default_worker_id), scratch);
     worker_settings.sandbox = Arc::new(sandbox);
+    if let Some(arn) = task_role {
+        let region = region.as_deref().context("a task role needs a region: --env, BATCHGRID_REGION or AWS_REGION")?;
+        let config = batchgrid_core::aws::sdk_config(region).await;
+        let assumer = StsAssumer::new(batchgrid_core::aws::sts_client(&config, &grid.meter));
+        tracing::info!(role = %arn, "tasks get the task role's credentials");
+        worker_settings.task_role = Some(Arc::new(TaskRole::new(Arc::new(assumer), &arn, &worker_settings.id, region)));
+    }
     if let Some(concurrency) = args.concurrency {
         anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
         worker_settings.concurrency = concurrency;
@@ -241,6 +255,17 @@ fn task_sandbox(args: &WorkerArgs, scratch: &std::path::Path) -> anyhow::Result<
     Ok(sandbox)
 }
 
+/// The task role, checked; an empty value is none (as an unset systemd variable reads).
+fn task_role_arn(args: &WorkerArgs) -> anyhow::Result<Option<String>> {
+    match args.task_role_arn.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(arn) => {
+            check_role_arn(arn).map_err(|m| anyhow::anyhow!("{}: {m}", env::TASK_ROLE_ARN))?;
+            Ok(Some(arn.to_owned()))
+        }
+    }
+}
+
 /// Prints what the worker would run against, resolved exactly as a real start resolves it.
 fn print_config(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let grid = match &args.state_dir {
@@ -260,6 +285,7 @@ fn print_config(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
         "group": instance.group,
         "lifecycle_hook": instance.lifecycle_hook,
         "metadata_endpoint": instance.metadata_endpoint,
+        "task_role_arn": task_role_arn(args)?,
     });
     println!("{}", serde_json::to_string_pretty(&config)?);
     Ok(ExitCode::SUCCESS)

@@ -198,3 +198,27 @@ fn the_managers_user_data_carries_the_sizing_settings() {
     let (_, worker) = env_file(&user_data(&template, &["WorkerLaunchTemplate", "Properties", "LaunchTemplateData"]));
     assert!(!worker.contains_key("BATCHGRID_TARGET_COMPLETION"), "the workers do not size the group");
 }
+
+/// `grid.task_role_arn` reaches the worker as its unit would start it (user data, environment
+/// file, `BATCHGRID_TASK_ROLE_ARN`), and the manager not at all; without it the worker has none.
+#[test]
+fn a_task_role_reaches_the_worker_through_its_user_data() {
+    let engine = batchgrid_provision::render::engine(&root().join("templates")).expect("engine");
+    let lookup = |_: &str| Some("value".to_owned());
+    let mut environment =
+        batchgrid_provision::environment::load(&root().join("environments"), "dev", &lookup).expect("environment");
+    let worker_path = ["WorkerLaunchTemplate", "Properties", "LaunchTemplateData"];
+    let plain = batchgrid_provision::render::render(&engine, "dev", &environment).expect("render");
+    let template: serde_yaml::Value = serde_yaml::from_str(&plain).expect("template YAML");
+    let worker = print_config("batchgrid-worker.service", &user_data(&template, &worker_path));
+    assert!(worker["task_role_arn"].is_null(), "no role named, none used: {worker}");
+
+    let arn = "arn:aws:iam::123456789012:role/batch/tasks";
+    environment.grid.task_role_arn = Some(arn.to_owned());
+    let text = batchgrid_provision::render::render(&engine, "dev", &environment).expect("render");
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template YAML");
+    let worker = print_config("batchgrid-worker.service", &user_data(&template, &worker_path));
+    assert_eq!(worker["task_role_arn"].as_str(), Some(arn), "{worker}");
+    let (_, manager) = env_file(&user_data(&template, &["Manager", "Properties"]));
+    assert!(!manager.contains_key("BATCHGRID_TASK_ROLE_ARN"), "no task runs on the manager");
+}

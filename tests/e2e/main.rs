@@ -14,5 +14,6 @@ mod resume;
 mod rotation;
 mod sandbox;
 mod shutdown;
+mod task_role;
 mod task_sandbox;
 mod worker_faults;

@@ -6,6 +6,7 @@
 
 pub mod metering;
 pub mod secrets;
+pub mod task_role;
 
 use std::time::Duration;
 
@@ -60,6 +61,12 @@ pub fn autoscaling_client(config: &aws_config::SdkConfig, meter: &RequestMeter) 
 pub fn secrets_client(config: &aws_config::SdkConfig, meter: &RequestMeter) -> aws_sdk_secretsmanager::Client {
     let builder = aws_sdk_secretsmanager::config::Builder::from(config).interceptor(metering::interceptor(meter));
     aws_sdk_secretsmanager::Client::from_conf(builder.build())
+}
+
+/// The STS client (task roles).
+pub fn sts_client(config: &aws_config::SdkConfig, meter: &RequestMeter) -> aws_sdk_sts::Client {
+    let builder = aws_sdk_sts::config::Builder::from(config).interceptor(metering::interceptor(meter));
+    aws_sdk_sts::Client::from_conf(builder.build())
 }
 
 /// An SDK error as one line with its causes (the SDK's own `Display` says only "service error").

@@ -157,6 +157,8 @@ impl Processor for CommandProcessor {
             .env("HOME", &ctx.scratch)
             .env("TMPDIR", &ctx.scratch)
             .envs(&self.env)
+            // The task role's credentials, after the stage's `env`: a job cannot replace them.
+            .envs(ctx.aws.iter().flat_map(|aws| aws.env()))
             .env("BATCHGRID_INPUT", &input_path)
             .env("BATCHGRID_OUTPUT_DIR", &output_dir)
             .env("BATCHGRID_JOB_ID", &ctx.job_id)

@@ -40,6 +40,8 @@ pub struct TaskContext {
     pub store: Arc<dyn ObjectStore>,
     /// An empty directory for scratch files, emptied by the caller after the task.
     pub scratch: PathBuf,
+    /// The task role's credentials, when the worker has a task role (never the worker's own).
+    pub aws: Option<Arc<crate::task_role::TaskCredentials>>,
 }
 
 impl TaskContext {

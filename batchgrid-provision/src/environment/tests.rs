@@ -26,6 +26,7 @@ fn every_shipped_environment_loads() {
             assert!(!env.storage.access_logs && env.analytics.enhanced_monitoring_seconds == 0);
         }
         assert!(!env.grid.shell_access, "no environment opens shells on workers by default");
+        assert_eq!(env.grid.task_role_arn, None, "tasks get no AWS credentials unless a role is named");
     }
 }
 
@@ -112,6 +113,27 @@ fn impossible_values_are_rejected() {
         let line = error(|b| b, overrides);
         assert!(line.contains(&format!(": {key}: ")), "{overrides:?} -> {line}");
     }
+}
+
+#[test]
+fn a_task_role_must_be_an_iam_role_arn_named_with_file_and_line() {
+    let line =
+        error(|b| b, "region: eu-west-1\ngrid:\n  max_size: 4\n  task_role_arn: arn:aws:iam::12345:user/tasks\n");
+    assert!(
+        line.starts_with("test.yaml:4:3: grid.task_role_arn: `arn:aws:iam::12345:user/tasks` is not an IAM role ARN"),
+        "{line}"
+    );
+    let line = error(|b| b, "grid:\n  task_role_arn: [arn]\n");
+    assert!(line.starts_with("test.yaml:2:3: grid.task_role_arn: invalid type"), "{line}");
+    let arn = "arn:aws:iam::123456789012:role/batch/tasks";
+    let env = load_with(|b| b, &format!("grid:\n  task_role_arn: {arn}\n")).expect("a role");
+    assert_eq!(env.grid.task_role_arn.as_deref(), Some(arn));
+    let unset = load_with(
+        |b| b.replace("task_role_arn: null", &format!("task_role_arn: {arn}")),
+        "grid:\n  task_role_arn: null\n",
+    )
+    .expect("an override unsets the base's role");
+    assert_eq!(unset.grid.task_role_arn, None);
 }
 
 #[test]

@@ -133,3 +133,68 @@ fn the_built_image_is_read_from_its_parameter() {
     std::fs::write(&file, &text).expect("write");
     assert_cfn_lint_clean(&[file]);
 }
+
+/// The user data of a resource (`Fn::Base64: !Sub |` text), as rendered.
+fn user_data(properties: &serde_yaml::Value) -> &str {
+    let data = &properties["UserData"]["Fn::Base64"];
+    let text = match data {
+        serde_yaml::Value::Tagged(tagged) => tagged.value.as_str(),
+        other => other.as_str(),
+    };
+    text.unwrap_or_else(|| panic!("no user data in {properties:?}"))
+}
+
+/// `grid.task_role_arn`: the worker role may assume exactly that role (no other `sts:` action,
+/// no session tags), its user data names it, the manager's does not; without it neither
+/// appears. The stack names its worker role for the task role's trust policy. cfn-lint and
+/// checkov pass on the render with the role.
+#[test]
+fn a_task_role_is_assumable_only_when_named_and_only_that_one() {
+    let templates = root().join("templates");
+    let engine = engine(&templates).expect("engine");
+    let mut env = load(&root().join("environments"), "dev", &lookup).expect("environment");
+    let sts_statements = |text: &str| -> (Vec<serde_yaml::Value>, serde_yaml::Value) {
+        let parsed: serde_yaml::Value = serde_yaml::from_str(text).expect("YAML");
+        let worker = &parsed["Resources"]["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"];
+        let statements = worker.as_sequence().expect("statements").clone();
+        let sts = statements.into_iter().filter(|s| format!("{:?}", s["Action"]).contains("sts:")).collect();
+        (sts, parsed)
+    };
+
+    let plain = render(&engine, "dev", &env).expect("render");
+    let (sts, parsed) = sts_statements(&plain);
+    assert!(sts.is_empty(), "no role to assume, no sts: action: {sts:?}");
+    let resources = &parsed["Resources"];
+    assert!(!user_data(&resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]).contains("TASK_ROLE"));
+    assert_eq!(
+        parsed["Outputs"]["WorkerRoleArn"]["Value"],
+        serde_yaml::from_str::<serde_yaml::Value>("!GetAtt WorkerRole.Arn").expect("tag")
+    );
+
+    let arn = "arn:aws:iam::123456789012:role/batch/tasks";
+    env.grid.task_role_arn = Some(arn.to_owned());
+    let with_role = render(&engine, "dev", &env).expect("render");
+    let (sts, parsed) = sts_statements(&with_role);
+    assert_eq!(sts.len(), 1, "{sts:?}");
+    assert_eq!(sts[0]["Sid"].as_str(), Some("AssumeTaskRole"));
+    assert_eq!(sts[0]["Effect"].as_str(), Some("Allow"));
+    assert_eq!(sts[0]["Action"].as_str(), Some("sts:AssumeRole"), "only AssumeRole: no TagSession, no wildcard");
+    assert_eq!(sts[0]["Resource"].as_str(), Some(arn), "that role and no other");
+    let resources = &parsed["Resources"];
+    let worker = user_data(&resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]);
+    assert!(worker.lines().any(|l| l.trim() == format!("BATCHGRID_TASK_ROLE_ARN={arn}")), "{worker}");
+    assert!(!user_data(&resources["Manager"]["Properties"]).contains("TASK_ROLE"), "no task runs on the manager");
+    let without = plain.lines().count();
+    assert_eq!(
+        with_role.lines().count(),
+        without + 7,
+        "the statement, its comment and the user data line, nothing else"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("dev-task-role.yaml");
+    std::fs::write(&file, &with_role).expect("write");
+    assert_cfn_lint_clean(std::slice::from_ref(&file));
+    crate::render::assert_checkov_skips_explained("dev with a task role", &with_role);
+    crate::render::assert_checkov_clean(&[file]);
+}
