@@ -50,7 +50,7 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV    := $(HOME)/.cache/batchgrid/checkov-venv
 CHECKOV         := $(CHECKOV_VENV)/bin/checkov
 
-tools: ## install the test tools that do not come with cargo (cfn-lint, moto from PyPI; checkov pinned in its own venv; systemd, shellcheck, nftables from apt)
+tools: ## install the test tools that do not come with cargo (cfn-lint, moto from PyPI; checkov pinned in its own venv; systemd, shellcheck, nftables, openssl from apt)
 	@command -v cfn-lint >/dev/null || { echo "installing cfn-lint (pip)..."; python3 -m pip install --quiet 'cfn-lint>=1.20'; }
 	@command -v moto_server >/dev/null || { echo "installing moto[server], the local AWS emulator (pip)..."; python3 -m pip install --quiet 'moto[server]>=5'; }
 	@command -v pyenv >/dev/null && pyenv rehash || true
@@ -59,6 +59,8 @@ tools: ## install the test tools that do not come with cargo (cfn-lint, moto fro
 	@command -v shellcheck >/dev/null || { echo "installing shellcheck (apt)..."; (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null; }
 	@# The fault tests start, stop and restart throwaway PostgreSQL clusters of their own.
 	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { echo "installing postgresql (apt: initdb and pg_ctl for the tests' throwaway clusters)..."; (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null; }
+	@# The database TLS tests make their certificate authorities with openssl, which also checks the image's RDS bundle.
+	@command -v openssl >/dev/null || { echo "installing openssl (apt: test certificates, the image's bundle check)..."; (apt-get update -qq && apt-get install -y -qq openssl) >/dev/null; }
 	@# The image's firewall rule (no instance metadata for tasks) is checked with nft itself.
 	@command -v nft >/dev/null || { echo "installing nftables (apt: nft, to check the image's firewall rule)..."; (apt-get update -qq && apt-get install -y -qq nftables) >/dev/null; }
 	@[ "$$($(CHECKOV) --version 2>/dev/null)" = "$(CHECKOV_VERSION)" ] || { \

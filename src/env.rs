@@ -25,6 +25,9 @@ pub const DATABASE_SECRET_ARN: &str = "BATCHGRID_DATABASE_SECRET_ARN";
 /// TLS to the database named by host and secret: `require` (default), `verify-ca`,
 /// `verify-full`, `prefer` or `disable` (a PostgreSQL on loopback).
 pub const DATABASE_SSLMODE: &str = "BATCHGRID_DATABASE_SSLMODE";
+/// A PEM file of the certificate authorities `verify-ca` and `verify-full` trust (the image
+/// installs RDS's global bundle as `/etc/batchgrid/rds-ca.pem`); required by those modes.
+pub const DATABASE_SSLROOTCERT: &str = "BATCHGRID_DATABASE_SSLROOTCERT";
 /// A PostgreSQL URL (an external analytics database; overrides the stack's RDS).
 pub const DATABASE_URL: &str = "BATCHGRID_DATABASE_URL";
 /// The manager API's bearer token.

@@ -115,8 +115,9 @@ pub enum DatabaseSource {
         host: String,
         /// The ARN of the RDS-managed master user secret.
         secret_arn: String,
-        /// TLS to the database (`require` on RDS; `disable` for a PostgreSQL on loopback).
-        ssl_mode: crate::analytics::credentials::SslMode,
+        /// TLS to the database (`verify-full` with the RDS bundle on the grid's instances;
+        /// `disable` for a PostgreSQL on loopback).
+        tls: crate::analytics::tls::DatabaseTls,
     },
 }
 
@@ -153,8 +154,8 @@ impl Grid {
         let chain = crate::queue::SqsQueue::open(sqs, &settings.output_queue_url).await?;
         let credentials: Arc<dyn crate::analytics::credentials::CredentialsSource> = match &settings.database {
             DatabaseSource::Url(url) => Arc::new(crate::analytics::credentials::FixedUrl::parse(url.expose())?),
-            DatabaseSource::Rds { host, secret_arn, ssl_mode } => Arc::new(
-                aws::secrets::DatabaseSecret::new(aws::secrets_client(&config, &meter), secret_arn, host, *ssl_mode)
+            DatabaseSource::Rds { host, secret_arn, tls } => Arc::new(
+                aws::secrets::DatabaseSecret::new(aws::secrets_client(&config, &meter), secret_arn, host, tls.clone())
                     .map_err(|e| GridError::Settings(e.to_string()))?,
             ),
         };

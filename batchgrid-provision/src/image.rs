@@ -37,6 +37,14 @@ pub mod names {
     pub const TASK_FIREWALL: &str = "nftables/batchgrid-task.nft";
 }
 
+/// Where the component installs RDS's global certificate bundle, the authorities the runtime
+/// checks the database's certificate against (`BATCHGRID_DATABASE_SSLROOTCERT` in the defaults).
+pub const DATABASE_CA_BUNDLE: &str = "/etc/batchgrid/rds-ca.pem";
+
+/// Where the component downloads that bundle at build time: AWS's documented address of the
+/// bundle for every commercial Region ("Certificate bundles by AWS Region", RDS user guide).
+pub const DATABASE_CA_URL: &str = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem";
+
 /// The default configuration installed with the binary when the packaging folder has none:
 /// what every role shares. The instance's user data writes the stack's names to
 /// `/etc/batchgrid/ROLE.env`, which the units read after this file, so those values win.
@@ -46,6 +54,10 @@ pub const DEFAULT_CONFIG: &str = "\
 # that file after this one, so its values win.
 BATCHGRID_LOG=info
 BATCHGRID_LOG_FORMAT=json
+# The database's certificate is checked, host name included, against the RDS bundle the
+# image installs.
+BATCHGRID_DATABASE_SSLMODE=verify-full
+BATCHGRID_DATABASE_SSLROOTCERT=/etc/batchgrid/rds-ca.pem
 ";
 
 /// The units' system user when the packaging folder has no sysusers.d file (the same line as

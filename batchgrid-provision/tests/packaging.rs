@@ -230,7 +230,12 @@ fn the_component_installs_as_this_test_does_and_its_steps_pass_shellcheck() {
     for command in INSTALL_COMMANDS {
         assert!(install.lines().any(|l| l == command), "the component no longer runs `{command}`:\n{install}");
     }
-    for (name, expected) in [("validate/User", "id -u batchgrid"), ("validate/Units", "systemd-analyze verify")] {
+    for (name, expected) in [
+        ("validate/User", "id -u batchgrid"),
+        ("validate/Units", "systemd-analyze verify"),
+        ("build/DatabaseCa", image::DATABASE_CA_URL),
+        ("validate/DatabaseCa", "openssl pkcs7 -print_certs"),
+    ] {
         let step = &steps.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} step")).1;
         assert!(step.contains(expected), "{name}: {step}");
     }
@@ -342,4 +347,65 @@ kill %1
     );
     assert!(said.contains("root: connected"), "the worker's side must still reach the address: {said}");
     assert!(said.contains("nobody: refused"), "the tasks' user reached the metadata address: {said}");
+}
+
+/// The value `packaging/defaults.env` gives `key`.
+fn default_setting(key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(project().join("packaging").join(image::names::CONFIG)).expect("defaults.env");
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::to_owned)
+}
+
+/// Runs the component's validate/DatabaseCa step on `bundle` instead of the image's path.
+fn check_bundle(step: &str, bundle: &Path) -> Output {
+    let script = step.replace(image::DATABASE_CA_BUNDLE, &bundle.display().to_string());
+    assert_ne!(script, step, "the step checks {}", image::DATABASE_CA_BUNDLE);
+    run("bash", "bash", &["-c", &script])
+}
+
+/// The RDS bundle: the component downloads it from AWS's address to the very path the
+/// defaults point the runtime at (with verify-full), and its validate step, run here on
+/// stand-in files, accepts a PEM bundle of certificates and refuses anything else.
+#[test]
+fn the_rds_bundle_lands_where_the_defaults_point_and_its_check_can_fail() {
+    assert_eq!(default_setting("BATCHGRID_DATABASE_SSLMODE").as_deref(), Some("verify-full"));
+    assert_eq!(default_setting("BATCHGRID_DATABASE_SSLROOTCERT").as_deref(), Some(image::DATABASE_CA_BUNDLE));
+    let steps = component_steps();
+    let step = |name: &str| steps.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} step")).1.clone();
+    let download = step("build/DatabaseCa");
+    assert!(download.contains(&format!("--output /tmp/rds-ca.pem {}", image::DATABASE_CA_URL)), "{download}");
+    assert!(
+        download.contains("--fail") && download.contains("--proto '=https'"),
+        "HTTPS only, errors fail: {download}"
+    );
+    let install = format!("install -m 0644 /tmp/rds-ca.pem {}", image::DATABASE_CA_BUNDLE);
+    assert!(download.lines().any(|l| l == install), "{download}");
+    // Installed after /etc/batchgrid exists (the Install step makes it).
+    let order: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+    let position = |name: &str| order.iter().position(|n| *n == name).unwrap_or_else(|| panic!("{name}"));
+    assert!(position("build/Install") < position("build/DatabaseCa"), "{order:?}");
+
+    let validate = step("validate/DatabaseCa");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (first, second) =
+        (batchgrid_testkit::tls::TestCa::new("ca one"), batchgrid_testkit::tls::TestCa::new("ca two"));
+    let bundle = dir.path().join("bundle.pem");
+    let pem = |ca: &batchgrid_testkit::tls::TestCa| std::fs::read_to_string(ca.cert()).expect("CA certificate");
+    std::fs::write(&bundle, format!("{}{}", pem(&first), pem(&second))).expect("bundle");
+    let accepted = check_bundle(&validate, &bundle);
+    assert!(accepted.status.success(), "a bundle of two certificates: {}", text(&accepted));
+    assert!(text(&accepted).contains("holds 2 certificates"), "{}", text(&accepted));
+
+    let corrupt = pem(&first).replacen("\n", "\n!!", 1).replace("M", "A");
+    for (name, content) in [
+        ("empty", String::new()),
+        ("an HTML error page", "<html><body>Access Denied</body></html>\n".to_owned()),
+        ("a damaged certificate", corrupt),
+        ("a private key", std::fs::read_to_string(first.issue(&["x"]).key).expect("key")),
+    ] {
+        std::fs::write(&bundle, content).expect("write");
+        let refused = check_bundle(&validate, &bundle);
+        assert!(!refused.status.success(), "the check accepted {name}: {}", text(&refused));
+    }
+    std::fs::remove_file(&bundle).expect("remove");
+    assert!(!check_bundle(&validate, &bundle).status.success(), "the check accepted a missing bundle");
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use batchgrid_core::analytics::credentials::SslMode;
+use batchgrid_core::analytics::tls::DatabaseTls;
 use batchgrid_core::grid::{AwsGridSettings, DatabaseSource};
 use batchgrid_core::secret::Secret;
 
@@ -57,9 +59,12 @@ impl Stack {
         let settings = &self.settings;
         let database = match &settings.database {
             DatabaseSource::Url(_) => serde_json::json!({ "url": format!("(from {}, not shown)", env::DATABASE_URL) }),
-            DatabaseSource::Rds { host, secret_arn, ssl_mode } => {
-                serde_json::json!({ "host": host, "secret_arn": secret_arn, "sslmode": ssl_mode.as_str() })
-            }
+            DatabaseSource::Rds { host, secret_arn, tls } => serde_json::json!({
+                "host": host,
+                "secret_arn": secret_arn,
+                "sslmode": tls.mode().as_str(),
+                "sslrootcert": tls.root_cert(),
+            }),
         };
         serde_json::json!({
             "region": settings.region,
@@ -119,13 +124,7 @@ impl StackArgs {
         let arn = variable(env::DATABASE_SECRET_ARN).or_else(|| values.get("DatabaseSecretArn").cloned());
         let database = match (variable(env::DATABASE_URL), host, arn) {
             (Some(url), _, _) => DatabaseSource::Url(Secret::new(url)),
-            (None, Some(host), Some(secret_arn)) => {
-                let ssl_mode = match variable(env::DATABASE_SSLMODE) {
-                    Some(mode) => mode.parse().map_err(|e| anyhow::anyhow!("{}: {e}", env::DATABASE_SSLMODE))?,
-                    None => Default::default(),
-                };
-                DatabaseSource::Rds { host, secret_arn, ssl_mode }
-            }
+            (None, Some(host), Some(secret_arn)) => DatabaseSource::Rds { host, secret_arn, tls: database_tls()? },
             _ => anyhow::bail!(
                 "{origin} names no database (analytics.provider external): set {} to a PostgreSQL URL, or {} and {} \
                  to a host and a credentials secret",
@@ -150,6 +149,23 @@ impl StackArgs {
             },
         })
     }
+}
+
+/// TLS to the database from `BATCHGRID_DATABASE_SSLMODE` (default `require`) and
+/// `BATCHGRID_DATABASE_SSLROOTCERT`, the bundle read now: a verifying mode without a readable
+/// one stops the process at startup, naming the setting, rather than trusting something else.
+fn database_tls() -> anyhow::Result<DatabaseTls> {
+    let mode: SslMode = match variable(env::DATABASE_SSLMODE) {
+        Some(mode) => mode.parse().map_err(|e| anyhow::anyhow!("{}: {e}", env::DATABASE_SSLMODE))?,
+        None => SslMode::default(),
+    };
+    let root_cert = variable(env::DATABASE_SSLROOTCERT).map(PathBuf::from);
+    DatabaseTls::new(mode, root_cert.as_deref()).with_context(|| match &root_cert {
+        Some(path) => {
+            format!("{}={} ({}={})", env::DATABASE_SSLROOTCERT, path.display(), env::DATABASE_SSLMODE, mode.as_str())
+        }
+        None => format!("{}={} without {}", env::DATABASE_SSLMODE, mode.as_str(), env::DATABASE_SSLROOTCERT),
+    })
 }
 
 /// The scaling settings an environment file gives the manager.

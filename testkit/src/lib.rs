@@ -5,6 +5,7 @@ pub mod metadata;
 pub mod moto;
 pub mod postgres;
 pub mod proxy;
+pub mod tls;
 
 pub use metadata::MetadataServer;
 pub use moto::Moto;

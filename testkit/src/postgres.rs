@@ -69,6 +69,16 @@ impl TestDatabase {
         }
     }
 
+    /// Starts a throwaway cluster (trust authentication) that offers TLS with `server`'s
+    /// certificate and key (`ssl = on`; clients may still connect without TLS), and creates a
+    /// database on it; panics if `initdb` and `pg_ctl` cannot be found or fail.
+    pub fn with_tls(server: &crate::tls::ServerCert) -> Self {
+        match Cluster::start_with(None, false, Some(server)) {
+            Ok(cluster) => Self::create(cluster.url(), Some(cluster)),
+            Err(error) => panic!("no throwaway PostgreSQL cluster with TLS ({error}). To fix, {INSTALL_HINT}."),
+        }
+    }
+
     /// Always starts a throwaway cluster (trust authentication) of the test's own, which
     /// [`TestDatabase::stop`] and [`TestDatabase::start`] can take away and bring back. Its
     /// commits are synchronous, as on RDS: a commit acknowledged before a stop survives it
@@ -257,6 +267,11 @@ struct Cluster {
 impl Cluster {
     /// `durable`: commits are acknowledged only once written, so an immediate stop loses none.
     fn start(password: Option<&str>, durable: bool) -> Result<Self, String> {
+        Self::start_with(password, durable, None)
+    }
+
+    /// [`Cluster::start`], offering TLS with `tls`'s certificate when given.
+    fn start_with(password: Option<&str>, durable: bool, tls: Option<&crate::tls::ServerCert>) -> Result<Self, String> {
         let bin = server_binaries().ok_or("`initdb` and `pg_ctl` are not in PATH nor in /usr/lib/postgresql/*/bin")?;
         let dir = tempfile::Builder::new()
             .prefix("batchgrid-pg-")
@@ -292,6 +307,21 @@ impl Cluster {
         // fsync off still writes the WAL to the kernel at commit, which a server crash keeps;
         // asynchronous commit does not even write it.
         settings.push_str(if durable { "synchronous_commit = on\n" } else { "synchronous_commit = off\n" });
+        if let Some(tls) = tls {
+            // The server's default file names, in its data directory; the key must belong to
+            // the server's user and be private to it, or the server refuses to start.
+            for (from, to) in [(&tls.cert, "server.crt"), (&tls.key, "server.key")] {
+                let target = cluster.data.join(to);
+                std::fs::copy(from, &target).map_err(|e| format!("copying {} to {}: {e}", from.display(), to))?;
+                std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .map_err(|e| format!("chmod {to}: {e}"))?;
+                if cluster.as_postgres {
+                    let (uid, gid) = postgres_ids()?;
+                    std::os::unix::fs::chown(&target, Some(uid), Some(gid)).map_err(|e| format!("chown {to}: {e}"))?;
+                }
+            }
+            settings.push_str("ssl = on\n");
+        }
         let conf = cluster.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).map_err(|e| format!("reading {}: {e}", conf.display()))?;
         text.push_str(&settings);
@@ -415,8 +445,8 @@ fn runuser() -> Option<PathBuf> {
     in_path.or_else(|| ["/usr/sbin/runuser", "/sbin/runuser"].into_iter().map(PathBuf::from).find(|p| p.is_file()))
 }
 
-/// Gives `dir` to the `postgres` user, who will own the cluster in it.
-fn hand_to_postgres_user(dir: &Path) -> Result<(), String> {
+/// The `postgres` user's uid and gid.
+fn postgres_ids() -> Result<(u32, u32), String> {
     let id = |flag: &str| -> Result<u32, String> {
         let output = Command::new("id").args([flag, "postgres"]).output().map_err(|e| format!("cannot run id: {e}"))?;
         check("id", &output).map_err(|_| {
@@ -424,7 +454,13 @@ fn hand_to_postgres_user(dir: &Path) -> Result<(), String> {
         })?;
         String::from_utf8_lossy(&output.stdout).trim().parse().map_err(|e| format!("id {flag} postgres: {e}"))
     };
-    std::os::unix::fs::chown(dir, Some(id("-u")?), Some(id("-g")?))
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// Gives `dir` to the `postgres` user, who will own the cluster in it.
+fn hand_to_postgres_user(dir: &Path) -> Result<(), String> {
+    let (uid, gid) = postgres_ids()?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
         .map_err(|e| format!("cannot give {} to the postgres user: {e}", dir.display()))
 }
 

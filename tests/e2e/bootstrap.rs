@@ -81,7 +81,9 @@ fn unit(name: &str) -> (Vec<String>, Vec<String>) {
 }
 
 /// Runs the unit's command with the environment the unit would give it, plus `--print-config`.
-fn print_config(unit_name: &str, script: &str) -> serde_json::Value {
+/// The image's RDS bundle (not on this machine) is stood in for by `bundle`, once the defaults
+/// are shown to point where the image installs it.
+fn print_config(unit_name: &str, script: &str, bundle: &Path) -> serde_json::Value {
     let (path, values) = env_file(script);
     let (files, args) = unit(unit_name);
     assert!(files.contains(&path), "{unit_name} reads {files:?}, the user data writes {path}");
@@ -91,7 +93,12 @@ fn print_config(unit_name: &str, script: &str) -> serde_json::Value {
     command.env_clear().env("PATH", crate::harness::path_env()).env("AWS_EC2_METADATA_DISABLED", "true");
     for line in defaults.lines().filter(|l| !l.starts_with('#') && l.contains('=')) {
         let (key, value) = line.split_once('=').expect("KEY=VALUE");
-        command.env(key, value);
+        if key == "BATCHGRID_DATABASE_SSLROOTCERT" {
+            assert_eq!(value, batchgrid_provision::image::DATABASE_CA_BUNDLE, "the bundle the image installs");
+            command.env(key, bundle);
+        } else {
+            command.env(key, value);
+        }
     }
     let output = command.envs(&values).args(&args).arg("--print-config").output().expect("run batchgrid");
     assert!(output.status.success(), "{unit_name}: {}", String::from_utf8_lossy(&output.stderr));
@@ -101,6 +108,8 @@ fn print_config(unit_name: &str, script: &str) -> serde_json::Value {
 #[test]
 fn user_data_and_units_start_the_services_with_the_stacks_names() {
     let engine = batchgrid_provision::render::engine(&root().join("templates")).expect("engine");
+    let ca = batchgrid_testkit::tls::TestCa::new("stand-in for the RDS bundle");
+    let bundle = ca.cert();
     for name in ["dev", "ci", "prod"] {
         let lookup = |_: &str| Some("value".to_owned());
         let environment =
@@ -109,14 +118,16 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template YAML");
 
         let script = user_data(&template, &["WorkerLaunchTemplate", "Properties", "LaunchTemplateData"]);
-        let worker = print_config("batchgrid-worker.service", &script);
+        let worker = print_config("batchgrid-worker.service", &script, &bundle);
         assert_eq!(worker["grid"]["region"], "eu-west-1", "{name}: {worker}");
         assert_eq!(worker["grid"]["input_queue_url"], "value-of-InputQueue");
         assert_eq!(worker["grid"]["output_queue_url"], "value-of-OutputQueue");
         assert_eq!(worker["grid"]["results_bucket"], "value-of-ResultsBucket");
         assert_eq!(worker["grid"]["database"]["host"], "value-of-Database.Endpoint.Address");
         assert_eq!(worker["grid"]["database"]["secret_arn"], "value-of-Database.MasterUserSecret.SecretArn");
-        assert_eq!(worker["grid"]["database"]["sslmode"], "require", "RDS is reached over TLS by default");
+        let database = &worker["grid"]["database"];
+        assert_eq!(database["sslmode"], "verify-full", "RDS's certificate and name are checked: {database}");
+        assert_eq!(database["sslrootcert"].as_str(), bundle.to_str(), "against the image's bundle");
         assert_eq!(worker["instance_agent"], true);
         let group = template["Resources"]["WorkerGroup"]["Properties"]["AutoScalingGroupName"].as_str();
         assert_eq!(worker["group"].as_str(), group, "{name}: the agent protects instances of the stack's group");
@@ -129,7 +140,7 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         assert_eq!(worker["scratch_dir"], "/var/lib/batchgrid/scratch");
 
         let script = user_data(&template, &["Manager", "Properties"]);
-        let manager = print_config("batchgrid-manager.service", &script);
+        let manager = print_config("batchgrid-manager.service", &script, &bundle);
         assert_eq!(manager["input_queue_url"], "value-of-InputQueue", "{name}: {manager}");
         assert_eq!(manager["api_token"]["secret_arn"], "value-of-ApiToken", "the token comes from its secret");
         assert_eq!(manager["listen"], "127.0.0.1:8080", "private: reached through an SSM port forward");
@@ -221,4 +232,47 @@ fn a_task_role_reaches_the_worker_through_its_user_data() {
     assert_eq!(worker["task_role_arn"].as_str(), Some(arn), "{worker}");
     let (_, manager) = env_file(&user_data(&template, &["Manager", "Properties"]));
     assert!(!manager.contains_key("BATCHGRID_TASK_ROLE_ARN"), "no task runs on the manager");
+}
+
+/// A verifying mode without a readable bundle stops the service at startup, naming the
+/// setting; nothing falls back to another trust store. `disable` (the local stack) needs none.
+#[test]
+fn a_verifying_mode_without_a_readable_bundle_is_refused_at_startup() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").expect("write");
+    let missing = dir.path().join("missing.pem");
+    let run = |mode: &str, root_cert: Option<&Path>| {
+        let mut command = batchgrid();
+        command
+            .env_clear()
+            .env("PATH", crate::harness::path_env())
+            .env("BATCHGRID_REGION", "eu-west-1")
+            .env("BATCHGRID_RAW_BUCKET", "raw")
+            .env("BATCHGRID_RESULTS_BUCKET", "results")
+            .env("BATCHGRID_INPUT_QUEUE_URL", "http://queue/in")
+            .env("BATCHGRID_OUTPUT_QUEUE_URL", "http://queue/out")
+            .env("BATCHGRID_DATABASE_HOST", "db.example")
+            .env("BATCHGRID_DATABASE_SECRET_ARN", "arn:secret")
+            .env("BATCHGRID_DATABASE_SSLMODE", mode);
+        if let Some(path) = root_cert {
+            command.env("BATCHGRID_DATABASE_SSLROOTCERT", path);
+        }
+        command.args(["worker", "--print-config"]).output().expect("run batchgrid")
+    };
+    for (mode, root_cert, names) in [
+        ("verify-full", None, vec!["BATCHGRID_DATABASE_SSLROOTCERT", "verify-full"]),
+        ("verify-ca", None, vec!["BATCHGRID_DATABASE_SSLROOTCERT", "verify-ca"]),
+        ("verify-full", Some(missing.as_path()), vec!["BATCHGRID_DATABASE_SSLROOTCERT", "missing.pem"]),
+        ("verify-full", Some(empty.as_path()), vec!["BATCHGRID_DATABASE_SSLROOTCERT", "no PEM certificate"]),
+    ] {
+        let output = run(mode, root_cert);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{mode} {root_cert:?} started: {}", String::from_utf8_lossy(&output.stdout));
+        for name in names {
+            assert!(stderr.contains(name), "{mode} {root_cert:?}: the error names {name}: {stderr}");
+        }
+    }
+    let output = run("disable", None);
+    assert!(output.status.success(), "disable needs no bundle: {}", String::from_utf8_lossy(&output.stderr));
 }

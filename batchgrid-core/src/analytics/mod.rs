@@ -26,6 +26,8 @@ pub mod credentials;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
+#[cfg(feature = "postgres")]
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -76,21 +76,21 @@ pub struct DatabaseSecret {
     arn: String,
     host: String,
     port: Option<u16>,
-    ssl_mode: crate::analytics::credentials::SslMode,
+    tls: crate::analytics::tls::DatabaseTls,
 }
 
 #[cfg(feature = "postgres")]
 impl DatabaseSecret {
-    /// The secret `arn`, for the database at `host` (`name` or `name:port`), over `ssl_mode`.
+    /// The secret `arn`, for the database at `host` (`name` or `name:port`), over `tls`.
     pub fn new(
         client: aws_sdk_secretsmanager::Client,
         arn: &str,
         host: &str,
-        ssl_mode: crate::analytics::credentials::SslMode,
+        tls: crate::analytics::tls::DatabaseTls,
     ) -> Result<Self, SecretError> {
         let (host, port) = split_host_port(host)
             .map_err(|_| SecretError::Shape { arn: arn.to_owned(), expected: "used with a host or host:port" })?;
-        Ok(Self { client, arn: arn.to_owned(), host, port, ssl_mode })
+        Ok(Self { client, arn: arn.to_owned(), host, port, tls })
     }
 
     /// The connect options from the secret's current value.
@@ -108,13 +108,14 @@ impl DatabaseSecret {
             _ => self.host.clone(),
         };
         // Not `PgConnectOptions::new()`: it would take a password from ~/.pgpass.
-        Ok(sqlx::postgres::PgConnectOptions::new_without_pgpass()
-            .host(&host)
-            .port(self.port.or(secret_port).unwrap_or(DEFAULT_PORT))
-            .username(&credentials.username)
-            .password(&credentials.password)
-            .database(credentials.dbname.as_deref().unwrap_or(DEFAULT_DATABASE))
-            .ssl_mode(self.ssl_mode.to_pg()))
+        Ok(self.tls.apply(
+            sqlx::postgres::PgConnectOptions::new_without_pgpass()
+                .host(&host)
+                .port(self.port.or(secret_port).unwrap_or(DEFAULT_PORT))
+                .username(&credentials.username)
+                .password(&credentials.password)
+                .database(credentials.dbname.as_deref().unwrap_or(DEFAULT_DATABASE)),
+        ))
     }
 }
 
@@ -169,7 +170,8 @@ mod tests {
         use aws_smithy_mocks::{mock, mock_client, RuleMode};
         use sqlx::postgres::PgSslMode;
 
-        use crate::analytics::credentials::{CredentialsSource, SslMode};
+        use crate::analytics::credentials::CredentialsSource;
+        use crate::analytics::tls::DatabaseTls;
 
         use super::super::DatabaseSecret;
 
@@ -188,7 +190,7 @@ mod tests {
         #[tokio::test]
         async fn a_managed_secret_gets_rds_defaults_and_tls() {
             let client = holding(&[r#"{"username":"admin","password":"p:@/?#"}"#]);
-            let secret = DatabaseSecret::new(client, "arn:s", "db.example", SslMode::default()).expect("secret");
+            let secret = DatabaseSecret::new(client, "arn:s", "db.example", DatabaseTls::default()).expect("secret");
             let options = secret.connect_options().await.expect("options");
             assert_eq!((options.get_host(), options.get_port()), ("db.example", 5432));
             assert_eq!((options.get_username(), options.get_database()), ("admin", Some("postgres")));
@@ -201,21 +203,22 @@ mod tests {
                 r#"{"username":"u1","password":"a","host":"other","port":"6000","dbname":"grid"}"#,
                 r#"{"username":"u2","password":"b","host":"other","port":6000,"dbname":"grid","engine":"postgres"}"#,
             ]);
-            let secret = DatabaseSecret::new(client, "arn:s", "127.0.0.1", SslMode::Disable).expect("secret");
+            let secret = DatabaseSecret::new(client, "arn:s", "127.0.0.1", DatabaseTls::disabled()).expect("secret");
             let first = secret.connect_options().await.expect("options");
             assert_eq!((first.get_host(), first.get_port(), first.get_database()), ("127.0.0.1", 6000, Some("grid")));
             assert!(matches!(first.get_ssl_mode(), PgSslMode::Disable));
             assert_eq!(secret.connect_options().await.expect("again").get_username(), "u2", "read afresh");
 
             let client = holding(&[r#"{"username":"u","password":"p","port":6000}"#]);
-            let secret = DatabaseSecret::new(client, "arn:s", "127.0.0.1:7000", SslMode::Disable).expect("secret");
+            let secret =
+                DatabaseSecret::new(client, "arn:s", "127.0.0.1:7000", DatabaseTls::disabled()).expect("secret");
             assert_eq!(secret.connect_options().await.expect("options").get_port(), 7000, "host:port wins");
         }
 
         #[tokio::test]
         async fn a_malformed_secret_is_an_error_that_does_not_quote_it() {
             let client = holding(&[r#"{"username":"u","password":"hunter2","port":"many"}"#, "hunter2 plain"]);
-            let secret = DatabaseSecret::new(client, "arn:s", "h", SslMode::Require).expect("secret");
+            let secret = DatabaseSecret::new(client, "arn:s", "h", DatabaseTls::default()).expect("secret");
             for _ in 0..2 {
                 let error = secret.connect_options().await.expect_err("malformed").to_string();
                 assert!(error.contains("arn:s") && !error.contains("hunter2"), "{error}");

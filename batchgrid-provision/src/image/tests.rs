@@ -287,3 +287,22 @@ fn the_built_in_task_firewall_matches_the_shipped_rule() {
     let shipped = std::fs::read_to_string(root().join("packaging").join(names::TASK_FIREWALL)).expect("shipped rule");
     assert_eq!(rules(&shipped), rules(DEFAULT_TASK_FIREWALL));
 }
+
+/// An image built without the packaging folder's defaults still checks the database's
+/// certificate against the bundle the component installs, as the shipped defaults do.
+#[test]
+fn the_built_in_defaults_verify_the_database_against_the_installed_bundle() {
+    let settings = |text: &str| -> Vec<String> {
+        text.lines().filter(|l| l.starts_with("BATCHGRID_DATABASE_")).map(str::to_owned).collect()
+    };
+    let shipped = std::fs::read_to_string(root().join("packaging").join(names::CONFIG)).expect("shipped defaults");
+    let expected = [
+        "BATCHGRID_DATABASE_SSLMODE=verify-full".to_owned(),
+        format!("BATCHGRID_DATABASE_SSLROOTCERT={DATABASE_CA_BUNDLE}"),
+    ];
+    assert_eq!(settings(&shipped), expected);
+    assert_eq!(settings(DEFAULT_CONFIG), expected);
+    let rendered = rendered_with(&environment("dev"), "1.2.3", "abcdef0");
+    assert!(rendered.contains(&format!("{DATABASE_CA_URL}\n")), "the component downloads the bundle");
+    assert!(rendered.contains(&format!("/tmp/rds-ca.pem {DATABASE_CA_BUNDLE}\n")), "and installs it there");
+}
