@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{analytics, assert_same_tree, claims_bin, run_job};
+use crate::harness::{analytics, assert_same_tree, claims_bin, run_job, run_job_with_env};
 use batchgrid_core::analytics::AnalyticsStore;
 
 /// Generates `rows` claims with seed 42 into DIR/claims.csv.
@@ -66,7 +66,9 @@ async fn a_worker_killed_mid_task_loses_nothing() {
     let job = claims_job(dir.path())
         .replace("lines: 50000", "lines: 20000")
         .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", &killer);
-    let result = run_job(dir.path(), &job, &["--workers", "2", "--visibility-timeout", "2s"]);
+    // The task leaves its marker in the test's directory.
+    let writable = [("BATCHGRID_TASK_WRITABLE", dir.path().to_str().expect("utf-8 path"))];
+    let result = run_job_with_env(dir.path(), &job, &["--workers", "2", "--visibility-timeout", "2s"], &writable);
     assert_eq!(result.code, Some(0), "stderr: {}", result.stderr);
     assert!(marker.exists(), "the kill happened");
     assert!(result.stderr.contains("worker") && result.stderr.contains("restarted"), "stderr: {}", result.stderr);

@@ -3,7 +3,7 @@
 use batchgrid_core::analytics::AnalyticsStore;
 use batchgrid_core::queue::{SqliteQueue, TaskQueue};
 
-use crate::harness::{analytics, run_job, write_lines};
+use crate::harness::{analytics, run_job, run_job_with_env, write_lines};
 
 fn job(dir: &std::path::Path, command: &str, retry: &str) -> String {
     format!(
@@ -36,7 +36,7 @@ async fn a_task_that_fails_twice_then_succeeds_is_counted_once() {
 async fn a_task_that_always_fails_is_dead_lettered_and_reported() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_lines(&dir.path().join("input.txt"), 3);
-    let command = r#"[sh, -c, 'if grep -q line-1 "$0"; then echo "cannot parse row 17" >&2; exit 3; fi; cp "$0" "$1/"', "{input}"]"#;
+    let command = r#"[sh, -c, 'if grep -q line-1 "$0"; then echo "cannot parse row 17" >&2; exit 3; fi; cp "$0" "$1/"', "{input}", "{output}"]"#;
     let job = job(dir.path(), command, "  max_attempts: 2\n  backoff: 100ms");
     let result = run_job(dir.path(), &job, &["--workers", "2"]);
     assert_eq!(result.code, Some(1), "a failed job exits non-zero; stderr: {}", result.stderr);
@@ -84,7 +84,8 @@ async fn a_task_longer_than_the_visibility_timeout_runs_once() {
         runs = runs.display()
     );
     let job = job(dir.path(), &command, "  max_attempts: 3");
-    let result = run_job(dir.path(), &job, &["--workers", "2", "--visibility-timeout", "2s"]);
+    let writable = [("BATCHGRID_TASK_WRITABLE", dir.path().to_str().expect("utf-8 path"))];
+    let result = run_job_with_env(dir.path(), &job, &["--workers", "2", "--visibility-timeout", "2s"], &writable);
     assert_eq!(result.code, Some(0), "stderr: {}", result.stderr);
     let log = std::fs::read_to_string(&runs).expect("runs log");
     let mut started: Vec<&str> = log.lines().collect();

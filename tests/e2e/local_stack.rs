@@ -252,6 +252,8 @@ impl LocalStack {
         command
             .env("BATCHGRID_API_TOKEN", TOKEN)
             .env("BATCHGRID_MANAGER_URL", &self.manager_url)
+            // Tests' tasks may leave markers in the test's own directory.
+            .env("BATCHGRID_TASK_WRITABLE", self.dir.path())
             .env_remove("BATCHGRID_ENV");
         command
     }

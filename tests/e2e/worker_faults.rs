@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use batchgrid_core::analytics::{AttemptOutcome, JobState};
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::manager::{spool_dir, Manager};
+use batchgrid_core::processor::sandbox::TaskSandbox;
 use batchgrid_core::spec::{parse_job, InputPolicy, JobSpec, Overrides};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -25,6 +26,8 @@ fn spawn_worker(state: &Path, max_receives: u32) -> Child {
         .arg(max_receives.to_string())
         .arg("--state-dir")
         .arg(state)
+        // Tasks count their runs in a file beside the state directory.
+        .env("BATCHGRID_TASK_WRITABLE", state.parent().unwrap_or(state))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -185,6 +188,8 @@ async fn a_stalled_database_lets_no_task_run_twice() {
         settings.visibility = Duration::from_secs(2);
         settings.poll_wait = Duration::from_millis(200);
         settings.drain_deadline = Duration::from_secs(1);
+        // Tasks count their runs in the test's directory.
+        settings.sandbox = Arc::new(TaskSandbox::new(None, vec![dir.path().to_path_buf()]).expect("sandbox"));
         let worker = Worker::new(settings, grid.clone(), ProcessorRegistry::with_builtins());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
