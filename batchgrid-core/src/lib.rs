@@ -14,6 +14,7 @@
 //! - [`grid`]: the backends of one grid, and the embedded grid under a state directory.
 //! - [`smoke`]: the tiny job `batchgrid smoke` runs after a deploy, and the check of its results.
 //! - [`scaling`]: sizes the worker group from the work (the manager drives it on AWS).
+//! - [`schedule`]: cron schedules in IANA zones on business calendars, evaluated on a given clock.
 //!
 //! Delivery is at least once; effects are exactly once: results have deterministic keys and
 //! progress is an upsert per (job, stage, task).
@@ -35,6 +36,7 @@ pub mod processor;
 pub mod queue;
 pub mod report;
 pub mod scaling;
+pub mod schedule;
 pub mod scratch;
 pub mod secret;
 pub mod service;
