@@ -13,5 +13,6 @@ mod provision;
 mod resume;
 mod rotation;
 mod sandbox;
+mod schedule;
 mod shutdown;
 mod worker_faults;
