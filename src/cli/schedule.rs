@@ -171,6 +171,9 @@ fn next(args: NextArgs) -> anyhow::Result<ExitCode> {
         println!("{}", time.map_err(flag_error)?.to_rfc3339_opts(SecondsFormat::Secs, false));
         printed += 1;
     }
+    if printed == 0 {
+        anyhow::bail!("--cron: `{}` never fires", args.cron.trim());
+    }
     if printed < args.n {
         eprintln!("note: `{}` fires only {printed} more time(s)", args.cron);
     }

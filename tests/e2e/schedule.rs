@@ -80,6 +80,8 @@ fn without_from_it_starts_now() {
 fn bad_input_names_the_field_and_exits_non_zero() {
     let line = refused(&schedule_next(&["--cron", "0 2 X * *", "--tz", "Europe/Paris"]));
     assert!(line.starts_with("error: --cron: `0 2 X * *`: "), "{line}");
+    let line = refused(&schedule_next(&["--cron", "0 2 30 2 *", "--tz", "UTC"]));
+    assert_eq!(line, "error: --cron: `0 2 30 2 *` never fires");
     let line = refused(&schedule_next(&["--cron", "0 2 L * *", "--tz", "Europe/Pariss"]));
     assert_eq!(line, "error: --tz: `Europe/Pariss` is not an IANA time zone (such as Europe/Paris or UTC)");
     let line = refused(&schedule_next(&["--cron", "0 2 L * *", "--tz", "UTC", "--from", "tomorrow"]));
