@@ -15,6 +15,7 @@
 //! - [`smoke`]: the tiny job `batchgrid smoke` runs after a deploy, and the check of its results.
 //! - [`task_role`]: short-lived credentials of the environment's task role, for tasks.
 //! - [`scaling`]: sizes the worker group from the work (the manager drives it on AWS).
+//! - [`schedule`]: cron schedules in IANA zones on business calendars, evaluated on a given clock.
 //!
 //! Delivery is at least once; effects are exactly once: results have deterministic keys and
 //! progress is an upsert per (job, stage, task).
@@ -36,6 +37,7 @@ pub mod processor;
 pub mod queue;
 pub mod report;
 pub mod scaling;
+pub mod schedule;
 pub mod scratch;
 pub mod secret;
 pub mod service;

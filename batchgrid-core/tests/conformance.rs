@@ -48,6 +48,58 @@ async fn postgres_analytics_conforms() {
     conformance::analytics::run_all(&store).await;
 }
 
+/// Two managers, each with its own connection pool (as two processes have), claim the same
+/// occurrences at once: each is won by exactly one.
+async fn two_managers_claim_once(a: Arc<dyn AnalyticsStore>, b: Arc<dyn AnalyticsStore>) {
+    use batchgrid_core::analytics::{OccurrenceRecord, OccurrenceState, ScheduleRecord};
+    let schedule = ScheduleRecord {
+        name: "month-end".into(),
+        spec: "{}".into(),
+        paused: false,
+        watermark: 0,
+        created_at: 0,
+        updated_at: 0,
+    };
+    a.create_schedule(&schedule).await.expect("create");
+    for fire_time in 1..=50 {
+        let occurrence = OccurrenceRecord {
+            schedule: "month-end".into(),
+            fire_time,
+            state: OccurrenceState::Claimed,
+            job_id: None,
+            manual: false,
+            reason: None,
+            created_at: 0,
+        };
+        let (first, second) = (occurrence.clone(), occurrence);
+        let (a, b) = (a.clone(), b.clone());
+        let claims = (
+            tokio::spawn(async move { a.claim_occurrence(&first).await }),
+            tokio::spawn(async move { b.claim_occurrence(&second).await }),
+        );
+        let won = [claims.0.await.expect("join").expect("claim"), claims.1.await.expect("join").expect("claim")];
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "fire time {fire_time}: {won:?}");
+    }
+    assert_eq!(a.occurrences("month-end", 100).await.expect("list").len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_on_one_sqlite_file_fire_each_occurrence_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("analytics.db");
+    let a = SqliteAnalytics::open(&path).await.expect("open a");
+    let b = SqliteAnalytics::open(&path).await.expect("open b");
+    two_managers_claim_once(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_on_one_postgres_fire_each_occurrence_once() {
+    let database = TestDatabase::new();
+    let a = PgAnalytics::connect(&database.url(), 2).await.expect("connect a");
+    let b = PgAnalytics::connect(&database.url(), 2).await.expect("connect b");
+    two_managers_claim_once(Arc::new(a), Arc::new(b)).await;
+}
+
 /// Processes starting together all migrate the same fresh database: one applies the
 /// migrations under sqlx's advisory lock, the others wait and find them applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -31,7 +31,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    async fn client(&self) -> anyhow::Result<ApiClient> {
+    pub(crate) async fn client(&self) -> anyhow::Result<ApiClient> {
         Ok(ApiClient::new(&self.manager, api_token(None, None).await?)?)
     }
 

@@ -74,6 +74,10 @@ impl ScalingArgs {
     }
 }
 
+/// How often the manager looks for due schedule occurrences: well inside the minute a fire
+/// time may be late and still count as on time (`catch_up: skip`).
+const SCHEDULE_PASS: Duration = Duration::from_secs(5);
+
 /// Serves the API until SIGTERM.
 pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let stack = args.stack.resolve()?;
@@ -139,6 +143,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let policy = batchgrid_core::spec::InputPolicy::RawBucket(stack.raw_bucket.clone());
     let service = JobService::new(manager, args.tick, base_dir, policy);
     let resumed = service.resume().await.context("resuming unfinished jobs")?;
+    // Schedules fire from every manager; each occurrence's row makes it fire once.
+    tokio::spawn(service.clone().fire_schedules_every(SCHEDULE_PASS));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr().unwrap_or(args.listen);

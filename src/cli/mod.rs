@@ -6,6 +6,7 @@ mod manager;
 mod progress;
 mod provision;
 mod run;
+mod schedule;
 mod smoke;
 mod stack;
 mod worker;
@@ -49,6 +50,9 @@ enum Command {
     Results(client::ResultsArgs),
     /// Cancel a job.
     Cancel(client::JobArgs),
+    /// Schedules: check an expression's next fire times (`next`); add, list, show, pause,
+    /// resume, trigger and delete the manager's.
+    Schedule(schedule::ScheduleArgs),
     /// Show a job's history: every state change, when, why and by whom.
     History(client::JobArgs),
     /// List the grid's workers and their statistics.
@@ -170,6 +174,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Workers(args) => client::workers(args).await,
             Command::Smoke(args) => smoke::run(args).await,
             Command::Validate(args) => validate(args),
+            Command::Schedule(args) => schedule::run(args).await,
             Command::Environment(args) => environment(args),
             Command::Render(place) => provision::run(place, provision::Action::Render).await,
             Command::Diff(place) => provision::run(place, provision::Action::Diff).await,

@@ -205,6 +205,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let overrides =
                 Overrides { input: args.input.as_deref().map(from_cwd), output: args.output.as_deref().map(from_cwd) };
             let spec = load_job_file(job, &overrides)?;
+            spec.refuse_if_scheduled(&job.display().to_string())?;
             // Absolute: workers and the commands they run (in their scratch directories) use it too.
             let state_dir = from_cwd(&args.state_dir.clone().unwrap_or_else(default_state_dir));
             (Plan::Fresh(spec), state_dir)

@@ -13,6 +13,7 @@ mod provision;
 mod resume;
 mod rotation;
 mod sandbox;
+mod schedule;
 mod shutdown;
 mod task_role;
 mod task_sandbox;

@@ -25,6 +25,7 @@
 pub mod credentials;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod schedules;
 pub mod sqlite;
 #[cfg(feature = "postgres")]
 pub mod tls;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "postgres")]
 pub use postgres::PgAnalytics;
+pub use schedules::{OccurrenceRecord, OccurrenceState, ScheduleRecord, ScheduleStore};
 pub use sqlite::SqliteAnalytics;
 
 use crate::spec::StageKind;
@@ -362,9 +364,10 @@ impl From<sqlx::Error> for AnalyticsError {
     }
 }
 
-/// Progress and statistics storage; see the module docs for the contract.
+/// Progress and statistics storage, schedules included ([`ScheduleStore`]); see the module docs
+/// for the contract.
 #[async_trait]
-pub trait AnalyticsStore: Send + Sync + std::fmt::Debug {
+pub trait AnalyticsStore: ScheduleStore + Send + Sync + std::fmt::Debug {
     /// Records a new job and its stages (idempotent for the same id).
     async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError>;
     /// Moves a job to `to` if its current state allows it (compare-and-set), stamping start and

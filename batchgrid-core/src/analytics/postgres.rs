@@ -22,6 +22,8 @@ use super::{
 };
 use crate::db::now_millis;
 
+mod schedules;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Rows per multi-row statement: 12 parameters a row stays far under PostgreSQL's 65535.

@@ -15,6 +15,8 @@ use super::{
 };
 use crate::db::{now_millis, open_sqlite};
 
+mod schedules;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row statement, well under SQLite's bound-parameter limit.

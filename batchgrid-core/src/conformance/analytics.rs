@@ -17,6 +17,7 @@ pub async fn run_all(store: &dyn AnalyticsStore) {
     final_failure_then_redrive(store).await;
     workers_and_totals(store).await;
     request_counts_are_cumulative_per_process(store).await;
+    super::schedules::run_all(store).await;
 }
 
 fn job(id: &str) -> JobRecord {

@@ -5,4 +5,5 @@
 
 pub mod analytics;
 pub mod queue;
+pub mod schedules;
 pub mod store;

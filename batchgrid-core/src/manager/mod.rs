@@ -254,6 +254,8 @@ impl Manager {
 
     /// Records a new job and publishes its spec for the workers; returns its id.
     pub async fn submit(&self, spec: &JobSpec) -> Result<String, ManagerError> {
+        // A scheduled job runs only as one of its occurrences (`JobSpec::for_occurrence`).
+        spec.refuse_if_scheduled(&spec.name)?;
         spec.check_against_grid(self.grid.tasks.max_receives(), None, &spec.name)?;
         let id = format!("{}-{}", spec.name, ulid::Ulid::new().to_string().to_lowercase());
         let spec_json = serde_json::to_string(spec).unwrap_or_default();

@@ -13,7 +13,15 @@
 //! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
 //! | GET | `/v1/jobs/{id}/history` | every state change: time, from, to, reason, actor |
 //! | GET | `/v1/workers` | workers and their statistics |
+//! | POST | `/v1/schedules?origin=` | add a schedule (a job document with `schedule:`) → 201 |
+//! | GET | `/v1/schedules` | every schedule with its next fire time |
+//! | GET | `/v1/schedules/{name}` | one schedule: next fire times, recent occurrences |
+//! | POST | `/v1/schedules/{name}/pause`, `/resume` | pause or resume → 204 |
+//! | POST | `/v1/schedules/{name}/trigger` | fire one occurrence now → 201 |
+//! | DELETE | `/v1/schedules/{name}` | delete it and its occurrences → 204 |
 //! | GET | `/v1/health` | `{"status":"ok"}` or `{"status":"degraded","analytics":{"error","since",...}}` |
+
+mod schedules;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -139,6 +147,7 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/v1/jobs/{id}/history", get(history))
         .route("/v1/workers", get(workers))
         .route("/v1/health", get(health))
+        .merge(schedules::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -6,8 +6,8 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::api::{ErrorBody, Results, Submitted};
-use super::JobStatus;
-use crate::analytics::{HistoryEntry, WorkerRecord};
+use super::{JobStatus, ScheduleStatus};
+use crate::analytics::{HistoryEntry, OccurrenceRecord, WorkerRecord};
 use crate::manager::HealthReport;
 use crate::secret::Secret;
 
@@ -105,6 +105,36 @@ impl ApiClient {
         }
         let request = self.http.post(self.url("/v1/jobs")).query(&query).body(document.to_owned());
         Ok(self.json::<Submitted>(request).await?.job_id)
+    }
+
+    /// Adds a schedule from a job document with a `schedule:` block.
+    pub async fn add_schedule(&self, document: &str, origin: &str) -> Result<ScheduleStatus, ClientError> {
+        let request = self.http.post(self.url("/v1/schedules")).query(&[("origin", origin)]).body(document.to_owned());
+        self.json(request).await
+    }
+
+    /// Every schedule.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>, ClientError> {
+        self.json(self.http.get(self.url("/v1/schedules"))).await
+    }
+
+    /// One schedule with its recent occurrences.
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleStatus, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/schedules/{name}")))).await
+    }
+
+    /// `pause`, `resume` or `delete` a schedule.
+    pub async fn schedule_action(&self, name: &str, action: &str) -> Result<(), ClientError> {
+        let request = match action {
+            "delete" => self.http.delete(self.url(&format!("/v1/schedules/{name}"))),
+            _ => self.http.post(self.url(&format!("/v1/schedules/{name}/{action}"))),
+        };
+        self.send(request).await.map(|_| ())
+    }
+
+    /// Fires one occurrence of a schedule now.
+    pub async fn trigger_schedule(&self, name: &str) -> Result<OccurrenceRecord, ClientError> {
+        self.json(self.http.post(self.url(&format!("/v1/schedules/{name}/trigger")))).await
     }
 
     /// A command task's captured `stream` (`stdout` or `stderr`).

@@ -1,9 +1,11 @@
 //! The job manager as a long-running service: jobs arrive through an HTTP API ([`api`]), each
 //! is driven to its end by its own task, and jobs a previous manager process left unfinished
-//! (submitted, splitting or running) are picked up again at start. [`client`] is the other end of the API.
+//! (submitted, splitting or running) are picked up again at start; `schedules` fires scheduled
+//! jobs' occurrences. [`client`] is the other end of the API.
 
 pub mod api;
 pub mod client;
+mod schedules;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::analytics::{actor, HistoryEntry, JobRecord, JobState, StageProgress};
 use crate::manager::{HealthReport, Manager, ManagerError};
 use crate::spec::{parse_job_with_policy, InputPolicy, JobSpec, Overrides, SpecError};
+
+pub use schedules::ScheduleStatus;
 
 /// A job as the API reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

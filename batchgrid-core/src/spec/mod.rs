@@ -6,6 +6,7 @@
 //! the file, line and field on one line.
 
 pub mod locate;
+mod schedule;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
@@ -14,8 +15,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::vars::Occurrence;
 use locate::position_suffix;
 pub use locate::{FieldPath, Position};
+pub use schedule::{schedule_document, ScheduleOverrides, ScheduleSpec};
 
 /// Largest job file accepted; a job file is configuration, not data.
 const MAX_JOB_FILE_BYTES: usize = 1024 * 1024;
@@ -55,6 +58,11 @@ pub struct JobSpec {
     /// How long after submission the job may run before it fails (`deadline:`); none by default.
     #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Duration>,
+    /// When the job fires by itself (`schedule:`); its paths and command may then use the
+    /// occurrence's `{period}`, `{date}` and `{fire_time}`, filled in by [`JobSpec::for_occurrence`].
+    // Boxed: most jobs have none, and every job is moved around.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Box<ScheduleSpec>>,
 }
 
 /// What a task failed for good (past its retries) does to the stages after its own.
@@ -218,6 +226,73 @@ impl JobSpec {
         }
     }
 
+    /// The job one occurrence of its schedule runs: `{period}`, `{date}` and `{fire_time}`
+    /// filled in, a local input checked to exist, and no schedule of its own. `origin` names
+    /// the schedule in errors.
+    pub fn for_occurrence(&self, occurrence: &Occurrence, origin: &str) -> Result<JobSpec, SpecError> {
+        let fail = |field: &str, message: String| SpecError {
+            origin: origin.to_owned(),
+            position: None,
+            field: field.to_owned(),
+            message: format!("{message} (occurrence {})", occurrence.fire_time_text()),
+        };
+        let fill_path = |path: &Path, field: &str| -> Result<PathBuf, SpecError> {
+            let text = path.to_string_lossy();
+            if !schedule::has_variables(&text) {
+                return Ok(path.to_path_buf());
+            }
+            occurrence.substitute(&text, &[]).map(PathBuf::from).map_err(|m| fail(field, m))
+        };
+        let mut spec = self.clone();
+        spec.schedule = None;
+        spec.input = match &self.input {
+            InputSpec::Local(path) => {
+                let path = fill_path(path, "input.path")?;
+                if !path.exists() {
+                    return Err(fail("input.path", format!("input `{}` does not exist", path.display())));
+                }
+                InputSpec::Local(path)
+            }
+            InputSpec::S3 { bucket, key } => InputSpec::S3 {
+                bucket: bucket.clone(),
+                key: occurrence.substitute(key, &[]).map_err(|m| fail("input.path", m))?,
+            },
+        };
+        spec.output.path = fill_path(&self.output.path, "output.path")?;
+        for (index, stage) in spec.stages.iter_mut().enumerate() {
+            let StageRun::Command { argv, env } = &mut stage.run else { continue };
+            let field = format!("stages[{index}]");
+            for arg in argv.iter_mut() {
+                *arg = occurrence
+                    .substitute(arg, &schedule::COMMAND_PLACEHOLDERS)
+                    .map_err(|m| fail(&format!("{field}.command"), m))?;
+            }
+            for value in env.values_mut() {
+                *value = occurrence
+                    .substitute(value, &schedule::COMMAND_PLACEHOLDERS)
+                    .map_err(|m| fail(&format!("{field}.env"), m))?;
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Refuses to run a job that has a `schedule:` block as a one-off: its paths may hold
+    /// occurrence variables that only a fire time fills in. Its schedule fires it
+    /// (`batchgrid schedule add`), or the block is removed to run it once.
+    pub fn refuse_if_scheduled(&self, origin: &str) -> Result<(), SpecError> {
+        if self.schedule.is_none() {
+            return Ok(());
+        }
+        Err(SpecError {
+            origin: origin.to_owned(),
+            position: None,
+            field: "schedule".into(),
+            message: "this job runs on its schedule: add it with `batchgrid schedule add`, or remove the \
+                      `schedule:` block to run it once"
+                .into(),
+        })
+    }
+
     /// Index of the last stage.
     pub fn last_stage(&self) -> usize {
         self.stages.len() - 1
@@ -271,6 +346,8 @@ struct RawJob {
     on_stage_failure: Option<StageFailurePolicy>,
     #[serde(default, with = "humantime_serde::option")]
     deadline: Option<Duration>,
+    #[serde(default)]
+    schedule: Option<schedule::RawSchedule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,12 +590,18 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
     fn job(&self, raw: RawJob) -> Result<JobSpec, SpecError> {
         let root = FieldPath::root();
         check_name(&raw.name).map_err(|m| (self.error_at)(&root.key("name"), m))?;
+        let schedule = match raw.schedule {
+            Some(raw) => Some(Box::new(schedule::validate(raw, self.error_at, self.base_dir, self.policy)?)),
+            None => None,
+        };
+        let scheduled = schedule.is_some();
 
         let input = match &self.overrides.input {
-            Some(path) => self.input(path, self.override_name(), None)?,
+            Some(path) => self.input(path, self.override_name(), None, false)?,
             None => {
                 let field = root.key("input").key("path");
-                self.input(Path::new(&raw.input.path), "input.path", Some(&field))?
+                let templated = scheduled && self.template(&raw.input.path, &field, &[])?;
+                self.input(Path::new(&raw.input.path), "input.path", Some(&field), templated)?
             }
         };
         let local_input = match &input {
@@ -554,12 +637,19 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         let output = match &self.overrides.output {
             Some(path) => self.absolute(path),
             None => {
+                let field = root.key("output").key("path");
                 if raw.output.path.trim().is_empty() {
-                    return Err((self.error_at)(&root.key("output").key("path"), "must not be empty".into()));
+                    return Err((self.error_at)(&field, "must not be empty".into()));
+                }
+                if scheduled {
+                    self.template(&raw.output.path, &field, &[])?;
                 }
                 self.absolute(Path::new(&raw.output.path))
             }
         };
+        if scheduled {
+            self.stage_templates(&stages)?;
+        }
 
         let retry = self.retry(raw.retry.as_ref())?;
         if raw.deadline.is_some_and(|d| d.is_zero()) {
@@ -574,7 +664,29 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
             retry,
             on_stage_failure: raw.on_stage_failure.unwrap_or_default(),
             deadline: raw.deadline,
+            schedule,
         })
+    }
+
+    /// Checks a scheduled job's field for unknown `{variables}`; whether it uses any.
+    fn template(&self, text: &str, field: &FieldPath, passthrough: &[&str]) -> Result<bool, SpecError> {
+        schedule::sample_occurrence().substitute(text, passthrough).map_err(|m| (self.error_at)(field, m))?;
+        Ok(schedule::has_variables(text))
+    }
+
+    /// Checks the commands' arguments and environments of a scheduled job.
+    fn stage_templates(&self, stages: &[StageSpec]) -> Result<(), SpecError> {
+        for (index, stage) in stages.iter().enumerate() {
+            let StageRun::Command { argv, env } = &stage.run else { continue };
+            let field = FieldPath::root().key("stages").index(index);
+            for (i, arg) in argv.iter().enumerate() {
+                self.template(arg, &field.key("command").index(i), &schedule::COMMAND_PLACEHOLDERS)?;
+            }
+            for (name, value) in env {
+                self.template(value, &field.key("env").key(name), &schedule::COMMAND_PLACEHOLDERS)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where an input override comes from: the CLI's `--input`, or the API's `?input=`.
@@ -597,8 +709,15 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         normalize(&std::path::absolute(&joined).unwrap_or(joined))
     }
 
-    /// A local path that must exist, or an `s3://` URL.
-    fn input(&self, path: &Path, name: &str, field: Option<&FieldPath>) -> Result<InputSpec, SpecError> {
+    /// A local path that must exist, or an `s3://` URL. A `templated` local path (one with an
+    /// occurrence's variables) names a different input each run, so it is checked at each fire.
+    fn input(
+        &self,
+        path: &Path,
+        name: &str,
+        field: Option<&FieldPath>,
+        templated: bool,
+    ) -> Result<InputSpec, SpecError> {
         let fail = |message: String| match field {
             Some(field) => (self.error_at)(field, message),
             None => {
@@ -623,6 +742,7 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         match path.to_str().and_then(InputSpec::parse_s3) {
             Some(Ok(input)) => Ok(input),
             Some(Err(message)) => Err(fail(message)),
+            None if templated => Ok(InputSpec::Local(self.absolute(path))),
             None => self.existing_path(path, name, field).map(InputSpec::Local),
         }
     }
@@ -804,5 +924,7 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+#[cfg(test)]
+mod schedule_tests;
 #[cfg(test)]
 mod tests;
