@@ -219,16 +219,18 @@ fn a_task_role_reaches_the_worker_through_its_user_data() {
     let mut environment =
         batchgrid_provision::environment::load(&root().join("environments"), "dev", &lookup).expect("environment");
     let worker_path = ["WorkerLaunchTemplate", "Properties", "LaunchTemplateData"];
+    let ca = batchgrid_testkit::tls::TestCa::new("stand-in for the RDS bundle");
+    let bundle = ca.cert();
     let plain = batchgrid_provision::render::render(&engine, "dev", &environment).expect("render");
     let template: serde_yaml::Value = serde_yaml::from_str(&plain).expect("template YAML");
-    let worker = print_config("batchgrid-worker.service", &user_data(&template, &worker_path));
+    let worker = print_config("batchgrid-worker.service", &user_data(&template, &worker_path), &bundle);
     assert!(worker["task_role_arn"].is_null(), "no role named, none used: {worker}");
 
     let arn = "arn:aws:iam::123456789012:role/batch/tasks";
     environment.grid.task_role_arn = Some(arn.to_owned());
     let text = batchgrid_provision::render::render(&engine, "dev", &environment).expect("render");
     let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template YAML");
-    let worker = print_config("batchgrid-worker.service", &user_data(&template, &worker_path));
+    let worker = print_config("batchgrid-worker.service", &user_data(&template, &worker_path), &bundle);
     assert_eq!(worker["task_role_arn"].as_str(), Some(arn), "{worker}");
     let (_, manager) = env_file(&user_data(&template, &["Manager", "Properties"]));
     assert!(!manager.contains_key("BATCHGRID_TASK_ROLE_ARN"), "no task runs on the manager");
