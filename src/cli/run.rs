@@ -342,6 +342,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         view.finish();
     }
     workers.lock().await.stop().await;
+    // A task dead-lettered after the manager's last scan (its job already ended) would stay in
+    // the run's queue; with the workers stopped no more can come, so one scan settles them.
+    if let Err(error) = manager.consume_dead_letters().await {
+        tracing::warn!(%error, "could not clear the run's dead letters");
+    }
     finish(&args, &state_dir, &report)
 }
 

@@ -20,9 +20,9 @@ use crate::task::TaskMessage;
 const DEAD_LETTER_HOLD: Duration = Duration::from_secs(30);
 
 impl Manager {
-    /// Records every dead letter no worker recorded as failed, then removes it; returns how
-    /// many letters were consumed.
-    pub(super) async fn consume_dead_letters(&self) -> Result<u64, ManagerError> {
+    /// Records every dead letter no worker recorded as failed, then removes it (a letter of an
+    /// ended job is only removed); returns how many letters were consumed.
+    pub async fn consume_dead_letters(&self) -> Result<u64, ManagerError> {
         let mut consumed = 0;
         let mut jobs: HashMap<String, Option<JobState>> = HashMap::new();
         for queue in [&self.grid.tasks, &self.grid.chain] {
