@@ -39,10 +39,7 @@ impl ScratchSlots {
     /// With a task user in `sandbox`, the run directory belongs to the task user's group, with
     /// the set-group-id bit, so the worker and its tasks share what is created under it.
     pub fn new(owner: PathBuf, sandbox: Arc<TaskSandbox>) -> Arc<Self> {
-        if std::fs::remove_dir_all(&owner).is_err() && owner.exists() {
-            // What the predecessor's tasks closed to the worker goes as the task user.
-            let _ = sandbox.reclaim(&owner);
-        }
+        let _ = sandbox.remove_tree(&owner);
         let run = ulid::Ulid::new().to_string().to_lowercase();
         let root = owner.join(format!("run-{run}"));
         Arc::new(Self {
@@ -61,16 +58,14 @@ impl ScratchSlots {
             return Ok(());
         }
         std::fs::create_dir_all(&self.root)?;
-        if let Some(user) = self.sandbox.user() {
+        if self.sandbox.user().is_some() {
             use std::os::unix::fs::PermissionsExt;
+            // The scratch directory above it was opened to the task user by whoever set the
+            // sandbox up (the worker's start-up check runs there first).
             if let Some(owner) = self.root.parent() {
                 std::fs::set_permissions(owner, std::fs::Permissions::from_mode(0o711))?;
-                if let Some(scratch) = owner.parent() {
-                    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o711))?;
-                }
             }
-            std::os::unix::fs::chown(&self.root, None, Some(user.gid))?;
-            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o2770))?;
+            self.sandbox.share(&self.root)?;
         }
         let _ = self.prepared.set(());
         Ok(())
@@ -100,9 +95,7 @@ impl ScratchSlots {
 
     /// Removes the whole pool directory (and the owner's, when nothing else is left in it).
     pub fn remove(&self) {
-        if std::fs::remove_dir_all(&self.root).is_err() && self.root.exists() {
-            let _ = self.sandbox.reclaim(&self.root);
-        }
+        let _ = self.sandbox.remove_tree(&self.root);
         if let Some(owner) = self.root.parent() {
             let _ = std::fs::remove_dir(owner);
         }
@@ -157,10 +150,8 @@ impl Drop for ScratchSlot {
             Err(error) => {
                 // A task closed part of its slot to the worker: the task user removes it (a
                 // slot is abandoned only when that fails too; the pool makes a new one).
-                if std::fs::remove_dir_all(&path).is_err() && path.exists() {
-                    if let Err(reclaim) = self.pool.sandbox.reclaim(&path) {
-                        tracing::warn!(%error, %reclaim, path = %path.display(), "could not empty a scratch directory");
-                    }
+                if let Err(reclaim) = self.pool.sandbox.remove_tree(&path) {
+                    tracing::warn!(%error, %reclaim, path = %path.display(), "could not empty a scratch directory");
                 }
             }
         }

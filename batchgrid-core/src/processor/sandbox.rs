@@ -27,7 +27,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use landlock::{AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI};
+use landlock::{AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI};
 
 /// The newest Landlock ABI whose rights we ask for; older kernels get what they support.
 const LANDLOCK_ABI: ABI = ABI::V5;
@@ -90,17 +90,37 @@ pub struct TaskUser {
 pub struct TaskSandbox {
     user: Option<TaskUser>,
     writable: Vec<PathBuf>,
+    /// The rules every task's ruleset holds besides its scratch directory (the writable paths
+    /// and devices), opened once here rather than on every task; empty without Landlock.
+    fixed_rules: Vec<(PathFd, BitFlags<AccessFs>)>,
     landlock: bool,
 }
 
 impl Default for TaskSandbox {
     fn default() -> Self {
-        let landlock = landlock_support().is_ok();
-        if !landlock {
-            tracing::warn!("tasks can write outside their scratch directory: this kernel cannot confine them");
+        let landlock = landlock_support().map_err(warn_unconfined).is_ok();
+        Self {
+            user: None,
+            writable: Vec::new(),
+            fixed_rules: if landlock { device_rules() } else { Vec::new() },
+            landlock,
         }
-        Self { user: None, writable: Vec::new(), landlock }
     }
+}
+
+/// Says, once per worker, that tasks are not confined (`state`: why).
+fn warn_unconfined(state: &'static str) {
+    tracing::warn!(
+        landlock = state,
+        "tasks can write outside their scratch directory: this kernel cannot confine them"
+    );
+}
+
+/// The write rules of [`WRITABLE_DEVICES`]; a machine without one of them simply has nothing
+/// to allow there.
+fn device_rules() -> Vec<(PathFd, BitFlags<AccessFs>)> {
+    let device = AccessFs::from_write(LANDLOCK_ABI) & (AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev);
+    WRITABLE_DEVICES.into_iter().filter_map(|path| PathFd::new(path).ok()).map(|fd| (fd, device)).collect()
 }
 
 /// What the command's process applies to itself between `fork` and `exec`: plain values, so
@@ -150,14 +170,20 @@ impl TaskSandbox {
             Ok(()) => true,
             Err(state) if user.is_some() => return Err(SandboxError::NoLandlock(state)),
             Err(state) => {
-                tracing::warn!(
-                    landlock = state,
-                    "tasks can write outside their scratch directory: this kernel cannot confine them"
-                );
+                warn_unconfined(state);
                 false
             }
         };
-        Ok(Self { user, writable, landlock })
+        let mut fixed_rules = Vec::new();
+        if landlock {
+            let write = AccessFs::from_write(LANDLOCK_ABI);
+            for path in &writable {
+                let fd = PathFd::new(path).map_err(|e| SandboxError::Ruleset(e.to_string()))?;
+                fixed_rules.push((fd, write));
+            }
+            fixed_rules.extend(device_rules());
+        }
+        Ok(Self { user, writable, fixed_rules, landlock })
     }
 
     /// The user tasks run as, if not the worker's.
@@ -179,26 +205,38 @@ impl TaskSandbox {
     fn ruleset(&self, scratch: &Path) -> Result<OwnedFd, SandboxError> {
         let failed = |e: &dyn std::fmt::Display| SandboxError::Ruleset(e.to_string());
         let write = AccessFs::from_write(LANDLOCK_ABI);
-        let device = write & (AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev);
         let mut created =
             Ruleset::default().handle_access(write).map_err(|e| failed(&e))?.create().map_err(|e| failed(&e))?;
-        for dir in std::iter::once(scratch).chain(self.writable.iter().map(PathBuf::as_path)) {
-            let fd = PathFd::new(dir).map_err(|e| failed(&e))?;
-            created = created.add_rule(PathBeneath::new(fd, write)).map_err(|e| failed(&e))?;
-        }
-        for device_path in WRITABLE_DEVICES {
-            // A machine without one of them simply has nothing to allow there.
-            if let Ok(fd) = PathFd::new(device_path) {
-                created = created.add_rule(PathBeneath::new(fd, device)).map_err(|e| failed(&e))?;
-            }
+        let slot = PathFd::new(scratch).map_err(|e| failed(&e))?;
+        created = created.add_rule(PathBeneath::new(slot, write)).map_err(|e| failed(&e))?;
+        for (fd, access) in &self.fixed_rules {
+            created = created.add_rule(PathBeneath::new(fd, *access)).map_err(|e| failed(&e))?;
         }
         let fd: Option<OwnedFd> = created.into();
         fd.ok_or_else(|| SandboxError::Ruleset("the kernel stopped supporting Landlock".to_owned()))
     }
 
+    /// Shares `dir` with the task user's group (set-group-id, 2770), so what either side
+    /// creates under it belongs to both; nothing to do without a task user.
+    pub fn share(&self, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(user) = &self.user else { return Ok(()) };
+        std::os::unix::fs::chown(dir, None, Some(user.gid))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770))
+    }
+
+    /// Removes `path` and everything under it; what a task closed to the worker is removed as
+    /// the task user. A missing `path` is already removed.
+    pub fn remove_tree(&self, path: &Path) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(path) {
+            Err(_) if path.exists() => self.reclaim(path),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes `path` as the task user, for what a task made unremovable by the worker (a
     /// directory it closed to its group). Without a task user there is nothing more to try.
-    pub fn reclaim(&self, path: &Path) -> std::io::Result<()> {
+    fn reclaim(&self, path: &Path) -> std::io::Result<()> {
         use std::os::unix::process::CommandExt;
         let Some(user) = &self.user else {
             return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
@@ -259,13 +297,7 @@ impl TaskSandbox {
     /// missing capability or a kernel without Landlock stops it there, not at its first task.
     pub fn probe(&self, dir: &Path) -> Result<(), SandboxError> {
         let failed = |what: String| SandboxError::Probe(what);
-        if let Some(user) = &self.user {
-            use std::os::unix::fs::PermissionsExt;
-            std::os::unix::fs::chown(dir, None, Some(user.gid))
-                .map_err(|e| failed(format!("sharing {}: {e}", dir.display())))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770))
-                .map_err(|e| failed(format!("sharing {}: {e}", dir.display())))?;
-        }
+        self.share(dir).map_err(|e| failed(format!("sharing {}: {e}", dir.display())))?;
         let confinement = self.for_task(dir)?;
         let script = "id -u; echo ok > probe-inside && { (echo x > ../probe-outside) 2>/dev/null && echo escaped || echo confined; }";
         let output = super::supervise::run_confined(
