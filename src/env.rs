@@ -28,6 +28,15 @@ pub const DATABASE_SSLMODE: &str = "BATCHGRID_DATABASE_SSLMODE";
 /// A PEM file of the certificate authorities `verify-ca` and `verify-full` trust (the image
 /// installs RDS's global bundle as `/etc/batchgrid/rds-ca.pem`); required by those modes.
 pub const DATABASE_SSLROOTCERT: &str = "BATCHGRID_DATABASE_SSLROOTCERT";
+/// How the process logs in to the RDS database: `secret` (default: the master secret,
+/// `BATCHGRID_DATABASE_SECRET_ARN`) or `iam` (a token signed with the instance role, as
+/// `BATCHGRID_DATABASE_USER`; the grid's workers).
+pub const DATABASE_AUTH: &str = "BATCHGRID_DATABASE_AUTH";
+/// The database role IAM authentication logs in as (default `batchgrid_worker`).
+pub const DATABASE_USER: &str = "BATCHGRID_DATABASE_USER";
+/// The database on the RDS instance (the stack's is `batchgrid`; without it, the secret's
+/// `dbname`, else `postgres`).
+pub const DATABASE_NAME: &str = "BATCHGRID_DATABASE_NAME";
 /// A PostgreSQL URL (an external analytics database; overrides the stack's RDS).
 pub const DATABASE_URL: &str = "BATCHGRID_DATABASE_URL";
 /// The manager API's bearer token.

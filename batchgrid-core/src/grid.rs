@@ -115,10 +115,36 @@ pub enum DatabaseSource {
         host: String,
         /// The ARN of the RDS-managed master user secret.
         secret_arn: String,
+        /// The database on the instance (`None`: the secret's `dbname`, else `postgres`).
+        database: Option<String>,
         /// TLS to the database (`verify-full` with the RDS bundle on the grid's instances;
         /// `disable` for a PostgreSQL on loopback).
         tls: crate::analytics::tls::DatabaseTls,
     },
+    /// An RDS instance reached as a database role that logs in with IAM tokens signed by this
+    /// process's AWS credentials (the workers: no secret to read, nothing to rotate).
+    RdsIam {
+        /// The instance's endpoint address, optionally with `:port`.
+        host: String,
+        /// The database on the instance.
+        database: String,
+        /// The database role (granted `rds_iam` by the migrations).
+        user: String,
+        /// TLS to the database; RDS refuses IAM authentication without it.
+        tls: crate::analytics::tls::DatabaseTls,
+    },
+}
+
+/// What a process may do to the analytics database's schema.
+#[cfg(all(feature = "aws", feature = "postgres"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaAccess {
+    /// Apply the migrations (the manager, which owns the database).
+    Migrate,
+    /// Only use the schema, waiting up to this long for the manager to bring it to this build's
+    /// version (a worker, whose database role may not change it; on a first deploy the workers
+    /// may boot before the manager).
+    Attach(std::time::Duration),
 }
 
 /// The names an AWS grid runs against: a deployed stack's outputs, or the environment
@@ -138,6 +164,8 @@ pub struct AwsGridSettings {
     pub database: DatabaseSource,
     /// Pooled database connections per process.
     pub database_connections: u32,
+    /// Whether this process migrates the database or only uses it.
+    pub schema: SchemaAccess,
 }
 
 #[cfg(all(feature = "aws", feature = "postgres"))]
@@ -152,19 +180,8 @@ impl Grid {
         let sqs = aws::sqs_client(&config, &meter);
         let tasks = crate::queue::SqsQueue::open(sqs.clone(), &settings.input_queue_url).await?;
         let chain = crate::queue::SqsQueue::open(sqs, &settings.output_queue_url).await?;
-        let credentials: Arc<dyn crate::analytics::credentials::CredentialsSource> = match &settings.database {
-            DatabaseSource::Url(url) => Arc::new(crate::analytics::credentials::FixedUrl::parse(url.expose())?),
-            DatabaseSource::Rds { host, secret_arn, tls } => Arc::new(
-                aws::secrets::DatabaseSecret::new(aws::secrets_client(&config, &meter), secret_arn, host, tls.clone())
-                    .map_err(|e| GridError::Settings(e.to_string()))?,
-            ),
-        };
-        let analytics = crate::analytics::PgAnalytics::connect_with(
-            credentials,
-            settings.database_connections,
-            crate::analytics::credentials::ReconnectSettings::default(),
-        )
-        .await?;
+        let credentials = database_credentials(&settings.database, &config, &meter)?;
+        let analytics = open_analytics(credentials, settings.database_connections, settings.schema).await?;
         Ok(Self {
             store: Arc::new(crate::store::S3Store::new(s3, &settings.results_bucket, "")),
             tasks: Arc::new(tasks),
@@ -172,5 +189,73 @@ impl Grid {
             analytics: Arc::new(analytics),
             meter,
         })
+    }
+}
+
+/// The source of the database credentials `database` names.
+#[cfg(all(feature = "aws", feature = "postgres"))]
+fn database_credentials(
+    database: &DatabaseSource,
+    config: &aws_config::SdkConfig,
+    meter: &RequestMeter,
+) -> Result<Arc<dyn crate::analytics::credentials::CredentialsSource>, GridError> {
+    use crate::aws;
+    Ok(match database {
+        DatabaseSource::Url(url) => Arc::new(crate::analytics::credentials::FixedUrl::parse(url.expose())?),
+        DatabaseSource::Rds { host, secret_arn, database, tls } => Arc::new(
+            aws::secrets::DatabaseSecret::new(aws::secrets_client(config, meter), secret_arn, host, tls.clone())
+                .map_err(|e| GridError::Settings(e.to_string()))?
+                .with_database(database.as_deref()),
+        ),
+        DatabaseSource::RdsIam { host, database, user, tls } => {
+            let (address, port) = crate::aws::secrets::split_host_port(host)
+                .map_err(|_| GridError::Settings(format!("database host `{host}`: not a host or host:port")))?;
+            let provider = config.credentials_provider().ok_or_else(|| {
+                GridError::Settings("IAM database authentication needs AWS credentials, and none are configured".into())
+            })?;
+            let region = config.region().map(ToString::to_string).unwrap_or_default();
+            let target = aws::rds_iam::TokenTarget {
+                host: address,
+                port: port.unwrap_or(crate::aws::secrets::DEFAULT_PORT),
+                region,
+                user: user.clone(),
+            };
+            Arc::new(aws::rds_iam::RdsIamAuth::new(provider, target, database, tls.clone()))
+        }
+    })
+}
+
+/// Opens the analytics database: migrating it, or attaching to it and waiting, a few seconds
+/// apart, for its schema and the process's role to be there (both come from the manager's
+/// migrations).
+#[cfg(all(feature = "aws", feature = "postgres"))]
+async fn open_analytics(
+    credentials: Arc<dyn crate::analytics::credentials::CredentialsSource>,
+    connections: u32,
+    schema: SchemaAccess,
+) -> Result<crate::analytics::PgAnalytics, GridError> {
+    use crate::analytics::credentials::ReconnectSettings;
+    use crate::analytics::PgAnalytics;
+    const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    let wait = match schema {
+        SchemaAccess::Migrate => {
+            return Ok(PgAnalytics::connect_with(credentials, connections, ReconnectSettings::default()).await?)
+        }
+        SchemaAccess::Attach(wait) => wait,
+    };
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let error = match PgAnalytics::attach(credentials.clone(), connections, ReconnectSettings::default()).await {
+            Ok(analytics) => return Ok(analytics),
+            Err(error) => error,
+        };
+        // Not there yet: an older schema, or a role the migrations have not created (refused).
+        let waiting =
+            matches!(error, AnalyticsError::SchemaBehind { .. }) || crate::analytics::credentials::is_refused(&error);
+        if !waiting || std::time::Instant::now() + RETRY_EVERY > deadline {
+            return Err(error.into());
+        }
+        tracing::warn!(%error, "waiting for the job manager to migrate the analytics database");
+        tokio::time::sleep(RETRY_EVERY).await;
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use batchgrid_core::analytics::credentials::SslMode;
 use batchgrid_core::analytics::tls::DatabaseTls;
-use batchgrid_core::grid::{AwsGridSettings, DatabaseSource};
+use batchgrid_core::grid::{AwsGridSettings, DatabaseSource, SchemaAccess};
 use batchgrid_core::secret::Secret;
 
 use crate::env;
@@ -59,9 +59,19 @@ impl Stack {
         let settings = &self.settings;
         let database = match &settings.database {
             DatabaseSource::Url(_) => serde_json::json!({ "url": format!("(from {}, not shown)", env::DATABASE_URL) }),
-            DatabaseSource::Rds { host, secret_arn, tls } => serde_json::json!({
+            DatabaseSource::Rds { host, secret_arn, database, tls } => serde_json::json!({
                 "host": host,
+                "auth": "secret",
                 "secret_arn": secret_arn,
+                "database": database,
+                "sslmode": tls.mode().as_str(),
+                "sslrootcert": tls.root_cert(),
+            }),
+            DatabaseSource::RdsIam { host, database, user, tls } => serde_json::json!({
+                "host": host,
+                "auth": "iam",
+                "user": user,
+                "database": database,
                 "sslmode": tls.mode().as_str(),
                 "sslrootcert": tls.root_cert(),
             }),
@@ -122,9 +132,18 @@ impl StackArgs {
         // with an external database is pointed at credentials kept in Secrets Manager.
         let host = variable(env::DATABASE_HOST).or_else(|| values.get("DatabaseEndpoint").cloned());
         let arn = variable(env::DATABASE_SECRET_ARN).or_else(|| values.get("DatabaseSecretArn").cloned());
-        let database = match (variable(env::DATABASE_URL), host, arn) {
-            (Some(url), _, _) => DatabaseSource::Url(Secret::new(url)),
-            (None, Some(host), Some(secret_arn)) => DatabaseSource::Rds { host, secret_arn, tls: database_tls()? },
+        let database_name = variable(env::DATABASE_NAME);
+        let database = match (variable(env::DATABASE_URL), host, arn, database_auth()?) {
+            (Some(url), _, _, _) => DatabaseSource::Url(Secret::new(url)),
+            (None, Some(host), _, DatabaseAuth::Iam) => DatabaseSource::RdsIam {
+                host,
+                database: database_name.unwrap_or_else(|| DEFAULT_DATABASE_NAME.to_owned()),
+                user: variable(env::DATABASE_USER).unwrap_or_else(|| DEFAULT_IAM_USER.to_owned()),
+                tls: database_tls()?,
+            },
+            (None, Some(host), Some(secret_arn), DatabaseAuth::Secret) => {
+                DatabaseSource::Rds { host, secret_arn, database: database_name, tls: database_tls()? }
+            }
             _ => anyhow::bail!(
                 "{origin} names no database (analytics.provider external): set {} to a PostgreSQL URL, or {} and {} \
                  to a host and a credentials secret",
@@ -146,8 +165,33 @@ impl StackArgs {
                 output_queue_url: take("OutputQueueUrl")?,
                 database,
                 database_connections: self.database_connections,
+                schema: SchemaAccess::Migrate,
             },
         })
+    }
+}
+
+/// The role IAM authentication logs in as unless `BATCHGRID_DATABASE_USER` says otherwise
+/// (created by the migrations).
+const DEFAULT_IAM_USER: &str = "batchgrid_worker";
+/// The database the stack's RDS instance is created with (`DBName`).
+const DEFAULT_DATABASE_NAME: &str = "batchgrid";
+
+/// How a process logs in to an RDS database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DatabaseAuth {
+    /// With the master secret.
+    Secret,
+    /// With an IAM token.
+    Iam,
+}
+
+/// `BATCHGRID_DATABASE_AUTH`: `secret` (default) or `iam`.
+fn database_auth() -> anyhow::Result<DatabaseAuth> {
+    match variable(env::DATABASE_AUTH).as_deref() {
+        None | Some("secret") => Ok(DatabaseAuth::Secret),
+        Some("iam") => Ok(DatabaseAuth::Iam),
+        Some(other) => anyhow::bail!("{}: `{other}` is not one of secret, iam", env::DATABASE_AUTH),
     }
 }
 

@@ -18,6 +18,10 @@ use std::sync::Arc;
 use super::parse_duration;
 use crate::env;
 
+/// How long a starting worker waits for the manager to migrate the analytics database before
+/// it gives up (and systemd starts it again).
+const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Arguments of `batchgrid worker`.
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
@@ -172,7 +176,10 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
             (grid, state_dir.join("scratch"), region)
         }
         None => {
-            let stack = args.stack.resolve()?;
+            let mut stack = args.stack.resolve()?;
+            // A worker's database role may not change the schema: the manager migrates, and a
+            // worker that boots first (a first deploy) waits for it.
+            stack.settings.schema = batchgrid_core::grid::SchemaAccess::Attach(SCHEMA_WAIT);
             let grid = Grid::open_aws(&stack.settings).await.context("opening the grid")?;
             let region = Some(stack.settings.region.clone());
             (grid, args.scratch_dir.clone(), region)

@@ -123,6 +123,12 @@ impl TestDatabase {
         with_database(&self.admin_url, &self.name)
     }
 
+    /// The URL of the test database as `user`, without a password (for a server that trusts
+    /// local users; a role such as the workers' `batchgrid_worker` that the migrations create).
+    pub fn url_as(&self, user: &str) -> String {
+        as_user(&self.url(), user)
+    }
+
     /// The test database's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -221,6 +227,18 @@ where
 }
 
 /// `url` with its database (the path) replaced by `database`, query string kept.
+/// `url` with its user (and password) replaced by `user`.
+fn as_user(url: &str, user: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let host_start = match (rest.find('@'), rest.find('/')) {
+        (Some(at), Some(slash)) if at < slash => at + 1,
+        (Some(at), None) => at + 1,
+        _ => 0,
+    };
+    format!("{}{user}@{}", &url[..authority_start], &rest[host_start..])
+}
+
 fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
@@ -467,6 +485,12 @@ fn hand_to_postgres_user(dir: &Path) -> Result<(), String> {
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
     listener.local_addr().map(|addr| addr.port()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn as_user_replaces_only_the_user() {
+    assert_eq!(as_user("postgres://u:p@h:1/db?sslmode=require", "w"), "postgres://w@h:1/db?sslmode=require");
+    assert_eq!(as_user("postgres://h:1/db", "w"), "postgres://w@h:1/db");
 }
 
 #[test]

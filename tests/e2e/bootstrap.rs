@@ -124,8 +124,11 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         assert_eq!(worker["grid"]["output_queue_url"], "value-of-OutputQueue");
         assert_eq!(worker["grid"]["results_bucket"], "value-of-ResultsBucket");
         assert_eq!(worker["grid"]["database"]["host"], "value-of-Database.Endpoint.Address");
-        assert_eq!(worker["grid"]["database"]["secret_arn"], "value-of-Database.MasterUserSecret.SecretArn");
         let database = &worker["grid"]["database"];
+        assert_eq!(database["auth"], "iam", "{name}: workers never read the master secret: {database}");
+        assert_eq!(database["user"], "batchgrid_worker", "the role migration 0007 creates");
+        assert_eq!(database["database"], "batchgrid", "the database the stack creates (DBName)");
+        assert!(database.get("secret_arn").is_none() && !script.contains("MasterUserSecret"), "{script}");
         assert_eq!(database["sslmode"], "verify-full", "RDS's certificate and name are checked: {database}");
         assert_eq!(database["sslrootcert"].as_str(), bundle.to_str(), "against the image's bundle");
         assert_eq!(worker["instance_agent"], true);
@@ -142,6 +145,8 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         let script = user_data(&template, &["Manager", "Properties"]);
         let manager = print_config("batchgrid-manager.service", &script, &bundle);
         assert_eq!(manager["input_queue_url"], "value-of-InputQueue", "{name}: {manager}");
+        assert!(script.contains("BATCHGRID_DATABASE_SECRET_ARN="), "the manager owns the database: {script}");
+        assert!(script.contains("BATCHGRID_DATABASE_NAME=batchgrid"), "{script}");
         assert_eq!(manager["api_token"]["secret_arn"], "value-of-ApiToken", "the token comes from its secret");
         assert_eq!(manager["listen"], "127.0.0.1:8080", "private: reached through an SSM port forward");
         assert_eq!(manager["group"].as_str(), group, "{name}: instance-hours come from the stack's group");

@@ -20,6 +20,8 @@ pub(crate) const TOKEN: &str = "local-stack-test-token";
 pub(crate) const GRID_USER: &str = "batchgrid_grid";
 /// Its first password.
 pub(crate) const FIRST_PASSWORD: &str = "first-pass:@/?#";
+/// The database role workers log in as (migration 0007).
+pub(crate) const WORKER_ROLE: &str = "batchgrid_worker";
 /// The region of the `local` environment.
 pub(crate) const REGION: &str = "us-east-1";
 
@@ -207,8 +209,13 @@ impl LocalStack {
 
     fn start_worker_with(&mut self, index: usize, extra: &[String]) {
         let log = self.log(&format!("worker-{index}"));
-        let worker = self
-            .command()
+        let mut command = self.command();
+        if self.secret_arn.is_none() {
+            // As on the grid's instances, workers log in as the role the migrations create, with
+            // only the grants a worker needs: every job on the stack proves those are enough.
+            command.env("BATCHGRID_DATABASE_URL", self.database.url_as(WORKER_ROLE));
+        }
+        let worker = command
             .args(["worker", "--env", "local", "--visibility-timeout", &self.worker_visibility, "--concurrency", "2"])
             .args(["--id", &format!("local-worker-{index}"), "--drain-deadline", "5s"])
             .arg("--scratch-dir")

@@ -24,6 +24,9 @@ use super::AnalyticsError;
 
 /// SQLSTATE `invalid_password`: the server refused the credentials.
 const INVALID_PASSWORD: &str = "28P01";
+/// SQLSTATE `invalid_authorization_specification`: what RDS answers to an IAM token that has
+/// expired or does not match ("PAM authentication failed"); a fresh token may be let in.
+const INVALID_AUTHORIZATION: &str = "28000";
 /// SQLSTATE `admin_shutdown`: an administrator (or a failover) ended the session. The statement
 /// in flight did not complete, so the operation can run again on a new connection.
 const ADMIN_SHUTDOWN: &str = "57P01";
@@ -48,6 +51,13 @@ pub trait CredentialsSource: Send + Sync + std::fmt::Debug {
     /// authentication failures are final.
     fn rotates(&self) -> bool {
         true
+    }
+
+    /// How long options read from this source stay usable for new connections; `None`: until
+    /// the server refuses them. An IAM token is accepted for 15 minutes after it was signed,
+    /// so options holding one are read again, before an operation, once they are this old.
+    fn max_age(&self) -> Option<Duration> {
+        None
     }
 
     /// Where the credentials come from, for logs (no secret in it).
@@ -163,7 +173,7 @@ pub(crate) fn classify(error: &AnalyticsError) -> Failure {
     while let Some(current) = cause {
         if let Some(sqlx::Error::Database(database)) = current.downcast_ref::<sqlx::Error>() {
             return match database.code().as_deref() {
-                Some(INVALID_PASSWORD) => Failure::Credentials,
+                Some(INVALID_PASSWORD | INVALID_AUTHORIZATION) => Failure::Credentials,
                 Some(ADMIN_SHUTDOWN) => Failure::SessionEnded,
                 _ => Failure::Other,
             };
@@ -171,6 +181,11 @@ pub(crate) fn classify(error: &AnalyticsError) -> Failure {
         cause = current.source();
     }
     Failure::Other
+}
+
+/// Whether the server refused the credentials (or the role does not exist yet).
+pub fn is_refused(error: &AnalyticsError) -> bool {
+    classify(error) == Failure::Credentials
 }
 
 /// How often and how long to retry.
@@ -218,6 +233,8 @@ pub struct Reconnect {
     generation: AtomicU64,
     /// When the source was last read; held across a read so concurrent failures wait for it.
     last_read: tokio::sync::Mutex<Instant>,
+    /// When the options in use were read, for [`CredentialsSource::max_age`].
+    read_at: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Reconnect {
@@ -243,6 +260,7 @@ impl Reconnect {
             current: Mutex::new(options),
             generation: AtomicU64::new(0),
             last_read: tokio::sync::Mutex::new(Instant::now()),
+            read_at: Mutex::new(Instant::now()),
         })
     }
 
@@ -263,6 +281,7 @@ impl Reconnect {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, AnalyticsError>>,
     {
+        self.refresh_if_stale(&install).await?;
         let mut retries = 0;
         let mut backoff = self.settings.backoff;
         loop {
@@ -284,7 +303,7 @@ impl Reconnect {
             if failure == Failure::Credentials {
                 tracing::warn!(
                     source = %self.source.origin(), retry = retries,
-                    "the database refused the credentials (SQLSTATE 28P01); re-reading them"
+                    "the database refused the credentials (SQLSTATE 28P01 or 28000); re-reading them"
                 );
                 self.refresh(seen, &install).await?;
             } else {
@@ -305,15 +324,59 @@ impl Reconnect {
         }
         let read = self.source.connect_options().await;
         *last_read = Instant::now();
-        let options = read.map_err(|e| AnalyticsError::Backend(Box::new(e)))?;
+        self.install(read.map_err(|e| AnalyticsError::Backend(Box::new(e)))?, install);
+        tracing::warn!(source = %self.source.origin(), "database credentials refreshed");
+        Ok(())
+    }
+
+    /// Reads the source before an operation when the options in use are older than the
+    /// source's [`CredentialsSource::max_age`], so the pool never opens a connection with an
+    /// expired token. A failed read keeps the old options: they may still be accepted, and an
+    /// operation refused with them is retried through [`Reconnect::run`]'s own path.
+    async fn refresh_if_stale(&self, install: &impl Fn(PgConnectOptions)) -> Result<(), AnalyticsError> {
+        let Some(max_age) = self.source.max_age() else {
+            return Ok(());
+        };
+        if self.read_age() < max_age {
+            return Ok(());
+        }
+        let mut last_read = self.last_read.lock().await;
+        // Another operation may have read them while this one waited for the lock.
+        if self.read_age() < max_age {
+            return Ok(());
+        }
+        let read = self.source.connect_options().await;
+        *last_read = Instant::now();
+        match read {
+            Ok(options) => {
+                self.install(options, install);
+                tracing::debug!(source = %self.source.origin(), "database credentials renewed before they expire");
+            }
+            Err(error) => tracing::warn!(%error, "could not renew the database credentials; keeping the current ones"),
+        }
+        Ok(())
+    }
+
+    /// How long ago the options in use were read.
+    fn read_age(&self) -> Duration {
+        match self.read_at.lock() {
+            Ok(at) => at.elapsed(),
+            Err(poisoned) => poisoned.into_inner().elapsed(),
+        }
+    }
+
+    /// Makes `options` the ones new connections use.
+    fn install(&self, options: PgConnectOptions, install: &impl Fn(PgConnectOptions)) {
         match self.current.lock() {
             Ok(mut slot) => *slot = options.clone(),
             Err(poisoned) => *poisoned.into_inner() = options.clone(),
         }
+        match self.read_at.lock() {
+            Ok(mut at) => *at = Instant::now(),
+            Err(poisoned) => *poisoned.into_inner() = Instant::now(),
+        }
         install(options);
         self.generation.fetch_add(1, Ordering::AcqRel);
-        tracing::warn!(source = %self.source.origin(), "database credentials refreshed");
-        Ok(())
     }
 }
 

@@ -356,6 +356,17 @@ pub enum AnalyticsError {
     /// The backend failed.
     #[error("analytics store: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database's schema is older than this build's (a process that may not migrate).
+    #[error(
+        "the analytics database's schema is at migration {found}, this build needs {needed}: the job manager \
+         applies migrations when it starts"
+    )]
+    SchemaBehind {
+        /// The latest migration applied.
+        found: i64,
+        /// The latest migration this build has.
+        needed: i64,
+    },
 }
 
 impl From<sqlx::Error> for AnalyticsError {

@@ -79,6 +79,38 @@ impl PgAnalytics {
         Ok(Self { sql: Sql { pool }, reconnect })
     }
 
+    /// Connects like [`PgAnalytics::connect_with`] but without migrating, for a process whose
+    /// database role may not change the schema (a worker as `batchgrid_worker`): the schema must
+    /// already be at this build's latest migration, or [`AnalyticsError::SchemaBehind`] says
+    /// that the manager, which migrates, has not started (or is older).
+    pub async fn attach(
+        source: Arc<dyn CredentialsSource>,
+        max_connections: u32,
+        settings: ReconnectSettings,
+    ) -> Result<Self, AnalyticsError> {
+        let reconnect = Arc::new(Reconnect::start(source, settings).await?);
+        let pool = reconnect
+            .run(
+                |_| {},
+                || async {
+                    let pool = PgPoolOptions::new()
+                        .max_connections(max_connections.max(1))
+                        .connect_with(reconnect.options())
+                        .await?;
+                    Ok(pool)
+                },
+            )
+            .await?;
+        let analytics = Self { sql: Sql { pool }, reconnect };
+        let needed = MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
+        let found = analytics.run(|sql| sql.schema_version()).await?;
+        if found < needed {
+            analytics.sql.pool.close().await;
+            return Err(AnalyticsError::SchemaBehind { found, needed });
+        }
+        Ok(analytics)
+    }
+
     /// Runs one operation through the retry loop; new options go to the pool, whose open
     /// sessions stay as they are.
     async fn run<'a, T, Fut>(&'a self, operation: impl Fn(&'a Sql) -> Fut) -> Result<T, AnalyticsError>
@@ -99,6 +131,24 @@ async fn migrate(options: PgConnectOptions) -> Result<(), AnalyticsError> {
     let migrated = MIGRATOR.run(&migrating).await;
     migrating.close().await;
     migrated.map_err(|e| AnalyticsError::Backend(Box::new(e)))
+}
+
+/// SQLSTATE `undefined_table`.
+const UNDEFINED_TABLE: &str = "42P01";
+
+impl Sql {
+    /// The latest migration applied to the database; 0 before the first.
+    async fn schema_version(&self) -> Result<i64, AnalyticsError> {
+        let found =
+            sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await;
+        match found {
+            Ok(version) => Ok(version),
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNDEFINED_TABLE) => Ok(0),
+            Err(error) => Err(error.into()),
+        }
+    }
 }
 
 fn job_from_row(row: &PgRow) -> Result<JobRecord, AnalyticsError> {

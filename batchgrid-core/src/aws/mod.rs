@@ -5,6 +5,8 @@
 //! [`crate::queue::sqs`] and [`crate::analytics::postgres`].
 
 pub mod metering;
+#[cfg(feature = "postgres")]
+pub mod rds_iam;
 pub mod secrets;
 pub mod task_role;
 

@@ -61,7 +61,7 @@ enum Port {
 
 /// PostgreSQL's port when neither the configuration nor the secret names one.
 #[cfg(feature = "postgres")]
-const DEFAULT_PORT: u16 = 5432;
+pub(crate) const DEFAULT_PORT: u16 = 5432;
 /// The database when the secret names none (RDS creates `postgres`).
 #[cfg(feature = "postgres")]
 const DEFAULT_DATABASE: &str = "postgres";
@@ -76,6 +76,7 @@ pub struct DatabaseSecret {
     arn: String,
     host: String,
     port: Option<u16>,
+    database: Option<String>,
     tls: crate::analytics::tls::DatabaseTls,
 }
 
@@ -90,7 +91,14 @@ impl DatabaseSecret {
     ) -> Result<Self, SecretError> {
         let (host, port) = split_host_port(host)
             .map_err(|_| SecretError::Shape { arn: arn.to_owned(), expected: "used with a host or host:port" })?;
-        Ok(Self { client, arn: arn.to_owned(), host, port, tls })
+        Ok(Self { client, arn: arn.to_owned(), host, port, database: None, tls })
+    }
+
+    /// Connects to `database` whatever the secret says (`None`: the secret's, else `postgres`);
+    /// RDS's managed master secret names no database.
+    pub fn with_database(mut self, database: Option<&str>) -> Self {
+        self.database = database.map(str::to_owned);
+        self
     }
 
     /// The connect options from the secret's current value.
@@ -114,7 +122,7 @@ impl DatabaseSecret {
                 .port(self.port.or(secret_port).unwrap_or(DEFAULT_PORT))
                 .username(&credentials.username)
                 .password(&credentials.password)
-                .database(credentials.dbname.as_deref().unwrap_or(DEFAULT_DATABASE)),
+                .database(self.database.as_deref().or(credentials.dbname.as_deref()).unwrap_or(DEFAULT_DATABASE)),
         ))
     }
 }
@@ -137,7 +145,7 @@ impl crate::analytics::credentials::CredentialsSource for DatabaseSecret {
 }
 
 /// Splits `host`, `host:port` or `[v6]:port`; the port is `None` when not given.
-fn split_host_port(text: &str) -> Result<(String, Option<u16>), std::num::ParseIntError> {
+pub(crate) fn split_host_port(text: &str) -> Result<(String, Option<u16>), std::num::ParseIntError> {
     if let Some(rest) = text.strip_prefix('[') {
         if let Some((host, after)) = rest.split_once(']') {
             let port = after.strip_prefix(':').map(str::parse).transpose()?;

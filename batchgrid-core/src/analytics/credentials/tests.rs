@@ -46,6 +46,7 @@ fn coded(code: &'static str) -> AnalyticsError {
 #[test]
 fn refused_credentials_and_ended_sessions_are_told_from_other_errors() {
     assert_eq!(classify(&coded("28P01")), Failure::Credentials);
+    assert_eq!(classify(&coded("28000")), Failure::Credentials, "RDS's answer to an expired IAM token");
     assert_eq!(classify(&coded("57P01")), Failure::SessionEnded);
     assert_eq!(classify(&coded("23505")), Failure::Other, "a unique violation is not retried");
     assert_eq!(classify(&AnalyticsError::JobNotFound("j".into())), Failure::Other);
@@ -84,11 +85,22 @@ struct Rotating {
     user: Mutex<String>,
     reads: AtomicUsize,
     rotates: bool,
+    max_age: Option<Duration>,
 }
 
 impl Rotating {
     fn new(user: &str, rotates: bool) -> Arc<Self> {
-        Arc::new(Self { user: Mutex::new(user.to_owned()), reads: AtomicUsize::new(0), rotates })
+        Arc::new(Self { user: Mutex::new(user.to_owned()), reads: AtomicUsize::new(0), rotates, max_age: None })
+    }
+
+    /// A source whose options expire, as an IAM token's do.
+    fn expiring(user: &str, max_age: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            user: Mutex::new(user.to_owned()),
+            reads: AtomicUsize::new(0),
+            rotates: true,
+            max_age: Some(max_age),
+        })
     }
 
     fn set(&self, user: &str) {
@@ -110,6 +122,10 @@ impl CredentialsSource for Rotating {
 
     fn rotates(&self) -> bool {
         self.rotates
+    }
+
+    fn max_age(&self) -> Option<Duration> {
+        self.max_age
     }
 
     fn origin(&self) -> String {
@@ -220,4 +236,35 @@ async fn an_ended_session_is_retried_without_reading_the_credentials() {
     assert_eq!(source.reads(), 1);
     let other = reconnect.run(|_| {}, || async { Err::<(), _>(coded("23505")) }).await.expect_err("not retried");
     assert_eq!(classify(&other), Failure::Other);
+}
+
+#[tokio::test]
+async fn expiring_options_are_renewed_before_an_operation_once_they_are_too_old() {
+    let source = Rotating::expiring("token-1", Duration::from_millis(80));
+    let reconnect = Reconnect::start(source.clone(), fast()).await.expect("start");
+    let server = Mutex::new("token-1".to_owned());
+    let installed = AtomicUsize::new(0);
+    operate(&reconnect, &server, &installed).await.expect("fresh");
+    operate(&reconnect, &server, &installed).await.expect("still fresh");
+    assert_eq!(source.reads(), 1, "young options are not read again");
+
+    // The token ages past its life; the server would refuse it, and a new one is signed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    source.set("token-2");
+    *server.lock().expect("lock") = "token-2".to_owned();
+    operate(&reconnect, &server, &installed).await.expect("renewed before the try");
+    assert_eq!(source.reads(), 2, "one renewal, not a refused try and a refresh");
+    assert_eq!(installed.load(Ordering::SeqCst), 1, "the pool got the renewed options");
+    assert_eq!(reconnect.options().get_username(), "token-2");
+}
+
+#[tokio::test]
+async fn options_without_an_age_limit_are_never_renewed_unasked() {
+    let source = Rotating::new("old", true);
+    let reconnect = Reconnect::start(source.clone(), fast()).await.expect("start");
+    let server = Mutex::new("old".to_owned());
+    let installed = AtomicUsize::new(0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    operate(&reconnect, &server, &installed).await.expect("ok");
+    assert_eq!(source.reads(), 1);
 }
