@@ -7,12 +7,16 @@ use std::time::{Duration, Instant};
 
 use super::group::{GroupError, WorkerGroup};
 use super::sizing::{decide, remaining_tasks, Decision, JobWork, SizingInput, SizingSettings};
+use super::warm_up::{warm_up_at, WarmSchedule, WarmUp};
 use crate::analytics::{AnalyticsError, AnalyticsStore, JobState};
 use crate::queue::{QueueError, TaskQueue};
 
 /// How often the autoscaler looks by default: a new job's first tasks raise a group at zero
 /// within this (plus one Auto Scaling call).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Occurrences looked through for a schedule's previous run (skipped ones have no job).
+const LAST_RUNS_LOOKED_AT: u32 = 10;
 
 /// Failures of one pass; the loop logs them and tries again on the next.
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +91,53 @@ impl Autoscaler {
         Ok((jobs, queued))
     }
 
+    /// The schedules that ask for warm-up, each with its previous run's work. A schedule
+    /// whose stored spec cannot be read is passed over (the manager's firing reports it).
+    async fn warm_schedules(&self) -> Result<Vec<WarmSchedule>, ScalingError> {
+        let mut warm = Vec::new();
+        for record in self.analytics.schedules().await? {
+            if record.paused {
+                continue;
+            }
+            let Ok(spec) = serde_json::from_str::<crate::spec::JobSpec>(&record.spec) else { continue };
+            let Some(block) = spec.schedule.as_deref() else { continue };
+            let (Some(warm_up), Ok(schedule)) = (block.warm_up, block.schedule()) else { continue };
+            warm.push(WarmSchedule { name: record.name, schedule, warm_up, last_run: None });
+        }
+        Ok(warm)
+    }
+
+    /// The previous run of `schedule` as it started: all its tasks and their mean time.
+    async fn last_run(&self, schedule: &str) -> Result<Option<JobWork>, ScalingError> {
+        let occurrences = self.analytics.occurrences(schedule, LAST_RUNS_LOOKED_AT).await?;
+        let Some(job_id) = occurrences.iter().filter_map(|o| o.job_id.clone()).next() else { return Ok(None) };
+        let stages = self.analytics.stages(&job_id).await?;
+        let tasks: u64 = stages.iter().map(|s| s.expected.unwrap_or(s.done + s.failed)).sum();
+        let mean_task_time = self.analytics.mean_task_millis(&job_id).await?.map(Duration::from_millis);
+        Ok((tasks > 0).then_some(JobWork { remaining: tasks, mean_task_time }))
+    }
+
+    /// The warm-up in force now, if any; the previous runs are read only for schedules in their
+    /// warm-up window, so an idle grid with schedules costs one query a pass.
+    async fn warm_up(&self) -> Result<Option<WarmUp>, ScalingError> {
+        let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+        let mut schedules = self.warm_schedules().await?;
+        schedules.retain(|warm| warm_up_at(std::slice::from_ref(warm), now, &self.settings).is_some());
+        for warm in &mut schedules {
+            warm.last_run = self.last_run(&warm.name).await?;
+        }
+        Ok(warm_up_at(&schedules, now, &self.settings))
+    }
+
     /// One pass: reads the work and the group, decides, and applies the decision.
     pub async fn pass(&mut self) -> Result<Decision, ScalingError> {
         let (jobs, queued) = self.work().await?;
-        let has_work = jobs.iter().any(|j| j.remaining > 0) || queued > 0;
+        let warm_up = self.warm_up().await?;
+        let has_work = jobs.iter().any(|j| j.remaining > 0) || queued > 0 || warm_up.is_some();
         let now = Instant::now();
         self.idle_since = if has_work { None } else { Some(self.idle_since.unwrap_or(now)) };
         let group = self.group.state().await?;
-        let input = SizingInput { jobs, queued, group, idle_for: self.idle_since.map(|since| now - since) };
+        let input = SizingInput { jobs, queued, group, idle_for: self.idle_since.map(|since| now - since), warm_up };
         let decision = decide(&input, &self.settings);
         if let Decision::Set { desired, reason } = &decision {
             self.group.set_desired(*desired).await?;

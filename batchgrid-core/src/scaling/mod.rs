@@ -5,11 +5,13 @@
 //!
 //! - [`sizing`]: the decision, a pure function.
 //! - [`group`]: the group behind a small trait (Auto Scaling on AWS).
+//! - [`warm_up`]: a scheduled job's warm-up, a floor under the size before its fire time.
 //! - [`autoscaler`]: the loop that reads the work and applies the decision.
 
 pub mod autoscaler;
 pub mod group;
 pub mod sizing;
+pub mod warm_up;
 
 pub use autoscaler::{Autoscaler, ScalingError};
 #[cfg(feature = "aws")]

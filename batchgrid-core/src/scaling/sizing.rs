@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::warm_up::WarmUp;
 use crate::analytics::StageProgress;
 use crate::spec::StageKind;
 
@@ -64,6 +65,8 @@ pub struct SizingInput {
     pub group: GroupState,
     /// How long no work has remained, or `None` while there is work.
     pub idle_for: Option<Duration>,
+    /// A scheduled job's warm-up in force: a floor under the size.
+    pub warm_up: Option<WarmUp>,
 }
 
 /// What to do with the group.
@@ -130,7 +133,26 @@ pub fn instances_needed(jobs: &[JobWork], queued: u64, settings: &SizingSettings
 /// anyway); once no work has remained for the scale-in delay, go back to the minimum.
 pub fn decide(input: &SizingInput, settings: &SizingSettings) -> Decision {
     let group = input.group;
-    let needed = instances_needed(&input.jobs, input.queued, settings);
+    let for_work = instances_needed(&input.jobs, input.queued, settings);
+    let needed = match &input.warm_up {
+        Some(warm) => for_work.max(warm.instances),
+        None => for_work,
+    };
+    if needed > for_work {
+        if let Some(warm) = &input.warm_up {
+            let target = u32::try_from(needed).unwrap_or(u32::MAX).clamp(group.min, group.max.max(group.min));
+            let reason = format!(
+                "warming up for schedule {} firing at {}: {needed} instance(s), as its last run needed",
+                warm.schedule,
+                warm.fire_time.to_rfc3339()
+            );
+            return if target > group.desired {
+                Decision::Set { desired: target, reason }
+            } else {
+                Decision::Hold { reason }
+            };
+        }
+    }
     if needed > 0 {
         let target = u32::try_from(needed).unwrap_or(u32::MAX).clamp(group.min, group.max.max(group.min));
         if target > group.desired {

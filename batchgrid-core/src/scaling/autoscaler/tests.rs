@@ -121,3 +121,38 @@ async fn a_failed_pass_is_an_error_and_the_next_pass_recovers() {
     *group.fail.lock().expect("lock") = false;
     assert!(matches!(scaler.pass().await.expect("pass"), Decision::Set { desired: 1, .. }));
 }
+
+/// A stored schedule firing every minute, warming up two minutes ahead: always in its window.
+fn warm_schedule(name: &str, paused: bool) -> crate::analytics::ScheduleRecord {
+    let job = "name: nightly\ninput:\n  path: s3://raw/in/\nstages:\n  - name: copy\n    command: [cat, '{input}']\n\
+               output:\n  path: results\nschedule:\n  cron: '* * * * *'\n  tz: UTC\n  warm_up: 2m\n";
+    let spec =
+        crate::spec::parse_job(job, "nightly.yaml", std::path::Path::new("."), &Default::default()).expect("job file");
+    crate::analytics::ScheduleRecord {
+        name: name.into(),
+        spec: serde_json::to_string(&spec).expect("json"),
+        paused,
+        watermark: 0,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_in_its_warm_up_raises_an_idle_group_and_a_paused_one_does_not() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (grid, group, mut scaler) = setup(dir.path(), Duration::from_millis(1)).await;
+    grid.analytics.create_schedule(&warm_schedule("paused", true)).await.expect("schedule");
+    let decision = scaler.pass().await.expect("pass");
+    assert!(matches!(decision, Decision::Hold { .. }), "a paused schedule warms nothing up: {decision:?}");
+
+    grid.analytics.create_schedule(&warm_schedule("nightly", false)).await.expect("schedule");
+    match scaler.pass().await.expect("pass") {
+        Decision::Set { desired: 1, reason } => assert!(reason.contains("nightly"), "{reason}"),
+        other => panic!("the group warms up before any job exists: {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let decision = scaler.pass().await.expect("pass");
+    assert!(matches!(decision, Decision::Hold { .. }), "held through the warm-up, no scale-in: {decision:?}");
+    assert_eq!(*group.calls.lock().expect("lock"), vec![1]);
+}

@@ -20,7 +20,7 @@ fn job(remaining: u64, secs: Option<u64>) -> JobWork {
 }
 
 fn input(jobs: Vec<JobWork>, queued: u64, group: GroupState, idle_for: Option<Duration>) -> SizingInput {
-    SizingInput { jobs, queued, group, idle_for }
+    SizingInput { jobs, queued, group, idle_for, warm_up: None }
 }
 
 fn desired(decision: &Decision, current: u32) -> u32 {
@@ -187,4 +187,32 @@ fn a_month_end_trace_scales_from_zero_to_max_and_back() {
     let delay = (s.scale_in_delay.as_secs() / 60) as u32;
     assert_eq!(back, 600 + drained + delay, "back to min exactly one scale-in delay after the work ran out");
     assert!(history[back as usize..].iter().all(|&d| d == min), "idle after the batch: no instance");
+}
+
+#[test]
+fn a_warm_up_raises_the_group_before_any_work_and_holds_it_against_scale_in() {
+    let settings = SizingSettings { scale_in_delay: Duration::from_secs(60), ..SizingSettings::default() };
+    let warm = crate::scaling::warm_up::WarmUp {
+        instances: 6,
+        schedule: "month-end".into(),
+        fire_time: chrono::DateTime::UNIX_EPOCH,
+    };
+    let group = GroupState { min: 0, max: 4, desired: 0 };
+    let idle = SizingInput { warm_up: Some(warm.clone()), ..input(vec![], 0, group, Some(Duration::from_secs(3600))) };
+    match decide(&idle, &settings) {
+        Decision::Set { desired, reason } => {
+            assert_eq!(desired, 4, "capped at max_size");
+            assert!(reason.contains("month-end"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // At that size, however long idle: held, not scaled in.
+    let held = SizingInput { group: GroupState { desired: 4, ..group }, ..idle };
+    assert!(matches!(decide(&held, &settings), Decision::Hold { .. }));
+    // Work larger than the warm-up sizes the group as usual.
+    let busy = SizingInput {
+        warm_up: Some(crate::scaling::warm_up::WarmUp { instances: 1, ..warm }),
+        ..input(vec![job(100, Some(60))], 0, GroupState { min: 0, max: 10, desired: 0 }, None)
+    };
+    assert!(matches!(decide(&busy, &settings), Decision::Set { desired: 4, .. }));
 }
