@@ -50,9 +50,10 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV    := $(HOME)/.cache/batchgrid/checkov-venv
 CHECKOV         := $(CHECKOV_VENV)/bin/checkov
 
-tools: ## install the test tools that do not come with cargo (cfn-lint, moto from PyPI; checkov pinned in its own venv; systemd, shellcheck, nftables, openssl from apt)
+tools: ## install the test tools that do not come with cargo (cfn-lint, moto, prometheus-client from PyPI; checkov pinned in its own venv; systemd, shellcheck, nftables, openssl from apt)
 	@command -v cfn-lint >/dev/null || { echo "installing cfn-lint (pip)..."; python3 -m pip install --quiet 'cfn-lint>=1.20'; }
 	@command -v moto_server >/dev/null || { echo "installing moto[server], the local AWS emulator (pip)..."; python3 -m pip install --quiet 'moto[server]>=5'; }
+	@python3 -c 'import prometheus_client' 2>/dev/null || { echo "installing prometheus-client, whose parser checks /metrics (pip)..."; python3 -m pip install --quiet 'prometheus-client==0.21.1'; }
 	@command -v pyenv >/dev/null && pyenv rehash || true
 	@# The image's user and units are checked with systemd's own tools, its scripts with shellcheck.
 	@{ command -v systemd-analyze && command -v systemd-sysusers; } >/dev/null || { echo "installing systemd (apt: systemd-analyze, systemd-sysusers)..."; (apt-get update -qq && apt-get install -y -qq systemd) >/dev/null; }

@@ -103,6 +103,8 @@ fn describe_part(part: &str) -> &str {
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     faults: Arc<Mutex<BTreeMap<String, Fault>>>,
+    /// Failures per part since the process started (for `/metrics`), kept after recovery.
+    errors: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Health {
@@ -123,6 +125,15 @@ impl Health {
         });
         fault.error = error.to_owned();
         fault.failures += 1;
+        drop(faults);
+        if let Ok(mut errors) = self.errors.lock() {
+            *errors.entry(part.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Failures per part since the process started, recovered ones included.
+    pub fn error_counts(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().map(|errors| errors.clone()).unwrap_or_default()
     }
 
     /// Records that `part` answered again.

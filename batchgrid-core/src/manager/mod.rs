@@ -247,6 +247,11 @@ impl Manager {
         self.health.report()
     }
 
+    /// The manager's failures per part (analytics, queue, store, disk) since it started.
+    pub fn error_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.health.error_counts()
+    }
+
     /// What the job's watchdog last found amiss (a stalled stage, a repaired forward).
     pub fn watchdog_note(&self, job_id: &str) -> Option<String> {
         self.watchdog_notes.lock().ok().and_then(|notes| notes.get(job_id).cloned())

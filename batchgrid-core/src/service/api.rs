@@ -19,6 +19,7 @@
 //! | POST | `/v1/schedules/{name}/pause`, `/resume` | pause or resume → 204 |
 //! | POST | `/v1/schedules/{name}/trigger` | fire one occurrence now → 201 |
 //! | DELETE | `/v1/schedules/{name}` | delete it and its occurrences → 204 |
+//! | GET | `/metrics` | the grid in the Prometheus (OpenMetrics) text format; see [`super::metrics`] |
 //! | GET | `/v1/health` | `{"status":"ok"}` or `{"status":"degraded","analytics":{"error","since",...}}` |
 
 mod schedules;
@@ -147,6 +148,7 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/v1/jobs/{id}/history", get(history))
         .route("/v1/workers", get(workers))
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(schedules::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -284,6 +286,18 @@ async fn history(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 
 async fn health(State(state): State<AppState>) -> Json<HealthReport> {
     Json(state.service.health().await)
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let snapshot = state.service.metrics().await?;
+    let body = snapshot.encode().map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorBody { error: format!("encoding the metrics: {e}"), field: None, line: None },
+        )
+    })?;
+    let content_type = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerRecord>>, ApiError> {
