@@ -194,6 +194,24 @@ impl InstanceAgent {
         }
     }
 
+    /// Asks the group to terminate this instance and lower its desired capacity (`worker
+    /// drain`): the lifecycle hook then drains the worker as on any scale-in, and no
+    /// replacement is launched. `false` when the instance is in no group.
+    pub async fn leave_group(&self) -> Result<bool, InstanceError> {
+        if self.settings.group.is_none() {
+            return Ok(false);
+        }
+        self.autoscaling
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(&self.instance_id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .map_err(|e| InstanceError::AutoScaling(error_text(&e)))?;
+        tracing::info!("drain requested: the instance leaves its group");
+        Ok(true)
+    }
+
     /// Tells the group the instance may terminate now.
     pub async fn complete_lifecycle(&self) -> Result<(), InstanceError> {
         let (Some(group), Some(hook)) = (&self.settings.group, &self.settings.lifecycle_hook) else { return Ok(()) };
