@@ -171,6 +171,10 @@ pub enum WorkerAction {
     },
 }
 
+/// How long a drained worker on an instance with a lifecycle hook waits for the group to start
+/// terminating it before it drains by itself.
+const LEAVE_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Runs the worker until SIGTERM, or a drain asked through the manager.
 pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Result<ExitCode> {
     if let Some(WorkerAction::Drain { id, connection }) = &args.action {
@@ -270,24 +274,36 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     };
     tracing::info!(instance = agent.instance_id(), group = ?args.instance.group, "instance agent started");
     let agent = Arc::new(agent);
-    let leaving = agent.clone();
-    let signal = async move {
-        let drained = async {
-            drain.await;
-            // The group terminates the instance; its lifecycle hook then drains this worker as
-            // on any scale-in, and the instance leaves. Without a group, drain and exit here.
-            match leaving.leave_group().await {
-                Ok(true) => std::future::pending::<()>().await,
-                Ok(false) => {}
-                Err(error) => tracing::error!(%error, "could not leave the group; draining the worker only"),
+    let (leaving, drained) = (agent.clone(), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let hooked = agent.has_lifecycle_hook();
+    let signal = {
+        let drained = drained.clone();
+        async move {
+            let drain = async {
+                drain.await;
+                drained.store(true, std::sync::atomic::Ordering::SeqCst);
+                // With a lifecycle hook the group terminates the instance and the hook drains
+                // this worker as on any scale-in; should the group not start, drain here.
+                if hooked {
+                    match leaving.leave_group().await {
+                        Ok(_) => tokio::time::sleep(LEAVE_PATIENCE).await,
+                        Err(error) => tracing::error!(%error, "could not leave the group; draining the worker only"),
+                    }
+                }
+            };
+            tokio::select! {
+                () = stop_signal(exit_with_parent) => {}
+                () = drain => {}
             }
-        };
-        tokio::select! {
-            () = stop_signal(exit_with_parent) => {}
-            () = drained => {}
         }
     };
-    let (reason, stats) = agent.run_worker(worker, signal).await?;
+    let (reason, stats) = agent.clone().run_worker(worker, signal).await?;
+    if drained.load(std::sync::atomic::Ordering::SeqCst) && !hooked {
+        // Drained, and no hook to wait for: the instance leaves now, without a replacement.
+        if let Err(error) = agent.leave_group().await {
+            tracing::error!(%error, "drained, but could not leave the group");
+        }
+    }
     tracing::info!(?reason, ?stats, "worker stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -194,9 +194,14 @@ impl InstanceAgent {
         }
     }
 
+    /// Whether the group's termination lifecycle hook waits for this worker's drain.
+    pub fn has_lifecycle_hook(&self) -> bool {
+        self.settings.group.is_some() && self.settings.lifecycle_hook.is_some()
+    }
+
     /// Asks the group to terminate this instance and lower its desired capacity (`worker
-    /// drain`): the lifecycle hook then drains the worker as on any scale-in, and no
-    /// replacement is launched. `false` when the instance is in no group.
+    /// drain`), so no replacement is launched; with a lifecycle hook, the hook then drains the
+    /// worker as on any scale-in. `false` when the instance is in no group.
     pub async fn leave_group(&self) -> Result<bool, InstanceError> {
         if self.settings.group.is_none() {
             return Ok(false);
