@@ -32,7 +32,7 @@ use crate::task::{output_prefix, spec_key, TaskMessage};
 use crate::task_role::{TaskCredentials, TaskRole};
 
 /// How often a worker re-reads a job's state (to notice cancellation).
-const JOB_STATE_TTL: Duration = Duration::from_secs(2);
+pub(crate) const JOB_STATE_TTL: Duration = Duration::from_secs(2);
 /// How often a worker records that it is alive.
 const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often a worker publishes its AWS request counts, so a job's report includes them.

@@ -10,12 +10,16 @@
 //! reasons: tasks failed past their retries, bad input, or its deadline.
 //!
 //! Rooms: [`split`](self::split) cuts the input into tasks, `reconcile` drives a job pass by pass,
+//! `dependencies` holds a job back until the jobs it names (`after:`) have completed,
+//! `redrive` sends a job's failed tasks back for another run (`job retry`, `job redrive`),
 //! `dead_letters` consumes the dead-letter queues, `stages` is the per-stage watchdog that
 //! repairs lost forwards, and [`health`] keeps what is failing and since when.
 
 mod dead_letters;
+mod dependencies;
 pub mod health;
 mod reconcile;
+mod redrive;
 mod split;
 mod stages;
 
@@ -27,6 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use self::health::{Backoff, Health, HealthReport};
+pub use self::redrive::{RedriveFilter, RedriveRefusal, Redriven};
 use crate::analytics::{actor, AnalyticsError, JobRecord, JobState, StageProgress, StageRecord};
 use crate::db::now_millis;
 use crate::grid::Grid;

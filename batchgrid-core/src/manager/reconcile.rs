@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
+use super::dependencies::Upstream;
 use super::health::Backoff;
 use super::stages::Watchdog;
 use super::{JobProgress, Manager, ManagerError, REQUESTS_SETTLE};
@@ -199,6 +200,26 @@ impl Manager {
                 progress: JobProgress { state: job.state, stages, error: job.error },
                 needs_split: false,
             });
+        }
+        if job.state == JobState::Submitted && !spec.after.is_empty() {
+            match self.upstream(spec).await? {
+                Upstream::Ready => {}
+                Upstream::Waiting(on) => {
+                    // Not split, not enqueued: nothing of the job exists in the queues yet.
+                    self.set_note(job_id, Some(format!("waiting for upstream job `{on}` (after:)")));
+                    let stages = analytics.stages(job_id).await?;
+                    let progress = JobProgress { state: job.state, stages, error: None };
+                    return Ok(Pass { progress, needs_split: false });
+                }
+                Upstream::Failed(reason) => {
+                    analytics.transition(job_id, JobState::Failed, Some(&reason), actor::MANAGER).await?;
+                    let stored = analytics.job(job_id).await?.unwrap_or(job);
+                    let stages = analytics.stages(job_id).await?;
+                    let progress = JobProgress { state: stored.state, stages, error: stored.error };
+                    return Ok(Pass { progress, needs_split: false });
+                }
+            }
+            self.set_note(job_id, None);
         }
         if self.dead_letter_scan_due() {
             self.consume_dead_letters().await?;

@@ -6,9 +6,9 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::api::{ErrorBody, Results, Submitted};
-use super::{JobStatus, ScheduleStatus};
+use super::{Deferred, JobStatus, ScheduleStatus};
 use crate::analytics::{HistoryEntry, OccurrenceRecord, WorkerRecord};
-use crate::manager::HealthReport;
+use crate::manager::{HealthReport, RedriveFilter, Redriven};
 use crate::secret::Secret;
 
 /// Client errors.
@@ -99,12 +99,51 @@ impl ApiClient {
 
     /// Submits a job document; `input` replaces its input (an uploaded `s3://` location).
     pub async fn submit(&self, document: &str, origin: &str, input: Option<&str>) -> Result<String, ClientError> {
+        let request = self.submit_request(document, origin, input, &[]);
+        Ok(self.json::<Submitted>(request).await?.job_id)
+    }
+
+    /// As [`ApiClient::submit`], the job waiting for the jobs `after` names (names or ids).
+    pub async fn submit_after(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        after: &[String],
+    ) -> Result<String, ClientError> {
+        let request = self.submit_request(document, origin, input, after);
+        Ok(self.json::<Submitted>(request).await?.job_id)
+    }
+
+    /// Stores a job document to run once at `at` (RFC 3339 with its offset).
+    pub async fn submit_at(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        after: &[String],
+        at: &str,
+    ) -> Result<Deferred, ClientError> {
+        let request = self.submit_request(document, origin, input, after).query(&[("at", at)]);
+        self.json(request).await
+    }
+
+    fn submit_request(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        after: &[String],
+    ) -> reqwest::RequestBuilder {
+        let after = after.join(",");
         let mut query = vec![("origin", origin)];
         if let Some(input) = input {
             query.push(("input", input));
         }
-        let request = self.http.post(self.url("/v1/jobs")).query(&query).body(document.to_owned());
-        Ok(self.json::<Submitted>(request).await?.job_id)
+        if !after.is_empty() {
+            query.push(("after", &after));
+        }
+        self.http.post(self.url("/v1/jobs")).query(&query).body(document.to_owned())
     }
 
     /// Adds a schedule from a job document with a `schedule:` block.
@@ -190,6 +229,16 @@ impl ApiClient {
         self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/cancel")))).await.map(|_| ())
     }
 
+    /// Runs a failed job's failed tasks again.
+    pub async fn retry(&self, id: &str) -> Result<Redriven, ClientError> {
+        self.json(self.http.post(self.url(&format!("/v1/jobs/{id}/retry")))).await
+    }
+
+    /// Runs the failed tasks `filter` picks again.
+    pub async fn redrive(&self, id: &str, filter: &RedriveFilter) -> Result<Redriven, ClientError> {
+        self.json(self.http.post(self.url(&format!("/v1/jobs/{id}/redrive"))).query(filter)).await
+    }
+
     /// A job's history, oldest first.
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ClientError> {
         self.json(self.http.get(self.url(&format!("/v1/jobs/{id}/history")))).await
@@ -198,6 +247,11 @@ impl ApiClient {
     /// The manager's health.
     pub async fn health(&self) -> Result<HealthReport, ClientError> {
         self.json(self.http.get(self.url("/v1/health"))).await
+    }
+
+    /// Asks a worker to drain: no new task, exit after its current ones.
+    pub async fn drain_worker(&self, id: &str) -> Result<(), ClientError> {
+        self.send(self.http.post(self.url(&format!("/v1/workers/{id}/drain")))).await.map(|_| ())
     }
 
     /// Workers and their statistics.

@@ -1,11 +1,15 @@
 //! The job manager as a long-running service: jobs arrive through an HTTP API ([`api`]), each
 //! is driven to its end by its own task, and jobs a previous manager process left unfinished
 //! (submitted, splitting or running) are picked up again at start; `schedules` fires scheduled
-//! jobs' occurrences. [`client`] is the other end of the API.
+//! jobs' occurrences and `once` the one-off runs (`submit --at`); `control` retries and redrives
+//! a job's failed tasks; `dependencies` resolves the jobs a job waits for (`after:`). [`client`] is the other end of the API.
 
 pub mod api;
 pub mod client;
+mod control;
+mod dependencies;
 pub mod metrics;
+mod once;
 mod schedules;
 
 use std::collections::HashMap;
@@ -19,6 +23,7 @@ use crate::analytics::{actor, HistoryEntry, JobRecord, JobState, StageProgress};
 use crate::manager::{HealthReport, Manager, ManagerError};
 use crate::spec::{parse_job_with_policy, InputPolicy, JobSpec, Overrides, SpecError};
 
+pub use once::{parse_at, Deferred};
 pub use schedules::ScheduleStatus;
 
 /// A job as the API reports it.
@@ -79,6 +84,9 @@ pub enum ServiceError {
         /// Its final state.
         state: JobState,
     },
+    /// The action does not apply to the job as it is (retry of a running job, nothing to run).
+    #[error("{0}")]
+    Refused(String),
     /// The grid failed.
     #[error(transparent)]
     Manager(#[from] ManagerError),
@@ -146,9 +154,11 @@ impl JobService {
         overrides: &Overrides,
     ) -> Result<String, ServiceError> {
         // The policy is checked inside parsing, before any local path is resolved.
-        let spec = parse_job_with_policy(text, origin, &self.base_dir, overrides, &self.input_policy)?;
+        let mut spec = parse_job_with_policy(text, origin, &self.base_dir, overrides, &self.input_policy)?;
         // Checked here too (the manager checks every submission) to name the line in `text`.
         spec.check_against_grid(self.manager.grid().tasks.max_receives(), Some(text), origin)?;
+        let after_text = overrides.after.is_empty().then_some(text);
+        self.resolve_after(&mut spec, &dependencies::AfterOrigin { origin, text: after_text }).await?;
         let id = self.manager.submit(&spec).await?;
         self.start(id.clone(), spec);
         Ok(id)

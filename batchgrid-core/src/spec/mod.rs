@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::schedule::vars::Occurrence;
 use locate::position_suffix;
 pub use locate::{FieldPath, Position};
-pub use schedule::{schedule_document, ScheduleOverrides, ScheduleSpec};
+pub use schedule::{schedule_document, ScheduleOverrides, ScheduleSpec, ONCE};
 
 /// Largest job file accepted; a job file is configuration, not data.
 const MAX_JOB_FILE_BYTES: usize = 1024 * 1024;
@@ -63,6 +63,10 @@ pub struct JobSpec {
     // Boxed: most jobs have none, and every job is moved around.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Box<ScheduleSpec>>,
+    /// Jobs that must complete before this one starts (`after:`), by name or id as written;
+    /// the manager's submit replaces each with the id it names (see `service::dependencies`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// What a task failed for good (past its retries) does to the stages after its own.
@@ -348,6 +352,8 @@ struct RawJob {
     deadline: Option<Duration>,
     #[serde(default)]
     schedule: Option<schedule::RawSchedule>,
+    #[serde(default)]
+    after: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -452,6 +458,8 @@ pub struct Overrides {
     pub input: Option<PathBuf>,
     /// Replaces `output.path`.
     pub output: Option<PathBuf>,
+    /// Replaces `after:` when not empty (`submit --after`).
+    pub after: Vec<String>,
 }
 
 /// Which inputs a job may name, and so what parsing may look at.
@@ -655,6 +663,7 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         if raw.deadline.is_some_and(|d| d.is_zero()) {
             return Err((self.error_at)(&root.key("deadline"), "must be more than zero".into()));
         }
+        let after = self.after(raw.after.unwrap_or_default())?;
         Ok(JobSpec {
             name: raw.name,
             input,
@@ -665,7 +674,39 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
             on_stage_failure: raw.on_stage_failure.unwrap_or_default(),
             deadline: raw.deadline,
             schedule,
+            after,
         })
+    }
+
+    /// The jobs this one waits for: the command line's `--after` over the file's `after:`.
+    /// Each is a job name or id; whether it exists is checked by the manager, which knows.
+    fn after(&self, from_file: Vec<String>) -> Result<Vec<String>, SpecError> {
+        let (items, from_flag) =
+            if self.overrides.after.is_empty() { (from_file, false) } else { (self.overrides.after.clone(), true) };
+        let mut after: Vec<String> = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            let fail = |message: String| {
+                if from_flag {
+                    let origin = self.override_origin().to_owned();
+                    SpecError { origin, position: None, field: "after".into(), message }
+                } else {
+                    (self.error_at)(&FieldPath::root().key("after").index(index), message)
+                }
+            };
+            let item = item.trim().to_owned();
+            // Names and ids share the name alphabet (an id is the name, `-` and a ULID).
+            let valid = !item.is_empty()
+                && item.len() <= 100
+                && item.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(fail(format!("`{item}` is not a job name or id")));
+            }
+            if after.contains(&item) {
+                return Err(fail(format!("`{item}` is named twice")));
+            }
+            after.push(item);
+        }
+        Ok(after)
     }
 
     /// Checks a scheduled job's field for unknown `{variables}`; whether it uses any.
