@@ -21,6 +21,7 @@
 //!   transaction; a refused one changes nothing and returns `false`.
 //! - Times are Unix milliseconds.
 
+pub mod admission;
 #[cfg(feature = "postgres")]
 pub mod credentials;
 #[cfg(feature = "postgres")]
@@ -35,6 +36,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use admission::{AdmissionStore, JobAdmission, PendingTask, DEFAULT_PRIORITY, MAX_PRIORITY};
 #[cfg(feature = "postgres")]
 pub use postgres::PgAnalytics;
 pub use schedules::{OccurrenceRecord, OccurrenceState, ScheduleRecord, ScheduleStore};
@@ -364,10 +366,10 @@ impl From<sqlx::Error> for AnalyticsError {
     }
 }
 
-/// Progress and statistics storage, schedules included ([`ScheduleStore`]); see the module docs
-/// for the contract.
+/// Progress and statistics storage, schedules ([`ScheduleStore`]) and admission
+/// ([`AdmissionStore`]) included; see the module docs for the contract.
 #[async_trait]
-pub trait AnalyticsStore: ScheduleStore + Send + Sync + std::fmt::Debug {
+pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fmt::Debug {
     /// Records a new job and its stages (idempotent for the same id).
     async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError>;
     /// Moves a job to `to` if its current state allows it (compare-and-set), stamping start and
