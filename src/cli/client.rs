@@ -57,6 +57,9 @@ pub struct SubmitArgs {
     /// With `--watch`, download the results here when the job completes.
     #[arg(long, requires = "watch")]
     download: Option<PathBuf>,
+    /// Priority instead of the file's `priority` (0..=100, higher first; default 50).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    priority: Option<u8>,
     #[command(flatten)]
     stack: StackArgs,
     #[command(flatten)]
@@ -151,7 +154,8 @@ pub(crate) async fn upload(stack: &StackArgs, name: &str, input: &Path, quiet: b
 
 /// Submits a job, uploading a local input first.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let overrides = Overrides { input: args.input.as_deref().map(super::run::from_cwd), output: None };
+    let overrides =
+        Overrides { input: args.input.as_deref().map(super::run::from_cwd), output: None, priority: args.priority };
     // Checked here first, so errors name the user's file and line before anything is uploaded.
     let spec = load_job_file(&args.job, &overrides)?;
     let client = args.connection.client().await?;
@@ -161,7 +165,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let document = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
     let origin = args.job.display().to_string();
-    let id = client.submit(&document, &origin, Some(&input)).await?;
+    let id = client.submit_with_priority(&document, &origin, Some(&input), args.priority).await?;
     if args.connection.json && !args.watch {
         println!("{}", serde_json::json!({ "job_id": id, "input": input }));
     } else {
@@ -266,6 +270,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("job {} ({}) {}", status.id, status.name, status.state);
+    let paused = if status.paused { ", paused" } else { "" };
+    println!("  priority {}{paused}, {} task(s) waiting for admission", status.priority, status.pending);
     if let Some(error) = &status.error {
         println!("  reason: {error}");
     }

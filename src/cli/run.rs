@@ -202,8 +202,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, Some(job)) => {
             anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
             anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
-            let overrides =
-                Overrides { input: args.input.as_deref().map(from_cwd), output: args.output.as_deref().map(from_cwd) };
+            let overrides = Overrides {
+                input: args.input.as_deref().map(from_cwd),
+                output: args.output.as_deref().map(from_cwd),
+                priority: None,
+            };
             let spec = load_job_file(job, &overrides)?;
             spec.refuse_if_scheduled(&job.display().to_string())?;
             // Absolute: workers and the commands they run (in their scratch directories) use it too.

@@ -4,13 +4,15 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | POST | `/v1/jobs?input=&origin=` | submit a job (YAML or JSON body) → 201 `{"job_id"}` |
+//! | POST | `/v1/jobs?input=&origin=&priority=` | submit a job (YAML or JSON body) → 201 `{"job_id"}` |
 //! | GET | `/v1/jobs` | every job, newest first |
 //! | GET | `/v1/jobs/{id}` | a job with per-stage progress |
 //! | GET | `/v1/jobs/{id}/results` | result objects and, once ended, the report |
 //! | GET | `/v1/jobs/{id}/results/{path}` | one result object's bytes |
 //! | GET | `/v1/jobs/{id}/logs/{stage}/{task}/{stdout\|stderr}` | a command task's captured output (text, at most 1 MiB) |
 //! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
+//! | POST | `/v1/jobs/{id}/pause`, `/resume` | no new task of the job starts / they start again → 204 |
+//! | PUT | `/v1/jobs/{id}/priority` | `{"priority": N}`, 0..=100 → 204 |
 //! | GET | `/v1/jobs/{id}/history` | every state change: time, from, to, reason, actor |
 //! | GET | `/v1/workers` | workers and their statistics |
 //! | POST | `/v1/schedules?origin=` | add a schedule (a job document with `schedule:`) → 201 |
@@ -32,7 +34,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +97,15 @@ struct SubmitQuery {
     input: Option<String>,
     /// Name of the document for error messages (the client's file name).
     origin: Option<String>,
+    /// Replaces the document's `priority`.
+    priority: Option<u8>,
+}
+
+/// The body of a priority change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PriorityChange {
+    /// 0..=100, higher first.
+    pub priority: u8,
 }
 
 struct ApiError(StatusCode, ErrorBody);
@@ -108,13 +119,14 @@ impl IntoResponse for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         let status = match &error {
-            ServiceError::BadJob(_) => StatusCode::BAD_REQUEST,
+            ServiceError::BadJob(_) | ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::Ended { .. } => StatusCode::CONFLICT,
             ServiceError::Manager(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let (field, line) = match &error {
             ServiceError::BadJob(e) => (Some(e.field.clone()), e.position.map(|p| p.line)),
+            ServiceError::Invalid { field, .. } => (Some(field.clone()), None),
             _ => (None, None),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -144,6 +156,9 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/v1/jobs/{id}/results/{*path}", get(result_object))
         .route("/v1/jobs/{id}/logs/{stage}/{task}/{stream}", get(task_log))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/pause", post(pause))
+        .route("/v1/jobs/{id}/resume", post(resume))
+        .route("/v1/jobs/{id}/priority", put(priority))
         .route("/v1/jobs/{id}/history", get(history))
         .route("/v1/workers", get(workers))
         .route("/v1/health", get(health))
@@ -189,7 +204,7 @@ async fn submit(
     Query(query): Query<SubmitQuery>,
     body: String,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
-    let overrides = Overrides { input: query.input.map(PathBuf::from), output: None };
+    let overrides = Overrides { input: query.input.map(PathBuf::from), output: None, priority: query.priority };
     let origin = query.origin.unwrap_or_else(|| "request body".to_owned());
     let job_id = state.service.submit(&body, &origin, &overrides).await?;
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))
@@ -276,6 +291,25 @@ const STREAM_CHUNK: usize = 256 * 1024;
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     state.service.cancel(&id).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.service.set_paused(&id, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.service.set_paused(&id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn priority(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(change): Json<PriorityChange>,
+) -> Result<StatusCode, ApiError> {
+    state.service.set_priority(&id, change.priority).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {

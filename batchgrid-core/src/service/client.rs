@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::api::{ErrorBody, Results, Submitted};
+use super::api::{ErrorBody, PriorityChange, Results, Submitted};
 use super::{JobStatus, ScheduleStatus};
 use crate::analytics::{HistoryEntry, OccurrenceRecord, WorkerRecord};
 use crate::manager::HealthReport;
@@ -99,9 +99,24 @@ impl ApiClient {
 
     /// Submits a job document; `input` replaces its input (an uploaded `s3://` location).
     pub async fn submit(&self, document: &str, origin: &str, input: Option<&str>) -> Result<String, ClientError> {
+        self.submit_with_priority(document, origin, input, None).await
+    }
+
+    /// As [`ApiClient::submit`], with `priority` replacing the document's.
+    pub async fn submit_with_priority(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        priority: Option<u8>,
+    ) -> Result<String, ClientError> {
+        let priority = priority.map(|p| p.to_string());
         let mut query = vec![("origin", origin)];
         if let Some(input) = input {
             query.push(("input", input));
+        }
+        if let Some(priority) = &priority {
+            query.push(("priority", priority));
         }
         let request = self.http.post(self.url("/v1/jobs")).query(&query).body(document.to_owned());
         Ok(self.json::<Submitted>(request).await?.job_id)
@@ -188,6 +203,18 @@ impl ApiClient {
     /// Cancels a job.
     pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
         self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/cancel")))).await.map(|_| ())
+    }
+
+    /// Pauses (`true`) or resumes a job.
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<(), ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/{action}")))).await.map(|_| ())
+    }
+
+    /// Changes a job's priority.
+    pub async fn set_priority(&self, id: &str, priority: u8) -> Result<(), ClientError> {
+        let request = self.http.put(self.url(&format!("/v1/jobs/{id}/priority"))).json(&PriorityChange { priority });
+        self.send(request).await.map(|_| ())
     }
 
     /// A job's history, oldest first.
