@@ -4,8 +4,9 @@
 //! 1. Time to first task of a small high-priority job on an idle grid (the baseline), then the
 //!    same job submitted while a low-priority job of 200,000 tasks runs: the ratio says what
 //!    the backlog costs it (without admission it would wait for the whole backlog).
-//! 2. Fair share: two equal jobs submitted together while the low-priority job still runs;
-//!    when the first finishes, how far the other has got (1.00 is perfectly even).
+//! 2. Fair share: two equal jobs submitted together while the low-priority job still runs:
+//!    their progress ratio (the slower's done tasks over the faster's) when the faster is half
+//!    done, and how far the slower has got when the faster finishes (1.00 is perfectly even).
 //!
 //! Run with `cargo bench -p batchgrid-core --bench priorities` (or `make bench`). Set
 //! `BENCH_LOW_TASKS` to change the 200,000.
@@ -44,27 +45,31 @@ fn main() {
         let low = grid.submit(dir.path(), "low", low_tasks, 10).await;
         grid.wait_done(&low, 5_000).await;
         let loaded = grid.time_to_first_task(dir.path(), "high", 90).await;
-        let high_end = grid.wait_ended("high").await;
+        grid.wait_ended("high").await;
         let low_state = grid.analytics.job(&low).await.ok().flatten().map(|j| j.state);
+        let low_done = grid.done(&low).await;
         println!(
             "priority: with a {low_tasks}-task priority-10 job running, a priority-90 job starts its first task in \
-             {loaded:.3}s ({:.2}x the idle grid's) and ends at {high_end} while the low job is {}",
+             {loaded:.3}s ({:.2}x the idle grid's) and ends while the low job is {} ({low_done} done)",
             loaded / idle.max(0.001),
             low_state.map_or_else(|| "unknown".to_owned(), |s| s.to_string())
         );
 
         let a = grid.submit(dir.path(), "equal-a", EQUAL_TASKS, 50).await;
         let b = grid.submit(dir.path(), "equal-b", EQUAL_TASKS, 50).await;
+        let halfway = grid.ratio_at_half(&a, &b).await;
         let (a_end, b_end) = (grid.wait_ended(&a).await, grid.wait_ended(&b).await);
         let (first_end, other) = if a_end <= b_end { (a_end, &b) } else { (b_end, &a) };
         let other_done = grid.done_by(other, first_end).await;
         let fairness = other_done as f64 / EQUAL_TASKS as f64;
         println!(
-            "fair share: two equal {EQUAL_TASKS}-task jobs beside the low one; when the first finished the other \
-             had done {other_done} ({fairness:.2} of it; 1.00 is even, >= 0.90 is the target)"
+            "fair share: two equal {EQUAL_TASKS}-task jobs beside the low one: progress ratio {halfway:.2} when the \
+             faster was half done; when the first finished the other had done {other_done} ({fairness:.2}; 1.00 is \
+             even, >= 0.90 is the target)"
         );
         println!(
-            "RESULT priority_first_task_s={loaded:.3} idle_first_task_s={idle:.3} ratio={:.2} fairness={fairness:.2}",
+            "RESULT priority_first_task_s={loaded:.3} idle_first_task_s={idle:.3} ratio={:.2} \
+             fairness_halfway={halfway:.2} fairness_at_end={fairness:.2}",
             loaded / idle.max(0.001)
         );
         let _ = grid.service.cancel(&low).await;
@@ -151,6 +156,19 @@ impl Setup {
 
     async fn done(&self, id: &str) -> u64 {
         self.analytics.stages(id).await.map(|s| s[0].done).unwrap_or(0)
+    }
+
+    /// The slower job's done tasks over the faster's, when the faster has done half of its.
+    async fn ratio_at_half(&self, a: &str, b: &str) -> f64 {
+        let since = Instant::now();
+        loop {
+            let (x, y) = (self.done(a).await, self.done(b).await);
+            if x.max(y) >= EQUAL_TASKS as u64 / 2 {
+                return x.min(y) as f64 / x.max(y) as f64;
+            }
+            check(since);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Tasks of `id` done by Unix millisecond `at`.
