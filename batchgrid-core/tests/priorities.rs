@@ -229,3 +229,58 @@ async fn pause_stops_new_starts_and_resume_continues() {
     );
     bench.stop().await;
 }
+
+/// The API and its client, as `batchgrid submit --priority` and `batchgrid job pause | resume |
+/// priority` use them: each action lands in the job's status and history; bad values and
+/// ended jobs are refused with the field or the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_pauses_resumes_and_reprioritises_and_refuses_what_it_cannot() {
+    use batchgrid_core::secret::Secret;
+    use batchgrid_core::service::{api, client::ApiClient};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let grid = Grid::open_embedded(&state, &EmbeddedGridSettings { max_receives: 5 }).await.expect("grid");
+    let service = JobService::new(
+        Manager::new(grid, spool_dir(&state)),
+        Duration::from_millis(50),
+        dir.path().to_path_buf(),
+        InputPolicy::Operator,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(api::serve(listener, service, Secret::new("t0ken"), std::future::pending()));
+    let client = ApiClient::new(&format!("http://{address}"), Secret::new("t0ken")).expect("client");
+
+    // No worker runs: the job waits, running, with its tasks pending.
+    std::fs::write(dir.path().join("in.txt"), "a\nb\n").expect("input");
+    let document = "name: api\ninput:\n  path: in.txt\nsplit:\n  lines: 1\nstages:\n  - name: s\n    processor: noop\n\
+                    output:\n  path: out\npriority: 20\n";
+    let id = client.submit_with_priority(document, "api.yaml", None, Some(80)).await.expect("submit");
+    assert_eq!(client.status(&id).await.expect("status").priority, 80, "the flag wins over the file");
+    client.set_paused(&id, true).await.expect("pause");
+    client.set_paused(&id, true).await.expect("pausing a paused job is no error");
+    assert!(client.status(&id).await.expect("status").paused);
+    client.set_priority(&id, 95).await.expect("priority");
+    client.set_paused(&id, false).await.expect("resume");
+    let status = client.status(&id).await.expect("status");
+    assert_eq!((status.paused, status.priority), (false, 95));
+    let reasons: Vec<String> = client
+        .history(&id)
+        .await
+        .expect("history")
+        .into_iter()
+        .filter(|e| e.actor == "operator")
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, ["paused: no new task starts until resumed", "priority 80 -> 95", "resumed"]);
+
+    let refused = client.set_priority(&id, 150).await.expect_err("out of range");
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(400), "{refused}");
+    assert!(refused.to_string().contains("priority"), "{refused}");
+    let refused = client.set_paused("no-such-job", true).await.expect_err("unknown");
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(404), "{refused}");
+    client.cancel(&id).await.expect("cancel");
+    let refused = client.set_paused(&id, true).await.expect_err("ended");
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(409), "{refused}");
+    assert!(refused.to_string().contains("cancelled"), "{refused}");
+}
