@@ -18,6 +18,8 @@
 //!   an entry in the job's history, with the job's state as both `from` and `to`. Setting what
 //!   is already set changes nothing and records nothing.
 //! - `clear_pending` forgets an ended job's tasks.
+//!
+//! Pausing is a flag here, not a [`super::JobState`]: see there why.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -45,6 +45,13 @@ pub use sqlite::SqliteAnalytics;
 use crate::spec::StageKind;
 
 /// Where a job is in its life.
+///
+/// Paused is not one of these: it is a flag beside the state ([`AdmissionStore::set_paused`]).
+/// A job may be paused while it is still being split or while it runs, and resuming must
+/// leave it in whichever it was; the transitions underneath (a split finishing, a deadline, a
+/// cancel, which wins over a pause) go on as they are, and every reader of the state (workers,
+/// the autoscaler, `active_jobs`) keeps its meaning. A state would need to remember where it
+/// came from and would refuse those transitions meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
