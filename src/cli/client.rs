@@ -68,6 +68,9 @@ pub struct SubmitArgs {
     /// Run once this long from now instead of now (e.g. 2h, 30m).
     #[arg(long = "in", id = "in_", value_name = "DURATION", value_parser = super::parse_duration, conflicts_with = "watch")]
     in_: Option<Duration>,
+    /// Priority instead of the file's `priority` (0..=100, higher first; default 50).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    priority: Option<u8>,
     #[command(flatten)]
     stack: StackArgs,
     #[command(flatten)]
@@ -162,8 +165,12 @@ pub(crate) async fn upload(stack: &StackArgs, name: &str, input: &Path, quiet: b
 
 /// Submits a job, uploading a local input first.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let overrides =
-        Overrides { input: args.input.as_deref().map(super::run::from_cwd), output: None, after: args.after.clone() };
+    let overrides = Overrides {
+        input: args.input.as_deref().map(super::run::from_cwd),
+        output: None,
+        after: args.after.clone(),
+        priority: args.priority,
+    };
     // Checked here first, so errors name the user's file and line before anything is uploaded.
     let spec = load_job_file(&args.job, &overrides)?;
     let at = start_time(args.at.as_deref(), args.in_)?;
@@ -187,7 +194,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let id = client.submit_after(&document, &origin, Some(&input), &args.after).await?;
+    let id = client.submit_with(&document, &origin, Some(&input), &args.after, args.priority).await?;
     if args.connection.json && !args.watch {
         println!("{}", serde_json::json!({ "job_id": id, "input": input }));
     } else {
@@ -308,6 +315,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("job {} ({}) {}", status.id, status.name, status.state);
+    let paused = if status.paused { ", paused" } else { "" };
+    println!("  priority {}{paused}, {} task(s) waiting for admission", status.priority, status.pending);
     if let Some(error) = &status.error {
         println!("  reason: {error}");
     }

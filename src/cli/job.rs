@@ -1,5 +1,5 @@
-//! `batchgrid job retry|redrive`: operator actions on one job through the manager's API, each
-//! recorded in the job's history.
+//! `batchgrid job pause|resume|priority|retry|redrive`: operator actions on one job through the
+//! manager's API, each recorded in the job's history (`batchgrid history ID`).
 
 use std::process::ExitCode;
 
@@ -9,25 +9,32 @@ use super::client::Connection;
 
 /// Arguments of `batchgrid job`.
 #[derive(Debug, clap::Args)]
-pub struct JobCommandArgs {
+pub struct JobArgs {
     #[command(subcommand)]
     command: JobCommand,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum JobCommand {
-    /// Run every failed task of a failed job again, into the same job (each counted once).
-    Retry {
-        /// The job's id.
-        job: String,
+    /// No new task of the job starts (within 2 s); running tasks finish.
+    Pause(Target),
+    /// The job's tasks start again.
+    Resume(Target),
+    /// Change the job's priority (0..=100, higher first) while it waits or runs.
+    Priority {
         #[command(flatten)]
-        connection: Connection,
+        target: Target,
+        /// The new priority.
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        priority: u8,
     },
+    /// Run every failed task of a failed job again, into the same job (each counted once).
+    Retry(Target),
     /// Run again the failed tasks (dead letters) picked by stage, task or error text, of a
     /// failed or a running job; without a filter, every failed task.
     Redrive {
-        /// The job's id.
-        job: String,
+        #[command(flatten)]
+        target: Target,
         /// Only tasks of this stage (its position, from 0).
         #[arg(long)]
         stage: Option<u32>,
@@ -37,21 +44,43 @@ enum JobCommand {
         /// Only tasks whose last error contains this text.
         #[arg(long)]
         error: Option<String>,
-        #[command(flatten)]
-        connection: Connection,
     },
 }
 
-/// Runs a `job` subcommand.
-pub async fn run(args: JobCommandArgs) -> anyhow::Result<ExitCode> {
-    let (outcome, connection) = match args.command {
-        JobCommand::Retry { job, connection } => (connection.client().await?.retry(&job).await?, connection),
-        JobCommand::Redrive { job, stage, task, error, connection } => {
-            let filter = RedriveFilter { stage, task, error };
-            (connection.client().await?.redrive(&job, &filter).await?, connection)
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The job's id.
+    job: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Runs a `batchgrid job` command.
+pub async fn run(args: JobArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        JobCommand::Pause(target) => {
+            target.connection.client().await?.set_paused(&target.job, true).await?;
+            eprintln!("job {} paused: no new task starts; running ones finish", target.job);
         }
-    };
-    print_outcome(&outcome, connection.json)
+        JobCommand::Resume(target) => {
+            target.connection.client().await?.set_paused(&target.job, false).await?;
+            eprintln!("job {} resumed", target.job);
+        }
+        JobCommand::Priority { target, priority } => {
+            target.connection.client().await?.set_priority(&target.job, priority).await?;
+            eprintln!("job {} now has priority {priority}", target.job);
+        }
+        JobCommand::Retry(target) => {
+            let outcome = target.connection.client().await?.retry(&target.job).await?;
+            return print_outcome(&outcome, target.connection.json);
+        }
+        JobCommand::Redrive { target, stage, task, error } => {
+            let filter = RedriveFilter { stage, task, error };
+            let outcome = target.connection.client().await?.redrive(&target.job, &filter).await?;
+            return print_outcome(&outcome, target.connection.json);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_outcome(outcome: &Redriven, json: bool) -> anyhow::Result<ExitCode> {

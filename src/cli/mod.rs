@@ -52,8 +52,9 @@ enum Command {
     Results(client::ResultsArgs),
     /// Cancel a job.
     Cancel(client::JobArgs),
-    /// Operator actions on a job: retry its failed tasks, redrive selected dead letters.
-    Job(job::JobCommandArgs),
+    /// Control a job: pause, resume, change its priority, retry its failed tasks, redrive
+    /// selected dead letters (each recorded in its history).
+    Job(job::JobArgs),
     /// The deployed worker group by hand: status, scale, pause, resume.
     Grid(grid::GridArgs),
     /// Schedules: check an expression's next fire times (`next`); add, list, show, pause,
@@ -227,6 +228,7 @@ async fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
         input: args.input.as_deref().map(run::from_cwd),
         output: None,
         after: Vec::new(),
+        priority: None,
     };
     let spec = batchgrid_core::spec::load_job_file(&args.job, &overrides)?;
     let settings = batchgrid_core::grid::EmbeddedGridSettings::for_job(&spec);

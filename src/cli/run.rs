@@ -206,6 +206,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 input: args.input.as_deref().map(from_cwd),
                 output: args.output.as_deref().map(from_cwd),
                 after: Vec::new(),
+                priority: None,
             };
             let spec = load_job_file(job, &overrides)?;
             spec.refuse_if_scheduled(&job.display().to_string())?;

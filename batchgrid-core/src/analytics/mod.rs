@@ -22,6 +22,7 @@
 //!   end is `reopen_tasks`, an operator's retry of a failed job's failed tasks, recorded too.
 //! - Times are Unix milliseconds.
 
+pub mod admission;
 #[cfg(feature = "postgres")]
 pub mod credentials;
 #[cfg(feature = "postgres")]
@@ -36,6 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use admission::{AdmissionStore, JobAdmission, PendingTask, DEFAULT_PRIORITY, MAX_PRIORITY};
 #[cfg(feature = "postgres")]
 pub use postgres::PgAnalytics;
 pub use schedules::{OccurrenceRecord, OccurrenceState, ScheduleRecord, ScheduleStore};
@@ -44,6 +46,13 @@ pub use sqlite::SqliteAnalytics;
 use crate::spec::StageKind;
 
 /// Where a job is in its life.
+///
+/// Paused is not one of these: it is a flag beside the state ([`AdmissionStore::set_paused`]).
+/// A job may be paused while it is still being split or while it runs, and resuming must
+/// leave it in whichever it was; the transitions underneath (a split finishing, a deadline, a
+/// cancel, which wins over a pause) go on as they are, and every reader of the state (workers,
+/// the autoscaler, `active_jobs`) keeps its meaning. A state would need to remember where it
+/// came from and would refuse those transitions meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -376,10 +385,10 @@ impl From<sqlx::Error> for AnalyticsError {
     }
 }
 
-/// Progress and statistics storage, schedules included ([`ScheduleStore`]); see the module docs
-/// for the contract.
+/// Progress and statistics storage, schedules ([`ScheduleStore`]) and admission
+/// ([`AdmissionStore`]) included; see the module docs for the contract.
 #[async_trait]
-pub trait AnalyticsStore: ScheduleStore + Send + Sync + std::fmt::Debug {
+pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fmt::Debug {
     /// Records a new job and its stages (idempotent for the same id).
     async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError>;
     /// Moves a job to `to` if its current state allows it (compare-and-set), stamping start and

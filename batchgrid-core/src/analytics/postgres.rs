@@ -22,6 +22,7 @@ use super::{
 };
 use crate::db::now_millis;
 
+mod admission;
 mod schedules;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::db::{now_millis, open_sqlite};
 
+mod admission;
 mod schedules;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -53,6 +53,8 @@ impl Manager {
         mut on_progress: impl FnMut(&str, &JobProgress) + Send,
     ) -> Result<JobReport, ManagerError> {
         let requests_before = self.retrying("reading request counts", || self.grid.analytics.request_totals()).await?;
+        // The job's first-stage tasks go through admission while it is driven.
+        let _admitting = self.admitting();
         let mut splitter: Option<JoinHandle<Result<u64, ManagerError>>> = None;
         let mut split_backoff = Backoff::default();
         let mut split_not_before = tokio::time::Instant::now();
@@ -109,6 +111,8 @@ impl Manager {
             handle.abort();
         }
         self.set_note(job_id, None);
+        // Nothing of an ended job is admitted again; its pending rows only take space.
+        self.retrying("forgetting pending tasks", || self.grid.analytics.clear_pending(job_id)).await?;
         if !requests_before.is_empty() || !self.grid.meter.snapshot().is_empty() {
             // Workers publish their request counts every couple of seconds; wait for the last.
             tokio::time::sleep(REQUESTS_SETTLE).await;

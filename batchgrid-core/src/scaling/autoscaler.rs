@@ -89,6 +89,9 @@ impl Autoscaler {
                 let depth = queue.depth().await?;
                 queued += depth.visible + depth.in_flight;
             }
+            // The true backlog: tasks waiting for admission are work too, though no queue
+            // holds them yet (admission keeps the queue short on purpose).
+            queued += self.analytics.admissions().await?.iter().map(|a| a.pending).sum::<u64>();
         }
         Ok((jobs, queued))
     }

@@ -4,7 +4,7 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | POST | `/v1/jobs?input=&origin=&after=` | submit a job (YAML or JSON body) → 201 `{"job_id"}`; `after` (comma-separated names or ids) replaces the document's `after:`; with `at` (RFC 3339) it runs once then → 202 `{"schedule","at"}` |
+//! | POST | `/v1/jobs?input=&origin=&after=&priority=` | submit a job (YAML or JSON body) → 201 `{"job_id"}`; `after` (comma-separated names or ids) replaces the document's `after:`, `priority` its `priority`; with `at` (RFC 3339) it runs once then → 202 `{"schedule","at"}` |
 //! | GET | `/v1/jobs` | every job, newest first |
 //! | GET | `/v1/jobs/{id}` | a job with per-stage progress |
 //! | GET | `/v1/jobs/{id}/results` | result objects and, once ended, the report |
@@ -13,6 +13,8 @@
 //! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
 //! | POST | `/v1/jobs/{id}/retry` | run a failed job's failed tasks again → 202 `{"tasks",...}`; 409 if it is not failed |
 //! | POST | `/v1/jobs/{id}/redrive?stage=&task=&error=` | run the failed tasks picked again (failed or running job) → 202 |
+//! | POST | `/v1/jobs/{id}/pause`, `/resume` | no new task of the job starts / they start again → 204 |
+//! | PUT | `/v1/jobs/{id}/priority` | `{"priority": N}`, 0..=100 → 204 |
 //! | GET | `/v1/jobs/{id}/history` | every state change: time, from, to, reason, actor |
 //! | GET | `/v1/workers` | workers and their statistics |
 //! | POST | `/v1/workers/{id}/drain` | the worker takes no new task and exits after its current ones → 202 |
@@ -36,7 +38,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +105,15 @@ struct SubmitQuery {
     after: Option<String>,
     /// Runs the job once at this time (RFC 3339 with its offset) instead of now.
     at: Option<String>,
+    /// Replaces the document's `priority`.
+    priority: Option<u8>,
+}
+
+/// The body of a priority change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PriorityChange {
+    /// 0..=100, higher first.
+    pub priority: u8,
 }
 
 struct ApiError(StatusCode, ErrorBody);
@@ -116,13 +127,14 @@ impl IntoResponse for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         let status = match &error {
-            ServiceError::BadJob(_) => StatusCode::BAD_REQUEST,
+            ServiceError::BadJob(_) | ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::Ended { .. } | ServiceError::Refused(_) => StatusCode::CONFLICT,
             ServiceError::Manager(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let (field, line) = match &error {
             ServiceError::BadJob(e) => (Some(e.field.clone()), e.position.map(|p| p.line)),
+            ServiceError::Invalid { field, .. } => (Some(field.clone()), None),
             _ => (None, None),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -154,6 +166,9 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/retry", post(retry))
         .route("/v1/jobs/{id}/redrive", post(redrive))
+        .route("/v1/jobs/{id}/pause", post(pause))
+        .route("/v1/jobs/{id}/resume", post(resume))
+        .route("/v1/jobs/{id}/priority", put(priority))
         .route("/v1/jobs/{id}/history", get(history))
         .route("/v1/workers", get(workers))
         .route("/v1/workers/{id}/drain", post(drain_worker))
@@ -202,8 +217,12 @@ async fn submit(
     body: String,
 ) -> Result<Response, ApiError> {
     let after = query.after.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty());
-    let overrides =
-        Overrides { input: query.input.map(PathBuf::from), output: None, after: after.map(str::to_owned).collect() };
+    let overrides = Overrides {
+        input: query.input.map(PathBuf::from),
+        output: None,
+        after: after.map(str::to_owned).collect(),
+        priority: query.priority,
+    };
     let origin = query.origin.unwrap_or_else(|| "request body".to_owned());
     if let Some(at) = &query.at {
         let at = super::parse_at(at).map_err(|message| {
@@ -313,6 +332,25 @@ async fn redrive(
     Query(filter): Query<RedriveFilter>,
 ) -> Result<(StatusCode, Json<Redriven>), ApiError> {
     Ok((StatusCode::ACCEPTED, Json(state.service.redrive(&id, &filter).await?)))
+}
+
+async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.service.set_paused(&id, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.service.set_paused(&id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn priority(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(change): Json<PriorityChange>,
+) -> Result<StatusCode, ApiError> {
+    state.service.set_priority(&id, change.priority).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::api::{ErrorBody, Results, Submitted};
+use super::api::{ErrorBody, PriorityChange, Results, Submitted};
 use super::{Deferred, JobStatus, ScheduleStatus};
 use crate::analytics::{HistoryEntry, OccurrenceRecord, WorkerRecord};
 use crate::manager::{HealthReport, RedriveFilter, Redriven};
@@ -99,8 +99,7 @@ impl ApiClient {
 
     /// Submits a job document; `input` replaces its input (an uploaded `s3://` location).
     pub async fn submit(&self, document: &str, origin: &str, input: Option<&str>) -> Result<String, ClientError> {
-        let request = self.submit_request(document, origin, input, &[]);
-        Ok(self.json::<Submitted>(request).await?.job_id)
+        self.submit_with(document, origin, input, &[], None).await
     }
 
     /// As [`ApiClient::submit`], the job waiting for the jobs `after` names (names or ids).
@@ -111,7 +110,30 @@ impl ApiClient {
         input: Option<&str>,
         after: &[String],
     ) -> Result<String, ClientError> {
-        let request = self.submit_request(document, origin, input, after);
+        self.submit_with(document, origin, input, after, None).await
+    }
+
+    /// As [`ApiClient::submit`], with `priority` replacing the document's.
+    pub async fn submit_with_priority(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        priority: Option<u8>,
+    ) -> Result<String, ClientError> {
+        self.submit_with(document, origin, input, &[], priority).await
+    }
+
+    /// As [`ApiClient::submit`], with `after` and `priority` replacing the document's when given.
+    pub async fn submit_with(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        after: &[String],
+        priority: Option<u8>,
+    ) -> Result<String, ClientError> {
+        let request = self.submit_request(document, origin, input, after, priority);
         Ok(self.json::<Submitted>(request).await?.job_id)
     }
 
@@ -124,7 +146,7 @@ impl ApiClient {
         after: &[String],
         at: &str,
     ) -> Result<Deferred, ClientError> {
-        let request = self.submit_request(document, origin, input, after).query(&[("at", at)]);
+        let request = self.submit_request(document, origin, input, after, None).query(&[("at", at)]);
         self.json(request).await
     }
 
@@ -134,14 +156,19 @@ impl ApiClient {
         origin: &str,
         input: Option<&str>,
         after: &[String],
+        priority: Option<u8>,
     ) -> reqwest::RequestBuilder {
         let after = after.join(",");
+        let priority = priority.map(|p| p.to_string());
         let mut query = vec![("origin", origin)];
         if let Some(input) = input {
             query.push(("input", input));
         }
         if !after.is_empty() {
             query.push(("after", &after));
+        }
+        if let Some(priority) = &priority {
+            query.push(("priority", priority));
         }
         self.http.post(self.url("/v1/jobs")).query(&query).body(document.to_owned())
     }
@@ -237,6 +264,18 @@ impl ApiClient {
     /// Runs the failed tasks `filter` picks again.
     pub async fn redrive(&self, id: &str, filter: &RedriveFilter) -> Result<Redriven, ClientError> {
         self.json(self.http.post(self.url(&format!("/v1/jobs/{id}/redrive"))).query(filter)).await
+    }
+
+    /// Pauses (`true`) or resumes a job.
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<(), ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/{action}")))).await.map(|_| ())
+    }
+
+    /// Changes a job's priority.
+    pub async fn set_priority(&self, id: &str, priority: u8) -> Result<(), ClientError> {
+        let request = self.http.put(self.url(&format!("/v1/jobs/{id}/priority"))).json(&PriorityChange { priority });
+        self.send(request).await.map(|_| ())
     }
 
     /// A job's history, oldest first.

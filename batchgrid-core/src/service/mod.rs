@@ -49,6 +49,19 @@ pub struct JobStatus {
     /// What the manager's watchdog last found amiss with the job's stages, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<String>,
+    /// 0..=100, higher first (listings show the default).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Whether the job is paused.
+    #[serde(default)]
+    pub paused: bool,
+    /// First-stage tasks waiting for admission to the queue.
+    #[serde(default)]
+    pub pending: u64,
+}
+
+fn default_priority() -> u8 {
+    crate::analytics::DEFAULT_PRIORITY
 }
 
 impl JobStatus {
@@ -63,6 +76,9 @@ impl JobStatus {
             error: job.error,
             stages,
             watchdog: None,
+            priority: default_priority(),
+            paused: false,
+            pending: 0,
         }
     }
 }
@@ -87,6 +103,14 @@ pub enum ServiceError {
     /// The action does not apply to the job as it is (retry of a running job, nothing to run).
     #[error("{0}")]
     Refused(String),
+    /// A request's value is out of range.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The grid failed.
     #[error(transparent)]
     Manager(#[from] ManagerError),
@@ -196,7 +220,47 @@ impl JobService {
         let stages = analytics.stages(id).await?;
         let mut status = JobStatus::of(job, stages);
         status.watchdog = self.manager.watchdog_note(id);
+        if let Some(admission) = analytics.admission(id).await? {
+            (status.priority, status.paused, status.pending) =
+                (admission.priority, admission.paused, admission.pending);
+        }
         Ok(status)
+    }
+
+    /// Pauses (`true`) or resumes a job that has not ended; pausing a paused job (or resuming
+    /// a running one) changes nothing and is no error.
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<(), ServiceError> {
+        self.live(id).await?;
+        if !self.manager.set_paused(id, paused).await? {
+            // Already so, or it ended meanwhile: only the latter is an error.
+            self.live(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Changes the priority of a job that has not ended.
+    pub async fn set_priority(&self, id: &str, priority: u8) -> Result<(), ServiceError> {
+        let max = crate::analytics::MAX_PRIORITY;
+        if priority > max {
+            return Err(ServiceError::Invalid {
+                field: "priority".into(),
+                message: format!("{priority}: must be between 0 and {max} (higher runs first)"),
+            });
+        }
+        self.live(id).await?;
+        if !self.manager.set_priority(id, priority).await? {
+            self.live(id).await?;
+        }
+        Ok(())
+    }
+
+    /// `NotFound` for an unknown job, `Ended` for one that has ended.
+    async fn live(&self, id: &str) -> Result<(), ServiceError> {
+        let state = self.state(id).await?;
+        if state.is_terminal() {
+            return Err(ServiceError::Ended { id: id.to_owned(), state });
+        }
+        Ok(())
     }
 
     /// The manager's health: which parts of the grid it cannot reach, and since when.

@@ -58,6 +58,11 @@ pub struct JobSpec {
     /// How long after submission the job may run before it fails (`deadline:`); none by default.
     #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Duration>,
+    /// 0..=100 (`priority:`, default 50): when jobs share the grid, a higher-priority job's
+    /// tasks are admitted to the queue first; jobs of equal priority share the workers.
+    /// Changeable while the job runs (`batchgrid job priority`); this is the value at submit.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
     /// When the job fires by itself (`schedule:`); its paths and command may then use the
     /// occurrence's `{period}`, `{date}` and `{fire_time}`, filled in by [`JobSpec::for_occurrence`].
     // Boxed: most jobs have none, and every job is moved around.
@@ -220,6 +225,10 @@ impl RetryPolicy {
     }
 }
 
+fn default_priority() -> u8 {
+    crate::analytics::DEFAULT_PRIORITY
+}
+
 impl JobSpec {
     /// With `on_stage_failure: stop`, the index of the first stage with a task failed for
     /// good: no stage after it runs. The manager and the workers both decide by this.
@@ -351,6 +360,8 @@ struct RawJob {
     #[serde(default, with = "humantime_serde::option")]
     deadline: Option<Duration>,
     #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
     schedule: Option<schedule::RawSchedule>,
     #[serde(default)]
     after: Option<Vec<String>>,
@@ -460,6 +471,8 @@ pub struct Overrides {
     pub output: Option<PathBuf>,
     /// Replaces `after:` when not empty (`submit --after`).
     pub after: Vec<String>,
+    /// Replaces `priority` (`submit --priority`).
+    pub priority: Option<u8>,
 }
 
 /// Which inputs a job may name, and so what parsing may look at.
@@ -664,6 +677,7 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
             return Err((self.error_at)(&root.key("deadline"), "must be more than zero".into()));
         }
         let after = self.after(raw.after.unwrap_or_default())?;
+        let priority = self.priority(raw.priority)?;
         Ok(JobSpec {
             name: raw.name,
             input,
@@ -673,6 +687,7 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
             retry,
             on_stage_failure: raw.on_stage_failure.unwrap_or_default(),
             deadline: raw.deadline,
+            priority,
             schedule,
             after,
         })
@@ -707,6 +722,30 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
             after.push(item);
         }
         Ok(after)
+    }
+
+    /// The job's priority: the override, else the file's, else the default; 0..=100.
+    fn priority(&self, raw: Option<i64>) -> Result<u8, SpecError> {
+        let max = crate::analytics::MAX_PRIORITY;
+        let range = format!("must be between 0 and {max} (higher runs first)");
+        if let Some(priority) = self.overrides.priority {
+            if priority > max {
+                return Err(SpecError {
+                    origin: self.override_origin().to_owned(),
+                    position: None,
+                    field: "priority".into(),
+                    message: format!("{priority}: {range}"),
+                });
+            }
+            return Ok(priority);
+        }
+        match raw {
+            None => Ok(default_priority()),
+            Some(value) => u8::try_from(value)
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| (self.error_at)(&FieldPath::root().key("priority"), format!("{value}: {range}"))),
+        }
     }
 
     /// Checks a scheduled job's field for unknown `{variables}`; whether it uses any.
