@@ -39,7 +39,7 @@ use crate::queue::MAX_BATCH;
 
 /// How long the queue's in-flight count is trusted: on SQS each read is a billed request, and
 /// the count moves slowly next to a pass.
-const HELD_TTL: Duration = Duration::from_secs(1);
+const HELD_TTL: Duration = Duration::from_secs(2);
 
 /// How admission behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,10 @@ impl Default for AdmissionSettings {
     fn default() -> Self {
         Self {
             every: Duration::from_millis(100),
-            min_ready: 20,
+            // Enough that the queue does not run dry between passes, which on SQS means empty
+            // and part-filled receives (each a billed request), while a job that arrives waits
+            // behind no more than about half a second of others' work.
+            min_ready: 40,
             ready_horizon: Duration::from_millis(500),
             max_window: 20_000,
         }
