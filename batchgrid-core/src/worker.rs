@@ -282,6 +282,7 @@ impl Worker {
             state: state.to_owned(),
             tasks_done: 0,
             tasks_failed: 0,
+            current_tasks: u32::try_from(self.held_count()).unwrap_or(u32::MAX),
         };
         if let Err(error) = self.grid.analytics.upsert_worker(&record).await {
             tracing::warn!(%error, "could not record worker state");

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use batchgrid_core::analytics::credentials::{FixedUrl, ReconnectSettings};
 use batchgrid_core::analytics::{
-    AdmissionStore, AnalyticsError, AnalyticsStore, PendingTask, AttemptOutcome, AttemptRecord, JobRecord, JobState, PgAnalytics, RequestCount,
-    StageRecord, WorkerRecord,
+    AdmissionStore, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, PendingTask,
+    PgAnalytics, RequestCount, StageRecord, WorkerRecord,
 };
 use batchgrid_core::spec::StageKind;
 use batchgrid_testkit::postgres::TestDatabase;
@@ -87,6 +87,7 @@ async fn the_worker_role_can_do_a_workers_work_and_nothing_more() {
             state: "running".into(),
             tasks_done: 0,
             tasks_failed: 0,
+            current_tasks: 0,
         })
         .await
         .expect("heartbeat");

@@ -128,23 +128,26 @@ async fn status(place: &Place, connection: &Connection) -> anyhow::Result<ExitCo
         println!("  paused; resume restores min {} max {}", kept.min, kept.max);
     }
     println!(
-        "{:<20} {:<12} {:<20} {:<10} {:<9} {:<10} {:>7} {:>7}",
-        "instance", "type", "lifecycle", "health", "protected", "worker", "done", "failed"
+        "{:<20} {:<12} {:<20} {:<10} {:<9} {:<10} {:>7} {:>7} {:>7}",
+        "instance", "type", "lifecycle", "health", "protected", "worker", "running", "done", "failed"
     );
     for instance in &view.instances {
         let worker = worker_on(&instance.id);
-        let (state, done, failed) = worker
+        let (state, running, done, failed) = worker
             .as_ref()
-            .map(|w| (w.state.clone(), w.tasks_done.to_string(), w.tasks_failed.to_string()))
-            .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
+            .map(|w| {
+                (w.state.clone(), w.current_tasks.to_string(), w.tasks_done.to_string(), w.tasks_failed.to_string())
+            })
+            .unwrap_or_else(|| ("-".into(), "-".into(), "-".into(), "-".into()));
         println!(
-            "{:<20} {:<12} {:<20} {:<10} {:<9} {:<10} {:>7} {:>7}",
+            "{:<20} {:<12} {:<20} {:<10} {:<9} {:<10} {:>7} {:>7} {:>7}",
             instance.id,
             instance.instance_type,
             instance.lifecycle,
             instance.health,
             if instance.protected { "yes (busy)" } else { "no" },
             state,
+            running,
             done,
             failed
         );

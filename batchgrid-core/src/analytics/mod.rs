@@ -326,6 +326,9 @@ pub struct WorkerRecord {
     pub tasks_done: u64,
     /// Attempts that failed.
     pub tasks_failed: u64,
+    /// Tasks it held (running or about to run) at its last heartbeat.
+    #[serde(default)]
+    pub current_tasks: u32,
 }
 
 /// Totals for a job's report.

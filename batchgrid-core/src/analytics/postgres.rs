@@ -778,10 +778,10 @@ impl AnalyticsStore for Sql {
 
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed, current_tasks)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET last_seen = GREATEST(workers.last_seen, excluded.last_seen),
-                                            state = excluded.state",
+                                            state = excluded.state, current_tasks = excluded.current_tasks",
         )
         .bind(&worker.id)
         .bind(&worker.host)
@@ -791,6 +791,7 @@ impl AnalyticsStore for Sql {
         .bind(&worker.state)
         .bind(to_i64(worker.tasks_done))
         .bind(to_i64(worker.tasks_failed))
+        .bind(i64::from(worker.current_tasks))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -810,6 +811,7 @@ impl AnalyticsStore for Sql {
                     state: row.try_get("state")?,
                     tasks_done: to_u64(row.try_get("tasks_done")?),
                     tasks_failed: to_u64(row.try_get("tasks_failed")?),
+                    current_tasks: to_u32(row.try_get("current_tasks")?),
                 })
             })
             .collect()

@@ -526,9 +526,10 @@ impl AnalyticsStore for SqliteAnalytics {
 
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET last_seen = MAX(workers.last_seen, excluded.last_seen), state = excluded.state",
+            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed, current_tasks)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET last_seen = MAX(workers.last_seen, excluded.last_seen), state = excluded.state,
+                                            current_tasks = excluded.current_tasks",
         )
         .bind(&worker.id)
         .bind(&worker.host)
@@ -538,6 +539,7 @@ impl AnalyticsStore for SqliteAnalytics {
         .bind(&worker.state)
         .bind(to_i64(worker.tasks_done))
         .bind(to_i64(worker.tasks_failed))
+        .bind(i64::from(worker.current_tasks))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -556,6 +558,7 @@ impl AnalyticsStore for SqliteAnalytics {
                 state: row.get("state"),
                 tasks_done: to_u64(row.get("tasks_done")),
                 tasks_failed: to_u64(row.get("tasks_failed")),
+                current_tasks: to_u32(row.get("current_tasks")),
             })
             .collect())
     }

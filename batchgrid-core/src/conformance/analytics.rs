@@ -209,6 +209,7 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
         state: "running".into(),
         tasks_done: 0,
         tasks_failed: 0,
+        current_tasks: 3,
     };
     store.upsert_worker(&worker).await.expect("worker");
     store.create_job(&job("totals"), &stages()).await.expect("create");
@@ -234,8 +235,14 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
     assert!(store.request_drain("w-stats", 5).await.expect("drain"), "a known worker");
     assert!(store.request_drain("w-stats", 9).await.expect("again"), "asking twice is harmless");
     assert!(store.drain_requested("w-stats").await.expect("read"), "the worker sees it");
-    store.upsert_worker(&WorkerRecord { state: "draining".into(), ..worker }).await.expect("heartbeat");
+    assert_eq!(stats.current_tasks, 3, "the tasks it held at its heartbeat");
+    store
+        .upsert_worker(&WorkerRecord { state: "draining".into(), current_tasks: 1, ..worker })
+        .await
+        .expect("heartbeat");
     assert!(store.drain_requested("w-stats").await.expect("read"), "a heartbeat keeps the request");
+    let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
+    assert_eq!((stats.state.as_str(), stats.current_tasks), ("draining", 1), "each heartbeat replaces the count");
     assert!(!store.request_drain("nobody", 5).await.expect("unknown"), "an unknown worker is not found");
     assert!(!store.drain_requested("nobody").await.expect("unknown"));
 }
