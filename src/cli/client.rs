@@ -235,7 +235,7 @@ async fn follow(client: &ApiClient, id: &str, json: bool, download: Option<&Path
     let mut view = ProgressView::new(json);
     let status = loop {
         let status = client.status(id).await?;
-        view.update(id, &progress_of(&status));
+        view.update_with_eta(id, &progress_of(&status), status.eta_seconds.map(Duration::from_secs));
         if status.state.is_terminal() {
             break status;
         }
@@ -317,6 +317,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("job {} ({}) {}", status.id, status.name, status.state);
     let paused = if status.paused { ", paused" } else { "" };
     println!("  priority {}{paused}, {} task(s) waiting for admission", status.priority, status.pending);
+    if let (Some(rate), Some(eta)) = (status.tasks_per_second, status.eta_seconds) {
+        println!("  {rate:.1} tasks/s; about {} to go", humantime::format_duration(Duration::from_secs(eta)));
+    }
     if let Some(error) = &status.error {
         println!("  reason: {error}");
     }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod client;
 mod control;
 mod dependencies;
+pub mod eta;
 pub mod metrics;
 mod once;
 mod schedules;
@@ -58,6 +59,12 @@ pub struct JobStatus {
     /// First-stage tasks waiting for admission to the queue.
     #[serde(default)]
     pub pending: u64,
+    /// Tasks settled per second since the job started (a running job with a settled task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_second: Option<f64>,
+    /// Seconds its remaining tasks take at that rate ([`eta::estimate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
 }
 
 fn default_priority() -> u8 {
@@ -79,6 +86,8 @@ impl JobStatus {
             priority: default_priority(),
             paused: false,
             pending: 0,
+            tasks_per_second: None,
+            eta_seconds: None,
         }
     }
 }
@@ -223,6 +232,12 @@ impl JobService {
         if let Some(admission) = analytics.admission(id).await? {
             (status.priority, status.paused, status.pending) =
                 (admission.priority, admission.paused, admission.pending);
+        }
+        if let (false, Some(started_at)) = (status.state.is_terminal(), status.started_at) {
+            if let Some(eta) = eta::estimate(&status.stages, started_at, crate::db::now_millis()) {
+                status.tasks_per_second = Some(eta.tasks_per_second);
+                status.eta_seconds = Some(eta.remaining.as_secs());
+            }
         }
         Ok(status)
     }
