@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod client;
+pub mod dashboard;
 pub mod metrics;
 mod schedules;
 

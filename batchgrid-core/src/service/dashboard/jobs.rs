@@ -1,0 +1,140 @@
+//! The jobs page: every job (newest first) with its state, progress, throughput and ETA,
+//! filtered by state and name through the query string, so a filtered view can be bookmarked.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Extension;
+use maud::html;
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::layout::{duration, progress, respond, shell, time};
+use super::{failure, Dashboard};
+use crate::analytics::{JobState, StageProgress};
+use crate::service::ServiceError;
+
+/// Jobs shown on one page: the list reads each shown job's stages.
+const SHOWN: usize = 200;
+
+/// The filters.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Filters {
+    /// A state, or empty for all.
+    #[serde(default)]
+    state: String,
+    /// A part of the job's name (case-insensitive), or empty.
+    #[serde(default)]
+    name: String,
+}
+
+const STATES: [JobState; 6] = [
+    JobState::Submitted,
+    JobState::Splitting,
+    JobState::Running,
+    JobState::Completed,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
+/// Done and expected tasks over every stage (`None` while a stage's size is unknown).
+pub(super) fn totals(stages: &[StageProgress]) -> (u64, Option<u64>) {
+    let done = stages.iter().map(|s| s.done).sum();
+    let expected = stages.iter().map(|s| s.expected).sum::<Option<u64>>();
+    (done, expected)
+}
+
+/// Tasks per second since the job started, and the time left at that rate.
+pub(super) fn rate_and_eta(
+    done: u64,
+    expected: Option<u64>,
+    started_at: Option<i64>,
+    ended_at: Option<i64>,
+    now: i64,
+) -> (Option<f64>, Option<i64>) {
+    let Some(started) = started_at else { return (None, None) };
+    let elapsed = (ended_at.unwrap_or(now) - started).max(1) as f64 / 1000.0;
+    let rate = done as f64 / elapsed;
+    let eta = match (expected, ended_at) {
+        (Some(expected), None) if rate > 0.0 => Some((expected.saturating_sub(done) as f64 / rate * 1000.0) as i64),
+        _ => None,
+    };
+    (Some(rate), eta)
+}
+
+async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<Response, ServiceError> {
+    let analytics = &state.service.manager().grid().analytics;
+    let name = filters.name.to_lowercase();
+    let jobs: Vec<_> = analytics
+        .jobs()
+        .await?
+        .into_iter()
+        .filter(|job| filters.state.is_empty() || job.state.as_str() == filters.state)
+        .filter(|job| name.is_empty() || job.name.to_lowercase().contains(&name))
+        .collect();
+    let total = jobs.len();
+    let now = crate::db::now_millis();
+    let mut rows = Vec::new();
+    for job in jobs.into_iter().take(SHOWN) {
+        let stages = analytics.stages(&job.id).await?;
+        rows.push((job, stages));
+    }
+    let live = rows.iter().any(|(job, _)| !job.state.is_terminal());
+    let body = html! {
+        h1 { "Jobs" }
+        form.filters method="get" action="/ui/jobs" {
+            label { "State "
+                select name="state" {
+                    option value="" selected[filters.state.is_empty()] { "any" }
+                    @for s in STATES { option value=(s.as_str()) selected[filters.state == s.as_str()] { (s.as_str()) } }
+                }
+            }
+            label { "Name " input type="search" name="name" value=(filters.name); }
+            button type="submit" { "Filter" }
+        }
+        @if total > SHOWN { p { "Showing the newest " (SHOWN) " of " (total) " jobs." } }
+        table #jobs {
+            thead { tr { th { "Job" } th { "State" } th { "Progress" } th { "Tasks/s" } th { "ETA" } th { "Submitted" } th { "Duration" } } }
+            tbody {
+                @for (job, stages) in &rows {
+                    @let (done, expected) = totals(stages);
+                    @let (rate, eta) = rate_and_eta(done, expected, job.started_at, job.finished_at, now);
+                    tr.job data-job=(job.id) data-done=(done) {
+                        td { a href=(format!("/ui/jobs/{}", job.id)) { (job.name) } br; small { (job.id) } }
+                        td { span class=(format!("state state-{}", job.state.as_str())) { (job.state.as_str()) } }
+                        td { (progress(done, expected)) }
+                        td { @if let Some(rate) = rate { (format!("{rate:.1}")) } @else { "–" } }
+                        td { @if let Some(eta) = eta { (duration(eta)) } @else { "–" } }
+                        td { (time(job.submitted_at)) }
+                        td { @if let Some(started) = job.started_at { (duration(job.finished_at.unwrap_or(now) - started)) } }
+                    }
+                }
+                @if rows.is_empty() { tr { td colspan="7" { "No jobs" @if !filters.state.is_empty() || !filters.name.is_empty() { " match these filters" } "." } } }
+            }
+        }
+    };
+    Ok(respond(StatusCode::OK, shell("Jobs", live, Some(caller.csrf()), body)))
+}
+
+pub(super) async fn page(
+    State(state): State<Dashboard>,
+    Extension(caller): Extension<Caller>,
+    Query(filters): Query<Filters>,
+) -> Response {
+    render(&state, &caller, filters).await.unwrap_or_else(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_from_the_observed_rate() {
+        // 10 done in 5 s, 30 to go: 15 s at 2 per second.
+        let (rate, eta) = rate_and_eta(10, Some(40), Some(0), None, 5_000);
+        assert_eq!(rate, Some(2.0));
+        assert_eq!(eta, Some(15_000));
+        assert_eq!(rate_and_eta(10, Some(40), Some(0), Some(5_000), 9_000).1, None, "an ended job has no ETA");
+        assert_eq!(rate_and_eta(0, Some(40), None, None, 5_000), (None, None));
+    }
+}
