@@ -135,6 +135,13 @@ impl Sessions {
     }
 }
 
+/// A fresh random token (64 hex digits), for a run that was given none.
+pub fn random_token() -> Result<Secret, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(Secret::new(hex(&bytes)))
+}
+
 /// The `Set-Cookie` value for a session (HttpOnly: no script reads it; SameSite=Strict: no
 /// other site's page sends it).
 pub fn set_cookie(value: &str) -> String {

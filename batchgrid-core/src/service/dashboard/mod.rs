@@ -69,6 +69,17 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .with_state(state)
 }
 
+/// Serves the dashboard alone on `listener` until `shutdown` resolves (`batchgrid run
+/// --dashboard`: one machine's run has no API to share a listener with).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<JobService>,
+    token: Secret,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service, token)).with_graceful_shutdown(shutdown).await
+}
+
 /// Now, in Unix seconds.
 fn now_seconds() -> i64 {
     crate::db::now_millis() / 1000
