@@ -149,7 +149,8 @@ const PAGES: [&str; 6] =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_and_action_wants_the_token() {
     let dashboard = start().await;
-    for path in PAGES.iter().chain(&["/ui/jobs/claims-1/results/totals.csv"]) {
+    let downloads = ["/ui/jobs/claims-1/results/totals.csv", "/ui/jobs/claims-1/logs/validate/t4/stderr"];
+    for path in PAGES.iter().chain(&downloads) {
         let browser = dashboard.get(path, None).await;
         assert_eq!(browser.status(), 303, "{path}");
         assert_eq!(browser.headers()[LOCATION], "/ui/login", "{path}");
@@ -200,6 +201,9 @@ async fn pages_show_the_grid_escaped_and_behind_a_content_policy() {
     assert!(job.contains("&lt;script&gt;alert(1)&lt;/script&gt; exit 3"), "the failure's tail, escaped: {job}");
     assert!(!job.contains("<script>"), "{job}");
     assert!(job.contains("validate") && job.contains("p50 "), "{job}");
+    assert!(job.contains("href=\"/ui/jobs/claims-1/logs/validate/t4/stderr\""), "the failure's output: {job}");
+    let no_log = dashboard.get("/ui/jobs/claims-1/logs/validate/t4/stderr", Some(&cookie)).await;
+    assert_eq!(no_log.status(), 404, "a task that captured nothing has no log");
     assert!(job.contains("running") && job.contains("/ui/jobs/claims-1/cancel"), "history and the cancel link");
     let grid = dashboard.get("/ui/grid", Some(&cookie)).await.text().await.expect("body");
     assert!(grid.contains("worker-7"), "{grid}");

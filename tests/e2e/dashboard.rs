@@ -189,7 +189,17 @@ struct Run {
 }
 
 impl Drop for Run {
+    /// Stops the run as Ctrl-C would (it cancels the job and stops its workers), and kills it
+    /// only if it does not stop.
     fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

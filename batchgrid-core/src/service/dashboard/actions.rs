@@ -11,7 +11,7 @@ use axum::{Extension, Form};
 use maud::html;
 
 use super::auth::Caller;
-use super::layout::{error_page, respond, shell};
+use super::layout::{error_page, respond, shell, url_path};
 use super::login::CsrfForm;
 use super::{failure, Dashboard};
 
@@ -28,11 +28,11 @@ pub(super) async fn confirm_cancel(
         h1 { "Cancel " (status.name) "?" }
         p { "Job " code { (status.id) } " is " (status.state.as_str()) ". Cancelling stops it for good: \
              workers delete its remaining tasks unrun, and results written so far stay." }
-        form method="post" action=(format!("/ui/jobs/{id}/cancel")) {
+        form method="post" action=(format!("/ui/jobs/{}/cancel", url_path(&id))) {
             input type="hidden" name="csrf" value=(caller.csrf());
             button.danger type="submit" #confirm { "Cancel the job" }
             " "
-            a href=(format!("/ui/jobs/{id}")) { "Keep it running" }
+            a href=(format!("/ui/jobs/{}", url_path(&id))) { "Keep it running" }
         }
     };
     respond(StatusCode::OK, shell("Cancel a job", false, Some(caller.csrf()), body))
@@ -50,7 +50,7 @@ pub(super) async fn cancel(
         return error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token: use the form on the job's page");
     }
     match state.service.cancel(&id).await {
-        Ok(()) => Redirect::to(&format!("/ui/jobs/{id}")).into_response(),
+        Ok(()) => Redirect::to(&format!("/ui/jobs/{}", url_path(&id))).into_response(),
         Err(error) => failure(error),
     }
 }

@@ -10,7 +10,7 @@ use maud::html;
 
 use super::auth::Caller;
 use super::jobs::{rate_and_eta, totals};
-use super::layout::{duration, progress, respond, shell, time};
+use super::layout::{duration, progress, respond, shell, time, url_path};
 use super::{chart, failure, Dashboard};
 use crate::report::Percentiles;
 use crate::service::ServiceError;
@@ -51,6 +51,7 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
     let (rate, eta) = rate_and_eta(done, expected, status.started_at, status.finished_at, now);
     let percentiles = Percentiles::of_sorted(&durations);
     let stage_names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+    let base = format!("/ui/jobs/{}", url_path(id));
     let body = html! {
         h1 { (status.name) " " span class=(format!("state state-{}", status.state.as_str())) #state { (status.state.as_str()) } }
         dl.facts {
@@ -65,7 +66,7 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
             @if let Some(note) = &status.watchdog { dt { "Watchdog" } dd.notice { (note) } }
         }
         @if !ended {
-            p { a.danger href=(format!("/ui/jobs/{id}/cancel")) { "Cancel this job…" } }
+            p { a.danger href=(format!("{base}/cancel")) { "Cancel this job…" } }
         }
         h2 { "Stages" }
         table #stages {
@@ -100,12 +101,16 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
         h2 { "Failed tasks" }
         @if failed.is_empty() { p { "None." } } @else {
             table #failed {
-                thead { tr { th { "Stage" } th { "Task" } th { "Attempts" } th { "Worker" } th { "Last error (tail)" } } }
+                thead { tr { th { "Stage" } th { "Task" } th { "Attempts" } th { "Worker" } th { "Last error (tail)" } th { "Output" } } }
                 tbody {
                     @for task in failed.iter().take(FAILED_SHOWN) {
                         tr { td { (stage_names.get(task.stage as usize).copied().unwrap_or("?")) } td { (task.task_id) }
                              td { (task.attempts) } td { (task.worker_id.as_deref().unwrap_or("")) }
-                             td { pre { (tail(task.last_error.as_deref().unwrap_or(""), ERROR_TAIL)) } } }
+                             td { pre { (tail(task.last_error.as_deref().unwrap_or(""), ERROR_TAIL)) } }
+                             td { @if let Some(stage) = stage_names.get(task.stage as usize) {
+                                 @let logs = format!("{base}/logs/{}/{}", url_path(stage), url_path(&task.task_id));
+                                 a href=(format!("{logs}/stderr")) { "stderr" } " " a href=(format!("{logs}/stdout")) { "stdout" }
+                             } } }
                     }
                 }
             }
@@ -126,7 +131,7 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
             @if results.is_empty() { p { "No result objects." } } @else {
                 ul #results {
                     @for (path, object) in &results {
-                        li { a href=(format!("/ui/jobs/{id}/results/{path}")) { (path) } " (" (object.size) " bytes)" }
+                        li { a href=(format!("{base}/results/{}", url_path(path))) { (path) } " (" (object.size) " bytes)" }
                     }
                 }
             }
@@ -150,6 +155,20 @@ pub(super) async fn result(State(state): State<Dashboard>, Path((id, path)): Pat
     match crate::service::api::download(&state.service, &id, &path).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
+    }
+}
+
+/// A task's captured output, as plain text (never HTML: it is whatever the command printed).
+pub(super) async fn log(
+    State(state): State<Dashboard>,
+    Path((id, stage, task, stream)): Path<(String, String, String, String)>,
+) -> Response {
+    match state.service.task_log(&id, &stage, &task, &stream).await {
+        Ok(bytes) => {
+            let headers = [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+            (headers, bytes).into_response()
+        }
+        Err(error) => failure(error),
     }
 }
 

@@ -94,6 +94,18 @@ pub fn progress(done: u64, total: Option<u64>) -> Markup {
     }
 }
 
+/// `segment` percent-encoded for a URL path (`/` kept): a result's path or a job's id can hold
+/// `?`, `#` or spaces, which must not end the path. maud escapes it for HTML on top.
+pub fn url_path(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A Unix-milliseconds time as UTC.
 pub fn time(millis: i64) -> String {
     chrono::DateTime::from_timestamp_millis(millis)
@@ -104,4 +116,15 @@ pub fn time(millis: i64) -> String {
 /// A duration in milliseconds, short.
 pub fn duration(millis: i64) -> String {
     ms(millis.max(0) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_encoded() {
+        assert_eq!(url_path("a/b c?d#e%"), "a/b%20c%3Fd%23e%25");
+        assert_eq!(url_path("é"), "%C3%A9");
+    }
 }

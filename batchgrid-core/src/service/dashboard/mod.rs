@@ -14,6 +14,7 @@
 //! | `GET /ui/jobs?state=&name=` | jobs: state, progress, throughput, ETA |
 //! | `GET /ui/jobs/{id}` | a job: stages, charts, percentiles, failures, history, report, results |
 //! | `GET /ui/jobs/{id}/results/{path}` | one result object |
+//! | `GET /ui/jobs/{id}/logs/{stage}/{task}/{stdout\|stderr}` | a task's captured output, as text |
 //! | `GET`, `POST /ui/jobs/{id}/cancel` | the confirmation, then the cancel |
 //! | `GET /ui/grid` | workers, queue depths, the manager's health |
 //!
@@ -58,6 +59,7 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/ui/jobs", get(jobs::page))
         .route("/ui/jobs/{id}", get(job::page))
         .route("/ui/jobs/{id}/results/{*path}", get(job::result))
+        .route("/ui/jobs/{id}/logs/{stage}/{task}/{stream}", get(job::log))
         .route("/ui/jobs/{id}/cancel", get(actions::confirm_cancel).post(actions::cancel))
         .route("/ui/grid", get(grid::page))
         .route("/ui/logout", post(login::logout))
