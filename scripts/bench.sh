@@ -6,6 +6,8 @@
 #   3. peak memory of the manager splitting a 2 GB input vs `cat` reading it
 #   4. SQS requests per task of a 10,000-task job on the moto emulator (target <= 0.35), and the
 #      manager's enqueue rate vs single SendMessage calls
+#   5. priorities: a high-priority job's time to first task beside a 200,000-task low-priority
+#      job vs on an idle grid, and two equal jobs' fair-share ratio
 # Results are printed and written to build/bench/results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,10 @@ say "RESULT true_tasks: batchgrid ${grid_s}s vs xargs ${xargs_s}s = $(ratio "$gr
 
 # 2. Queue and analytics throughput (in-process, real worker, no-op processor).
 cargo bench -q -p batchgrid-core --bench throughput 2>/dev/null | tee -a "$RESULTS"
+
+# 5. Priorities and fair share (in-process, embedded grid, no-op tasks). Run here, before the
+# 2 GB input is generated, so it does not compete with it for the disk.
+cargo bench -q -p batchgrid-core --bench priorities 2>/dev/null | tee -a "$RESULTS"
 
 # 3. Manager memory while splitting 2 GB.
 BIG="$OUT/claims-2g.csv"

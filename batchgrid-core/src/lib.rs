@@ -9,7 +9,8 @@
 //! - [`processor`]: what a task runs: a command, or a Rust [`processor::Processor`] registered
 //!   by name.
 //! - [`manager`]: submits, splits, schedules, tracks and completes jobs.
-//! - [`worker`]: receives tasks, runs them with a heartbeat, records and acknowledges them.
+//! - [`worker`]: receives tasks, runs them with a heartbeat, records and acknowledges them;
+//!   [`drain`]: an operator's request that one worker stop taking tasks and exit.
 //! - [`report`]: the end-of-job report.
 //! - [`grid`]: the backends of one grid, and the embedded grid under a state directory.
 //! - [`smoke`]: the tiny job `batchgrid smoke` runs after a deploy, and the check of its results.
@@ -26,6 +27,7 @@ pub mod aws;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod db;
+pub mod drain;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod grid;

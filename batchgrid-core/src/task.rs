@@ -95,6 +95,13 @@ pub fn log_prefix(job: &str, stage: u32, stage_name: &str, task: &str) -> String
     format!("jobs/{job}/logs/{stage:02}-{stage_name}/{task}/")
 }
 
+/// Key where the manager keeps a consumed dead letter's message, so `job retry` and
+/// `job redrive` can send it again once the dead-letter queue no longer holds it (a first-stage
+/// task's input is named only by its message). One per task: a later failure replaces it.
+pub fn parked_letter_key(job: &str, stage: u32, task: &str) -> String {
+    format!("jobs/{job}/dead-letters/{stage:02}/{task}.json")
+}
+
 /// Id of the `index`th first-stage task; zero-padded so keys sort in input order.
 pub fn chunk_task_id(index: u64) -> String {
     format!("{index:06}")

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, WorkerRecord};
+use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, PendingTask, WorkerRecord};
 use crate::db::now_millis;
 use crate::grid::Grid;
 use crate::processor::command::CommandProcessor;
@@ -31,8 +31,13 @@ use crate::spec::{JobSpec, StageFailurePolicy, StageKind, StageRun};
 use crate::task::{output_prefix, spec_key, TaskMessage};
 use crate::task_role::{TaskCredentials, TaskRole};
 
-/// How often a worker re-reads a job's state (to notice cancellation).
-const JOB_STATE_TTL: Duration = Duration::from_secs(2);
+/// How often a worker re-reads a job's state and pause flag (to notice a cancel or a pause:
+/// no new task of a paused job may start 2 s after the pause, and a task already received
+/// is checked against this when it would start).
+pub(crate) const JOB_STATE_TTL: Duration = Duration::from_secs(1);
+/// When a task of a paused job cannot be given back to admission (the store is down), how
+/// long the queue hides it before it is looked at again.
+const PAUSED_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How often a worker records that it is alive.
 const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often a worker publishes its AWS request counts, so a job's report includes them.
@@ -180,6 +185,8 @@ struct JobView {
     /// One per stage; a missing processor is the reason a task of that stage fails.
     processors: StageProcessors,
     state: JobState,
+    /// Whether the job is paused: its tasks are given back, not run.
+    paused: bool,
     /// With `on_stage_failure: stop`, the first stage known to have a task failed for good.
     stopped_at: Option<u32>,
 }
@@ -275,6 +282,7 @@ impl Worker {
             state: state.to_owned(),
             tasks_done: 0,
             tasks_failed: 0,
+            current_tasks: u32::try_from(self.held_count()).unwrap_or(u32::MAX),
         };
         if let Err(error) = self.grid.analytics.upsert_worker(&record).await {
             tracing::warn!(%error, "could not record worker state");
@@ -631,11 +639,15 @@ impl Worker {
                 return Ok(view);
             }
             let state = self.grid.analytics.job(job_id).await.ok().flatten().map(|record| record.state);
+            let paused = self.paused(job_id).await;
             let first = self.first_failed_stage(job_id, &view.spec).await;
             let mut jobs = self.jobs.lock().await;
             let Some(cached) = jobs.get_mut(job_id) else { return Ok(view) };
             if let Some(state) = state {
                 cached.view.state = state;
+            }
+            if let Some(paused) = paused {
+                cached.view.paused = paused;
             }
             if let Some(first) = first {
                 cached.view.note_failed_stage(first);
@@ -656,6 +668,7 @@ impl Worker {
             _ => JobState::Running,
         };
         let stopped_at = self.first_failed_stage(job_id, &spec).await;
+        let paused = self.paused(job_id).await.unwrap_or(false);
         let processors: StageProcessors = Arc::new(
             spec.stages
                 .iter()
@@ -670,9 +683,41 @@ impl Worker {
                 })
                 .collect(),
         );
-        let view = JobView { spec: Arc::new(spec), processors, state, stopped_at };
+        let view = JobView { spec: Arc::new(spec), processors, state, paused, stopped_at };
         jobs.insert(job_id.to_owned(), CachedJob { view: view.clone(), checked: Instant::now() });
         Ok(view)
+    }
+
+    /// Whether the job is paused, from the store (`None` when it cannot say: keep what is known).
+    async fn paused(&self, job_id: &str) -> Option<bool> {
+        match self.grid.analytics.admission(job_id).await {
+            Ok(admission) => Some(admission.is_some_and(|a| a.paused)),
+            Err(error) => {
+                tracing::debug!(%error, job = %job_id, "cannot read whether the job is paused");
+                None
+            }
+        }
+    }
+
+    /// Gives a task of a paused job back instead of running it: to admission, which sends it
+    /// again once the job is resumed, and the message is deleted. Not back to the queue with a
+    /// delay: every delivery counts towards the queue's receive limit, and a long pause would
+    /// dead-letter tasks that never ran. Only when the store cannot take it is the message
+    /// hidden for a while instead.
+    async fn give_back(&self, task: &TaskMessage, body: &str) -> Action {
+        let pending = PendingTask {
+            stage: task.stage,
+            task_id: task.task.clone(),
+            seq: task.task.parse().unwrap_or(0),
+            body: body.to_owned(),
+        };
+        match self.grid.analytics.return_pending(&task.job, &pending).await {
+            Ok(()) => Action::Delete,
+            Err(error) => {
+                tracing::warn!(%error, job = %task.job, task = %task.task, "cannot give a paused job's task back; hiding it");
+                Action::Retry(PAUSED_RETRY_DELAY)
+            }
+        }
     }
 
     /// With `on_stage_failure: stop`, the first stage with a task failed for good, from the
@@ -742,7 +787,7 @@ impl Worker {
                 return completion;
             }
         };
-        let JobView { spec, processors, state, stopped_at } = match self.job(&task.job).await {
+        let JobView { spec, processors, state, paused, stopped_at } = match self.job(&task.job).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(job = %task.job, %error, "job spec unavailable; retrying later");
@@ -756,6 +801,11 @@ impl Worker {
         };
         if state.is_terminal() {
             return completion; // Cancelled, or failed: deleted unrun.
+        }
+        if paused {
+            tracing::debug!(job = %task.job, stage = task.stage, task = %task.task, "giving back a task of a paused job");
+            completion.action = self.give_back(&task, &message.body).await;
+            return completion;
         }
         if stopped_at.is_some_and(|failed| task.stage > failed) {
             // `on_stage_failure: stop`: an earlier stage failed, so this stage is skipped.

@@ -78,3 +78,60 @@ async fn the_meter_counts_every_request() {
     assert_eq!(sends, Some(3), "25 messages in batches of 10 are three requests");
     assert_eq!(meter.total_for("SQS") - before, 3);
 }
+
+/// `grid scale`, `pause` and `resume` change the group on the emulator's Auto Scaling API:
+/// impossible bounds are refused with the group untouched, a pause holds it at zero with its
+/// bounds kept on the group, and a resume restores them.
+#[tokio::test]
+async fn grid_control_changes_the_group_on_auto_scaling() {
+    use batchgrid_core::aws::autoscaling_client;
+    use batchgrid_core::scaling::control::{Bounds, ControlError, ScaleRequest};
+    use batchgrid_core::scaling::AutoScalingGroup;
+
+    let moto = Moto::start();
+    let client = autoscaling_client(&moto.sdk_config("us-east-1").await, &RequestMeter::new());
+    client
+        .create_launch_configuration()
+        .launch_configuration_name("workers")
+        .image_id("ami-12345678")
+        .instance_type("t3.micro")
+        .send()
+        .await
+        .expect("launch configuration");
+    client
+        .create_auto_scaling_group()
+        .auto_scaling_group_name("grid-workers")
+        .launch_configuration_name("workers")
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(0)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .expect("group");
+    let group = AutoScalingGroup::new(client.clone(), "grid-workers");
+
+    let scaled = group.scale(&ScaleRequest { min: Some(1), desired: Some(2), max: None }).await.expect("scale");
+    assert_eq!(scaled, Bounds { min: 1, desired: 2, max: 4 });
+    let view = group.view().await.expect("view");
+    assert_eq!(view.bounds, scaled, "the group itself says so");
+    assert_eq!(view.instances.len(), 2, "the emulator launched the desired instances: {view:?}");
+    assert!(view.instances.iter().all(|i| i.instance_type == "t3.micro" && !i.protected), "{view:?}");
+
+    let refused = group.scale(&ScaleRequest { min: None, desired: Some(5), max: None }).await;
+    assert!(matches!(refused, Err(ControlError::Invalid(ref m)) if m.contains("--desired 5")), "{refused:?}");
+    assert_eq!(group.view().await.expect("view").bounds, scaled, "a refused scale changes nothing");
+
+    let kept = group.pause().await.expect("pause");
+    assert_eq!(kept, Bounds { min: 1, desired: 1, max: 4 });
+    let paused = group.view().await.expect("view");
+    assert_eq!(paused.bounds, Bounds { min: 0, desired: 0, max: 0 });
+    assert_eq!(paused.paused, Some(kept));
+    let while_paused = group.scale(&ScaleRequest { desired: Some(1), ..ScaleRequest::default() }).await;
+    assert!(matches!(while_paused, Err(ControlError::State(_))), "{while_paused:?}");
+
+    assert_eq!(group.resume().await.expect("resume"), kept);
+    let resumed = group.view().await.expect("view");
+    assert_eq!((resumed.bounds, resumed.paused), (kept, None));
+    assert!(matches!(group.resume().await, Err(ControlError::State(_))), "resuming twice is refused");
+}

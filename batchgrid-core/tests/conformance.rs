@@ -48,6 +48,20 @@ async fn postgres_analytics_conforms() {
     conformance::analytics::run_all(&store).await;
 }
 
+#[tokio::test]
+async fn sqlite_admission_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteAnalytics::open(&dir.path().join("analytics.db")).await.expect("open");
+    conformance::admission::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_admission_conforms() {
+    let database = TestDatabase::new();
+    let store = PgAnalytics::connect(&database.url(), 4).await.expect("connect");
+    conformance::admission::run_all(&store).await;
+}
+
 /// Two managers, each with its own connection pool (as two processes have), claim the same
 /// occurrences at once: each is won by exactly one.
 async fn two_managers_claim_once(a: Arc<dyn AnalyticsStore>, b: Arc<dyn AnalyticsStore>) {

@@ -70,6 +70,7 @@ async fn seeded(state: &std::path::Path) -> Grid {
             state: "running".into(),
             tasks_done: 3,
             tasks_failed: 1,
+            current_tasks: 2,
         })
         .await
         .expect("worker");
@@ -161,7 +162,7 @@ async fn every_page_and_action_wants_the_token() {
         let wrong = dashboard.http.get(format!("{}{path}", dashboard.base)).bearer_auth("guess").send().await;
         assert_eq!(wrong.expect("request").status(), 401, "{path}");
     }
-    for action in ["/ui/jobs/claims-1/cancel", "/ui/logout"] {
+    for action in ["/ui/jobs/claims-1/cancel", "/ui/jobs/claims-1/pause", "/ui/jobs/claims-1/retry", "/ui/logout"] {
         assert_eq!(dashboard.post(action, None, "csrf=x").await.status(), 401, "{action}");
     }
     assert_eq!(dashboard.job_state().await, JobState::Running);
@@ -206,7 +207,7 @@ async fn pages_show_the_grid_escaped_and_behind_a_content_policy() {
     assert_eq!(no_log.status(), 404, "a task that captured nothing has no log");
     assert!(job.contains("running") && job.contains("/ui/jobs/claims-1/cancel"), "history and the cancel link");
     let grid = dashboard.get("/ui/grid", Some(&cookie)).await.text().await.expect("body");
-    assert!(grid.contains("worker-7"), "{grid}");
+    assert!(grid.contains("worker-7") && grid.contains("<td>running</td><td>2</td>"), "state, current tasks: {grid}");
     assert!(grid.contains("<td>input</td><td>2</td>"), "the input queue's depth: {grid}");
     assert_eq!(dashboard.get("/ui/jobs/nope", Some(&cookie)).await.status(), 404);
 
@@ -238,6 +239,22 @@ async fn actions_need_the_sessions_csrf_token_and_logout_ends_the_session() {
         .expect("request");
     assert_eq!(no_form.status(), 403, "no body, no token");
     assert_eq!(dashboard.job_state().await, JobState::Running, "nothing refused was done");
+
+    // Pause and resume, each behind its confirmation and the same token.
+    assert_eq!(dashboard.post("/ui/jobs/claims-1/pause", Some(&cookie), "").await.status(), 403);
+    let job_page = dashboard.get("/ui/jobs/claims-1", Some(&cookie)).await.text().await.expect("body");
+    assert!(job_page.contains("/ui/jobs/claims-1/pause") && !job_page.contains("/ui/jobs/claims-1/resume"));
+    let confirm_pause = dashboard.get("/ui/jobs/claims-1/pause", Some(&cookie)).await.text().await.expect("body");
+    assert!(confirm_pause.contains("action=\"/ui/jobs/claims-1/pause\""), "{confirm_pause}");
+    let paused = dashboard.post("/ui/jobs/claims-1/pause", Some(&cookie), &format!("csrf={csrf}")).await;
+    assert_eq!(paused.status(), 303);
+    assert!(dashboard.service.status("claims-1").await.expect("status").paused);
+    let job_page = dashboard.get("/ui/jobs/claims-1", Some(&cookie)).await.text().await.expect("body");
+    assert!(job_page.contains("id=\"paused\"") && job_page.contains("/ui/jobs/claims-1/resume"), "{job_page}");
+    let resumed = dashboard.post("/ui/jobs/claims-1/resume", Some(&cookie), &format!("csrf={csrf}")).await;
+    assert_eq!(resumed.status(), 303);
+    assert!(!dashboard.service.status("claims-1").await.expect("status").paused);
+    assert_eq!(dashboard.get("/ui/jobs/claims-1/explode", Some(&cookie)).await.status(), 404);
 
     let done = dashboard.post("/ui/jobs/claims-1/cancel", Some(&cookie), &format!("csrf={csrf}")).await;
     assert_eq!(done.status(), 303);

@@ -112,6 +112,7 @@ async fn seeded(state: &std::path::Path) -> Grid {
             state: "running".into(),
             tasks_done: 2,
             tasks_failed: 1,
+            current_tasks: 2,
         })
         .await
         .expect("worker");

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use batchgrid_core::analytics::credentials::{FixedUrl, ReconnectSettings};
 use batchgrid_core::analytics::{
-    AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, PgAnalytics, RequestCount,
-    StageRecord, WorkerRecord,
+    AdmissionStore, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, PendingTask,
+    PgAnalytics, RequestCount, StageRecord, WorkerRecord,
 };
 use batchgrid_core::spec::StageKind;
 use batchgrid_testkit::postgres::TestDatabase;
@@ -87,6 +87,7 @@ async fn the_worker_role_can_do_a_workers_work_and_nothing_more() {
             state: "running".into(),
             tasks_done: 0,
             tasks_failed: 0,
+            current_tasks: 0,
         })
         .await
         .expect("heartbeat");
@@ -97,6 +98,12 @@ async fn the_worker_role_can_do_a_workers_work_and_nothing_more() {
     assert_eq!(worker.job("j").await.expect("read the job").map(|job| job.state), Some(JobState::Running));
     assert_eq!(worker.stages("j").await.expect("stages")[0].done, 2, "counted once each");
     assert_eq!(worker.attempts("j", 0, "t1").await.expect("attempts").len(), 1);
+    // A paused job's task given back to admission (migration 0009).
+    owner.init_admission("j", 50).await.expect("admission");
+    assert!(!worker.admission("j").await.expect("read the pause flag").expect("known").paused);
+    let task = PendingTask { stage: 1, task_id: "t9".into(), seq: 9, body: "{}".into() };
+    worker.return_pending("j", &task).await.expect("give a task back");
+    assert_eq!(owner.admission("j").await.expect("admission").expect("known").pending, 1);
 
     // What it may not: the job's state and history, new jobs.
     let refused = worker.transition("j", JobState::Cancelled, Some("a task's wish"), "task").await;
@@ -104,12 +111,16 @@ async fn the_worker_role_can_do_a_workers_work_and_nothing_more() {
     assert_eq!(sqlstate(&error).as_deref(), Some(DENIED), "{error}");
     let error = worker.create_job(&job("forged"), &[]).await.expect_err("nor create a job");
     assert_eq!(sqlstate(&error).as_deref(), Some(DENIED), "{error}");
+    let error = worker.set_paused("j", true, "task").await.expect_err("nor pause it");
+    assert_eq!(sqlstate(&error).as_deref(), Some(DENIED), "{error}");
     assert_eq!(owner.job("j").await.expect("job").map(|job| job.state), Some(JobState::Running));
 
     // Nor rewrite a spec, delete records, or change the schema, however it is asked.
     let mut raw = sqlx::PgConnection::connect(&database.url_as(WORKER)).await.expect("connect as the worker");
     for statement in [
         "UPDATE jobs SET spec = '{\"forged\": true}'",
+        "UPDATE job_admission SET priority = 100",
+        "UPDATE job_admission SET paused = 1",
         "DELETE FROM tasks",
         "DELETE FROM attempts",
         "INSERT INTO job_history (job_id, seq, at, to_state, actor) VALUES ('j', 99, 1, 'done', 'x')",

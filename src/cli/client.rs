@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use batchgrid_core::analytics::JobState;
 use batchgrid_core::manager::JobProgress;
+use batchgrid_core::schedule::chrono::{self, DateTime, Utc};
 use batchgrid_core::service::client::ApiClient;
-use batchgrid_core::service::JobStatus;
+use batchgrid_core::service::{parse_at, JobStatus};
 use batchgrid_core::spec::{load_job_file, InputSpec, Overrides};
 use batchgrid_core::store::{ObjectStore, S3Store};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -57,6 +58,19 @@ pub struct SubmitArgs {
     /// With `--watch`, download the results here when the job completes.
     #[arg(long, requires = "watch")]
     download: Option<PathBuf>,
+    /// Wait until these jobs (names or ids, comma-separated or repeated) have completed;
+    /// replaces the file's `after:`.
+    #[arg(long, value_delimiter = ',')]
+    after: Vec<String>,
+    /// Run once at this time instead of now (RFC 3339 with its offset, e.g. 2026-12-31T23:00+01:00).
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["in_", "watch"])]
+    at: Option<String>,
+    /// Run once this long from now instead of now (e.g. 2h, 30m).
+    #[arg(long = "in", id = "in_", value_name = "DURATION", value_parser = super::parse_duration, conflicts_with = "watch")]
+    in_: Option<Duration>,
+    /// Priority instead of the file's `priority` (0..=100, higher first; default 50).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    priority: Option<u8>,
     #[command(flatten)]
     stack: StackArgs,
     #[command(flatten)]
@@ -151,9 +165,15 @@ pub(crate) async fn upload(stack: &StackArgs, name: &str, input: &Path, quiet: b
 
 /// Submits a job, uploading a local input first.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let overrides = Overrides { input: args.input.as_deref().map(super::run::from_cwd), output: None };
+    let overrides = Overrides {
+        input: args.input.as_deref().map(super::run::from_cwd),
+        output: None,
+        after: args.after.clone(),
+        priority: args.priority,
+    };
     // Checked here first, so errors name the user's file and line before anything is uploaded.
     let spec = load_job_file(&args.job, &overrides)?;
+    let at = start_time(args.at.as_deref(), args.in_)?;
     let client = args.connection.client().await?;
     let input = match &spec.input {
         InputSpec::Local(path) => upload(&args.stack, &spec.name, path, args.connection.json).await?,
@@ -161,7 +181,20 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let document = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
     let origin = args.job.display().to_string();
-    let id = client.submit(&document, &origin, Some(&input)).await?;
+    if let Some(at) = at {
+        let deferred = client.submit_at(&document, &origin, Some(&input), &args.after, &at.to_rfc3339()).await?;
+        if args.connection.json {
+            println!("{}", serde_json::json!({ "schedule": deferred.schedule, "at": deferred.at, "input": input }));
+        } else {
+            eprintln!(
+                "job {} runs once at {} (`batchgrid schedule show {}` names its job once started)",
+                spec.name, deferred.at, deferred.schedule
+            );
+            println!("{}", deferred.schedule);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = client.submit_with(&document, &origin, Some(&input), &args.after, args.priority).await?;
     if args.connection.json && !args.watch {
         println!("{}", serde_json::json!({ "job_id": id, "input": input }));
     } else {
@@ -176,6 +209,22 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// When a deferred run starts: `--at`, or `--in` from now; a time already past is refused
+/// here, before anything is uploaded (the manager checks again against its own clock).
+fn start_time(at: Option<&str>, after: Option<Duration>) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let now = DateTime::<Utc>::from(std::time::SystemTime::now());
+    let at = match (at, after) {
+        (Some(text), _) => parse_at(text).map_err(|e| anyhow::anyhow!("--at: {e}"))?,
+        (None, Some(delay)) => {
+            let delay = chrono::Duration::from_std(delay).map_err(|_| anyhow::anyhow!("--in: too far ahead"))?;
+            now + delay
+        }
+        (None, None) => return Ok(None),
+    };
+    anyhow::ensure!(at > now, "--at: {} is in the past (it is now {})", at.to_rfc3339(), now.to_rfc3339());
+    Ok(Some(at))
+}
+
 fn progress_of(status: &JobStatus) -> JobProgress {
     JobProgress { state: status.state, stages: status.stages.clone(), error: status.error.clone() }
 }
@@ -186,7 +235,7 @@ async fn follow(client: &ApiClient, id: &str, json: bool, download: Option<&Path
     let mut view = ProgressView::new(json);
     let status = loop {
         let status = client.status(id).await?;
-        view.update(id, &progress_of(&status));
+        view.update_with_eta(id, &progress_of(&status), status.eta_seconds.map(Duration::from_secs));
         if status.state.is_terminal() {
             break status;
         }
@@ -266,6 +315,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("job {} ({}) {}", status.id, status.name, status.state);
+    let paused = if status.paused { ", paused" } else { "" };
+    println!("  priority {}{paused}, {} task(s) waiting for admission", status.priority, status.pending);
+    if let (Some(rate), Some(eta)) = (status.tasks_per_second, status.eta_seconds) {
+        println!("  {rate:.1} tasks/s; about {} to go", humantime::format_duration(Duration::from_secs(eta)));
+    }
     if let Some(error) = &status.error {
         println!("  reason: {error}");
     }

@@ -1,7 +1,9 @@
 //! Argument parsing and dispatch.
 
 mod client;
+mod grid;
 mod image;
+mod job;
 mod manager;
 mod progress;
 mod provision;
@@ -50,6 +52,11 @@ enum Command {
     Results(client::ResultsArgs),
     /// Cancel a job.
     Cancel(client::JobArgs),
+    /// Control a job: pause, resume, change its priority, retry its failed tasks, redrive
+    /// selected dead letters (each recorded in its history).
+    Job(job::JobArgs),
+    /// The deployed worker group by hand: status, scale, pause, resume.
+    Grid(grid::GridArgs),
     /// Schedules: check an expression's next fire times (`next`); add, list, show, pause,
     /// resume, trigger and delete the manager's.
     Schedule(schedule::ScheduleArgs),
@@ -170,6 +177,8 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Watch(args) => client::watch(args).await,
             Command::Results(args) => client::results(args).await,
             Command::Cancel(args) => client::cancel(args).await,
+            Command::Job(args) => job::run(args).await,
+            Command::Grid(args) => grid::run(args).await,
             Command::History(args) => client::history(args).await,
             Command::Workers(args) => client::workers(args).await,
             Command::Smoke(args) => smoke::run(args).await,
@@ -215,7 +224,12 @@ fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 
 async fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    let overrides = batchgrid_core::spec::Overrides { input: args.input.as_deref().map(run::from_cwd), output: None };
+    let overrides = batchgrid_core::spec::Overrides {
+        input: args.input.as_deref().map(run::from_cwd),
+        output: None,
+        after: Vec::new(),
+        priority: None,
+    };
     let spec = batchgrid_core::spec::load_job_file(&args.job, &overrides)?;
     let settings = batchgrid_core::grid::EmbeddedGridSettings::for_job(&spec);
     let grid = batchgrid_core::grid::Grid::open_embedded(&args.state_dir, &settings)

@@ -50,6 +50,12 @@ impl ProgressView {
 
     /// Shows one tick's progress.
     pub fn update(&mut self, job: &str, progress: &JobProgress) {
+        self.update_with_eta(job, progress, None);
+    }
+
+    /// Shows one tick's progress with the manager's estimate of the time left.
+    pub fn update_with_eta(&mut self, job: &str, progress: &JobProgress, eta: Option<Duration>) {
+        let eta_text = eta.map(|left| format!("  ETA {}", humantime::format_duration(left))).unwrap_or_default();
         let due = |last: &mut Option<Instant>, every: Duration| {
             let now = Instant::now();
             let due = last.is_none_or(|l| now - l >= every) || progress.state.is_terminal();
@@ -62,17 +68,18 @@ impl ProgressView {
             ProgressView::Bar(bar) => {
                 bar.set_length(progress.known_total());
                 bar.set_position(progress.done() + progress.failed());
-                bar.set_message(format!("{}  {}", progress.state, Self::summary(progress)));
+                bar.set_message(format!("{}  {}{eta_text}", progress.state, Self::summary(progress)));
             }
             ProgressView::Lines { last, every } => {
                 if due(last, *every) {
-                    eprintln!("{job} {}: {}", progress.state, Self::summary(progress));
+                    eprintln!("{job} {}: {}{eta_text}", progress.state, Self::summary(progress));
                 }
             }
             ProgressView::Json { last, every } => {
                 if due(last, *every) {
                     let line = serde_json::json!({
                         "job": job, "state": progress.state, "stages": progress.stages,
+                        "eta_seconds": eta.map(|left| left.as_secs()),
                     });
                     eprintln!("{line}");
                 }

@@ -286,16 +286,24 @@ pub async fn teardown(place: Place, confirm: Option<String>) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// A deployed environment's worker group: its name and an Auto Scaling client in its region.
+pub(crate) async fn worker_group(place: &Place) -> anyhow::Result<(String, aws_sdk_autoscaling::Client)> {
+    let prepared = prepare(place)?;
+    let deployer = deployer(&prepared.environment).await;
+    let outputs = deployer.outputs_for(&prepared.stack, &prepared.template).await?;
+    let group = outputs
+        .get("WorkerGroupName")
+        .with_context(|| format!("stack {} has no WorkerGroupName", prepared.stack))?
+        .clone();
+    let config = aws::sdk_config(&prepared.environment.region).await;
+    Ok((group, batchgrid_core::aws::autoscaling_client(&config, &Default::default())))
+}
+
 /// Starts an instance refresh of the worker group, so new instances launch from the image the
 /// launch template now names; old ones drain through the lifecycle hook before they go.
 pub async fn rollout(place: Place, min_healthy_percent: i32) -> anyhow::Result<ExitCode> {
-    let prepared = prepare(&place)?;
-    let deployer = deployer(&prepared.environment).await;
-    let outputs = deployer.outputs_for(&prepared.stack, &prepared.template).await?;
-    let group =
-        outputs.get("WorkerGroupName").with_context(|| format!("stack {} has no WorkerGroupName", prepared.stack))?;
-    let config = aws::sdk_config(&prepared.environment.region).await;
-    let client = batchgrid_core::aws::autoscaling_client(&config, &Default::default());
+    let (group, client) = worker_group(&place).await?;
+    let group = group.as_str();
     let preferences = aws_sdk_autoscaling::types::RefreshPreferences::builder()
         .min_healthy_percentage(min_healthy_percent)
         // Scale-in protection marks busy workers; a refresh must not skip them forever, and

@@ -207,10 +207,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, Some(job)) => {
             anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
             anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
-            let overrides =
-                Overrides { input: args.input.as_deref().map(from_cwd), output: args.output.as_deref().map(from_cwd) };
+            let overrides = Overrides {
+                input: args.input.as_deref().map(from_cwd),
+                output: args.output.as_deref().map(from_cwd),
+                after: Vec::new(),
+                priority: None,
+            };
             let spec = load_job_file(job, &overrides)?;
             spec.refuse_if_scheduled(&job.display().to_string())?;
+            // `run` starts a grid of its own, where no other job exists to wait for.
+            anyhow::ensure!(
+                spec.after.is_empty(),
+                "{}: after: waits for jobs of a manager; submit it with `batchgrid submit`",
+                job.display()
+            );
             // Absolute: workers and the commands they run (in their scratch directories) use it too.
             let state_dir = from_cwd(&args.state_dir.clone().unwrap_or_else(default_state_dir));
             (Plan::Fresh(spec), state_dir)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use batchgrid_core::aws::task_role::StsAssumer;
+use batchgrid_core::drain;
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::instance::{InstanceAgent, InstanceMetadata, InstanceSettings};
 use batchgrid_core::processor::sandbox::{TaskSandbox, TASK_UMASK};
@@ -25,6 +26,9 @@ const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 /// Arguments of `batchgrid worker`.
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
+    /// An action on a running worker instead of running one.
+    #[command(subcommand)]
+    pub action: Option<WorkerAction>,
     /// State directory of an embedded grid; without it, the worker joins a deployed grid.
     #[arg(long, env = env::STATE_DIR)]
     pub state_dir: Option<PathBuf>,
@@ -154,8 +158,30 @@ async fn stop_signal(exit_with_parent: bool) {
     }
 }
 
-/// Runs the worker until SIGTERM.
+/// Actions on a running worker, through the manager.
+#[derive(Debug, clap::Subcommand)]
+pub enum WorkerAction {
+    /// Ask a worker to take no new task and exit after its current ones (on an instance, the
+    /// instance then leaves the group through its lifecycle hook). It notices within seconds.
+    Drain {
+        /// The worker's id (`batchgrid workers` lists them).
+        id: String,
+        #[command(flatten)]
+        connection: super::client::Connection,
+    },
+}
+
+/// How long a drained worker on an instance with a lifecycle hook waits for the group to start
+/// terminating it before it drains by itself.
+const LEAVE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs the worker until SIGTERM, or a drain asked through the manager.
 pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Result<ExitCode> {
+    if let Some(WorkerAction::Drain { id, connection }) = &args.action {
+        connection.client().await?.drain_worker(id).await?;
+        eprintln!("worker {id} asked to drain: it takes no new task and exits after its current ones");
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.print_config {
         return print_config(&args);
     }
@@ -187,7 +213,34 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     };
     let sandbox = task_sandbox(&args, &scratch)?;
     let task_role = task_role_arn(&args)?;
-    let mut worker_settings = WorkerSettings::new(args.id.unwrap_or_else(default_worker_id), scratch);
+    let agent = if args.instance.instance_agent {
+        let region =
+            region.as_deref().context("the instance agent needs a region: --env, BATCHGRID_REGION or AWS_REGION")?;
+        let config = batchgrid_core::aws::sdk_config(region).await;
+        let instance = &args.instance;
+        let settings = InstanceSettings {
+            group: instance.group.clone(),
+            lifecycle_hook: instance.lifecycle_hook.clone(),
+            poll: instance.metadata_poll,
+            spot_margin: instance.spot_margin,
+            protection_interval: instance.protection_interval,
+            idle_grace: instance.idle_grace,
+            ..InstanceSettings::default()
+        };
+        let metadata = InstanceMetadata::new(&instance.metadata_endpoint)?;
+        let client = batchgrid_core::aws::autoscaling_client(&config, &grid.meter);
+        Some(InstanceAgent::start(metadata, client, settings).await?)
+    } else {
+        None
+    };
+    // On an instance the worker is named after it, so `grid status` can say which worker runs
+    // where.
+    let id = match (&args.id, &agent) {
+        (Some(id), _) => id.clone(),
+        (None, Some(agent)) => format!("{}-{}", agent.instance_id(), default_worker_id()),
+        (None, None) => default_worker_id(),
+    };
+    let mut worker_settings = WorkerSettings::new(id, scratch);
     worker_settings.sandbox = Arc::new(sandbox);
     if let Some(arn) = task_role {
         let region = region.as_deref().context("a task role needs a region: --env, BATCHGRID_REGION or AWS_REGION")?;
@@ -206,29 +259,51 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     worker_settings.poll_wait = args.poll_wait;
     worker_settings.visibility = args.visibility_timeout;
     worker_settings.drain_deadline = args.drain_deadline;
-    let meter = grid.meter.clone();
+    let drain = drain::requested(grid.analytics.clone(), worker_settings.id.clone(), drain::DRAIN_POLL);
+    let exit_with_parent = args.exit_with_parent;
     let worker = Worker::new(worker_settings, grid, registry);
-    if !args.instance.instance_agent {
-        worker.run(stop_signal(args.exit_with_parent)).await?;
+    let Some(agent) = agent else {
+        let signal = async {
+            tokio::select! {
+                () = stop_signal(exit_with_parent) => {}
+                () = drain => {}
+            }
+        };
+        worker.run(signal).await?;
         return Ok(ExitCode::SUCCESS);
-    }
-    let region = region.context("the instance agent needs a region: --env, BATCHGRID_REGION or AWS_REGION")?;
-    let config = batchgrid_core::aws::sdk_config(&region).await;
-    let instance = &args.instance;
-    let settings = InstanceSettings {
-        group: instance.group.clone(),
-        lifecycle_hook: instance.lifecycle_hook.clone(),
-        poll: instance.metadata_poll,
-        spot_margin: instance.spot_margin,
-        protection_interval: instance.protection_interval,
-        idle_grace: instance.idle_grace,
-        ..InstanceSettings::default()
     };
-    let metadata = InstanceMetadata::new(&instance.metadata_endpoint)?;
-    let agent =
-        InstanceAgent::start(metadata, batchgrid_core::aws::autoscaling_client(&config, &meter), settings).await?;
-    tracing::info!(instance = agent.instance_id(), group = ?instance.group, "instance agent started");
-    let (reason, stats) = Arc::new(agent).run_worker(worker, stop_signal(args.exit_with_parent)).await?;
+    tracing::info!(instance = agent.instance_id(), group = ?args.instance.group, "instance agent started");
+    let agent = Arc::new(agent);
+    let (leaving, drained) = (agent.clone(), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let hooked = agent.has_lifecycle_hook();
+    let signal = {
+        let drained = drained.clone();
+        async move {
+            let drain = async {
+                drain.await;
+                drained.store(true, std::sync::atomic::Ordering::SeqCst);
+                // With a lifecycle hook the group terminates the instance and the hook drains
+                // this worker as on any scale-in; should the group not start, drain here.
+                if hooked {
+                    match leaving.leave_group().await {
+                        Ok(_) => tokio::time::sleep(LEAVE_PATIENCE).await,
+                        Err(error) => tracing::error!(%error, "could not leave the group; draining the worker only"),
+                    }
+                }
+            };
+            tokio::select! {
+                () = stop_signal(exit_with_parent) => {}
+                () = drain => {}
+            }
+        }
+    };
+    let (reason, stats) = agent.clone().run_worker(worker, signal).await?;
+    if drained.load(std::sync::atomic::Ordering::SeqCst) && !hooked {
+        // Drained, and no hook to wait for: the instance leaves now, without a replacement.
+        if let Err(error) = agent.leave_group().await {
+            tracing::error!(%error, "drained, but could not leave the group");
+        }
+    }
     tracing::info!(?reason, ?stats, "worker stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -584,6 +584,50 @@ async fn a_worker_on_an_instance_protects_it_while_busy_and_hands_its_tasks_over
     tokio::task::spawn_blocking(move || drop(stack)).await.expect("stop");
 }
 
+/// `worker drain` of a worker on an instance of the emulator's group: the worker exits, and
+/// the instance leaves the group with its desired capacity lowered (no replacement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_on_an_instance_leaves_the_group() {
+    let mut stack = tokio::task::spawn_blocking(|| LocalStack::start(0)).await.expect("stack");
+    let group = stack.outputs()["WorkerGroupName"].as_str().expect("group").to_owned();
+    let config = stack.moto.sdk_config("us-east-1").await;
+    let autoscaling = batchgrid_core::aws::autoscaling_client(&config, &Default::default());
+    autoscaling.set_desired_capacity().auto_scaling_group_name(&group).desired_capacity(1).send().await.expect("scale");
+    let groups =
+        autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.expect("group");
+    let instance = groups.auto_scaling_groups()[0].instances()[0].instance_id().expect("instance").to_owned();
+    let imds = MetadataServer::start(&instance);
+    let agent_args: Vec<String> =
+        ["--instance-agent", "--metadata-endpoint", &imds.endpoint(), "--group", &group, "--metadata-poll", "200ms"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    stack.start_worker_with(0, &agent_args);
+
+    let client = stack.client(TOKEN);
+    wait_for(&stack, "the worker has registered and takes the drain", Duration::from_secs(30), async || {
+        client.drain_worker("local-worker-0").await.is_ok()
+    })
+    .await;
+    let asked = Instant::now();
+    let worker = &mut stack.workers[0];
+    while worker.try_wait().expect("worker state").is_none() {
+        assert!(asked.elapsed() < Duration::from_secs(20), "the drained worker exits within seconds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = stack.read_log("worker-0");
+    assert!(log.contains("drain requested"), "{log}");
+    wait_for(&stack, "the instance has left the group", Duration::from_secs(15), async || {
+        let groups =
+            autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.expect("group");
+        let group = &groups.auto_scaling_groups()[0];
+        group.desired_capacity() == Some(0)
+            && group.instances().iter().all(|i| i.instance_id() != Some(instance.as_str()))
+    })
+    .await;
+    tokio::task::spawn_blocking(move || drop(stack)).await.expect("stop");
+}
+
 /// Runs a prepared `batchgrid submit --watch` command; returns its exit code and report.
 fn run_submit(mut command: Command, job: &Path, results: &Path) -> (Option<i32>, serde_json::Value) {
     let output = command.arg("--download").arg(results).arg(job).output().expect("run submit");

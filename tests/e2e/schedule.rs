@@ -96,3 +96,28 @@ fn bad_input_names_the_field_and_exits_non_zero() {
     let line = refused(&schedule_next(&["--cron", "0 2 LW * *", "--tz", "UTC", "--exclude", "/no/such/holidays.txt"]));
     assert!(line.starts_with("error: --exclude: /no/such/holidays.txt: cannot read holiday file"), "{line}");
 }
+
+#[test]
+fn submit_at_a_past_or_offsetless_time_is_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("in.txt"), "a\n").expect("input");
+    let job = dir.path().join("job.yaml");
+    std::fs::write(&job, "name: later\ninput:\n  path: in.txt\nstages:\n  - name: copy\n    command: [cat, \"{input}\"]\noutput:\n  path: out\n")
+        .expect("job");
+    // No manager listens there: the refusal comes before any call.
+    let submit = |extra: &[&str]| {
+        batchgrid()
+            .arg("submit")
+            .arg(&job)
+            .args(extra)
+            .args(["--manager", "http://127.0.0.1:9"])
+            .output()
+            .expect("run batchgrid")
+    };
+    let past = refused(&submit(&["--at", "2020-01-01T00:00+01:00"]));
+    assert!(past.contains("--at: 2019-12-31T23:00:00+00:00 is in the past"), "{past}");
+    let bare = refused(&submit(&["--at", "2027-01-01T00:00"]));
+    assert!(bare.contains("--at: `2027-01-01T00:00` is not a time with an offset"), "{bare}");
+    let zero = refused(&submit(&["--in", "0s"]));
+    assert!(zero.contains("is in the past"), "{zero}");
+}

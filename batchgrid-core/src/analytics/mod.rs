@@ -18,9 +18,11 @@
 //!   a state is entered only from the states [`JobState::allowed_from`] names, so terminal states
 //!   are never left and a cancel, allowed from every live state, wins over any concurrent
 //!   change. Each applied transition appends an entry to the job's `history` in the same
-//!   transaction; a refused one changes nothing and returns `false`.
+//!   transaction; a refused one changes nothing and returns `false`. The one way back from an
+//!   end is `reopen_tasks`, an operator's retry of a failed job's failed tasks, recorded too.
 //! - Times are Unix milliseconds.
 
+pub mod admission;
 #[cfg(feature = "postgres")]
 pub mod credentials;
 #[cfg(feature = "postgres")]
@@ -35,6 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use admission::{AdmissionStore, JobAdmission, PendingTask, DEFAULT_PRIORITY, MAX_PRIORITY};
 #[cfg(feature = "postgres")]
 pub use postgres::PgAnalytics;
 pub use schedules::{OccurrenceRecord, OccurrenceState, ScheduleRecord, ScheduleStore};
@@ -43,6 +46,13 @@ pub use sqlite::SqliteAnalytics;
 use crate::spec::StageKind;
 
 /// Where a job is in its life.
+///
+/// Paused is not one of these: it is a flag beside the state ([`AdmissionStore::set_paused`]).
+/// A job may be paused while it is still being split or while it runs, and resuming must
+/// leave it in whichever it was; the transitions underneath (a split finishing, a deadline, a
+/// cancel, which wins over a pause) go on as they are, and every reader of the state (workers,
+/// the autoscaler, `active_jobs`) keeps its meaning. A state would need to remember where it
+/// came from and would refuse those transitions meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -316,6 +326,9 @@ pub struct WorkerRecord {
     pub tasks_done: u64,
     /// Attempts that failed.
     pub tasks_failed: u64,
+    /// Tasks it held (running or about to run) at its last heartbeat.
+    #[serde(default)]
+    pub current_tasks: u32,
 }
 
 /// Totals for a job's report.
@@ -375,10 +388,10 @@ impl From<sqlx::Error> for AnalyticsError {
     }
 }
 
-/// Progress and statistics storage, schedules included ([`ScheduleStore`]); see the module docs
-/// for the contract.
+/// Progress and statistics storage, schedules ([`ScheduleStore`]) and admission
+/// ([`AdmissionStore`]) included; see the module docs for the contract.
 #[async_trait]
-pub trait AnalyticsStore: ScheduleStore + Send + Sync + std::fmt::Debug {
+pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fmt::Debug {
     /// Records a new job and its stages (idempotent for the same id).
     async fn create_job(&self, job: &JobRecord, stages: &[StageRecord]) -> Result<(), AnalyticsError>;
     /// Moves a job to `to` if its current state allows it (compare-and-set), stamping start and
@@ -392,6 +405,20 @@ pub trait AnalyticsStore: ScheduleStore + Send + Sync + std::fmt::Debug {
         reason: Option<&str>,
         actor: &str,
     ) -> Result<bool, AnalyticsError>;
+    /// Sends failed tasks back for another run (`job retry`, `job redrive`): each of `tasks`
+    /// (stage, task id) that is `failed` becomes `retrying`, its stage's counters moved with
+    /// it; a failed job becomes running again, its end and error cleared; a running job stays
+    /// running. One history entry (`reason`, `actor`) records it, all in one transaction, the
+    /// job's state compare-and-set as in `transition`. Returns how many tasks were reopened, or
+    /// `None`, with nothing changed, for a job neither failed nor running; an unknown job is
+    /// an error.
+    async fn reopen_tasks(
+        &self,
+        job_id: &str,
+        tasks: &[(u32, String)],
+        reason: &str,
+        actor: &str,
+    ) -> Result<Option<u64>, AnalyticsError>;
     /// A job's history, oldest first.
     async fn history(&self, job_id: &str) -> Result<Vec<HistoryEntry>, AnalyticsError>;
     /// Every recorded task of one stage with its status (`retrying`, `done`, `failed`).
@@ -429,6 +456,11 @@ pub trait AnalyticsStore: ScheduleStore + Send + Sync + std::fmt::Debug {
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError>;
     /// Every known worker.
     async fn workers(&self) -> Result<Vec<WorkerRecord>, AnalyticsError>;
+    /// Asks a worker to drain (`worker drain`): take no new task, exit after its current
+    /// ones. The first request's time is kept; `false` if no such worker is known.
+    async fn request_drain(&self, worker_id: &str, at: i64) -> Result<bool, AnalyticsError>;
+    /// Whether a drain of this worker has been asked for (the worker polls it).
+    async fn drain_requested(&self, worker_id: &str) -> Result<bool, AnalyticsError>;
     /// Records a process's cumulative request counts; a count lower than the stored one (or a
     /// lower duplicate within `counts`) changes nothing.
     async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError>;
@@ -446,6 +478,12 @@ fn transition_stamps(to: JobState, reason: Option<&str>, now: i64) -> (Option<i6
     let finished = to.is_terminal().then_some(now);
     let error = matches!(to, JobState::Failed | JobState::Cancelled).then_some(reason).flatten();
     (started, finished, error)
+}
+
+/// Whether `job retry` or `job redrive` may reopen a job in `state`: a failed one, to run its
+/// failed tasks again, or a running one (a dead letter redriven while the job goes on).
+fn reopenable(state: JobState) -> bool {
+    matches!(state, JobState::Failed | JobState::Running)
 }
 
 pub(crate) fn parse_state(text: &str) -> Result<JobState, AnalyticsError> {

@@ -5,7 +5,7 @@
 //! read-then-write that keeps the stage counters exact is serialised per stage by an advisory
 //! lock (see `record_attempts`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -15,13 +15,14 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::credentials::{CredentialsSource, FixedUrl, Reconnect, ReconnectSettings};
 use super::{
-    actor, kind_str, merged_request_counts, parse_kind, parse_state, status_delta, to_i64, to_u32, to_u64,
+    actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
     AttemptTotals, HistoryEntry, JobRecord, JobState, RequestCount, StageProgress, StageRecord, TaskRecord,
     WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::now_millis;
 
+mod admission;
 mod schedules;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -206,6 +207,16 @@ impl AnalyticsStore for PgAnalytics {
         self.run(|sql| sql.transition(job_id, to, reason, actor)).await
     }
 
+    async fn reopen_tasks(
+        &self,
+        job_id: &str,
+        tasks: &[(u32, String)],
+        reason: &str,
+        actor: &str,
+    ) -> Result<Option<u64>, AnalyticsError> {
+        self.run(|sql| sql.reopen_tasks(job_id, tasks, reason, actor)).await
+    }
+
     async fn history(&self, job_id: &str) -> Result<Vec<HistoryEntry>, AnalyticsError> {
         self.run(|sql| sql.history(job_id)).await
     }
@@ -272,6 +283,14 @@ impl AnalyticsStore for PgAnalytics {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>, AnalyticsError> {
         self.run(|sql| sql.workers()).await
+    }
+
+    async fn request_drain(&self, worker_id: &str, at: i64) -> Result<bool, AnalyticsError> {
+        self.run(|sql| sql.request_drain(worker_id, at)).await
+    }
+
+    async fn drain_requested(&self, worker_id: &str) -> Result<bool, AnalyticsError> {
+        self.run(|sql| sql.drain_requested(worker_id)).await
     }
 
     async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError> {
@@ -385,6 +404,77 @@ impl AnalyticsStore for Sql {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    async fn reopen_tasks(
+        &self,
+        job_id: &str,
+        tasks: &[(u32, String)],
+        reason: &str,
+        actor: &str,
+    ) -> Result<Option<u64>, AnalyticsError> {
+        for _ in 0..TRANSITION_ROUNDS {
+            let Some(row) =
+                sqlx::query("SELECT state FROM jobs WHERE id = $1").bind(job_id).fetch_optional(&self.pool).await?
+            else {
+                return Err(AnalyticsError::JobNotFound(job_id.to_owned()));
+            };
+            let from = parse_state(&row.try_get::<String, _>("state")?)?;
+            if !reopenable(from) {
+                return Ok(None);
+            }
+            let mut tx = self.pool.begin().await?;
+            // Compare-and-set on the state read, as a transition does.
+            let moved = sqlx::query(
+                "UPDATE jobs SET state = 'running', finished_at = NULL, error = NULL WHERE id = $1 AND state = $2",
+            )
+            .bind(job_id)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() == 0 {
+                tx.rollback().await?;
+                continue;
+            }
+            let mut reopened: BTreeMap<u32, i64> = BTreeMap::new();
+            for (stage, task) in tasks {
+                let changed = sqlx::query(
+                    "UPDATE tasks SET status = 'retrying' WHERE job_id = $1 AND stage = $2 AND task_id = $3 AND status = 'failed'",
+                )
+                .bind(job_id)
+                .bind(i64::from(*stage))
+                .bind(task)
+                .execute(&mut *tx)
+                .await?;
+                *reopened.entry(*stage).or_default() += changed.rows_affected() as i64;
+            }
+            for (stage, count) in &reopened {
+                sqlx::query(
+                    "UPDATE stages SET failed = failed - $1, retrying = retrying + $2 WHERE job_id = $3 AND stage = $4",
+                )
+                .bind(count)
+                .bind(count)
+                .bind(job_id)
+                .bind(i64::from(*stage))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO job_history (job_id, seq, at, from_state, to_state, reason, actor)
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, 'running', $4, $5 FROM job_history WHERE job_id = $6",
+            )
+            .bind(job_id)
+            .bind(now_millis())
+            .bind(from.as_str())
+            .bind(reason)
+            .bind(actor)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Some(reopened.values().map(|n| to_u64(*n)).sum()));
+        }
+        Ok(None)
     }
 
     async fn history(&self, job_id: &str) -> Result<Vec<HistoryEntry>, AnalyticsError> {
@@ -701,10 +791,10 @@ impl AnalyticsStore for Sql {
 
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed, current_tasks)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET last_seen = GREATEST(workers.last_seen, excluded.last_seen),
-                                            state = excluded.state",
+                                            state = excluded.state, current_tasks = excluded.current_tasks",
         )
         .bind(&worker.id)
         .bind(&worker.host)
@@ -714,6 +804,7 @@ impl AnalyticsStore for Sql {
         .bind(&worker.state)
         .bind(to_i64(worker.tasks_done))
         .bind(to_i64(worker.tasks_failed))
+        .bind(i64::from(worker.current_tasks))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -733,9 +824,28 @@ impl AnalyticsStore for Sql {
                     state: row.try_get("state")?,
                     tasks_done: to_u64(row.try_get("tasks_done")?),
                     tasks_failed: to_u64(row.try_get("tasks_failed")?),
+                    current_tasks: to_u32(row.try_get("current_tasks")?),
                 })
             })
             .collect()
+    }
+
+    async fn request_drain(&self, worker_id: &str, at: i64) -> Result<bool, AnalyticsError> {
+        let updated =
+            sqlx::query("UPDATE workers SET drain_requested_at = COALESCE(drain_requested_at, $1) WHERE id = $2")
+                .bind(at)
+                .bind(worker_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
+    async fn drain_requested(&self, worker_id: &str) -> Result<bool, AnalyticsError> {
+        let row = sqlx::query("SELECT drain_requested_at FROM workers WHERE id = $1")
+            .bind(worker_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some_and(|row| row.get::<Option<i64>, _>("drain_requested_at").is_some()))
     }
 
     async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError> {

@@ -8,13 +8,14 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    actor, kind_str, merged_request_counts, parse_kind, parse_state, status_delta, to_i64, to_u32, to_u64,
+    actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
     AttemptTotals, HistoryEntry, JobRecord, JobState, RequestCount, StageProgress, StageRecord, TaskRecord,
     WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::{now_millis, open_sqlite};
 
+mod admission;
 mod schedules;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -188,6 +189,77 @@ impl AnalyticsStore for SqliteAnalytics {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    async fn reopen_tasks(
+        &self,
+        job_id: &str,
+        tasks: &[(u32, String)],
+        reason: &str,
+        actor: &str,
+    ) -> Result<Option<u64>, AnalyticsError> {
+        for _ in 0..TRANSITION_ROUNDS {
+            let Some(row) =
+                sqlx::query("SELECT state FROM jobs WHERE id = ?").bind(job_id).fetch_optional(&self.pool).await?
+            else {
+                return Err(AnalyticsError::JobNotFound(job_id.to_owned()));
+            };
+            let from = parse_state(&row.try_get::<String, _>("state")?)?;
+            if !reopenable(from) {
+                return Ok(None);
+            }
+            let mut tx = self.pool.begin().await?;
+            // Compare-and-set on the state read, as a transition does.
+            let moved = sqlx::query(
+                "UPDATE jobs SET state = 'running', finished_at = NULL, error = NULL WHERE id = ? AND state = ?",
+            )
+            .bind(job_id)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() == 0 {
+                tx.rollback().await?;
+                continue;
+            }
+            let mut reopened: BTreeMap<u32, i64> = BTreeMap::new();
+            for (stage, task) in tasks {
+                let changed = sqlx::query(
+                    "UPDATE tasks SET status = 'retrying' WHERE job_id = ? AND stage = ? AND task_id = ? AND status = 'failed'",
+                )
+                .bind(job_id)
+                .bind(i64::from(*stage))
+                .bind(task)
+                .execute(&mut *tx)
+                .await?;
+                *reopened.entry(*stage).or_default() += changed.rows_affected() as i64;
+            }
+            for (stage, count) in &reopened {
+                sqlx::query(
+                    "UPDATE stages SET failed = failed - ?, retrying = retrying + ? WHERE job_id = ? AND stage = ?",
+                )
+                .bind(count)
+                .bind(count)
+                .bind(job_id)
+                .bind(i64::from(*stage))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO job_history (job_id, seq, at, from_state, to_state, reason, actor)
+                 SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, 'running', ?, ? FROM job_history WHERE job_id = ?",
+            )
+            .bind(job_id)
+            .bind(now_millis())
+            .bind(from.as_str())
+            .bind(reason)
+            .bind(actor)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Some(reopened.values().map(|n| to_u64(*n)).sum()));
+        }
+        Ok(None)
     }
 
     async fn history(&self, job_id: &str) -> Result<Vec<HistoryEntry>, AnalyticsError> {
@@ -463,9 +535,10 @@ impl AnalyticsStore for SqliteAnalytics {
 
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET last_seen = MAX(workers.last_seen, excluded.last_seen), state = excluded.state",
+            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed, current_tasks)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET last_seen = MAX(workers.last_seen, excluded.last_seen), state = excluded.state,
+                                            current_tasks = excluded.current_tasks",
         )
         .bind(&worker.id)
         .bind(&worker.host)
@@ -475,6 +548,7 @@ impl AnalyticsStore for SqliteAnalytics {
         .bind(&worker.state)
         .bind(to_i64(worker.tasks_done))
         .bind(to_i64(worker.tasks_failed))
+        .bind(i64::from(worker.current_tasks))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -493,8 +567,27 @@ impl AnalyticsStore for SqliteAnalytics {
                 state: row.get("state"),
                 tasks_done: to_u64(row.get("tasks_done")),
                 tasks_failed: to_u64(row.get("tasks_failed")),
+                current_tasks: to_u32(row.get("current_tasks")),
             })
             .collect())
+    }
+
+    async fn request_drain(&self, worker_id: &str, at: i64) -> Result<bool, AnalyticsError> {
+        let updated =
+            sqlx::query("UPDATE workers SET drain_requested_at = COALESCE(drain_requested_at, ?) WHERE id = ?")
+                .bind(at)
+                .bind(worker_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
+    async fn drain_requested(&self, worker_id: &str) -> Result<bool, AnalyticsError> {
+        let row = sqlx::query("SELECT drain_requested_at FROM workers WHERE id = ?")
+            .bind(worker_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some_and(|row| row.get::<Option<i64>, _>("drain_requested_at").is_some()))
     }
 
     async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError> {

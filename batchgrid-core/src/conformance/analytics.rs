@@ -15,6 +15,7 @@ pub async fn run_all(store: &dyn AnalyticsStore) {
     a_task_that_runs_twice_counts_once(store).await;
     retries_then_success(store).await;
     final_failure_then_redrive(store).await;
+    a_failed_job_is_reopened_for_its_failed_tasks_only(store).await;
     workers_and_totals(store).await;
     request_counts_are_cumulative_per_process(store).await;
     super::schedules::run_all(store).await;
@@ -144,6 +145,60 @@ async fn final_failure_then_redrive(store: &dyn AnalyticsStore) {
     assert_eq!((progress.done, progress.failed), (1, 0), "a redriven task that succeeds is done, not failed");
 }
 
+async fn a_failed_job_is_reopened_for_its_failed_tasks_only(store: &dyn AnalyticsStore) {
+    store.create_job(&job("reopen"), &stages()).await.expect("create");
+    let tasks = |names: &[&str]| names.iter().map(|t| (0, (*t).to_owned())).collect::<Vec<_>>();
+    assert_eq!(
+        store.reopen_tasks("reopen", &tasks(&["a"]), "retry", actor::OPERATOR).await.expect("submitted"),
+        None,
+        "a job that has not run is not reopened"
+    );
+    store.transition("reopen", JobState::Running, None, actor::MANAGER).await.expect("run");
+    store.set_stage_expected("reopen", 0, 3).await.expect("expected");
+    store
+        .record_attempts(&[
+            attempt("reopen", "a", 1, AttemptOutcome::Failed),
+            attempt("reopen", "b", 1, AttemptOutcome::Failed),
+            attempt("reopen", "c", 1, AttemptOutcome::Succeeded),
+        ])
+        .await
+        .expect("attempts");
+    store.transition("reopen", JobState::Failed, Some("failed tasks"), actor::MANAGER).await.expect("fail");
+
+    // `c` is done and `z` unknown: only the failed ones move, and the job runs again.
+    let reopened = store.reopen_tasks("reopen", &tasks(&["a", "b", "c", "z"]), "retry: 2", actor::OPERATOR).await;
+    assert_eq!(reopened.expect("reopen"), Some(2));
+    let job = store.job("reopen").await.expect("job").expect("exists");
+    assert_eq!((job.state, job.finished_at, job.error), (JobState::Running, None, None));
+    let progress = &store.stages("reopen").await.expect("stages")[0];
+    assert_eq!((progress.done, progress.failed, progress.retrying), (1, 0, 2));
+    assert!(!progress.is_finished(), "the reopened tasks are awaited");
+    let last = store.history("reopen").await.expect("history").pop().expect("an entry");
+    assert_eq!((last.from, last.to), (Some(JobState::Failed), JobState::Running));
+    assert_eq!((last.reason.as_deref(), last.actor.as_str()), (Some("retry: 2"), actor::OPERATOR));
+
+    // Run again, each task counts once: one succeeds, one fails again.
+    store
+        .record_attempts(&[
+            attempt("reopen", "a", 1, AttemptOutcome::Succeeded),
+            attempt("reopen", "b", 1, AttemptOutcome::Failed),
+        ])
+        .await
+        .expect("second run");
+    let progress = &store.stages("reopen").await.expect("stages")[0];
+    assert_eq!((progress.done, progress.failed, progress.retrying), (2, 1, 0));
+
+    // A running job stays running, with the action in its history; an ended one is not reopened.
+    let again = store.reopen_tasks("reopen", &tasks(&["b"]), "redrive", actor::OPERATOR).await.expect("again");
+    assert_eq!(again, Some(1));
+    let last = store.history("reopen").await.expect("history").pop().expect("an entry");
+    assert_eq!((last.from, last.to), (Some(JobState::Running), JobState::Running));
+    store.transition("reopen", JobState::Cancelled, None, actor::OPERATOR).await.expect("cancel");
+    let cancelled = store.reopen_tasks("reopen", &tasks(&["b"]), "retry", actor::OPERATOR).await.expect("cancelled");
+    assert_eq!(cancelled, None, "a cancelled job stays cancelled");
+    assert!(store.reopen_tasks("nobody", &[], "retry", actor::OPERATOR).await.is_err(), "an unknown job is an error");
+}
+
 async fn workers_and_totals(store: &dyn AnalyticsStore) {
     let worker = WorkerRecord {
         id: "w-stats".into(),
@@ -154,6 +209,7 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
         state: "running".into(),
         tasks_done: 0,
         tasks_failed: 0,
+        current_tasks: 3,
     };
     store.upsert_worker(&worker).await.expect("worker");
     store.create_job(&job("totals"), &stages()).await.expect("create");
@@ -179,6 +235,21 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
     let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
     assert_eq!((stats.tasks_done, stats.tasks_failed), (2, 1), "worker statistics count attempts");
     assert!(stats.last_seen >= 10_100, "recording attempts refreshes last_seen");
+
+    assert!(!store.drain_requested("w-stats").await.expect("read"), "no drain asked yet");
+    assert!(store.request_drain("w-stats", 5).await.expect("drain"), "a known worker");
+    assert!(store.request_drain("w-stats", 9).await.expect("again"), "asking twice is harmless");
+    assert!(store.drain_requested("w-stats").await.expect("read"), "the worker sees it");
+    assert_eq!(stats.current_tasks, 3, "the tasks it held at its heartbeat");
+    store
+        .upsert_worker(&WorkerRecord { state: "draining".into(), current_tasks: 1, ..worker })
+        .await
+        .expect("heartbeat");
+    assert!(store.drain_requested("w-stats").await.expect("read"), "a heartbeat keeps the request");
+    let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
+    assert_eq!((stats.state.as_str(), stats.current_tasks), ("draining", 1), "each heartbeat replaces the count");
+    assert!(!store.request_drain("nobody", 5).await.expect("unknown"), "an unknown worker is not found");
+    assert!(!store.drain_requested("nobody").await.expect("unknown"));
 }
 
 fn requests(service: &str, operation: &str, count: u64) -> RequestCount {

@@ -3,6 +3,7 @@
 //! Enabled by the `conformance` feature. Each suite panics with a message naming the broken
 //! rule, the way a test should.
 
+pub mod admission;
 pub mod analytics;
 pub mod queue;
 pub mod schedules;

@@ -31,6 +31,7 @@ where
     batch_limits(new_queue().await.as_ref()).await;
     long_poll_returns_when_a_message_arrives(new_queue().await).await;
     a_receipt_from_before_a_redrive_is_stale(new_queue().await.as_ref()).await;
+    a_filtered_redrive_moves_only_the_picked_letters(new_queue().await.as_ref()).await;
 }
 
 /// Receives until `count` messages have arrived or `deadline` passes.
@@ -222,4 +223,35 @@ async fn dead_letters_are_consumed_completely(queue: &dyn TaskQueue) {
     let receipts: Vec<_> = returned.iter().map(|l| l.receipt.clone()).collect();
     assert!(queue.delete_dead_letters(&receipts).await.expect("delete").is_empty());
     assert!(queue.dead_letters(MAX_BATCH).await.expect("list").is_empty(), "nothing left");
+}
+
+/// A redrive that picks by body and reason moves exactly those letters back, each once, and
+/// leaves the rest dead, visible again once the walk's hold has passed.
+async fn a_filtered_redrive_moves_only_the_picked_letters(queue: &dyn TaskQueue) {
+    let bodies: Vec<String> = (0..6).map(|i| format!("letter-{i}")).collect();
+    queue.send_batch(&bodies).await.expect("send");
+    for message in receive_n(queue, bodies.len(), 60 * SECOND).await {
+        let index: usize = message.body.trim_start_matches("letter-").parse().expect("index");
+        let reason = if index.is_multiple_of(2) { "timed out after 5s" } else { "exit status 1" };
+        queue.dead_letter(&message.receipt, reason).await.expect("dead-letter");
+    }
+    let select = |letter: &crate::queue::DeadLetter| {
+        letter.reason.as_deref().is_some_and(|r| r.contains("timed out")) && letter.body != "letter-4"
+    };
+    let moved = queue.redrive_matching(&select, 2 * SECOND).await.expect("redrive");
+    assert_eq!(moved, 2, "letter-0 and letter-2 match");
+    let back = receive_n(queue, 2, 30 * SECOND).await;
+    let back: BTreeSet<String> = back.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(back, ["letter-0", "letter-2"].map(str::to_owned).into_iter().collect(), "only the picked come back");
+    assert!(queue.receive(10, SECOND, SECOND).await.expect("receive").is_empty(), "and nothing else");
+
+    let mut left = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while left.len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(SECOND / 2).await;
+        left.extend(queue.dead_letters(MAX_BATCH).await.expect("list").into_iter().map(|l| l.body));
+    }
+    let expected: BTreeSet<String> = ["letter-1", "letter-3", "letter-4", "letter-5"].map(str::to_owned).into();
+    assert_eq!(left, expected, "the others stay dead");
+    assert_eq!(queue.redrive_matching(&|_| false, SECOND).await.expect("none picked"), 0);
 }

@@ -194,6 +194,29 @@ impl InstanceAgent {
         }
     }
 
+    /// Whether the group's termination lifecycle hook waits for this worker's drain.
+    pub fn has_lifecycle_hook(&self) -> bool {
+        self.settings.group.is_some() && self.settings.lifecycle_hook.is_some()
+    }
+
+    /// Asks the group to terminate this instance and lower its desired capacity (`worker
+    /// drain`), so no replacement is launched; with a lifecycle hook, the hook then drains the
+    /// worker as on any scale-in. `false` when the instance is in no group.
+    pub async fn leave_group(&self) -> Result<bool, InstanceError> {
+        if self.settings.group.is_none() {
+            return Ok(false);
+        }
+        self.autoscaling
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(&self.instance_id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .map_err(|e| InstanceError::AutoScaling(error_text(&e)))?;
+        tracing::info!("drain requested: the instance leaves its group");
+        Ok(true)
+    }
+
     /// Tells the group the instance may terminate now.
     pub async fn complete_lifecycle(&self) -> Result<(), InstanceError> {
         let (Some(group), Some(hook)) = (&self.settings.group, &self.settings.lifecycle_hook) else { return Ok(()) };

@@ -1,18 +1,21 @@
 //! Dead letters: tasks whose worker died on every delivery never record their own failure, so
 //! the manager records it. The dead-letter queues are shared by every job and are consumed
 //! completely on each scan, however many letters they hold: each letter is taken (hidden for a
-//! while), recorded, then deleted. A crash between recording and deleting brings the letter
+//! while), recorded, its message parked beside its job (for `job retry` and `job redrive`),
+//! then deleted. A crash between recording and deleting brings the letter
 //! back after its hold, and recording it again changes nothing, so none is missed or counted
 //! twice.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::{Manager, ManagerError};
 use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, TaskRecord};
 use crate::db::now_millis;
 use crate::queue::{DeadLetter, Receipt, TaskQueue, MAX_BATCH};
-use crate::task::TaskMessage;
+use crate::task::{parked_letter_key, TaskMessage};
 
 /// How long a taken letter stays hidden before it can be taken again (if it was not deleted,
 /// say because the analytics store failed between taking and recording it): short, as
@@ -37,6 +40,7 @@ impl Manager {
                     if let Some(record) = self.dead_letter_record(letter, &mut jobs).await? {
                         records.push(record);
                     }
+                    self.park(letter, &jobs).await?;
                 }
                 // Recorded before removed: a crash in between brings the letters back.
                 self.grid.analytics.record_attempts(&records).await?;
@@ -48,6 +52,18 @@ impl Manager {
             tracing::info!(letters = consumed, "dead letters consumed");
         }
         Ok(consumed)
+    }
+
+    /// Keeps the message of a letter of a known job beside the job, before the letter is
+    /// removed, for `job retry` and `job redrive` ([`parked_letter_key`]).
+    async fn park(&self, letter: &DeadLetter, jobs: &HashMap<String, Option<JobState>>) -> Result<(), ManagerError> {
+        let Ok(task) = TaskMessage::decode(&letter.body) else { return Ok(()) };
+        if jobs.get(&task.job).is_none_or(Option::is_none) {
+            return Ok(());
+        }
+        let key = parked_letter_key(&task.job, task.stage, &task.task);
+        self.grid.store.put(&key, Bytes::from(letter.body.clone())).await?;
+        Ok(())
     }
 
     /// The failure to record for one letter: none for a malformed letter, one of a job that

@@ -9,13 +9,19 @@
 //! retried with capped exponential backoff; it never fails a job. A job fails only for its own
 //! reasons: tasks failed past their retries, bad input, or its deadline.
 //!
-//! Rooms: [`split`](self::split) cuts the input into tasks, `reconcile` drives a job pass by pass,
+//! Rooms: [`split`](self::split) cuts the input into tasks, [`admission`] lets them into the
+//! queue by priority and fair share, `reconcile` drives a job pass by pass,
+//! `dependencies` holds a job back until the jobs it names (`after:`) have completed,
+//! `redrive` sends a job's failed tasks back for another run (`job retry`, `job redrive`),
 //! `dead_letters` consumes the dead-letter queues, `stages` is the per-stage watchdog that
 //! repairs lost forwards, and [`health`] keeps what is failing and since when.
 
+pub mod admission;
 mod dead_letters;
+mod dependencies;
 pub mod health;
 mod reconcile;
+mod redrive;
 mod split;
 mod stages;
 
@@ -26,7 +32,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use self::admission::{allocate, AdmissionPass, AdmissionSettings};
 pub use self::health::{Backoff, Health, HealthReport};
+pub use self::redrive::{RedriveFilter, RedriveRefusal, Redriven};
 use crate::analytics::{actor, AnalyticsError, JobRecord, JobState, StageProgress, StageRecord};
 use crate::db::now_millis;
 use crate::grid::Grid;
@@ -173,6 +181,9 @@ pub struct Manager {
     health: Health,
     /// What each job's watchdog last found amiss, for its status.
     watchdog_notes: Arc<Mutex<HashMap<String, String>>>,
+    /// The admission loop's state, shared by clones so one loop serves every job driven.
+    admission: Arc<admission::Admission>,
+    admission_settings: AdmissionSettings,
 }
 
 impl std::fmt::Debug for Manager {
@@ -196,7 +207,15 @@ impl Manager {
             last_dead_letter_scan: Arc::default(),
             health: Health::default(),
             watchdog_notes: Arc::default(),
+            admission: Arc::default(),
+            admission_settings: AdmissionSettings::default(),
         }
+    }
+
+    /// Admits tasks as `settings` say instead of by the defaults.
+    pub fn with_admission(mut self, settings: AdmissionSettings) -> Self {
+        self.admission_settings = settings;
+        self
     }
 
     /// Lets jobs read `s3://` inputs through `opener`.
@@ -283,7 +302,8 @@ impl Manager {
             .map(|(i, s)| StageRecord { stage: i as u32, name: s.name.clone(), kind: s.kind })
             .collect();
         self.grid.analytics.create_job(&record, &stages).await?;
-        tracing::info!(job = %id, "job submitted");
+        self.grid.analytics.init_admission(&id, spec.priority).await?;
+        tracing::info!(job = %id, priority = spec.priority, "job submitted");
         Ok(id)
     }
 
@@ -330,6 +350,19 @@ impl Manager {
     pub async fn cancel(&self, job_id: &str) -> Result<bool, ManagerError> {
         let reason = Some("cancelled on request");
         Ok(self.grid.analytics.transition(job_id, JobState::Cancelled, reason, actor::OPERATOR).await?)
+    }
+
+    /// Pauses (`true`) or resumes a job that has not ended: while paused, no new task of it
+    /// starts (none is admitted, and workers give back those they receive); running tasks
+    /// finish. Recorded in its history. Returns whether it changed.
+    pub async fn set_paused(&self, job_id: &str, paused: bool) -> Result<bool, ManagerError> {
+        Ok(self.grid.analytics.set_paused(job_id, paused, actor::OPERATOR).await?)
+    }
+
+    /// Changes the priority of a job that has not ended (from the next admission pass on).
+    /// Recorded in its history. Returns whether it changed.
+    pub async fn set_priority(&self, job_id: &str, priority: u8) -> Result<bool, ManagerError> {
+        Ok(self.grid.analytics.set_priority(job_id, priority, actor::OPERATOR).await?)
     }
 
     /// Ends a job as failed for a reason of its own (bad input, a spec that cannot be read).

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
+use super::dependencies::Upstream;
 use super::health::Backoff;
 use super::stages::Watchdog;
 use super::{JobProgress, Manager, ManagerError, REQUESTS_SETTLE};
@@ -52,6 +53,8 @@ impl Manager {
         mut on_progress: impl FnMut(&str, &JobProgress) + Send,
     ) -> Result<JobReport, ManagerError> {
         let requests_before = self.retrying("reading request counts", || self.grid.analytics.request_totals()).await?;
+        // The job's first-stage tasks go through admission while it is driven.
+        let _admitting = self.admitting();
         let mut splitter: Option<JoinHandle<Result<u64, ManagerError>>> = None;
         let mut split_backoff = Backoff::default();
         let mut split_not_before = tokio::time::Instant::now();
@@ -108,6 +111,8 @@ impl Manager {
             handle.abort();
         }
         self.set_note(job_id, None);
+        // Nothing of an ended job is admitted again; its pending rows only take space.
+        self.retrying("forgetting pending tasks", || self.grid.analytics.clear_pending(job_id)).await?;
         if !requests_before.is_empty() || !self.grid.meter.snapshot().is_empty() {
             // Workers publish their request counts every couple of seconds; wait for the last.
             tokio::time::sleep(REQUESTS_SETTLE).await;
@@ -199,6 +204,26 @@ impl Manager {
                 progress: JobProgress { state: job.state, stages, error: job.error },
                 needs_split: false,
             });
+        }
+        if job.state == JobState::Submitted && !spec.after.is_empty() {
+            match self.upstream(spec).await? {
+                Upstream::Ready => {}
+                Upstream::Waiting(on) => {
+                    // Not split, not enqueued: nothing of the job exists in the queues yet.
+                    self.set_note(job_id, Some(format!("waiting for upstream job `{on}` (after:)")));
+                    let stages = analytics.stages(job_id).await?;
+                    let progress = JobProgress { state: job.state, stages, error: None };
+                    return Ok(Pass { progress, needs_split: false });
+                }
+                Upstream::Failed(reason) => {
+                    analytics.transition(job_id, JobState::Failed, Some(&reason), actor::MANAGER).await?;
+                    let stored = analytics.job(job_id).await?.unwrap_or(job);
+                    let stages = analytics.stages(job_id).await?;
+                    let progress = JobProgress { state: stored.state, stages, error: stored.error };
+                    return Ok(Pass { progress, needs_split: false });
+                }
+            }
+            self.set_note(job_id, None);
         }
         if self.dead_letter_scan_due() {
             self.consume_dead_letters().await?;

@@ -1,5 +1,8 @@
-//! Splitting: the job's input staged in the object store and cut into first-stage tasks,
-//! enqueued in batches of ten with several batches in flight.
+//! Splitting: the job's input staged in the object store and cut into first-stage tasks. While
+//! the manager drives jobs, the tasks wait in the analytics store for [`super::admission`],
+//! which lets them into the queue by priority and fair share; otherwise (a manager that only
+//! splits, as `batchgrid split` and embedders driving workers themselves) they are enqueued at
+//! once, in batches of ten with several batches in flight.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{Manager, ManagerError, SEND_CONCURRENCY, SPLIT_AHEAD};
-use crate::analytics::{actor, JobState};
+use crate::analytics::{actor, JobState, PendingTask};
 use crate::queue::{TaskQueue, MAX_BATCH};
 use crate::spec::{InputSpec, JobSpec, SplitSpec};
 use crate::split::{split_input, Chunk, ChunkData, SplitError};
@@ -16,9 +19,10 @@ use crate::store::StoreError;
 use crate::task::{chunk_task_id, input_key, TaskMessage, MAX_INLINE_BYTES};
 
 impl Manager {
-    /// Stages the input and enqueues the first stage's tasks as the chunks are cut; returns
-    /// how many. `on_task` is called with the running count. The job is running from the first
-    /// enqueued batch, so workers start before the split ends.
+    /// Stages the input and hands the first stage's tasks to admission (or, when this manager
+    /// drives no job, to the queue) as the chunks are cut; returns how many. `on_task` is called
+    /// with the running count. The job is running from the first batch, so workers start
+    /// before the split ends.
     ///
     /// Restartable: task ids and object keys are deterministic and progress is an upsert per
     /// task, so a split cut short (by a crash or an infrastructure error) is simply run again
@@ -56,7 +60,8 @@ impl Manager {
             })
         };
 
-        let mut pending: Vec<String> = Vec::with_capacity(MAX_BATCH * SEND_CONCURRENCY);
+        let admitting = self.admission.is_active();
+        let mut pending: Vec<PendingTask> = Vec::with_capacity(MAX_BATCH * SEND_CONCURRENCY);
         let mut staged = 0u64;
         let mut started = false;
         let mut failure: Option<ManagerError> = None;
@@ -85,10 +90,12 @@ impl Manager {
                 failure = Some(error.into());
                 break;
             }
-            pending.push(TaskMessage { job: job_id.to_owned(), stage: 0, task, input: key, data: inline }.encode());
+            let body =
+                TaskMessage { job: job_id.to_owned(), stage: 0, task: task.clone(), input: key, data: inline }.encode();
+            pending.push(PendingTask { stage: 0, task_id: task, seq: chunk.index, body });
             staged += 1;
             if pending.len() >= MAX_BATCH * SEND_CONCURRENCY {
-                if let Err(error) = self.enqueue(&self.grid.tasks, std::mem::take(&mut pending)).await {
+                if let Err(error) = self.hand_over(job_id, admitting, std::mem::take(&mut pending)).await {
                     failure = Some(error);
                     break;
                 }
@@ -115,7 +122,7 @@ impl Manager {
             return Ok(staged);
         }
         let count = split_result?;
-        self.enqueue(&self.grid.tasks, pending).await?;
+        self.hand_over(job_id, admitting, pending).await?;
         on_task(staged);
         analytics.set_stage_expected(job_id, 0, count).await?;
         // Refused if the job ended meanwhile (a cancel wins) or is already running.
@@ -172,6 +179,17 @@ impl Manager {
             Some(path) if objects.len() == 1 && objects[0] == key => path,
             _ => root,
         })
+    }
+
+    /// Gives first-stage tasks to admission, or sends them straight to the queue.
+    async fn hand_over(&self, job_id: &str, admitting: bool, tasks: Vec<PendingTask>) -> Result<(), ManagerError> {
+        if admitting {
+            // A split run again (after a restart) adds only the tasks not known yet.
+            self.grid.analytics.add_pending(job_id, &tasks).await?;
+            Ok(())
+        } else {
+            self.enqueue(&self.grid.tasks, tasks.into_iter().map(|task| task.body).collect()).await
+        }
     }
 
     /// Sends bodies in batches of ten, several batches in flight.

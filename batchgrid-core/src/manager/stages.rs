@@ -6,7 +6,9 @@
 //! on its last allowed delivery: the next stage's task is re-sent from the done task before it
 //! (keys are deterministic and progress is counted once, so a needless re-send is harmless).
 //! First-stage tasks lost (a message deleted whose record a database crash then lost) are
-//! re-sent by splitting the input again.
+//! admitted again from the pending-task store, or, when it does not know them, re-sent by
+//! splitting the input again. A job whose tasks still wait for admission, or that is paused, is
+//! not examined: it is waiting its turn, and nothing of it is lost.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -74,6 +76,14 @@ impl Manager {
             watchdog.acted_at = None;
             self.set_note(job_id, None);
         }
+        let admission = self.grid.analytics.admission(job_id).await?;
+        if admission.is_some_and(|a| a.paused || a.pending > 0) {
+            // Waiting its turn (or paused): no progress is expected, and nothing is lost.
+            watchdog.moved_at = Instant::now();
+            watchdog.quiet_passes = 0;
+            watchdog.quiet_since = None;
+            return Ok(());
+        }
         // The first stage still open; stages after it have not started.
         let Some((index, stage)) = stages.iter().enumerate().find(|(_, s)| !s.is_finished()) else {
             return Ok(());
@@ -103,10 +113,15 @@ impl Manager {
         );
         let resent = match (index, stage.kind) {
             (0, _) => {
-                // First-stage tasks come from the input: splitting again re-sends them all, and
-                // those already done run again and count once.
-                watchdog.resplit = true;
-                missing
+                // Admitted tasks with no record go back to admission; if the store knows none
+                // (the job was split straight into the queue), splitting again re-sends them
+                // all, and those already done run again and count once.
+                let requeued =
+                    if self.admission.is_active() { self.grid.analytics.requeue_unsettled(job_id).await? } else { 0 };
+                if requeued == 0 {
+                    watchdog.resplit = true;
+                }
+                requeued
             }
             (_, StageKind::Map) => self.reforward(job_id, spec, index).await?,
             (_, StageKind::Reduce) => {
@@ -119,7 +134,9 @@ impl Manager {
                 }
             }
         };
-        if index == 0 {
+        if index == 0 && resent > 0 {
+            note.push_str(&format!("; {missing} task(s) lost: {resent} admitted again"));
+        } else if index == 0 {
             note.push_str(&format!("; {missing} task(s) lost: splitting the input again"));
         } else if resent > 0 {
             note.push_str(&format!("; re-sent {resent} lost task(s)"));

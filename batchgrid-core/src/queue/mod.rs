@@ -13,7 +13,8 @@
 //!   `change_visibility` with such a receipt fails for that entry.
 //! - A message received more than `max_receives` times without being deleted moves to the
 //!   dead-letter queue instead of being delivered; `dead_letter` moves one there at once with a
-//!   reason; `redrive` sends every dead letter back with its count reset.
+//!   reason; `redrive` sends every dead letter back with its count reset, `redrive_matching`
+//!   only those a predicate picks (by job, stage, task or reason), the others left in place.
 //! - `take_dead_letters` hides the dead letters it returns for `hold`, so successive calls walk
 //!   the whole dead-letter queue however long it is; `delete_dead_letters` removes taken ones
 //!   (idempotently). A taken letter that is not deleted comes back after `hold`, so a consumer
@@ -159,6 +160,37 @@ pub trait TaskQueue: Send + Sync + std::fmt::Debug {
     async fn delete_dead_letters(&self, receipts: &[Receipt]) -> Result<BatchFailures, QueueError>;
     /// Sends every dead letter back to the queue; returns how many.
     async fn redrive(&self) -> Result<u64, QueueError>;
+    /// Sends back the dead letters `select` picks and leaves the others (SQS's own redrive
+    /// moves a whole queue); returns how many moved. The walk takes letters as
+    /// `take_dead_letters` does, so one looked at and not picked stays hidden for `hold`; a
+    /// picked one is sent before it is deleted, so a crash in between delivers it twice,
+    /// never loses it. Built on the other methods, the same on every backend.
+    async fn redrive_matching(
+        &self,
+        select: &(dyn for<'a> Fn(&'a DeadLetter) -> bool + Send + Sync),
+        hold: Duration,
+    ) -> Result<u64, QueueError> {
+        let mut moved = 0;
+        loop {
+            let letters = self.take_dead_letters(MAX_BATCH, hold).await?;
+            if letters.is_empty() {
+                return Ok(moved);
+            }
+            let picked: Vec<&DeadLetter> = letters.iter().filter(|&letter| select(letter)).collect();
+            if picked.is_empty() {
+                continue;
+            }
+            let bodies: Vec<String> = picked.iter().map(|letter| letter.body.clone()).collect();
+            self.send_batch(&bodies).await?;
+            let receipts: Vec<Receipt> = picked.iter().map(|letter| letter.receipt.clone()).collect();
+            let failures = self.delete_dead_letters(&receipts).await?;
+            if !failures.is_empty() {
+                let source = format!("redriven letters could not be removed from the dead-letter queue: {failures:?}");
+                return Err(QueueError::Backend { queue: self.name().to_owned(), source: source.into() });
+            }
+            moved += picked.len() as u64;
+        }
+    }
     /// Message counts.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
     /// Deliveries after which the queue dead-letters a message by itself, where known.

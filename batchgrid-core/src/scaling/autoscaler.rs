@@ -74,8 +74,10 @@ impl Autoscaler {
         for job in self.analytics.active_jobs().await? {
             let stages = self.analytics.stages(&job.id).await?;
             let mut remaining = remaining_tasks(&stages);
-            // A job still being split has tasks coming that nobody has counted yet: at least one.
-            if matches!(job.state, JobState::Submitted | JobState::Splitting) {
+            // A job still being split has tasks coming that nobody has counted yet: at least one;
+            // but one waiting for its upstream jobs (`after:`) has nothing to run yet.
+            let waiting = job.state == JobState::Submitted && waits_for_upstream(&job.spec);
+            if matches!(job.state, JobState::Submitted | JobState::Splitting) && !waiting {
                 remaining = remaining.max(1);
             }
             let mean_task_time = self.analytics.mean_task_millis(&job.id).await?.map(Duration::from_millis);
@@ -87,6 +89,9 @@ impl Autoscaler {
                 let depth = queue.depth().await?;
                 queued += depth.visible + depth.in_flight;
             }
+            // The true backlog: tasks waiting for admission are work too, though no queue
+            // holds them yet (admission keeps the queue short on purpose).
+            queued += self.analytics.admissions().await?.iter().map(|a| a.pending).sum::<u64>();
         }
         Ok((jobs, queued))
     }
@@ -174,6 +179,16 @@ impl Autoscaler {
             }
         }
     }
+}
+
+/// Whether a stored spec names jobs to wait for; only that field is read, every 2 s.
+fn waits_for_upstream(spec: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct After {
+        #[serde(default)]
+        after: Vec<String>,
+    }
+    serde_json::from_str::<After>(spec).is_ok_and(|spec| !spec.after.is_empty())
 }
 
 #[cfg(test)]

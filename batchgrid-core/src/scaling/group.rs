@@ -44,7 +44,16 @@ impl AutoScalingGroup {
         Self { client, name: name.into() }
     }
 
-    fn error<E: std::error::Error>(&self, error: &E) -> GroupError {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn client(&self) -> &aws_sdk_autoscaling::Client {
+        &self.client
+    }
+
+    pub(super) fn error<E: std::error::Error>(&self, error: &E) -> GroupError {
         GroupError::Api { group: self.name.clone(), message: crate::aws::error_text(error) }
     }
 }

@@ -7,8 +7,11 @@
 //! - [`group`]: the group behind a small trait (Auto Scaling on AWS).
 //! - [`warm_up`]: a scheduled job's warm-up, a floor under the size before its fire time.
 //! - [`autoscaler`]: the loop that reads the work and applies the decision.
+//! - `control`: an operator's status, bounds, pause and resume of the group (on AWS).
 
 pub mod autoscaler;
+#[cfg(feature = "aws")]
+pub mod control;
 pub mod group;
 pub mod sizing;
 pub mod warm_up;

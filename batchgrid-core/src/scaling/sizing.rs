@@ -58,8 +58,9 @@ pub struct GroupState {
 pub struct SizingInput {
     /// Each active job's outstanding work.
     pub jobs: Vec<JobWork>,
-    /// Messages in the task queues, visible or in flight: a floor under the remaining work
-    /// while a job's input is still being split (its task count is not known yet).
+    /// Messages in the task queues, visible or in flight, and tasks waiting for admission: a
+    /// floor under the remaining work while a job's input is still being split (its task
+    /// count is not known yet).
     pub queued: u64,
     /// The group.
     pub group: GroupState,

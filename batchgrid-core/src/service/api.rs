@@ -4,15 +4,20 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | POST | `/v1/jobs?input=&origin=` | submit a job (YAML or JSON body) → 201 `{"job_id"}` |
+//! | POST | `/v1/jobs?input=&origin=&after=&priority=` | submit a job (YAML or JSON body) → 201 `{"job_id"}`; `after` (comma-separated names or ids) replaces the document's `after:`, `priority` its `priority`; with `at` (RFC 3339) it runs once then → 202 `{"schedule","at"}` |
 //! | GET | `/v1/jobs` | every job, newest first |
 //! | GET | `/v1/jobs/{id}` | a job with per-stage progress |
 //! | GET | `/v1/jobs/{id}/results` | result objects and, once ended, the report |
 //! | GET | `/v1/jobs/{id}/results/{path}` | one result object's bytes |
 //! | GET | `/v1/jobs/{id}/logs/{stage}/{task}/{stdout\|stderr}` | a command task's captured output (text, at most 1 MiB) |
 //! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
+//! | POST | `/v1/jobs/{id}/retry` | run a failed job's failed tasks again → 202 `{"tasks",...}`; 409 if it is not failed |
+//! | POST | `/v1/jobs/{id}/redrive?stage=&task=&error=` | run the failed tasks picked again (failed or running job) → 202 |
+//! | POST | `/v1/jobs/{id}/pause`, `/resume` | no new task of the job starts / they start again → 204 |
+//! | PUT | `/v1/jobs/{id}/priority` | `{"priority": N}`, 0..=100 → 204 |
 //! | GET | `/v1/jobs/{id}/history` | every state change: time, from, to, reason, actor |
 //! | GET | `/v1/workers` | workers and their statistics |
+//! | POST | `/v1/workers/{id}/drain` | the worker takes no new task and exits after its current ones → 202 |
 //! | POST | `/v1/schedules?origin=` | add a schedule (a job document with `schedule:`) → 201 |
 //! | GET | `/v1/schedules` | every schedule with its next fire time |
 //! | GET | `/v1/schedules/{name}` | one schedule: next fire times, recent occurrences |
@@ -34,13 +39,13 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::{JobService, ServiceError};
 use crate::analytics::{HistoryEntry, WorkerRecord};
-use crate::manager::HealthReport;
+use crate::manager::{HealthReport, RedriveFilter, Redriven};
 use crate::report::JobReport;
 use crate::secret::Secret;
 use crate::spec::{JobSpec, Overrides};
@@ -97,6 +102,19 @@ struct SubmitQuery {
     input: Option<String>,
     /// Name of the document for error messages (the client's file name).
     origin: Option<String>,
+    /// Replaces the document's `after:`: job names or ids, comma-separated.
+    after: Option<String>,
+    /// Runs the job once at this time (RFC 3339 with its offset) instead of now.
+    at: Option<String>,
+    /// Replaces the document's `priority`.
+    priority: Option<u8>,
+}
+
+/// The body of a priority change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PriorityChange {
+    /// 0..=100, higher first.
+    pub priority: u8,
 }
 
 /// An error answer with its status (the dashboard sends a download's errors through it too).
@@ -111,13 +129,14 @@ impl IntoResponse for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         let status = match &error {
-            ServiceError::BadJob(_) => StatusCode::BAD_REQUEST,
+            ServiceError::BadJob(_) | ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::Ended { .. } => StatusCode::CONFLICT,
+            ServiceError::Ended { .. } | ServiceError::Refused(_) => StatusCode::CONFLICT,
             ServiceError::Manager(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let (field, line) = match &error {
             ServiceError::BadJob(e) => (Some(e.field.clone()), e.position.map(|p| p.line)),
+            ServiceError::Invalid { field, .. } => (Some(field.clone()), None),
             _ => (None, None),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -147,8 +166,14 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/v1/jobs/{id}/results/{*path}", get(result_object))
         .route("/v1/jobs/{id}/logs/{stage}/{task}/{stream}", get(task_log))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/retry", post(retry))
+        .route("/v1/jobs/{id}/redrive", post(redrive))
+        .route("/v1/jobs/{id}/pause", post(pause))
+        .route("/v1/jobs/{id}/resume", post(resume))
+        .route("/v1/jobs/{id}/priority", put(priority))
         .route("/v1/jobs/{id}/history", get(history))
         .route("/v1/workers", get(workers))
+        .route("/v1/workers/{id}/drain", post(drain_worker))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
@@ -195,11 +220,25 @@ async fn submit(
     State(state): State<AppState>,
     Query(query): Query<SubmitQuery>,
     body: String,
-) -> Result<(StatusCode, Json<Submitted>), ApiError> {
-    let overrides = Overrides { input: query.input.map(PathBuf::from), output: None };
+) -> Result<Response, ApiError> {
+    let after = query.after.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty());
+    let overrides = Overrides {
+        input: query.input.map(PathBuf::from),
+        output: None,
+        after: after.map(str::to_owned).collect(),
+        priority: query.priority,
+    };
     let origin = query.origin.unwrap_or_else(|| "request body".to_owned());
+    if let Some(at) = &query.at {
+        let at = super::parse_at(at).map_err(|message| {
+            ApiError(StatusCode::BAD_REQUEST, ErrorBody { error: message, field: Some("at".into()), line: None })
+        })?;
+        let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+        let deferred = state.service.submit_at(&body, &origin, &overrides, at, now).await?;
+        return Ok((StatusCode::ACCEPTED, Json(deferred)).into_response());
+    }
     let job_id = state.service.submit(&body, &origin, &overrides).await?;
-    Ok((StatusCode::CREATED, Json(Submitted { job_id })))
+    Ok((StatusCode::CREATED, Json(Submitted { job_id })).into_response())
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<super::JobStatus>>, ApiError> {
@@ -290,6 +329,40 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result
     Ok(StatusCode::ACCEPTED)
 }
 
+async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(state.service.retry(&id).await?)))
+}
+
+async fn redrive(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(filter): Query<RedriveFilter>,
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(state.service.redrive(&id, &filter).await?)))
+}
+
+async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.service.set_paused(&id, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.service.set_paused(&id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn priority(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(change): Json<PriorityChange>,
+) -> Result<StatusCode, ApiError> {
+    state.service.set_priority(&id, change.priority).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     Ok(Json(state.service.history(&id).await?))
 }
@@ -308,6 +381,11 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     })?;
     let content_type = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+async fn drain_worker(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.service.drain_worker(&id).await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerRecord>>, ApiError> {

@@ -5,10 +5,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::api::{ErrorBody, Results, Submitted};
-use super::{JobStatus, ScheduleStatus};
+use super::api::{ErrorBody, PriorityChange, Results, Submitted};
+use super::{Deferred, JobStatus, ScheduleStatus};
 use crate::analytics::{HistoryEntry, OccurrenceRecord, WorkerRecord};
-use crate::manager::HealthReport;
+use crate::manager::{HealthReport, RedriveFilter, Redriven};
 use crate::secret::Secret;
 
 /// Client errors.
@@ -99,12 +99,78 @@ impl ApiClient {
 
     /// Submits a job document; `input` replaces its input (an uploaded `s3://` location).
     pub async fn submit(&self, document: &str, origin: &str, input: Option<&str>) -> Result<String, ClientError> {
+        self.submit_with(document, origin, input, &[], None).await
+    }
+
+    /// As [`ApiClient::submit`], the job waiting for the jobs `after` names (names or ids).
+    pub async fn submit_after(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        after: &[String],
+    ) -> Result<String, ClientError> {
+        self.submit_with(document, origin, input, after, None).await
+    }
+
+    /// As [`ApiClient::submit`], with `priority` replacing the document's.
+    pub async fn submit_with_priority(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        priority: Option<u8>,
+    ) -> Result<String, ClientError> {
+        self.submit_with(document, origin, input, &[], priority).await
+    }
+
+    /// As [`ApiClient::submit`], with `after` and `priority` replacing the document's when given.
+    pub async fn submit_with(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        after: &[String],
+        priority: Option<u8>,
+    ) -> Result<String, ClientError> {
+        let request = self.submit_request(document, origin, input, after, priority);
+        Ok(self.json::<Submitted>(request).await?.job_id)
+    }
+
+    /// Stores a job document to run once at `at` (RFC 3339 with its offset).
+    pub async fn submit_at(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        after: &[String],
+        at: &str,
+    ) -> Result<Deferred, ClientError> {
+        let request = self.submit_request(document, origin, input, after, None).query(&[("at", at)]);
+        self.json(request).await
+    }
+
+    fn submit_request(
+        &self,
+        document: &str,
+        origin: &str,
+        input: Option<&str>,
+        after: &[String],
+        priority: Option<u8>,
+    ) -> reqwest::RequestBuilder {
+        let after = after.join(",");
+        let priority = priority.map(|p| p.to_string());
         let mut query = vec![("origin", origin)];
         if let Some(input) = input {
             query.push(("input", input));
         }
-        let request = self.http.post(self.url("/v1/jobs")).query(&query).body(document.to_owned());
-        Ok(self.json::<Submitted>(request).await?.job_id)
+        if !after.is_empty() {
+            query.push(("after", &after));
+        }
+        if let Some(priority) = &priority {
+            query.push(("priority", priority));
+        }
+        self.http.post(self.url("/v1/jobs")).query(&query).body(document.to_owned())
     }
 
     /// Adds a schedule from a job document with a `schedule:` block.
@@ -190,6 +256,28 @@ impl ApiClient {
         self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/cancel")))).await.map(|_| ())
     }
 
+    /// Runs a failed job's failed tasks again.
+    pub async fn retry(&self, id: &str) -> Result<Redriven, ClientError> {
+        self.json(self.http.post(self.url(&format!("/v1/jobs/{id}/retry")))).await
+    }
+
+    /// Runs the failed tasks `filter` picks again.
+    pub async fn redrive(&self, id: &str, filter: &RedriveFilter) -> Result<Redriven, ClientError> {
+        self.json(self.http.post(self.url(&format!("/v1/jobs/{id}/redrive"))).query(filter)).await
+    }
+
+    /// Pauses (`true`) or resumes a job.
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<(), ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/{action}")))).await.map(|_| ())
+    }
+
+    /// Changes a job's priority.
+    pub async fn set_priority(&self, id: &str, priority: u8) -> Result<(), ClientError> {
+        let request = self.http.put(self.url(&format!("/v1/jobs/{id}/priority"))).json(&PriorityChange { priority });
+        self.send(request).await.map(|_| ())
+    }
+
     /// A job's history, oldest first.
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ClientError> {
         self.json(self.http.get(self.url(&format!("/v1/jobs/{id}/history")))).await
@@ -198,6 +286,11 @@ impl ApiClient {
     /// The manager's health.
     pub async fn health(&self) -> Result<HealthReport, ClientError> {
         self.json(self.http.get(self.url("/v1/health"))).await
+    }
+
+    /// Asks a worker to drain: no new task, exit after its current ones.
+    pub async fn drain_worker(&self, id: &str) -> Result<(), ClientError> {
+        self.send(self.http.post(self.url(&format!("/v1/workers/{id}/drain")))).await.map(|_| ())
     }
 
     /// Workers and their statistics.

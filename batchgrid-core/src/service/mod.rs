@@ -1,12 +1,17 @@
 //! The job manager as a long-running service: jobs arrive through an HTTP API ([`api`]), each
 //! is driven to its end by its own task, and jobs a previous manager process left unfinished
 //! (submitted, splitting or running) are picked up again at start; `schedules` fires scheduled
-//! jobs' occurrences. [`client`] is the other end of the API.
+//! jobs' occurrences and `once` the one-off runs (`submit --at`); `control` retries and redrives
+//! a job's failed tasks; `dependencies` resolves the jobs a job waits for (`after:`). [`client`] is the other end of the API.
 
 pub mod api;
 pub mod client;
+mod control;
 pub mod dashboard;
+mod dependencies;
+pub mod eta;
 pub mod metrics;
+mod once;
 mod schedules;
 
 use std::collections::HashMap;
@@ -20,6 +25,7 @@ use crate::analytics::{actor, HistoryEntry, JobRecord, JobState, StageProgress};
 use crate::manager::{HealthReport, Manager, ManagerError};
 use crate::spec::{parse_job_with_policy, InputPolicy, JobSpec, Overrides, SpecError};
 
+pub use once::{parse_at, Deferred};
 pub use schedules::ScheduleStatus;
 
 /// A job as the API reports it.
@@ -45,6 +51,25 @@ pub struct JobStatus {
     /// What the manager's watchdog last found amiss with the job's stages, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<String>,
+    /// 0..=100, higher first (listings show the default).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Whether the job is paused.
+    #[serde(default)]
+    pub paused: bool,
+    /// First-stage tasks waiting for admission to the queue.
+    #[serde(default)]
+    pub pending: u64,
+    /// Tasks settled per second since the job started (a running job with a settled task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_second: Option<f64>,
+    /// Seconds its remaining tasks take at that rate ([`eta::estimate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+}
+
+fn default_priority() -> u8 {
+    crate::analytics::DEFAULT_PRIORITY
 }
 
 impl JobStatus {
@@ -59,6 +84,11 @@ impl JobStatus {
             error: job.error,
             stages,
             watchdog: None,
+            priority: default_priority(),
+            paused: false,
+            pending: 0,
+            tasks_per_second: None,
+            eta_seconds: None,
         }
     }
 }
@@ -79,6 +109,17 @@ pub enum ServiceError {
         id: String,
         /// Its final state.
         state: JobState,
+    },
+    /// The action does not apply to the job as it is (retry of a running job, nothing to run).
+    #[error("{0}")]
+    Refused(String),
+    /// A request's value is out of range.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
     },
     /// The grid failed.
     #[error(transparent)]
@@ -147,9 +188,11 @@ impl JobService {
         overrides: &Overrides,
     ) -> Result<String, ServiceError> {
         // The policy is checked inside parsing, before any local path is resolved.
-        let spec = parse_job_with_policy(text, origin, &self.base_dir, overrides, &self.input_policy)?;
+        let mut spec = parse_job_with_policy(text, origin, &self.base_dir, overrides, &self.input_policy)?;
         // Checked here too (the manager checks every submission) to name the line in `text`.
         spec.check_against_grid(self.manager.grid().tasks.max_receives(), Some(text), origin)?;
+        let after_text = overrides.after.is_empty().then_some(text);
+        self.resolve_after(&mut spec, &dependencies::AfterOrigin { origin, text: after_text }).await?;
         let id = self.manager.submit(&spec).await?;
         self.start(id.clone(), spec);
         Ok(id)
@@ -187,7 +230,53 @@ impl JobService {
         let stages = analytics.stages(id).await?;
         let mut status = JobStatus::of(job, stages);
         status.watchdog = self.manager.watchdog_note(id);
+        if let Some(admission) = analytics.admission(id).await? {
+            (status.priority, status.paused, status.pending) =
+                (admission.priority, admission.paused, admission.pending);
+        }
+        if let (false, Some(started_at)) = (status.state.is_terminal(), status.started_at) {
+            if let Some(eta) = eta::estimate(&status.stages, started_at, crate::db::now_millis()) {
+                status.tasks_per_second = Some(eta.tasks_per_second);
+                status.eta_seconds = Some(eta.remaining.as_secs());
+            }
+        }
         Ok(status)
+    }
+
+    /// Pauses (`true`) or resumes a job that has not ended; pausing a paused job (or resuming
+    /// a running one) changes nothing and is no error.
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<(), ServiceError> {
+        self.live(id).await?;
+        if !self.manager.set_paused(id, paused).await? {
+            // Already so, or it ended meanwhile: only the latter is an error.
+            self.live(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Changes the priority of a job that has not ended.
+    pub async fn set_priority(&self, id: &str, priority: u8) -> Result<(), ServiceError> {
+        let max = crate::analytics::MAX_PRIORITY;
+        if priority > max {
+            return Err(ServiceError::Invalid {
+                field: "priority".into(),
+                message: format!("{priority}: must be between 0 and {max} (higher runs first)"),
+            });
+        }
+        self.live(id).await?;
+        if !self.manager.set_priority(id, priority).await? {
+            self.live(id).await?;
+        }
+        Ok(())
+    }
+
+    /// `NotFound` for an unknown job, `Ended` for one that has ended.
+    async fn live(&self, id: &str) -> Result<(), ServiceError> {
+        let state = self.state(id).await?;
+        if state.is_terminal() {
+            return Err(ServiceError::Ended { id: id.to_owned(), state });
+        }
+        Ok(())
     }
 
     /// The manager's health: which parts of the grid it cannot reach, and since when.

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use super::dependencies::AfterOrigin;
 use super::{JobService, ServiceError};
 use crate::analytics::{OccurrenceRecord, OccurrenceState, ScheduleRecord};
 use crate::schedule::catch_up;
@@ -114,6 +115,8 @@ impl JobService {
         let (_, block) = spec_of(record)?;
         let next = if record.paused {
             Vec::new()
+        } else if let Some(at) = block.once_at {
+            DateTime::<Utc>::from_timestamp_millis(at).map(|t| t.to_rfc3339()).into_iter().collect()
         } else {
             let schedule = block.schedule().map_err(|e| bad(&record.name, "schedule", e.to_string()))?;
             let count = if with_occurrences { 5 } else { 1 };
@@ -209,6 +212,9 @@ impl JobService {
         now: DateTime<Utc>,
     ) -> Result<usize, ServiceError> {
         let (spec, block) = spec_of(record)?;
+        if let Some(at) = block.once_at {
+            return self.fire_once(record, &spec, at, now).await;
+        }
         let schedule = block.schedule().map_err(|e| bad(&record.name, "schedule", e.to_string()))?;
         let watermark = DateTime::<Utc>::from_timestamp_millis(record.watermark).unwrap_or(now);
         let plan = catch_up::plan(&schedule, &block.catch_up_policy(), watermark, now)
@@ -225,7 +231,7 @@ impl JobService {
     }
 
     /// Claims an occurrence and, if this manager won it, acts on it under the overlap policy.
-    async fn fire_occurrence(
+    pub(super) async fn fire_occurrence(
         self: &Arc<Self>,
         name: &str,
         spec: &JobSpec,
@@ -330,6 +336,21 @@ impl JobService {
             if !analytics.move_occurrence(name, at, from, OccurrenceState::Claimed, None, None).await? {
                 return Ok(());
             }
+        }
+        let mut run = run;
+        // A schedule's `after:` names the newest run of each job at this fire time.
+        let origin = format!("schedule {name}");
+        match self.resolve_after(&mut run, &AfterOrigin { origin: &origin, text: None }).await {
+            Ok(()) => {}
+            Err(ServiceError::BadJob(error)) => {
+                let reason = error.to_string();
+                analytics
+                    .move_occurrence(name, at, OccurrenceState::Claimed, OccurrenceState::Failed, None, Some(&reason))
+                    .await?;
+                tracing::warn!(schedule = %name, %reason, "occurrence not started");
+                return Ok(());
+            }
+            Err(other) => return Err(other),
         }
         let job_id = self.manager.submit(&run).await?;
         analytics

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::schedule::vars::Occurrence;
 use locate::position_suffix;
 pub use locate::{FieldPath, Position};
-pub use schedule::{schedule_document, ScheduleOverrides, ScheduleSpec};
+pub use schedule::{schedule_document, ScheduleOverrides, ScheduleSpec, ONCE};
 
 /// Largest job file accepted; a job file is configuration, not data.
 const MAX_JOB_FILE_BYTES: usize = 1024 * 1024;
@@ -58,11 +58,20 @@ pub struct JobSpec {
     /// How long after submission the job may run before it fails (`deadline:`); none by default.
     #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Duration>,
+    /// 0..=100 (`priority:`, default 50): when jobs share the grid, a higher-priority job's
+    /// tasks are admitted to the queue first; jobs of equal priority share the workers.
+    /// Changeable while the job runs (`batchgrid job priority`); this is the value at submit.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
     /// When the job fires by itself (`schedule:`); its paths and command may then use the
     /// occurrence's `{period}`, `{date}` and `{fire_time}`, filled in by [`JobSpec::for_occurrence`].
     // Boxed: most jobs have none, and every job is moved around.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Box<ScheduleSpec>>,
+    /// Jobs that must complete before this one starts (`after:`), by name or id as written;
+    /// the manager's submit replaces each with the id it names (see `service::dependencies`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// What a task failed for good (past its retries) does to the stages after its own.
@@ -216,6 +225,10 @@ impl RetryPolicy {
     }
 }
 
+fn default_priority() -> u8 {
+    crate::analytics::DEFAULT_PRIORITY
+}
+
 impl JobSpec {
     /// With `on_stage_failure: stop`, the index of the first stage with a task failed for
     /// good: no stage after it runs. The manager and the workers both decide by this.
@@ -347,7 +360,11 @@ struct RawJob {
     #[serde(default, with = "humantime_serde::option")]
     deadline: Option<Duration>,
     #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
     schedule: Option<schedule::RawSchedule>,
+    #[serde(default)]
+    after: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -452,6 +469,10 @@ pub struct Overrides {
     pub input: Option<PathBuf>,
     /// Replaces `output.path`.
     pub output: Option<PathBuf>,
+    /// Replaces `after:` when not empty (`submit --after`).
+    pub after: Vec<String>,
+    /// Replaces `priority` (`submit --priority`).
+    pub priority: Option<u8>,
 }
 
 /// Which inputs a job may name, and so what parsing may look at.
@@ -655,6 +676,8 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         if raw.deadline.is_some_and(|d| d.is_zero()) {
             return Err((self.error_at)(&root.key("deadline"), "must be more than zero".into()));
         }
+        let after = self.after(raw.after.unwrap_or_default())?;
+        let priority = self.priority(raw.priority)?;
         Ok(JobSpec {
             name: raw.name,
             input,
@@ -664,8 +687,65 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
             retry,
             on_stage_failure: raw.on_stage_failure.unwrap_or_default(),
             deadline: raw.deadline,
+            priority,
             schedule,
+            after,
         })
+    }
+
+    /// The jobs this one waits for: the command line's `--after` over the file's `after:`.
+    /// Each is a job name or id; whether it exists is checked by the manager, which knows.
+    fn after(&self, from_file: Vec<String>) -> Result<Vec<String>, SpecError> {
+        let (items, from_flag) =
+            if self.overrides.after.is_empty() { (from_file, false) } else { (self.overrides.after.clone(), true) };
+        let mut after: Vec<String> = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            let fail = |message: String| {
+                if from_flag {
+                    let origin = self.override_origin().to_owned();
+                    SpecError { origin, position: None, field: "after".into(), message }
+                } else {
+                    (self.error_at)(&FieldPath::root().key("after").index(index), message)
+                }
+            };
+            let item = item.trim().to_owned();
+            // Names and ids share the name alphabet (an id is the name, `-` and a ULID).
+            let valid = !item.is_empty()
+                && item.len() <= 100
+                && item.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(fail(format!("`{item}` is not a job name or id")));
+            }
+            if after.contains(&item) {
+                return Err(fail(format!("`{item}` is named twice")));
+            }
+            after.push(item);
+        }
+        Ok(after)
+    }
+
+    /// The job's priority: the override, else the file's, else the default; 0..=100.
+    fn priority(&self, raw: Option<i64>) -> Result<u8, SpecError> {
+        let max = crate::analytics::MAX_PRIORITY;
+        let range = format!("must be between 0 and {max} (higher runs first)");
+        if let Some(priority) = self.overrides.priority {
+            if priority > max {
+                return Err(SpecError {
+                    origin: self.override_origin().to_owned(),
+                    position: None,
+                    field: "priority".into(),
+                    message: format!("{priority}: {range}"),
+                });
+            }
+            return Ok(priority);
+        }
+        match raw {
+            None => Ok(default_priority()),
+            Some(value) => u8::try_from(value)
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| (self.error_at)(&FieldPath::root().key("priority"), format!("{value}: {range}"))),
+        }
     }
 
     /// Checks a scheduled job's field for unknown `{variables}`; whether it uses any.

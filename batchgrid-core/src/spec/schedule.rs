@@ -47,9 +47,31 @@ pub struct ScheduleSpec {
     /// How long before a fire time the grid's capacity is raised.
     #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
     pub warm_up: Option<Duration>,
+    /// A one-off run (`submit --at`, `--in`): its one fire time, Unix milliseconds, instead of
+    /// the cron expression (then [`ONCE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_at: Option<i64>,
 }
 
+/// The `cron` of a one-off run's schedule, which has no expression.
+pub const ONCE: &str = "@once";
+
 impl ScheduleSpec {
+    /// The schedule of a one-off run at `at` (Unix milliseconds), kept with the others so it
+    /// fires exactly once like any occurrence.
+    pub fn once(at: i64) -> Self {
+        Self {
+            cron: ONCE.to_owned(),
+            tz: "UTC".to_owned(),
+            exclude: Vec::new(),
+            catch_up: CatchUp::default(),
+            catch_up_window: DEFAULT_WINDOW,
+            overlap: Overlap::Allow,
+            warm_up: None,
+            once_at: Some(at),
+        }
+    }
+
     /// The schedule to evaluate.
     pub fn schedule(&self) -> Result<Schedule, ScheduleError> {
         let expr = CronExpr::parse(&self.cron)?;
@@ -139,6 +161,7 @@ pub(super) fn validate(
         catch_up_window: raw.catch_up_window.unwrap_or(DEFAULT_WINDOW),
         overlap: raw.overlap.unwrap_or_default(),
         warm_up: raw.warm_up,
+        once_at: None,
     })
 }
 

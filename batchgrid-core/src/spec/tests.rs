@@ -182,3 +182,24 @@ fn bad_deadline_names_line_and_field() {
     let line = error_of(&format!("{GOOD}deadline: 0s\n"));
     assert!(line.starts_with("job.yaml:20:") && line.contains("deadline") && line.contains("more than zero"), "{line}");
 }
+
+#[test]
+fn priority_defaults_to_the_middle_and_is_checked_with_its_line() {
+    assert_eq!(parse(GOOD).expect("valid").priority, 50);
+    let spec = parse(&format!("{GOOD}priority: 90\n")).expect("valid");
+    assert_eq!(spec.priority, 90);
+    let line = error_of(&format!("{GOOD}priority: 101\n"));
+    assert!(line.starts_with("job.yaml:20:") && line.contains("priority") && line.contains("0 and 100"), "{line}");
+    let line = error_of(&format!("{GOOD}priority: -1\n"));
+    assert!(line.contains("priority"), "{line}");
+    let overrides = Overrides { priority: Some(7), ..Overrides::default() };
+    let dir = std::env::temp_dir();
+    let text = format!("{GOOD}priority: 90\n")
+        .replace("INPUT", &dir.join("batchgrid-spec-test-input.csv").display().to_string());
+    std::fs::write(dir.join("batchgrid-spec-test-input.csv"), "a\n").expect("input");
+    assert_eq!(parse_job(&text, "job.yaml", &dir, &overrides).expect("valid").priority, 7, "the flag wins");
+    // A stored spec from before priorities reads with the default.
+    let mut stored = serde_json::to_value(parse(GOOD).expect("valid")).expect("json");
+    stored.as_object_mut().expect("object").remove("priority");
+    assert_eq!(serde_json::from_value::<JobSpec>(stored).expect("old spec").priority, 50);
+}

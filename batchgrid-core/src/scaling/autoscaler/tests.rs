@@ -156,3 +156,16 @@ async fn a_schedule_in_its_warm_up_raises_an_idle_group_and_a_paused_one_does_no
     assert!(matches!(decision, Decision::Hold { .. }), "held through the warm-up, no scale-in: {decision:?}");
     assert_eq!(*group.calls.lock().expect("lock"), vec![1]);
 }
+
+#[tokio::test]
+async fn a_job_waiting_for_its_upstream_asks_for_no_instance() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (grid, group, mut scaler) = setup(dir.path(), Duration::from_millis(300)).await;
+    let waiting = JobRecord { spec: r#"{"name":"load","after":["extract-01"]}"#.into(), ..job("load") };
+    grid.analytics.create_job(&waiting, &one_map_stage()).await.expect("job");
+    assert!(matches!(scaler.pass().await.expect("pass"), Decision::Hold { .. }), "nothing to run yet");
+    assert!(group.calls.lock().expect("lock").is_empty());
+    // Its upstream done, the manager starts splitting it: now it counts.
+    grid.analytics.transition("load", JobState::Splitting, None, "test").await.expect("splitting");
+    assert!(matches!(scaler.pass().await.expect("pass"), Decision::Set { desired: 1, .. }));
+}

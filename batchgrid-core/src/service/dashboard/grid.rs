@@ -1,4 +1,5 @@
-//! The grid's page: the manager's health, the queues' depths and the workers with their state.
+//! The grid's page: the manager's health, the queues' depths and the workers with their state
+//! and current tasks.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -36,13 +37,13 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
         }
         h2 { "Workers" }
         table #workers {
-            thead { tr { th { "Worker" } th { "Host" } th { "PID" } th { "State" } th { "Started" } th { "Last seen" } th { "Done" } th { "Failed" } } }
+            thead { tr { th { "Worker" } th { "Host" } th { "PID" } th { "State" } th { "Current tasks" } th { "Started" } th { "Last seen" } th { "Done" } th { "Failed" } } }
             tbody {
                 @for worker in &workers {
-                    tr { td { (worker.id) } td { (worker.host) } td { (worker.pid) } td { (worker.state) }
+                    tr { td { (worker.id) } td { (worker.host) } td { (worker.pid) } td { (worker.state) } td { (worker.current_tasks) }
                          td { (time(worker.started_at)) } td { (time(worker.last_seen)) } td { (worker.tasks_done) } td { (worker.tasks_failed) } }
                 }
-                @if workers.is_empty() { tr { td colspan="8" { "No worker has registered." } } }
+                @if workers.is_empty() { tr { td colspan="9" { "No worker has registered." } } }
             }
         }
     };

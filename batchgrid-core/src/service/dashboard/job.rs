@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::html;
 
+use super::actions::Action;
 use super::auth::Caller;
 use super::jobs::{rate_and_eta, totals};
 use super::layout::{duration, progress, respond, shell, time, url_path};
@@ -48,7 +49,7 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
     };
     let now = crate::db::now_millis();
     let (done, expected) = totals(&status.stages);
-    let (rate, eta) = rate_and_eta(done, expected, status.started_at, status.finished_at, now);
+    let (rate, eta) = rate_and_eta(&status.stages, status.started_at, status.finished_at, now);
     let percentiles = Percentiles::of_sorted(&durations);
     let stage_names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
     let base = format!("/ui/jobs/{}", url_path(id));
@@ -56,6 +57,7 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
         h1 { (status.name) " " span class=(format!("state state-{}", status.state.as_str())) #state { (status.state.as_str()) } }
         dl.facts {
             dt { "Id" } dd { (status.id) }
+            dt { "Priority" } dd { (status.priority) @if status.paused { " · " strong #paused { "paused" } } }
             dt { "Progress" } dd #progress data-done=(done) { (progress(done, expected)) }
             dt { "Submitted" } dd { (time(status.submitted_at)) }
             @if let Some(started) = status.started_at { dt { "Started" } dd { (time(started)) } }
@@ -65,8 +67,10 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
             @if let Some(error) = &status.error { dt { "Error" } dd.notice { (error) } }
             @if let Some(note) = &status.watchdog { dt { "Watchdog" } dd.notice { (note) } }
         }
-        @if !ended {
-            p { a.danger href=(format!("{base}/cancel")) { "Cancel this job…" } }
+        p.actions {
+            @for action in Action::offered(&status, !failed.is_empty()) {
+                a.danger href=(format!("{base}/{}", action.name())) { (action.name()) "…" } " "
+            }
         }
         h2 { "Stages" }
         table #stages {

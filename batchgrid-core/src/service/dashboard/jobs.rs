@@ -44,22 +44,23 @@ pub(super) fn totals(stages: &[StageProgress]) -> (u64, Option<u64>) {
     (done, expected)
 }
 
-/// Tasks per second since the job started, and the time left at that rate.
+/// Tasks done per second since the job started (until it ended), and, while it runs, the
+/// time left by the service's ETA (the same as `batchgrid status` and the API show).
 pub(super) fn rate_and_eta(
-    done: u64,
-    expected: Option<u64>,
+    stages: &[StageProgress],
     started_at: Option<i64>,
     ended_at: Option<i64>,
     now: i64,
 ) -> (Option<f64>, Option<i64>) {
     let Some(started) = started_at else { return (None, None) };
+    let (done, _) = totals(stages);
     let elapsed = (ended_at.unwrap_or(now) - started).max(1) as f64 / 1000.0;
-    let rate = done as f64 / elapsed;
-    let eta = match (expected, ended_at) {
-        (Some(expected), None) if rate > 0.0 => Some((expected.saturating_sub(done) as f64 / rate * 1000.0) as i64),
-        _ => None,
+    let eta = match ended_at {
+        None => crate::service::eta::estimate(stages, started, now)
+            .map(|eta| i64::try_from(eta.remaining.as_millis()).unwrap_or(i64::MAX)),
+        Some(_) => None,
     };
-    (Some(rate), eta)
+    (Some(done as f64 / elapsed), eta)
 }
 
 async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<Response, ServiceError> {
@@ -98,7 +99,7 @@ async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<
             tbody {
                 @for (job, stages) in &rows {
                     @let (done, expected) = totals(stages);
-                    @let (rate, eta) = rate_and_eta(done, expected, job.started_at, job.finished_at, now);
+                    @let (rate, eta) = rate_and_eta(stages, job.started_at, job.finished_at, now);
                     tr.job data-job=(job.id) data-done=(done) {
                         td { a href=(format!("/ui/jobs/{}", url_path(&job.id))) { (job.name) } br; small { (job.id) } }
                         td { span class=(format!("state state-{}", job.state.as_str())) { (job.state.as_str()) } }
@@ -127,14 +128,24 @@ pub(super) async fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::StageKind;
 
     #[test]
-    fn eta_from_the_observed_rate() {
+    fn throughput_and_eta() {
+        let stages = [StageProgress {
+            stage: 0,
+            name: "work".into(),
+            kind: StageKind::Map,
+            expected: Some(40),
+            done: 10,
+            failed: 0,
+            retrying: 0,
+        }];
         // 10 done in 5 s, 30 to go: 15 s at 2 per second.
-        let (rate, eta) = rate_and_eta(10, Some(40), Some(0), None, 5_000);
+        let (rate, eta) = rate_and_eta(&stages, Some(0), None, 5_000);
         assert_eq!(rate, Some(2.0));
         assert_eq!(eta, Some(15_000));
-        assert_eq!(rate_and_eta(10, Some(40), Some(0), Some(5_000), 9_000).1, None, "an ended job has no ETA");
-        assert_eq!(rate_and_eta(0, Some(40), None, None, 5_000), (None, None));
+        assert_eq!(rate_and_eta(&stages, Some(0), Some(5_000), 9_000).1, None, "an ended job has no ETA");
+        assert_eq!(rate_and_eta(&stages, None, None, 5_000), (None, None));
     }
 }

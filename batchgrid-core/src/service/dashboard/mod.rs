@@ -15,7 +15,7 @@
 //! | `GET /ui/jobs/{id}` | a job: stages, charts, percentiles, failures, history, report, results |
 //! | `GET /ui/jobs/{id}/results/{path}` | one result object |
 //! | `GET /ui/jobs/{id}/logs/{stage}/{task}/{stdout\|stderr}` | a task's captured output, as text |
-//! | `GET`, `POST /ui/jobs/{id}/cancel` | the confirmation, then the cancel |
+//! | `GET`, `POST /ui/jobs/{id}/{cancel\|pause\|resume\|retry}` | the confirmation, then the action |
 //! | `GET /ui/grid` | workers, queue depths, the manager's health |
 //!
 //! Access is the API token ([`auth`]); without it a page redirects to the login form, anything
@@ -60,7 +60,7 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .route("/ui/jobs/{id}", get(job::page))
         .route("/ui/jobs/{id}/results/{*path}", get(job::result))
         .route("/ui/jobs/{id}/logs/{stage}/{task}/{stream}", get(job::log))
-        .route("/ui/jobs/{id}/cancel", get(actions::confirm_cancel).post(actions::cancel))
+        .route("/ui/jobs/{id}/{action}", get(actions::confirm).post(actions::perform))
         .route("/ui/grid", get(grid::page))
         .route("/ui/logout", post(login::logout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_caller));
@@ -123,7 +123,8 @@ fn failure(error: ServiceError) -> Response {
     let status = match &error {
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Ended { .. } => StatusCode::CONFLICT,
-        ServiceError::BadJob(_) => StatusCode::BAD_REQUEST,
+        ServiceError::BadJob(_) | ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        ServiceError::Refused(_) => StatusCode::CONFLICT,
         ServiceError::Manager(_) => {
             tracing::error!(%error, "dashboard request failed");
             StatusCode::INTERNAL_SERVER_ERROR
