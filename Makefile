@@ -12,7 +12,7 @@ DEMO_SEED  ?= 42
 WORKERS    ?= 2
 ENV        ?=
 
-.PHONY: help setup build tools emulator demo test lint bench render validate diff deploy outputs drift rollout teardown image smoke clean
+.PHONY: help setup build tools emulator demo test screenshots lint bench render validate diff deploy outputs drift rollout teardown image smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV    := $(HOME)/.cache/batchgrid/checkov-venv
 CHECKOV         := $(CHECKOV_VENV)/bin/checkov
 
-tools: ## install the test tools that do not come with cargo (cfn-lint, moto, prometheus-client from PyPI; checkov pinned in its own venv; systemd, shellcheck, nftables, openssl from apt)
+tools: ## install the test tools that do not come with cargo (cfn-lint, moto, prometheus-client from PyPI; checkov pinned in its own venv; systemd, shellcheck, nftables, openssl, chromium from apt)
 	@command -v cfn-lint >/dev/null || { echo "installing cfn-lint (pip)..."; python3 -m pip install --quiet 'cfn-lint>=1.20'; }
 	@command -v moto_server >/dev/null || { echo "installing moto[server], the local AWS emulator (pip)..."; python3 -m pip install --quiet 'moto[server]>=5'; }
 	@python3 -c 'import prometheus_client' 2>/dev/null || { echo "installing prometheus-client, whose parser checks /metrics (pip)..."; python3 -m pip install --quiet 'prometheus-client==0.21.1'; }
@@ -62,6 +62,8 @@ tools: ## install the test tools that do not come with cargo (cfn-lint, moto, pr
 	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { echo "installing postgresql (apt: initdb and pg_ctl for the tests' throwaway clusters)..."; (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null; }
 	@# The database TLS tests make their certificate authorities with openssl, which also checks the image's RDS bundle.
 	@command -v openssl >/dev/null || { echo "installing openssl (apt: test certificates, the image's bundle check)..."; (apt-get update -qq && apt-get install -y -qq openssl) >/dev/null; }
+	@# The dashboard's browser test drives headless Chromium, the Debian package.
+	@[ -x /usr/bin/chromium ] || { echo "installing chromium (apt: the dashboard's browser test)..."; (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null; }
 	@# The image's firewall rule (no instance metadata for tasks) is checked with nft itself.
 	@command -v nft >/dev/null || { echo "installing nftables (apt: nft, to check the image's firewall rule)..."; (apt-get update -qq && apt-get install -y -qq nftables) >/dev/null; }
 	@[ "$$($(CHECKOV) --version 2>/dev/null)" = "$(CHECKOV_VERSION)" ] || { \
@@ -81,6 +83,9 @@ test: setup tools ## run every test (unit, conformance, end to end, cfn-lint and
 lint: ## formatting and clippy, as CI checks them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+screenshots: tools ## the dashboard's pictures in docs/, taken by its browser test
+	BATCHGRID_SCREENSHOTS=$(CURDIR)/docs $(CARGO) test --test e2e dashboard::
 
 bench: tools ## measure against baselines run in the same command (see README)
 	@command -v hyperfine >/dev/null || { echo "installing hyperfine (apt)..."; (apt-get update -qq && apt-get install -y -qq hyperfine) >/dev/null; }

@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// Print progress and the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Serve the dashboard on this address (e.g. 127.0.0.1:8080; port 0 picks one) while the
+    /// job runs. Its login token is BATCHGRID_API_TOKEN, or else a random one written to
+    /// STATE_DIR/dashboard-token.
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard: Option<std::net::SocketAddr>,
 }
 
 /// What `--resume` needs to go on with a run: written to `STATE_DIR/run.json` once the job is
@@ -232,6 +237,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("opening the grid in {}", state_dir.display()))?;
     let manager = Manager::new(grid, spool_dir(&state_dir));
+    if let Some(address) = args.dashboard {
+        start_dashboard(address, &manager, &state_dir).await?;
+    }
     // The job, and how its workers run.
     let (job_id, spec, record) = match plan {
         Plan::Fresh(spec) => {
@@ -361,6 +369,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints the report, removes a default state directory after success, and picks the exit code.
+/// Serves the dashboard over `manager` on `address` for as long as this process runs.
+async fn start_dashboard(address: std::net::SocketAddr, manager: &Manager, state_dir: &Path) -> anyhow::Result<()> {
+    use batchgrid_core::service::dashboard;
+    let token = match std::env::var(crate::env::API_TOKEN) {
+        Ok(token) if !token.is_empty() => batchgrid_core::secret::Secret::new(token),
+        _ => {
+            let token = dashboard::auth::random_token().context("no randomness for a dashboard token")?;
+            let path = state_dir.join("dashboard-token");
+            write_private(&path, token.expose()).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("dashboard token: in {} (or set {})", path.display(), crate::env::API_TOKEN);
+            token
+        }
+    };
+    let listener =
+        tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding the dashboard to {address}"))?;
+    let bound = listener.local_addr().context("the dashboard's address")?;
+    // The service only reads and cancels: the run's own driver, not the service, drives the job.
+    let service = batchgrid_core::service::JobService::new(
+        manager.clone(),
+        Duration::from_millis(200),
+        state_dir.to_path_buf(),
+        batchgrid_core::spec::InputPolicy::Operator,
+    );
+    tokio::spawn(async move {
+        if let Err(error) = dashboard::serve(listener, service, token, std::future::pending()).await {
+            tracing::error!(%error, "the dashboard stopped");
+        }
+    });
+    eprintln!("dashboard: http://{bound}/ui/");
+    Ok(())
+}
+
+/// Writes a secret readable by this user alone.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
+}
+
 fn finish(args: &RunArgs, state_dir: &Path, report: &batchgrid_core::report::JobReport) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(report)?);

@@ -5,6 +5,7 @@ mod bad_input;
 mod bootstrap;
 mod chaining;
 mod claims;
+mod dashboard;
 mod failures;
 mod faults;
 mod harness;

@@ -444,6 +444,9 @@ pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fm
     async fn attempts(&self, job_id: &str, stage: u32, task_id: &str) -> Result<Vec<AttemptRecord>, AnalyticsError>;
     /// Durations in milliseconds of the job's done tasks, ascending.
     async fn task_durations(&self, job_id: &str) -> Result<Vec<u64>, AnalyticsError>;
+    /// End times (Unix milliseconds) of the job's succeeded attempts, ascending: the
+    /// dashboard's tasks-over-time chart.
+    async fn completion_times(&self, job_id: &str) -> Result<Vec<i64>, AnalyticsError>;
     /// Mean duration in milliseconds of the job's done tasks, without reading each (the
     /// autoscaler asks every few seconds); `None` before any is done.
     async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError>;

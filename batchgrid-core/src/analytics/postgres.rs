@@ -265,6 +265,10 @@ impl AnalyticsStore for PgAnalytics {
         self.run(|sql| sql.task_durations(job_id)).await
     }
 
+    async fn completion_times(&self, job_id: &str) -> Result<Vec<i64>, AnalyticsError> {
+        self.run(|sql| sql.completion_times(job_id)).await
+    }
+
     async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError> {
         self.run(|sql| sql.attempt_totals(job_id)).await
     }
@@ -742,6 +746,15 @@ impl AnalyticsStore for Sql {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|row| Ok(to_u64(row.try_get(0)?))).collect()
+    }
+
+    async fn completion_times(&self, job_id: &str) -> Result<Vec<i64>, AnalyticsError> {
+        let rows =
+            sqlx::query("SELECT ended_at FROM attempts WHERE job_id = $1 AND outcome = 'succeeded' ORDER BY ended_at")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
     }
 
     async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError> {

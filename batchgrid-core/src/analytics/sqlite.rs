@@ -494,6 +494,15 @@ impl AnalyticsStore for SqliteAnalytics {
         Ok(rows.iter().map(|row| to_u64(row.get(0))).collect())
     }
 
+    async fn completion_times(&self, job_id: &str) -> Result<Vec<i64>, AnalyticsError> {
+        let rows =
+            sqlx::query("SELECT ended_at FROM attempts WHERE job_id = ? AND outcome = 'succeeded' ORDER BY ended_at")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError> {
         // AVG is REAL in SQLite and NUMERIC in PostgreSQL: cast so both decode as an integer.
         let row = sqlx::query(

@@ -226,6 +226,11 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
     assert_eq!((totals.attempts, totals.failed_attempts, totals.bytes_in), (3, 1, 20));
     assert_eq!(store.task_durations("totals").await.expect("durations"), vec![100, 200], "ascending durations");
     assert_eq!(store.mean_task_millis("totals").await.expect("mean"), Some(150), "mean of the done tasks");
+    assert_eq!(
+        store.completion_times("totals").await.expect("completions"),
+        vec![10_100, 10_200],
+        "end times of succeeded attempts only, ascending"
+    );
     assert_eq!(store.mean_task_millis("no-such-job").await.expect("mean"), None, "no done task, no mean");
     let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
     assert_eq!((stats.tasks_done, stats.tasks_failed), (2, 1), "worker statistics count attempts");

@@ -25,6 +25,7 @@
 //! | POST | `/v1/schedules/{name}/trigger` | fire one occurrence now → 201 |
 //! | DELETE | `/v1/schedules/{name}` | delete it and its occurrences → 204 |
 //! | GET | `/metrics` | the grid in the Prometheus (OpenMetrics) text format; see [`super::metrics`] |
+//! | GET | `/ui/...` | the dashboard in a browser; see [`super::dashboard`] |
 //! | GET | `/v1/health` | `{"status":"ok"}` or `{"status":"degraded","analytics":{"error","since",...}}` |
 
 mod schedules;
@@ -116,7 +117,8 @@ pub struct PriorityChange {
     pub priority: u8,
 }
 
-struct ApiError(StatusCode, ErrorBody);
+/// An error answer with its status (the dashboard sends a download's errors through it too).
+pub(in crate::service) struct ApiError(StatusCode, ErrorBody);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -177,7 +179,10 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         .merge(schedules::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state.clone())
+        // The dashboard answers a browser without the bearer header (a cookie or the login
+        // form), so it sits beside the bearer-only layer, with its own guard.
+        .merge(super::dashboard::router(state.service, (*state.token).clone()))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
@@ -244,15 +249,15 @@ async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result
     Ok(Json(state.service.status(&id).await?))
 }
 
-async fn job_spec(state: &AppState, id: &str) -> Result<JobSpec, ApiError> {
-    let analytics = &state.service.manager().grid().analytics;
+async fn job_spec(service: &JobService, id: &str) -> Result<JobSpec, ApiError> {
+    let analytics = &service.manager().grid().analytics;
     let job = analytics.job(id).await.map_err(ServiceError::from)?.ok_or_else(|| ServiceError::NotFound(id.into()))?;
     serde_json::from_str(&job.spec)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("stored spec unreadable: {e}")))
 }
 
 async fn results(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Results>, ApiError> {
-    let spec = job_spec(&state, &id).await?;
+    let spec = job_spec(&state.service, &id).await?;
     let manager = state.service.manager();
     let objects = manager.result_objects(&id, &spec).await.map_err(ServiceError::from)?;
     let report = manager.stored_report(&id).await.map_err(ServiceError::from)?;
@@ -270,10 +275,15 @@ async fn result_object(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let spec = job_spec(&state, &id).await?;
-    let manager = state.service.manager();
-    let objects = manager.result_objects(&id, &spec).await.map_err(ServiceError::from)?;
-    let Some((_, object)) = objects.into_iter().find(|(relative, _)| *relative == path) else {
+    download(&state.service, &id, &path).await
+}
+
+/// One result object's bytes, streamed (the API's and the dashboard's downloads).
+pub(in crate::service) async fn download(service: &JobService, id: &str, path: &str) -> Result<Response, ApiError> {
+    let spec = job_spec(service, id).await?;
+    let manager = service.manager();
+    let objects = manager.result_objects(id, &spec).await.map_err(ServiceError::from)?;
+    let Some((_, object)) = objects.into_iter().find(|(relative, _)| relative == path) else {
         return Err(error(StatusCode::NOT_FOUND, format!("job `{id}` has no result `{path}`")));
     };
     // Results can be large: they pass through a temporary file, never whole through memory.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod client;
 mod control;
+pub mod dashboard;
 mod dependencies;
 pub mod eta;
 pub mod metrics;
