@@ -64,20 +64,7 @@ impl PgAnalytics {
     ) -> Result<Self, AnalyticsError> {
         let reconnect = Arc::new(Reconnect::start(source, settings).await?);
         reconnect.run(|_| {}, || migrate(reconnect.options())).await?;
-        // sqlx refuses a pool of zero connections; one is the least that works.
-        let pool = reconnect
-            .run(
-                |_| {},
-                || async {
-                    let pool = PgPoolOptions::new()
-                        .max_connections(max_connections.max(1))
-                        .connect_with(reconnect.options())
-                        .await?;
-                    Ok(pool)
-                },
-            )
-            .await?;
-        Ok(Self { sql: Sql { pool }, reconnect })
+        Self::open(reconnect, max_connections).await
     }
 
     /// Connects like [`PgAnalytics::connect_with`] but without migrating, for a process whose
@@ -90,10 +77,23 @@ impl PgAnalytics {
         settings: ReconnectSettings,
     ) -> Result<Self, AnalyticsError> {
         let reconnect = Arc::new(Reconnect::start(source, settings).await?);
+        let analytics = Self::open(reconnect, max_connections).await?;
+        let needed = MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
+        let found = analytics.run(|sql| sql.schema_version()).await?;
+        if found < needed {
+            analytics.sql.pool.close().await;
+            return Err(AnalyticsError::SchemaBehind { found, needed });
+        }
+        Ok(analytics)
+    }
+
+    /// Opens the pool with the options `reconnect` holds (read again if refused).
+    async fn open(reconnect: Arc<Reconnect>, max_connections: u32) -> Result<Self, AnalyticsError> {
         let pool = reconnect
             .run(
                 |_| {},
                 || async {
+                    // sqlx refuses a pool of zero connections; one is the least that works.
                     let pool = PgPoolOptions::new()
                         .max_connections(max_connections.max(1))
                         .connect_with(reconnect.options())
@@ -102,14 +102,7 @@ impl PgAnalytics {
                 },
             )
             .await?;
-        let analytics = Self { sql: Sql { pool }, reconnect };
-        let needed = MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
-        let found = analytics.run(|sql| sql.schema_version()).await?;
-        if found < needed {
-            analytics.sql.pool.close().await;
-            return Err(AnalyticsError::SchemaBehind { found, needed });
-        }
-        Ok(analytics)
+        Ok(Self { sql: Sql { pool }, reconnect })
     }
 
     /// Runs one operation through the retry loop; new options go to the pool, whose open
