@@ -7,6 +7,7 @@ mod job;
 mod manager;
 mod progress;
 mod provision;
+mod report;
 mod run;
 mod schedule;
 mod smoke;
@@ -50,6 +51,9 @@ enum Command {
     Watch(client::JobArgs),
     /// List a job's results and report; download them with --download.
     Results(client::ResultsArgs),
+    /// A job's report as text or one self-contained HTML file (--html), compared with the
+    /// previous run of its name or another job (--compare).
+    Report(report::ReportArgs),
     /// Cancel a job.
     Cancel(client::JobArgs),
     /// Control a job: pause, resume, change its priority, retry its failed tasks, redrive
@@ -176,6 +180,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Status(args) => client::status(args).await,
             Command::Watch(args) => client::watch(args).await,
             Command::Results(args) => client::results(args).await,
+            Command::Report(args) => report::report(args).await,
             Command::Cancel(args) => client::cancel(args).await,
             Command::Job(args) => job::run(args).await,
             Command::Grid(args) => grid::run(args).await,

@@ -2,10 +2,12 @@
 //! is driven to its end by its own task, and jobs a previous manager process left unfinished
 //! (submitted, splitting or running) are picked up again at start; `schedules` fires scheduled
 //! jobs' occurrences and `once` the one-off runs (`submit --at`); `control` retries and redrives
-//! a job's failed tasks; `dependencies` resolves the jobs a job waits for (`after:`). [`client`] is the other end of the API.
+//! a job's failed tasks; `dependencies` resolves the jobs a job waits for (`after:`). [`client`] is the other end of the API;
+//! [`compare`] fetches the reports `batchgrid report --compare` sets side by side.
 
 pub mod api;
 pub mod client;
+pub mod compare;
 mod control;
 pub mod dashboard;
 mod dependencies;

@@ -1,4 +1,8 @@
-//! The job report: what ran, what failed and why, and how fast.
+//! The job report: what ran, what failed and why, and how fast; its comparison with another
+//! run (`compare`) and its self-contained HTML page (`html`).
+
+pub mod compare;
+pub mod html;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -305,7 +309,7 @@ impl JobReport {
     }
 }
 
-fn format_ms(ms: u64) -> String {
+pub(crate) fn format_ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
     } else {
