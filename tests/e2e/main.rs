@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod local_stack;
 mod provision;
+mod report;
 mod resume;
 mod rotation;
 mod sandbox;
