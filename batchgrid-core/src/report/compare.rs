@@ -164,4 +164,26 @@ mod tests {
         assert_eq!(f.percent_text(), "n/a");
         assert_eq!(figure(0.0, 0.0).percent_text(), "n/a");
     }
+
+    fn status(id: &str, name: &str, state: &str, submitted_at: i64) -> JobStatus {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "state": state, "submitted_at": submitted_at
+        }))
+        .expect("a job status")
+    }
+
+    #[test]
+    fn previous_is_the_latest_earlier_ended_run_of_the_same_name() {
+        let current = status("j5", "claims", "completed", 500);
+        let jobs = vec![
+            status("j1", "claims", "completed", 100),
+            status("j2", "claims", "failed", 200),
+            status("j3", "invoices", "completed", 300),
+            status("j4", "claims", "running", 400),
+            current.clone(),
+            status("j6", "claims", "completed", 600),
+        ];
+        assert_eq!(previous(&jobs, &current).map(|j| j.id.as_str()), Some("j2"), "ended, earlier, same name");
+        assert_eq!(previous(&jobs, &jobs[0]), None, "nothing before the first run");
+    }
 }
