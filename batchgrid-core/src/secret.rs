@@ -17,6 +17,12 @@ impl Secret {
     }
 }
 
+/// Equal in time whatever the inputs' common prefix, so a secret (the API token, a CSRF token)
+/// cannot be guessed byte by byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use batchgrid_core::analytics::credentials::{FixedUrl, ReconnectSettings};
+use batchgrid_core::analytics::credentials::{sqlstate, FixedUrl, ReconnectSettings};
 use batchgrid_core::analytics::{
     AdmissionStore, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, PendingTask,
     PgAnalytics, RequestCount, StageRecord, WorkerRecord,
@@ -50,18 +50,6 @@ fn attempt(task: &str) -> AttemptRecord {
 
 async fn attach(url: &str) -> Result<PgAnalytics, AnalyticsError> {
     PgAnalytics::attach(Arc::new(FixedUrl::parse(url)?), 2, ReconnectSettings::default()).await
-}
-
-/// The SQLSTATE somewhere in `error`'s causes.
-fn sqlstate(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cause = Some(error);
-    while let Some(current) = cause {
-        if let Some(sqlx::Error::Database(database)) = current.downcast_ref::<sqlx::Error>() {
-            return database.code().map(|code| code.into_owned());
-        }
-        cause = current.source();
-    }
-    None
 }
 
 #[tokio::test]

@@ -169,18 +169,24 @@ pub(crate) fn classify(error: &AnalyticsError) -> Failure {
     let AnalyticsError::Backend(inner) = error else {
         return Failure::Other;
     };
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+    match sqlstate(inner.as_ref()).as_deref() {
+        Some(INVALID_PASSWORD | INVALID_AUTHORIZATION) => Failure::Credentials,
+        Some(ADMIN_SHUTDOWN) => Failure::SessionEnded,
+        _ => Failure::Other,
+    }
+}
+
+/// The SQLSTATE of the first database error in `error`'s chain of causes (a migration error
+/// wraps the driver's).
+pub fn sqlstate(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
     while let Some(current) = cause {
         if let Some(sqlx::Error::Database(database)) = current.downcast_ref::<sqlx::Error>() {
-            return match database.code().as_deref() {
-                Some(INVALID_PASSWORD | INVALID_AUTHORIZATION) => Failure::Credentials,
-                Some(ADMIN_SHUTDOWN) => Failure::SessionEnded,
-                _ => Failure::Other,
-            };
+            return database.code().map(|code| code.into_owned());
         }
         cause = current.source();
     }
-    Failure::Other
+    None
 }
 
 /// Whether the server refused the credentials (or the role does not exist yet).

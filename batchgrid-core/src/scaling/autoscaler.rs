@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::group::{GroupError, WorkerGroup};
 use super::sizing::{decide, remaining_tasks, Decision, JobWork, SizingInput, SizingSettings};
-use super::warm_up::{warm_up_at, WarmSchedule, WarmUp};
+use super::warm_up::{self, WarmSchedule, WarmUp};
 use crate::analytics::{AnalyticsError, AnalyticsStore, JobState};
 use crate::queue::{QueueError, TaskQueue};
 
@@ -126,12 +126,15 @@ impl Autoscaler {
     /// warm-up window, so an idle grid with schedules costs one query a pass.
     async fn warm_up(&self) -> Result<Option<WarmUp>, ScalingError> {
         let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
-        let mut schedules = self.warm_schedules().await?;
-        schedules.retain(|warm| warm_up_at(std::slice::from_ref(warm), now, &self.settings).is_some());
-        for warm in &mut schedules {
-            warm.last_run = self.last_run(&warm.name).await?;
+        // Each schedule's next fire time is computed once; only those due read their last run.
+        let mut due = Vec::new();
+        for mut warm in self.warm_schedules().await? {
+            if let Some(fire_time) = warm_up::due(&warm, now) {
+                warm.last_run = self.last_run(&warm.name).await?;
+                due.push((warm, fire_time));
+            }
         }
-        Ok(warm_up_at(&schedules, now, &self.settings))
+        Ok(warm_up::largest(due.iter().map(|(warm, fire_time)| (warm, *fire_time)), &self.settings))
     }
 
     /// One pass: reads the work and the group, decides, and applies the decision.

@@ -36,19 +36,28 @@ pub struct WarmUp {
 
 /// The largest warm-up in force at `now`: a schedule whose next fire time is at most its
 /// `warm_up` away. Its size is what the previous run's whole work needs in the target time
-/// (one instance when it never ran). A schedule whose expression cannot be evaluated is
-/// passed over: the manager's firing reports that error.
+/// (one instance when it never ran).
 pub fn warm_up_at(schedules: &[WarmSchedule], now: DateTime<Utc>, settings: &SizingSettings) -> Option<WarmUp> {
-    schedules
-        .iter()
-        .filter_map(|warm| {
-            let fire_time = warm.schedule.next_after(now).ok().flatten()?.with_timezone(&Utc);
-            let lead = (fire_time - now).to_std().ok()?;
-            if lead > warm.warm_up {
-                return None;
-            }
+    largest(schedules.iter().filter_map(|warm| due(warm, now).map(|fire_time| (warm, fire_time))), settings)
+}
+
+/// The fire time `warm` is warming up for at `now`, if it is inside its window. A schedule
+/// whose expression cannot be evaluated is passed over: the manager's firing reports that error.
+pub fn due(warm: &WarmSchedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let fire_time = warm.schedule.next_after(now).ok().flatten()?.with_timezone(&Utc);
+    let lead = (fire_time - now).to_std().ok()?;
+    (lead <= warm.warm_up).then_some(fire_time)
+}
+
+/// The largest of the warm-ups of schedules already found [`due`], with their fire times.
+pub fn largest<'a>(
+    due: impl IntoIterator<Item = (&'a WarmSchedule, DateTime<Utc>)>,
+    settings: &SizingSettings,
+) -> Option<WarmUp> {
+    due.into_iter()
+        .map(|(warm, fire_time)| {
             let instances = warm.last_run.map_or(1, |work| instances_needed(&[work], 0, settings).max(1));
-            Some(WarmUp { instances, schedule: warm.name.clone(), fire_time })
+            WarmUp { instances, schedule: warm.name.clone(), fire_time }
         })
         .max_by_key(|warm| warm.instances)
 }

@@ -47,7 +47,7 @@ use super::{JobService, ServiceError};
 use crate::analytics::{HistoryEntry, WorkerRecord};
 use crate::manager::{HealthReport, RedriveFilter, Redriven};
 use crate::report::JobReport;
-use crate::secret::Secret;
+use crate::secret::{constant_time_eq, Secret};
 use crate::spec::{JobSpec, Overrides};
 
 /// Largest job document accepted (job files are configuration, not data).
@@ -193,11 +193,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(service, token)).with_graceful_shutdown(shutdown).await
-}
-
-/// Equal in time whatever the inputs' common prefix, so the token cannot be guessed byte by byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::secret::Secret;
+use crate::secret::{constant_time_eq, Secret};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "batchgrid_session";
@@ -151,11 +151,6 @@ pub fn set_cookie(value: &str) -> String {
 /// The `Set-Cookie` value that removes the session cookie.
 pub fn clear_cookie() -> String {
     format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
-}
-
-/// Equal in time whatever the inputs' common prefix, so a secret cannot be guessed byte by byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn hex(bytes: &[u8]) -> String {
