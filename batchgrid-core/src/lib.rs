@@ -22,6 +22,7 @@
 //! progress is an upsert per (job, stage, task).
 
 pub mod analytics;
+pub mod chart;
 #[cfg(feature = "aws")]
 pub mod aws;
 #[cfg(feature = "conformance")]

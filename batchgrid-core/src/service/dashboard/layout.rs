@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
-use super::chart::ms;
+use crate::chart::ms;
 
 /// The stylesheet, served from the binary (no CDN: the manager has no internet access).
 pub const STYLE: &str = include_str!("style.css");

@@ -4,7 +4,7 @@
 //! Pages are rendered on the server with maud: its templates are Rust expressions checked at
 //! compile time, it escapes every value it prints, and it needs no template files shipped
 //! beside the binary (askama would also do, with its templates in separate files). Charts are
-//! SVG drawn here ([`chart`]) and pages refresh themselves with a meta refresh, so no script
+//! SVG drawn on the server ([`crate::chart`]) and pages refresh themselves with a meta refresh, so no script
 //! runs at all and nothing comes from a CDN (the manager runs in a private subnet).
 //!
 //! | path | shows or does |
@@ -23,7 +23,6 @@
 
 mod actions;
 pub mod auth;
-pub mod chart;
 mod grid;
 mod job;
 mod jobs;

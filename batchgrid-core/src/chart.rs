@@ -1,6 +1,6 @@
-//! Charts as server-side SVG: the manager runs in a private subnet, so nothing may come from a
-//! CDN, and an SVG drawn here needs no script at all (the pages' policy allows none). Two kinds
-//! are enough for a job: a cumulative line (tasks done over time) and a histogram (task times).
+//! Charts as server-side SVG, shared by the dashboard and the HTML report: the manager runs in a
+//! private subnet, so nothing may come from a CDN, and an SVG drawn here needs no script at all
+//! (the pages' policy allows none).
 
 use maud::{html, Markup};
 
