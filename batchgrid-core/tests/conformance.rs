@@ -192,4 +192,7 @@ async fn postgres_concurrent_batches_keep_counters_exact() {
         (TASKS as u64, 0, 0),
         "each task counted once, as done, however the batches interleaved"
     );
+    let times = store.task_times("concurrent").await.expect("times");
+    assert_eq!(times[0].histogram.count(), TASKS as u64, "the rollups count each task once too");
+    assert_eq!(store.completions("concurrent").await.expect("completions"), vec![(0, TASKS as u64)]);
 }

@@ -27,6 +27,7 @@ pub mod admission;
 pub mod credentials;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod rollup;
 pub mod schedules;
 pub mod sqlite;
 #[cfg(feature = "postgres")]
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use admission::{AdmissionStore, JobAdmission, PendingTask, DEFAULT_PRIORITY, MAX_PRIORITY};
 #[cfg(feature = "postgres")]
 pub use postgres::PgAnalytics;
+pub use rollup::{StageTimes, TimeHistogram};
 pub use schedules::{OccurrenceRecord, OccurrenceState, ScheduleRecord, ScheduleStore};
 pub use sqlite::SqliteAnalytics;
 
@@ -331,6 +333,52 @@ pub struct WorkerRecord {
     pub current_tasks: u32,
 }
 
+/// The most jobs one list reads.
+pub const MAX_JOBS_LISTED: u32 = 500;
+
+/// Which jobs a list shows, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobQuery {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs whose name holds this (case-insensitive).
+    pub name: Option<String>,
+    /// At most this many (capped at [`MAX_JOBS_LISTED`]).
+    pub limit: u32,
+}
+
+impl JobQuery {
+    /// The `LIKE` pattern of the name filter: lower case, with the pattern's own characters
+    /// escaped by `\\` (a name may hold `%` or `_`).
+    fn name_pattern(&self) -> Option<String> {
+        self.name.as_deref().filter(|name| !name.is_empty()).map(|name| {
+            let mut pattern = String::from("%");
+            for c in name.to_lowercase().chars() {
+                if matches!(c, '%' | '_' | '\\') {
+                    pattern.push('\\');
+                }
+                pattern.push(c);
+            }
+            pattern.push('%');
+            pattern
+        })
+    }
+
+    /// The limit, capped.
+    fn capped_limit(&self) -> i64 {
+        i64::from(self.limit.min(MAX_JOBS_LISTED))
+    }
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobList {
+    /// Jobs matching the query, in all.
+    pub total: u64,
+    /// The newest of them, up to the limit.
+    pub jobs: Vec<JobRecord>,
+}
+
 /// Totals for a job's report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptTotals {
@@ -466,6 +514,17 @@ pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fm
     async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError>;
     /// Request counts summed over every process, sorted by service then operation.
     async fn request_totals(&self) -> Result<Vec<RequestCount>, AnalyticsError>;
+    /// The newest `query.limit` jobs in `query.state` whose name holds `query.name`
+    /// (case-insensitive), and how many match in all: the dashboard's list, without reading
+    /// every job.
+    async fn job_list(&self, query: &JobQuery) -> Result<JobList, AnalyticsError>;
+    /// Progress of every stage of each of `job_ids` (at most [`MAX_JOBS_LISTED`]), in one read.
+    async fn stages_of(&self, job_ids: &[String]) -> Result<HashMap<String, Vec<StageProgress>>, AnalyticsError>;
+    /// Per stage, in order, the task-time distribution of its done tasks, from the rollups.
+    async fn task_times(&self, job_id: &str) -> Result<Vec<StageTimes>, AnalyticsError>;
+    /// Tasks done per second, from the rollups: (the second's start, tasks), ascending,
+    /// seconds without any left out.
+    async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError>;
 }
 
 /// How many times a transition re-reads a state that changed under it. States only move
@@ -589,13 +648,21 @@ fn worker_tallies(attempts: &[AttemptRecord]) -> BTreeMap<&str, WorkerTally> {
 
 /// How a stage's `[done, failed, retrying]` counters move when `members` (one record per task)
 /// are upserted over tasks whose current statuses are `current`: a task leaves its status and
-/// enters its new one, except that `done` is final.
-fn status_delta(members: &[&AttemptRecord], current: &HashMap<String, String>) -> [i64; 3] {
+/// enters its new one, except that `done` is final. The records that make a task done are
+/// pushed to `newly_done`, for the rollups.
+fn status_delta<'a>(
+    members: &[&'a AttemptRecord],
+    current: &HashMap<String, String>,
+    newly_done: &mut Vec<&'a AttemptRecord>,
+) -> [i64; 3] {
     let mut delta = [0i64; 3];
     for task in members {
         let old = current.get(&task.task_id).map(String::as_str);
         if old == Some("done") {
             continue;
+        }
+        if task.outcome == AttemptOutcome::Succeeded {
+            newly_done.push(task);
         }
         if let Some(i) = old.and_then(counter_index) {
             delta[i] -= 1;

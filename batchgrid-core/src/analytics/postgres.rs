@@ -14,11 +14,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::credentials::{CredentialsSource, FixedUrl, Reconnect, ReconnectSettings};
+use super::rollup::RollupDelta;
 use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
-    AttemptTotals, HistoryEntry, JobRecord, JobState, RequestCount, StageProgress, StageRecord, TaskRecord,
-    WorkerRecord, TRANSITION_ROUNDS,
+    AttemptTotals, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress, StageRecord,
+    StageTimes, TaskRecord, TimeHistogram, WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::now_millis;
 
@@ -43,6 +44,41 @@ pub struct PgAnalytics {
 #[derive(Debug, Clone)]
 struct Sql {
     pool: PgPool,
+}
+
+/// Adds a batch's newly done tasks to the rollups, rows in key order (the lock order).
+async fn add_to_rollups(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    delta: &RollupDelta<'_>,
+) -> Result<(), AnalyticsError> {
+    let buckets: Vec<_> = delta.buckets.iter().collect();
+    for chunk in buckets.chunks(ROWS_PER_STATEMENT) {
+        let mut query: QueryBuilder<Postgres> =
+            QueryBuilder::new("INSERT INTO task_time_buckets (job_id, stage, bucket, tasks, total_ms) ");
+        query.push_values(chunk, |mut row, ((job_id, stage, bucket), (tasks, total))| {
+            row.push_bind(*job_id)
+                .push_bind(i64::from(*stage))
+                .push_bind(i64::from(*bucket))
+                .push_bind(*tasks)
+                .push_bind(*total);
+        });
+        query.push(
+            " ON CONFLICT (job_id, stage, bucket) DO UPDATE SET tasks = task_time_buckets.tasks + excluded.tasks,
+                total_ms = task_time_buckets.total_ms + excluded.total_ms",
+        );
+        query.build().execute(&mut **tx).await?;
+    }
+    let slots: Vec<_> = delta.slots.iter().collect();
+    for chunk in slots.chunks(ROWS_PER_STATEMENT) {
+        let mut query: QueryBuilder<Postgres> =
+            QueryBuilder::new("INSERT INTO completion_slots (job_id, slot, tasks) ");
+        query.push_values(chunk, |mut row, ((job_id, slot), tasks)| {
+            row.push_bind(*job_id).push_bind(*slot).push_bind(*tasks);
+        });
+        query.push(" ON CONFLICT (job_id, slot) DO UPDATE SET tasks = completion_slots.tasks + excluded.tasks");
+        query.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 impl PgAnalytics {
@@ -143,6 +179,18 @@ impl Sql {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+fn stage_from_row(row: &PgRow) -> Result<StageProgress, AnalyticsError> {
+    Ok(StageProgress {
+        stage: to_u32(row.try_get("stage")?),
+        name: row.try_get("name")?,
+        kind: parse_kind(row.try_get("kind")?)?,
+        expected: row.try_get::<Option<i64>, _>("expected_tasks")?.map(to_u64),
+        done: to_u64(row.try_get("done")?),
+        failed: to_u64(row.try_get("failed")?),
+        retrying: to_u64(row.try_get("retrying")?),
+    })
 }
 
 fn job_from_row(row: &PgRow) -> Result<JobRecord, AnalyticsError> {
@@ -292,6 +340,22 @@ impl AnalyticsStore for PgAnalytics {
 
     async fn request_totals(&self) -> Result<Vec<RequestCount>, AnalyticsError> {
         self.run(|sql| sql.request_totals()).await
+    }
+
+    async fn job_list(&self, query: &JobQuery) -> Result<JobList, AnalyticsError> {
+        self.run(|sql| sql.job_list(query)).await
+    }
+
+    async fn stages_of(&self, job_ids: &[String]) -> Result<HashMap<String, Vec<StageProgress>>, AnalyticsError> {
+        self.run(|sql| sql.stages_of(job_ids)).await
+    }
+
+    async fn task_times(&self, job_id: &str) -> Result<Vec<StageTimes>, AnalyticsError> {
+        self.run(|sql| sql.task_times(job_id)).await
+    }
+
+    async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError> {
+        self.run(|sql| sql.completions(job_id)).await
     }
 }
 
@@ -542,19 +606,7 @@ impl AnalyticsStore for Sql {
         .bind(job_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StageProgress {
-                    stage: to_u32(row.try_get("stage")?),
-                    name: row.try_get("name")?,
-                    kind: parse_kind(row.try_get("kind")?)?,
-                    expected: row.try_get::<Option<i64>, _>("expected_tasks")?.map(to_u64),
-                    done: to_u64(row.try_get("done")?),
-                    failed: to_u64(row.try_get("failed")?),
-                    retrying: to_u64(row.try_get("retrying")?),
-                })
-            })
-            .collect()
+        rows.iter().map(stage_from_row).collect()
     }
 
     /// Records the attempts and upserts their tasks in one transaction.
@@ -603,6 +655,7 @@ impl AnalyticsStore for Sql {
         }
 
         let mut deltas = Vec::with_capacity(groups.len());
+        let mut newly_done = Vec::new();
         for (&(job_id, stage), members) in &groups {
             let ids: Vec<&str> = members.iter().map(|task| task.task_id.as_str()).collect();
             let rows =
@@ -616,7 +669,7 @@ impl AnalyticsStore for Sql {
             for row in rows {
                 current.insert(row.try_get("task_id")?, row.try_get("status")?);
             }
-            deltas.push(((job_id, stage), status_delta(members, &current)));
+            deltas.push(((job_id, stage), status_delta(members, &current, &mut newly_done)));
         }
 
         let tasks: Vec<&AttemptRecord> = groups.values().flatten().copied().collect();
@@ -664,6 +717,7 @@ impl AnalyticsStore for Sql {
             .execute(&mut *tx)
             .await?;
         }
+        add_to_rollups(&mut tx, &RollupDelta::of(&newly_done)).await?;
         for (worker, tally) in tallies {
             sqlx::query(
                 "UPDATE workers SET tasks_done = tasks_done + $1, tasks_failed = tasks_failed + $2,
@@ -751,15 +805,20 @@ impl AnalyticsStore for Sql {
     }
 
     async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError> {
-        // AVG is REAL in SQLite and NUMERIC in PostgreSQL: cast so both decode as an integer.
+        // From the rollups: a sum over a few hundred bucket rows, not over the job's tasks. SUM
+        // is NUMERIC in PostgreSQL: cast so both decode as an integer.
         let row = sqlx::query(
-            "SELECT CAST(AVG(duration_ms) AS BIGINT) FROM tasks
-             WHERE job_id = $1 AND status = 'done' AND duration_ms IS NOT NULL",
+            "SELECT CAST(SUM(total_ms) AS BIGINT), CAST(SUM(tasks) AS BIGINT) FROM task_time_buckets WHERE job_id = $1",
         )
         .bind(job_id)
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.try_get::<Option<i64>, _>(0)?.map(to_u64))
+        let total: Option<i64> = row.try_get(0)?;
+        let tasks: Option<i64> = row.try_get(1)?;
+        Ok(match (total, tasks) {
+            (Some(total), Some(tasks)) if tasks > 0 => Some(to_u64(total) / to_u64(tasks)),
+            _ => None,
+        })
     }
 
     async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError> {
@@ -880,6 +939,70 @@ impl AnalyticsStore for Sql {
                 })
             })
             .collect()
+    }
+
+    async fn job_list(&self, query: &JobQuery) -> Result<JobList, AnalyticsError> {
+        let filter = |builder: &mut QueryBuilder<Postgres>| {
+            builder.push(" WHERE TRUE");
+            if let Some(state) = query.state {
+                builder.push(" AND state = ").push_bind(state.as_str());
+            }
+            if let Some(pattern) = query.name_pattern() {
+                builder.push(" AND lower(name) LIKE ").push_bind(pattern).push(r" ESCAPE '\'");
+            }
+        };
+        let mut count: QueryBuilder<Postgres> = QueryBuilder::new("SELECT COUNT(*) FROM jobs");
+        filter(&mut count);
+        let total: i64 = count.build().fetch_one(&self.pool).await?.try_get(0)?;
+        let mut list: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM jobs");
+        filter(&mut list);
+        list.push(r#" ORDER BY submitted_at DESC, id COLLATE "C" DESC LIMIT "#).push_bind(query.capped_limit());
+        let rows = list.build().fetch_all(&self.pool).await?;
+        Ok(JobList { total: to_u64(total), jobs: rows.iter().map(job_from_row).collect::<Result<_, _>>()? })
+    }
+
+    async fn stages_of(&self, job_ids: &[String]) -> Result<HashMap<String, Vec<StageProgress>>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT job_id, stage, name, kind, expected_tasks, done, failed, retrying FROM stages
+             WHERE job_id = ANY($1) ORDER BY job_id, stage",
+        )
+        .bind(job_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stages: HashMap<String, Vec<StageProgress>> = HashMap::new();
+        for row in &rows {
+            stages.entry(row.try_get("job_id")?).or_default().push(stage_from_row(row)?);
+        }
+        Ok(stages)
+    }
+
+    async fn task_times(&self, job_id: &str) -> Result<Vec<StageTimes>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT stage, bucket, tasks, total_ms FROM task_time_buckets WHERE job_id = $1 ORDER BY stage, bucket",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut times: Vec<StageTimes> = Vec::new();
+        for row in &rows {
+            let stage = to_u32(row.try_get("stage")?);
+            if times.last().map(|t| t.stage) != Some(stage) {
+                times.push(StageTimes { stage, histogram: TimeHistogram::default() });
+            }
+            if let Some(last) = times.last_mut() {
+                let bucket = to_u32(row.try_get("bucket")?);
+                last.histogram.add(bucket, to_u64(row.try_get("tasks")?), to_u64(row.try_get("total_ms")?));
+            }
+        }
+        Ok(times)
+    }
+
+    async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError> {
+        let rows = sqlx::query("SELECT slot, tasks FROM completion_slots WHERE job_id = $1 ORDER BY slot")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("slot")?, to_u64(row.try_get("tasks")?)))).collect()
     }
 }
 

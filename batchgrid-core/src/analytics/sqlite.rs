@@ -7,11 +7,12 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::rollup::RollupDelta;
 use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
-    AttemptTotals, HistoryEntry, JobRecord, JobState, RequestCount, StageProgress, StageRecord, TaskRecord,
-    WorkerRecord, TRANSITION_ROUNDS,
+    AttemptTotals, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress, StageRecord,
+    StageTimes, TaskRecord, TimeHistogram, WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::{now_millis, open_sqlite};
 
@@ -27,6 +28,18 @@ const ROWS_PER_STATEMENT: usize = 400;
 #[derive(Debug, Clone)]
 pub struct SqliteAnalytics {
     pool: SqlitePool,
+}
+
+fn stage_from_row(row: &SqliteRow) -> Result<StageProgress, AnalyticsError> {
+    Ok(StageProgress {
+        stage: to_u32(row.get("stage")),
+        name: row.get("name"),
+        kind: parse_kind(row.get("kind"))?,
+        expected: row.get::<Option<i64>, _>("expected_tasks").map(to_u64),
+        done: to_u64(row.get("done")),
+        failed: to_u64(row.get("failed")),
+        retrying: to_u64(row.get("retrying")),
+    })
 }
 
 fn job_from_row(row: &SqliteRow) -> Result<JobRecord, AnalyticsError> {
@@ -59,7 +72,8 @@ fn task_from_row(row: &SqliteRow) -> TaskRecord {
 /// How the stage counters move when each (job, stage) group of task records is upserted.
 async fn status_deltas<'a>(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    groups: &BTreeMap<(&'a str, u32), Vec<&AttemptRecord>>,
+    groups: &BTreeMap<(&'a str, u32), Vec<&'a AttemptRecord>>,
+    newly_done: &mut Vec<&'a AttemptRecord>,
 ) -> Result<Vec<((&'a str, u32), [i64; 3])>, AnalyticsError> {
     let mut deltas = Vec::with_capacity(groups.len());
     for (&(job_id, stage), members) in groups {
@@ -77,7 +91,7 @@ async fn status_deltas<'a>(
                 current.insert(row.get(0), row.get(1));
             }
         }
-        deltas.push(((job_id, stage), status_delta(members, &current)));
+        deltas.push(((job_id, stage), status_delta(members, &current, newly_done)));
     }
     Ok(deltas)
 }
@@ -329,19 +343,7 @@ impl AnalyticsStore for SqliteAnalytics {
         .bind(job_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StageProgress {
-                    stage: to_u32(row.get("stage")),
-                    name: row.get("name"),
-                    kind: parse_kind(row.get("kind"))?,
-                    expected: row.get::<Option<i64>, _>("expected_tasks").map(to_u64),
-                    done: to_u64(row.get("done")),
-                    failed: to_u64(row.get("failed")),
-                    retrying: to_u64(row.get("retrying")),
-                })
-            })
-            .collect()
+        rows.iter().map(stage_from_row).collect()
     }
 
     async fn record_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), AnalyticsError> {
@@ -376,7 +378,8 @@ impl AnalyticsStore for SqliteAnalytics {
             query.push(" ON CONFLICT (job_id, stage, task_id, attempt) DO NOTHING");
             query.build().execute(&mut *tx).await?;
         }
-        let deltas = status_deltas(&mut tx, &groups).await?;
+        let mut newly_done = Vec::new();
+        let deltas = status_deltas(&mut tx, &groups, &mut newly_done).await?;
         let tasks: Vec<&AttemptRecord> = groups.values().flatten().copied().collect();
         for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
             let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -419,6 +422,7 @@ impl AnalyticsStore for SqliteAnalytics {
                 .execute(&mut *tx)
                 .await?;
         }
+        add_to_rollups(&mut tx, &RollupDelta::of(&newly_done)).await?;
         for (worker, tally) in tallies {
             sqlx::query(
                 "UPDATE workers SET tasks_done = tasks_done + ?, tasks_failed = tasks_failed + ?,
@@ -504,15 +508,20 @@ impl AnalyticsStore for SqliteAnalytics {
     }
 
     async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError> {
-        // AVG is REAL in SQLite and NUMERIC in PostgreSQL: cast so both decode as an integer.
+        // From the rollups: a sum over a few hundred bucket rows, not over the job's tasks. SUM
+        // is NUMERIC in PostgreSQL: cast so both decode as an integer.
         let row = sqlx::query(
-            "SELECT CAST(AVG(duration_ms) AS BIGINT) FROM tasks
-             WHERE job_id = ? AND status = 'done' AND duration_ms IS NOT NULL",
+            "SELECT CAST(SUM(total_ms) AS BIGINT), CAST(SUM(tasks) AS BIGINT) FROM task_time_buckets WHERE job_id = ?",
         )
         .bind(job_id)
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.get::<Option<i64>, _>(0).map(to_u64))
+        let total: Option<i64> = row.get(0);
+        let tasks: Option<i64> = row.get(1);
+        Ok(match (total, tasks) {
+            (Some(total), Some(tasks)) if tasks > 0 => Some(to_u64(total) / to_u64(tasks)),
+            _ => None,
+        })
     }
 
     async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError> {
@@ -628,4 +637,101 @@ impl AnalyticsStore for SqliteAnalytics {
             })
             .collect())
     }
+
+    async fn job_list(&self, query: &JobQuery) -> Result<JobList, AnalyticsError> {
+        let filter = |builder: &mut QueryBuilder<Sqlite>| {
+            builder.push(" WHERE 1");
+            if let Some(state) = query.state {
+                builder.push(" AND state = ").push_bind(state.as_str());
+            }
+            if let Some(pattern) = query.name_pattern() {
+                builder.push(" AND lower(name) LIKE ").push_bind(pattern).push(r" ESCAPE '\'");
+            }
+        };
+        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM jobs");
+        filter(&mut count);
+        let total: i64 = count.build().fetch_one(&self.pool).await?.get(0);
+        let mut list: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs");
+        filter(&mut list);
+        list.push(" ORDER BY submitted_at DESC, id DESC LIMIT ").push_bind(query.capped_limit());
+        let rows = list.build().fetch_all(&self.pool).await?;
+        Ok(JobList { total: to_u64(total), jobs: rows.iter().map(job_from_row).collect::<Result<_, _>>()? })
+    }
+
+    async fn stages_of(&self, job_ids: &[String]) -> Result<HashMap<String, Vec<StageProgress>>, AnalyticsError> {
+        let mut stages: HashMap<String, Vec<StageProgress>> = HashMap::new();
+        for chunk in job_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT job_id, stage, name, kind, expected_tasks, done, failed, retrying FROM stages WHERE job_id IN (",
+            );
+            let mut ids = query.separated(", ");
+            for id in chunk {
+                ids.push_bind(id);
+            }
+            query.push(") ORDER BY job_id, stage");
+            for row in query.build().fetch_all(&self.pool).await? {
+                stages.entry(row.get("job_id")).or_default().push(stage_from_row(&row)?);
+            }
+        }
+        Ok(stages)
+    }
+
+    async fn task_times(&self, job_id: &str) -> Result<Vec<StageTimes>, AnalyticsError> {
+        let rows = sqlx::query(
+            "SELECT stage, bucket, tasks, total_ms FROM task_time_buckets WHERE job_id = ? ORDER BY stage, bucket",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut times: Vec<StageTimes> = Vec::new();
+        for row in &rows {
+            let stage = to_u32(row.get("stage"));
+            if times.last().map(|t| t.stage) != Some(stage) {
+                times.push(StageTimes { stage, histogram: TimeHistogram::default() });
+            }
+            if let Some(last) = times.last_mut() {
+                last.histogram.add(to_u32(row.get("bucket")), to_u64(row.get("tasks")), to_u64(row.get("total_ms")));
+            }
+        }
+        Ok(times)
+    }
+
+    async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError> {
+        let rows = sqlx::query("SELECT slot, tasks FROM completion_slots WHERE job_id = ? ORDER BY slot")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|row| (row.get("slot"), to_u64(row.get("tasks")))).collect())
+    }
+}
+
+/// Adds a batch's newly done tasks to the rollups.
+async fn add_to_rollups(tx: &mut sqlx::Transaction<'_, Sqlite>, delta: &RollupDelta<'_>) -> Result<(), AnalyticsError> {
+    let buckets: Vec<_> = delta.buckets.iter().collect();
+    for chunk in buckets.chunks(ROWS_PER_STATEMENT) {
+        let mut query: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO task_time_buckets (job_id, stage, bucket, tasks, total_ms) ");
+        query.push_values(chunk, |mut row, ((job_id, stage, bucket), (tasks, total))| {
+            row.push_bind(*job_id)
+                .push_bind(i64::from(*stage))
+                .push_bind(i64::from(*bucket))
+                .push_bind(*tasks)
+                .push_bind(*total);
+        });
+        query.push(
+            " ON CONFLICT (job_id, stage, bucket) DO UPDATE SET tasks = task_time_buckets.tasks + excluded.tasks,
+                total_ms = task_time_buckets.total_ms + excluded.total_ms",
+        );
+        query.build().execute(&mut **tx).await?;
+    }
+    let slots: Vec<_> = delta.slots.iter().collect();
+    for chunk in slots.chunks(ROWS_PER_STATEMENT) {
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO completion_slots (job_id, slot, tasks) ");
+        query.push_values(chunk, |mut row, ((job_id, slot), tasks)| {
+            row.push_bind(*job_id).push_bind(*slot).push_bind(*tasks);
+        });
+        query.push(" ON CONFLICT (job_id, slot) DO UPDATE SET tasks = completion_slots.tasks + excluded.tasks");
+        query.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }

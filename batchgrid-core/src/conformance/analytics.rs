@@ -1,7 +1,9 @@
 //! The [`AnalyticsStore`] contract.
 
+use crate::analytics::rollup::bucket_of;
 use crate::analytics::{
-    actor, AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, RequestCount, StageRecord, WorkerRecord,
+    actor, AnalyticsStore, AttemptOutcome, AttemptRecord, JobQuery, JobRecord, JobState, RequestCount, StageRecord,
+    WorkerRecord,
 };
 use crate::spec::StageKind;
 
@@ -17,6 +19,8 @@ pub async fn run_all(store: &dyn AnalyticsStore) {
     final_failure_then_redrive(store).await;
     a_failed_job_is_reopened_for_its_failed_tasks_only(store).await;
     workers_and_totals(store).await;
+    rollups_count_each_done_task_once(store).await;
+    job_lists_filter_and_page(store).await;
     request_counts_are_cumulative_per_process(store).await;
     super::schedules::run_all(store).await;
 }
@@ -197,6 +201,83 @@ async fn a_failed_job_is_reopened_for_its_failed_tasks_only(store: &dyn Analytic
     let cancelled = store.reopen_tasks("reopen", &tasks(&["b"]), "retry", actor::OPERATOR).await.expect("cancelled");
     assert_eq!(cancelled, None, "a cancelled job stays cancelled");
     assert!(store.reopen_tasks("nobody", &[], "retry", actor::OPERATOR).await.is_err(), "an unknown job is an error");
+}
+
+/// The rollups the dashboard reads: a task counts in its stage's time bucket and its second
+/// once, when it becomes done (not while retrying, not again when recorded twice, and when a
+/// failed task later succeeds).
+async fn rollups_count_each_done_task_once(store: &dyn AnalyticsStore) {
+    store.create_job(&job("rollup"), &stages()).await.expect("create");
+    let timed = |task: &str, stage: u32, number: u32, outcome: AttemptOutcome, started: i64, ended: i64| {
+        AttemptRecord { stage, started_at: started, ended_at: ended, ..attempt("rollup", task, number, outcome) }
+    };
+    let first = [
+        timed("a", 0, 1, AttemptOutcome::Succeeded, 1_000, 1_050),
+        timed("b", 0, 1, AttemptOutcome::Retrying, 1_000, 1_900),
+        timed("c", 0, 1, AttemptOutcome::Failed, 1_000, 1_300),
+        timed("r", 1, 1, AttemptOutcome::Succeeded, 2_000, 4_500),
+    ];
+    store.record_attempts(&first).await.expect("record");
+    store.record_attempts(&first[..1]).await.expect("the same again");
+    store
+        .record_attempts(&[
+            timed("b", 0, 2, AttemptOutcome::Succeeded, 1_900, 2_950),
+            timed("c", 0, 2, AttemptOutcome::Succeeded, 1_300, 1_350),
+        ])
+        .await
+        .expect("later successes");
+    let times = store.task_times("rollup").await.expect("times");
+    assert_eq!(times.iter().map(|t| t.stage).collect::<Vec<_>>(), vec![0, 1], "one entry per stage, in order");
+    let map = &times[0].histogram;
+    assert_eq!((map.count(), map.sum_ms()), (3, 50 + 1_050 + 50), "a, b and c, each once");
+    assert_eq!(map.buckets.get(&bucket_of(50)), Some(&(2, 100)));
+    assert_eq!(map.buckets.get(&bucket_of(1_050)), Some(&(1, 1_050)));
+    assert_eq!(times[1].histogram.count(), 1);
+    assert_eq!(store.mean_task_millis("rollup").await.expect("mean"), Some((50 + 1_050 + 50 + 2_500) / 4));
+    assert_eq!(
+        store.completions("rollup").await.expect("completions"),
+        vec![(1_000, 2), (2_000, 1), (4_000, 1)],
+        "done tasks per second by end time: a and c at 1.05 s and 1.35 s, b at 2.95 s, r at 4.5 s"
+    );
+    assert!(store.task_times("no-such-job").await.expect("times").is_empty());
+}
+
+/// The dashboard's job list: filtered by state and by a part of the name (case-insensitive,
+/// `%` and `_` taken literally), newest first, limited, with the count of all that match.
+async fn job_lists_filter_and_page(store: &dyn AnalyticsStore) {
+    for (id, name, at) in [
+        ("list-1", "Claims_Monthly", 5_000_001),
+        ("list-2", "claims-daily", 5_000_002),
+        ("list-3", "100% media", 5_000_003),
+    ] {
+        store
+            .create_job(&JobRecord { name: name.into(), submitted_at: at, ..job(id) }, &stages())
+            .await
+            .expect("create");
+    }
+    store.transition("list-2", JobState::Running, None, actor::MANAGER).await.expect("run");
+    let list = |state: Option<JobState>, name: Option<&str>, limit: u32| JobQuery {
+        state,
+        name: name.map(str::to_owned),
+        limit,
+    };
+
+    let all = store.job_list(&list(None, Some("claims"), 10)).await.expect("list");
+    assert_eq!(all.total, 2);
+    assert_eq!(all.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec!["list-2", "list-1"], "newest first");
+    let first = store.job_list(&list(None, Some("CLAIMS"), 1)).await.expect("list");
+    assert_eq!((first.total, first.jobs.len()), (2, 1), "the total counts past the limit");
+    let running = store.job_list(&list(Some(JobState::Running), Some("claims"), 10)).await.expect("list");
+    assert_eq!(running.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec!["list-2"]);
+    let literal = store.job_list(&list(None, Some("s_m"), 10)).await.expect("list");
+    assert_eq!(literal.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec!["list-1"], "_ is not a wildcard");
+    let percent = store.job_list(&list(None, Some("0%"), 10)).await.expect("list");
+    assert_eq!(percent.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec!["list-3"], "% is not a wildcard");
+
+    let ids = vec!["list-1".to_owned(), "list-3".to_owned(), "nobody".to_owned()];
+    let stages = store.stages_of(&ids).await.expect("stages");
+    assert_eq!(stages.len(), 2, "an unknown job has no entry");
+    assert_eq!(stages["list-1"], store.stages("list-1").await.expect("stages"), "the same as one job's read");
 }
 
 async fn workers_and_totals(store: &dyn AnalyticsStore) {
