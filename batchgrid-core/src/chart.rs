@@ -4,6 +4,9 @@
 
 use maud::{html, Markup};
 
+use crate::analytics::rollup::{bucket_bounds, SLOT_MS};
+use crate::analytics::TimeHistogram;
+
 /// Drawing area, in SVG user units (the element scales to its container).
 const WIDTH: f64 = 600.0;
 /// Drawing height.
@@ -11,53 +14,70 @@ const HEIGHT: f64 = 200.0;
 /// Room for the axis labels.
 const MARGIN: f64 = 36.0;
 
-/// Tasks done over time: one step up per completion, from the first to the last (or `now`).
-/// `times` are Unix milliseconds, ascending; `None` when there is nothing to draw.
-pub fn completions(times: &[i64], now: i64) -> Option<Markup> {
-    let (&first, &last) = (times.first()?, times.last()?);
-    let end = now.max(last);
+/// Points a line is drawn with at most: a long job's seconds are merged to this many.
+const MAX_POINTS: usize = 600;
+/// Bars a histogram is drawn with at most.
+const MAX_BARS: usize = 40;
+
+/// Tasks done over time, cumulative, from tasks done per second (`(second's start in Unix
+/// milliseconds, tasks)`, ascending) up to `end`; `None` when there is nothing to draw.
+pub fn completions(slots: &[(i64, u64)], end: i64) -> Option<Markup> {
+    let first = slots.first()?.0;
+    let last = slots.last()?.0 + SLOT_MS;
+    let end = end.max(last);
     let span = (end - first).max(1) as f64;
-    let total = times.len() as f64;
+    let total: u64 = slots.iter().map(|&(_, tasks)| tasks).sum();
     let x = |t: i64| MARGIN + (t - first) as f64 / span * (WIDTH - 2.0 * MARGIN);
-    let y = |n: f64| HEIGHT - MARGIN - n / total * (HEIGHT - 2.0 * MARGIN);
-    let mut points = vec![format!("{:.1},{:.1}", x(first), y(0.0))];
-    for (index, &t) in times.iter().enumerate() {
-        points.push(format!("{:.1},{:.1}", x(t), y(index as f64 + 1.0)));
+    let y = |n: u64| HEIGHT - MARGIN - n as f64 / total.max(1) as f64 * (HEIGHT - 2.0 * MARGIN);
+    // Merge neighbouring seconds so a day-long job is still a few hundred points.
+    let per_point = slots.len().div_ceil(MAX_POINTS).max(1);
+    let mut points = vec![format!("{:.1},{:.1}", x(first), y(0))];
+    let mut done = 0;
+    for group in slots.chunks(per_point) {
+        done += group.iter().map(|&(_, tasks)| tasks).sum::<u64>();
+        let at = group.last().map_or(first, |&(slot, _)| slot + SLOT_MS);
+        points.push(format!("{:.1},{:.1}", x(at), y(done)));
     }
     points.push(format!("{:.1},{:.1}", x(end), y(total)));
     let path = format!("M{}", points.join(" L"));
     Some(frame(
         "tasks done over time",
-        &format!("{}", times.len()),
+        &format!("{total}"),
         &format!("{:.0} s", (end - first) as f64 / 1000.0),
-        html! { path class="line" data-points=(times.len()) d=(path) {} },
+        html! { path class="line" data-tasks=(total) d=(path) {} },
     ))
 }
 
-/// A histogram of task times in milliseconds, ascending, in `BINS` equal bins from the
-/// shortest to the longest; `None` when there is nothing to draw.
-pub fn histogram(sorted_ms: &[u64]) -> Option<Markup> {
-    const BINS: usize = 20;
-    let (&low, &high) = (sorted_ms.first()?, sorted_ms.last()?);
-    let width = ((high - low) as f64 / BINS as f64).max(1.0);
-    let mut counts = [0u64; BINS];
-    for &value in sorted_ms {
-        let bin = (((value - low) as f64 / width) as usize).min(BINS - 1);
-        counts[bin] += 1;
-    }
-    let tallest = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
-    let bar = (WIDTH - 2.0 * MARGIN) / BINS as f64;
-    let bars = html! {
-        @for (index, &count) in counts.iter().enumerate() {
+/// A histogram of task times on a log scale, from the store's buckets (neighbours merged to
+/// at most [`MAX_BARS`] bars); `None` when there is nothing to draw.
+pub fn histogram(times: &TimeHistogram) -> Option<Markup> {
+    let (&lowest, _) = times.buckets.first_key_value()?;
+    let (&highest, _) = times.buckets.last_key_value()?;
+    let span = (highest - lowest + 1) as usize;
+    let per_bar = span.div_ceil(MAX_BARS).max(1);
+    let bars: Vec<(u64, u64, u64)> = (0..span.div_ceil(per_bar))
+        .map(|index| {
+            let from = lowest + (index * per_bar) as u32;
+            let to = (from + per_bar as u32 - 1).min(highest);
+            let count = times.buckets.range(from..=to).map(|(_, &(tasks, _))| tasks).sum();
+            (bucket_bounds(from).0, bucket_bounds(to).1, count)
+        })
+        .collect();
+    let tallest = bars.iter().map(|&(_, _, count)| count).max().unwrap_or(1).max(1) as f64;
+    let bar = (WIDTH - 2.0 * MARGIN) / bars.len() as f64;
+    let drawn = html! {
+        @for (index, &(low, high, count)) in bars.iter().enumerate() {
             @let h = count as f64 / tallest * (HEIGHT - 2.0 * MARGIN);
             rect class="bar" x=(format!("{:.1}", MARGIN + index as f64 * bar + 1.0))
-                y=(format!("{:.1}", HEIGHT - MARGIN - h)) width=(format!("{:.1}", bar - 2.0))
+                y=(format!("{:.1}", HEIGHT - MARGIN - h)) width=(format!("{:.1}", (bar - 2.0).max(0.5)))
                 height=(format!("{:.1}", h)) {
-                title { (count) " tasks, " (ms(low as f64 + index as f64 * width)) "–" (ms(low as f64 + (index + 1) as f64 * width)) }
+                title { (count) " tasks, " (ms(low as f64)) "–" (ms(high as f64)) }
             }
         }
     };
-    Some(frame("task time", &format!("{}", tallest as u64), &ms(high as f64), bars))
+    let first = bars.first().map_or(0, |&(low, _, _)| low);
+    let last = bars.last().map_or(0, |&(_, high, _)| high);
+    Some(frame_x("task time (log scale)", &format!("{}", tallest as u64), &ms(first as f64), &ms(last as f64), drawn))
 }
 
 /// Milliseconds as a short human duration.
@@ -71,8 +91,13 @@ pub fn ms(millis: f64) -> String {
     }
 }
 
-/// The axes, their extreme labels and `body`.
+/// The axes, their extreme labels and `body`, the x axis from 0.
 fn frame(title: &str, y_max: &str, x_max: &str, body: Markup) -> Markup {
+    frame_x(title, y_max, "0", x_max, body)
+}
+
+/// The axes, their extreme labels and `body`.
+fn frame_x(title: &str, y_max: &str, x_min: &str, x_max: &str, body: Markup) -> Markup {
     let (left, right, top, bottom) = (MARGIN, WIDTH - MARGIN, MARGIN, HEIGHT - MARGIN);
     html! {
         svg class="chart" viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img" aria-label=(title) xmlns="http://www.w3.org/2000/svg" {
@@ -81,7 +106,7 @@ fn frame(title: &str, y_max: &str, x_max: &str, body: Markup) -> Markup {
             text x=(left - 4.0) y=(top + 4.0) text-anchor="end" { (y_max) }
             text x=(left - 4.0) y=(bottom) text-anchor="end" { "0" }
             text x=(right) y=(bottom + 16.0) text-anchor="end" { (x_max) }
-            text x=(left) y=(bottom + 16.0) { "0" }
+            text x=(left) y=(bottom + 16.0) { (x_min) }
             (body)
         }
     }
@@ -94,23 +119,35 @@ mod tests {
     #[test]
     fn nothing_to_draw_draws_nothing() {
         assert!(completions(&[], 0).is_none());
-        assert!(histogram(&[]).is_none());
+        assert!(histogram(&TimeHistogram::default()).is_none());
     }
 
     #[test]
-    fn a_line_has_a_point_per_completion() {
-        let svg = completions(&[1_000, 2_000, 4_000], 5_000).map(|m| m.into_string()).unwrap_or_default();
-        assert!(svg.contains("data-points=\"3\""), "{svg}");
-        // Start, three steps, and the end at `now`.
+    fn a_line_has_a_point_per_second_with_tasks() {
+        let svg =
+            completions(&[(1_000, 2), (2_000, 1), (4_000, 3)], 9_000).map(|m| m.into_string()).unwrap_or_default();
+        assert!(svg.contains("data-tasks=\"6\""), "{svg}");
+        // Start, three seconds, and the end.
         let line = svg.split("class=\"line\"").nth(1).unwrap_or_default();
         assert_eq!(line.matches(" L").count(), 4, "{svg}");
     }
 
     #[test]
-    fn every_value_lands_in_a_bin() {
-        let svg = histogram(&[10, 20, 20, 5_000]).map(|m| m.into_string()).unwrap_or_default();
-        assert_eq!(svg.matches("<rect").count(), 20);
-        assert!(svg.contains("3 tasks"), "{svg}");
-        assert!(svg.contains("1 tasks"), "{svg}");
+    fn a_long_job_is_merged_to_a_bounded_line() {
+        let slots: Vec<(i64, u64)> = (0..86_400).map(|s| (s * 1_000, 1)).collect();
+        let svg = completions(&slots, 0).map(|m| m.into_string()).unwrap_or_default();
+        let line = svg.split("class=\"line\"").nth(1).unwrap_or_default();
+        assert!(line.matches(" L").count() <= MAX_POINTS + 2, "a day of seconds is at most {MAX_POINTS} points");
+        assert!(svg.contains("data-tasks=\"86400\""));
+    }
+
+    #[test]
+    fn every_task_lands_in_a_bar() {
+        let svg = histogram(&TimeHistogram::of(&[10, 20, 20, 5_000])).map(|m| m.into_string()).unwrap_or_default();
+        let bars = svg.matches("<rect").count();
+        assert!((1..=MAX_BARS).contains(&bars), "{bars} bars");
+        let counted: u64 =
+            svg.split("<title>").skip(2).filter_map(|t| t.split(" tasks").next()?.parse::<u64>().ok()).sum();
+        assert_eq!(counted, 4, "{svg}");
     }
 }

@@ -197,7 +197,7 @@ async fn pages_show_the_grid_escaped_and_behind_a_content_policy() {
     assert!(!other.contains("data-job="), "{other}");
 
     let job = dashboard.get("/ui/jobs/claims-1", Some(&cookie)).await.text().await.expect("body");
-    assert!(job.contains("data-points=\"3\""), "tasks over time from three completions: {job}");
+    assert!(job.contains("data-tasks=\"3\""), "tasks over time from three completions: {job}");
     assert!(job.contains("<rect class=\"bar\""), "a histogram: {job}");
     assert!(job.contains("&lt;script&gt;alert(1)&lt;/script&gt; exit 3"), "the failure's tail, escaped: {job}");
     assert!(!job.contains("<script>"), "{job}");

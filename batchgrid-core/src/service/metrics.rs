@@ -14,7 +14,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::{JobService, ServiceError};
-use crate::analytics::RequestCount;
+use crate::analytics::{JobQuery, JobState, RequestCount, TimeHistogram};
 use crate::metering::price_of;
 use crate::queue::QueueDepth;
 
@@ -26,6 +26,16 @@ pub const RECENT_JOBS: usize = 20;
 const DURATION_BUCKETS: [f64; 14] =
     [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
+/// Every state a job can be in, each a `batchgrid_jobs` series (zero included).
+const JOB_STATES: [JobState; 6] = [
+    JobState::Submitted,
+    JobState::Splitting,
+    JobState::Running,
+    JobState::Completed,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
 /// One job's series.
 #[derive(Debug, Clone, Default)]
 pub struct JobSeries {
@@ -33,8 +43,8 @@ pub struct JobSeries {
     pub job: String,
     /// (stage name, state, tasks) per stage and state.
     pub tasks: Vec<(String, &'static str, u64)>,
-    /// Its done tasks' durations in milliseconds.
-    pub durations_ms: Vec<u64>,
+    /// Its done tasks' times.
+    pub times: TimeHistogram,
 }
 
 /// What one scrape shows, read from the store and the queues.
@@ -60,18 +70,18 @@ impl JobService {
         let grid = self.manager().grid();
         let analytics = &grid.analytics;
         let mut snapshot = MetricsSnapshot::default();
-        let jobs = analytics.jobs().await?;
-        for job in &jobs {
-            *snapshot.jobs_by_state.entry(job.state.as_str().to_owned()).or_default() += 1;
+        // Counts and a bounded page of jobs, never the whole history.
+        for state in JOB_STATES {
+            let query = JobQuery { state: Some(state), name: None, limit: 0 };
+            snapshot.jobs_by_state.insert(state.as_str().to_owned(), analytics.job_list(&query).await?.total);
         }
-        let mut finished_shown = 0;
+        let active = analytics.active_jobs().await?;
+        let newest =
+            JobQuery { state: None, name: None, limit: u32::try_from(RECENT_JOBS + active.len()).unwrap_or(u32::MAX) };
+        let recent =
+            analytics.job_list(&newest).await?.jobs.into_iter().filter(|job| job.state.is_terminal()).take(RECENT_JOBS);
+        let jobs: Vec<_> = active.into_iter().chain(recent).collect();
         for job in &jobs {
-            if job.state.is_terminal() {
-                if finished_shown == RECENT_JOBS {
-                    continue;
-                }
-                finished_shown += 1;
-            }
             let mut series = JobSeries { job: job.id.clone(), ..JobSeries::default() };
             for stage in analytics.stages(&job.id).await? {
                 let settled = stage.done + stage.failed + stage.retrying;
@@ -81,7 +91,9 @@ impl JobService {
                 }
                 series.tasks.extend(states.into_iter().map(|(state, count)| (stage.name.clone(), state, count)));
             }
-            series.durations_ms = analytics.task_durations(&job.id).await?;
+            for stage in analytics.task_times(&job.id).await? {
+                series.times.merge(&stage.histogram);
+            }
             snapshot.jobs.push(series);
         }
         let depth = |queue: &std::sync::Arc<dyn crate::queue::TaskQueue>| {
@@ -157,17 +169,18 @@ fn family<L: prometheus_client::encoding::EncodeLabelSet>(
     Ok(())
 }
 
-/// The histogram of `durations_ms`, as (upper bound in seconds, count in that bucket alone):
-/// the encoder makes them cumulative.
-fn duration_buckets(durations_ms: &[u64]) -> Vec<(f64, u64)> {
-    let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS.iter().map(|&bound| (bound, 0)).collect();
-    // The encoder writes `+Inf` for `f64::MAX`, the bound prometheus-client's own histograms end with.
-    buckets.push((f64::MAX, 0));
-    for &millis in durations_ms {
-        let seconds = millis as f64 / 1000.0;
-        let index = buckets.iter().position(|&(bound, _)| seconds <= bound).unwrap_or(buckets.len() - 1);
-        buckets[index].1 += 1;
+/// The histogram of `times`, as (upper bound in seconds, count in that bucket alone): the
+/// encoder makes them cumulative. A store bucket that straddles a bound counts above it.
+fn duration_buckets(times: &TimeHistogram) -> Vec<(f64, u64)> {
+    let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len() + 1);
+    let mut below = 0;
+    for bound in DURATION_BUCKETS {
+        let at_most = times.at_most((bound * 1000.0) as u64);
+        buckets.push((bound, at_most - below));
+        below = at_most;
     }
+    // The encoder writes `+Inf` for `f64::MAX`, the bound prometheus-client's own histograms end with.
+    buckets.push((f64::MAX, times.count() - below));
     buckets
 }
 
@@ -201,14 +214,9 @@ impl Collector for MetricsSnapshot {
         )?;
         for job in &self.jobs {
             let labels = vec![("job", job.job.clone())];
-            let sum = job.durations_ms.iter().map(|&ms| ms as f64 / 1000.0).sum();
-            let buckets = duration_buckets(&job.durations_ms);
-            histogram.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                sum,
-                job.durations_ms.len() as u64,
-                &buckets,
-                None,
-            )?;
+            let sum = job.times.sum_ms() as f64 / 1000.0;
+            let buckets = duration_buckets(&job.times);
+            histogram.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, job.times.count(), &buckets, None)?;
         }
         family(
             &mut encoder,

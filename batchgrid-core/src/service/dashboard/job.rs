@@ -13,8 +13,8 @@ use super::auth::Caller;
 use super::jobs::{rate_and_eta, totals};
 use super::layout::{duration, progress, respond, shell, time, url_path};
 use super::{failure, Dashboard};
+use crate::analytics::TimeHistogram;
 use crate::chart;
-use crate::report::Percentiles;
 use crate::service::ServiceError;
 use crate::spec::JobSpec;
 
@@ -22,6 +22,11 @@ use crate::spec::JobSpec;
 const ERROR_TAIL: usize = 400;
 /// Failed tasks listed.
 const FAILED_SHOWN: usize = 100;
+
+/// A time read from the buckets, marked as the estimate it is.
+fn approx(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "–".to_owned(), |ms| format!("≈{}", duration(i64::try_from(ms).unwrap_or(i64::MAX))))
+}
 
 /// The last `limit` characters of `text`, on a character boundary.
 fn tail(text: &str, limit: usize) -> String {
@@ -38,8 +43,9 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
     let manager = service.manager();
     let analytics = &manager.grid().analytics;
     let status = service.status(id).await?;
-    let durations = analytics.task_durations(id).await?;
-    let completions = analytics.completion_times(id).await?;
+    // The rollups: a few hundred rows however many tasks the job has.
+    let times = analytics.task_times(id).await?;
+    let completions = analytics.completions(id).await?;
     let failed = analytics.failed_tasks(id).await?;
     let history = service.history(id).await?;
     let ended = status.state.is_terminal();
@@ -51,7 +57,11 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
     let now = crate::db::now_millis();
     let (done, expected) = totals(&status.stages);
     let (rate, eta) = rate_and_eta(&status.stages, status.started_at, status.finished_at, now);
-    let percentiles = Percentiles::of_sorted(&durations);
+    let mut all_times = TimeHistogram::default();
+    for stage in &times {
+        all_times.merge(&stage.histogram);
+    }
+    let stage_times = |stage: u32| times.iter().find(|t| t.stage == stage).map(|t| &t.histogram);
     let stage_names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
     let base = format!("/ui/jobs/{}", url_path(id));
     let body = html! {
@@ -75,29 +85,32 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
         }
         h2 { "Stages" }
         table #stages {
-            thead { tr { th { "Stage" } th { "Kind" } th { "Progress" } th { "Failed" } th { "Retrying" } } }
+            thead { tr { th { "Stage" } th { "Kind" } th { "Progress" } th { "Failed" } th { "Retrying" } th { "p50" } th { "p99" } } }
             tbody {
                 @for stage in &status.stages {
+                    @let histogram = stage_times(stage.stage);
                     tr { td { (stage.name) } td { (format!("{:?}", stage.kind).to_lowercase()) }
-                         td { (progress(stage.done, stage.expected)) } td { (stage.failed) } td { (stage.retrying) } }
+                         td { (progress(stage.done, stage.expected)) } td { (stage.failed) } td { (stage.retrying) }
+                         td { (approx(histogram.and_then(|h| h.percentile(0.5)))) }
+                         td { (approx(histogram.and_then(|h| h.percentile(0.99)))) } }
                 }
             }
         }
         h2 { "Task times" }
-        p #percentiles { "p50 " (duration(percentiles.p50 as i64)) " · p90 " (duration(percentiles.p90 as i64))
-            " · p99 " (duration(percentiles.p99 as i64)) " · max " (duration(percentiles.max as i64))
-            " (" (durations.len()) " done tasks)" }
+        p #percentiles { "p50 " (approx(all_times.percentile(0.5))) " · p90 " (approx(all_times.percentile(0.9)))
+            " · p99 " (approx(all_times.percentile(0.99))) " · max " (approx(all_times.max_ms()))
+            " (" (all_times.count()) " done tasks; within 6%, from log-spaced buckets)" }
         div.charts {
             figure #done-over-time {
                 figcaption { "Tasks done over time" }
-                @match chart::completions(&completions, if ended { completions.last().copied().unwrap_or(now) } else { now }) {
+                @match chart::completions(&completions, if ended { status.finished_at.unwrap_or(now) } else { now }) {
                     Some(svg) => (svg),
                     None => p { "No task has finished yet." },
                 }
             }
             figure #task-times {
                 figcaption { "Task-time histogram" }
-                @match chart::histogram(&durations) {
+                @match chart::histogram(&all_times) {
                     Some(svg) => (svg),
                     None => p { "No task has finished yet." },
                 }

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::layout::{duration, progress, respond, shell, time, url_path};
 use super::{failure, Dashboard};
-use crate::analytics::{JobState, StageProgress};
+use crate::analytics::{JobList, JobQuery, JobState, StageProgress};
 use crate::service::ServiceError;
 
-/// Jobs shown on one page: the list reads each shown job's stages.
-const SHOWN: usize = 200;
+/// Jobs shown on one page.
+const SHOWN: u32 = 200;
 
 /// The filters.
 #[derive(Debug, Default, Deserialize)]
@@ -65,21 +65,27 @@ pub(super) fn rate_and_eta(
 
 async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<Response, ServiceError> {
     let analytics = &state.service.manager().grid().analytics;
-    let name = filters.name.to_lowercase();
-    let jobs: Vec<_> = analytics
-        .jobs()
-        .await?
-        .into_iter()
-        .filter(|job| filters.state.is_empty() || job.state.as_str() == filters.state)
-        .filter(|job| name.is_empty() || job.name.to_lowercase().contains(&name))
-        .collect();
-    let total = jobs.len();
+    let wanted = if filters.state.is_empty() { None } else { JobState::parse(&filters.state) };
+    let unknown_state = !filters.state.is_empty() && wanted.is_none();
+    // Two queries whatever the history holds: the page of jobs, then their stages.
+    let list = if unknown_state {
+        JobList::default()
+    } else {
+        let query = JobQuery { state: wanted, name: Some(filters.name.clone()), limit: SHOWN };
+        analytics.job_list(&query).await?
+    };
+    let ids: Vec<String> = list.jobs.iter().map(|job| job.id.clone()).collect();
+    let mut stages = analytics.stages_of(&ids).await?;
+    let total = list.total;
     let now = crate::db::now_millis();
-    let mut rows = Vec::new();
-    for job in jobs.into_iter().take(SHOWN) {
-        let stages = analytics.stages(&job.id).await?;
-        rows.push((job, stages));
-    }
+    let rows: Vec<_> = list
+        .jobs
+        .into_iter()
+        .map(|job| {
+            let job_stages = stages.remove(&job.id).unwrap_or_default();
+            (job, job_stages)
+        })
+        .collect();
     let live = rows.iter().any(|(job, _)| !job.state.is_terminal());
     let body = html! {
         h1 { "Jobs" }
@@ -93,7 +99,8 @@ async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<
             label { "Name " input type="search" name="name" value=(filters.name); }
             button type="submit" { "Filter" }
         }
-        @if total > SHOWN { p { "Showing the newest " (SHOWN) " of " (total) " jobs." } }
+        @if unknown_state { p.notice { "There is no state “" (filters.state) "”." } }
+        @if total > u64::from(SHOWN) { p { "Showing the newest " (SHOWN) " of " (total) " jobs." } }
         table #jobs {
             thead { tr { th { "Job" } th { "State" } th { "Progress" } th { "Tasks/s" } th { "ETA" } th { "Submitted" } th { "Duration" } } }
             tbody {
