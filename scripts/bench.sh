@@ -8,6 +8,9 @@
 #      manager's enqueue rate vs single SendMessage calls
 #   5. priorities: a high-priority job's time to first task beside a 200,000-task low-priority
 #      job vs on an idle grid, and two equal jobs' fair-share ratio
+#   6. the dashboard's pages (job list, a job's page, /metrics) over a PostgreSQL history of
+#      1,000 jobs and 5,000,000 attempts vs a plain SELECT count(*) of the attempts (target:
+#      each page under 200 ms)
 # Results are printed and written to build/bench/results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +53,9 @@ cargo bench -q -p batchgrid-core --bench throughput 2>/dev/null | tee -a "$RESUL
 # 5. Priorities and fair share (in-process, embedded grid, no-op tasks). Run here, before the
 # 2 GB input is generated, so it does not compete with it for the disk.
 cargo bench -q -p batchgrid-core --bench priorities 2>/dev/null | tee -a "$RESULTS"
+
+# 6. The dashboard at month-end scale (PostgreSQL on 127.0.0.1:5432; the history is loaded once).
+cargo bench -q -p batchgrid-core --bench pages 2>/dev/null | tee -a "$RESULTS"
 
 # 3. Manager memory while splitting 2 GB.
 BIG="$OUT/claims-2g.csv"
