@@ -22,9 +22,9 @@
 //! progress is an upsert per (job, stage, task).
 
 pub mod analytics;
-pub mod chart;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod chart;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod db;

@@ -356,6 +356,26 @@ pub struct RequestCount {
     pub count: u64,
 }
 
+/// One worker's attempts at a job that started in one time slot and ended in another, summed:
+/// what [`AnalyticsStore::worker_activity`] returns, so a job of a million attempts comes back
+/// as about workers x slots rows and the report can still place every busy millisecond.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerActivity {
+    /// The worker.
+    pub worker_id: String,
+    /// Slot the attempts started in: `(started_at - start) / slot_ms`, rounded toward zero.
+    pub start_slot: i64,
+    /// Slot they ended in, likewise.
+    pub end_slot: i64,
+    /// How many attempts.
+    pub attempts: u64,
+    /// Sum of their start times as milliseconds after `start` (offsets, so the sum of a
+    /// million Unix times cannot overflow).
+    pub started_sum: i64,
+    /// Sum of their end times, likewise.
+    pub ended_sum: i64,
+}
+
 /// Analytics store errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -466,6 +486,14 @@ pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fm
     async fn record_requests(&self, process_id: &str, counts: &[RequestCount]) -> Result<(), AnalyticsError>;
     /// Request counts summed over every process, sorted by service then operation.
     async fn request_totals(&self) -> Result<Vec<RequestCount>, AnalyticsError>;
+    /// Every attempt at the job (whatever its outcome), grouped by worker and by the slots of
+    /// `slot_ms` (positive) after `start` in which it started and ended; in no particular order.
+    async fn worker_activity(
+        &self,
+        job_id: &str,
+        start: i64,
+        slot_ms: i64,
+    ) -> Result<Vec<WorkerActivity>, AnalyticsError>;
 }
 
 /// How many times a transition re-reads a state that changed under it. States only move
