@@ -20,6 +20,10 @@
 //!   change. Each applied transition appends an entry to the job's `history` in the same
 //!   transaction; a refused one changes nothing and returns `false`. The one way back from an
 //!   end is `reopen_tasks`, an operator's retry of a failed job's failed tasks, recorded too.
+//! - `worker_activity` groups every attempt of a job, whatever its outcome, by worker and by
+//!   the slots it started and ended in (its offset from `start` divided by the slot width,
+//!   rounded toward zero), with the sums of those offsets: aggregated by the database, so a
+//!   long job's report reads about workers x slots rows, not every attempt.
 //! - Times are Unix milliseconds.
 
 pub mod admission;
