@@ -112,6 +112,180 @@ fn frame_x(title: &str, y_max: &str, x_min: &str, x_max: &str, body: Markup) -> 
     }
 }
 
+/// Tasks done per second in each slot of `slot_ms`, as bars, with an earlier run's (`before`:
+/// its slot width and counts) as a grey step line on the same elapsed-time axis, since the two
+/// runs' slots differ; `None` when neither run did a task.
+pub fn throughput(slot_ms: u64, done: &[u64], before: Option<(u64, &[u64])>) -> Option<Markup> {
+    let before = before.filter(|(_, counts)| counts.iter().any(|&n| n > 0));
+    let total: u64 = done.iter().sum();
+    if total == 0 && before.is_none() {
+        return None;
+    }
+    let rate = |count: u64, width: u64| count as f64 * 1000.0 / width.max(1) as f64;
+    let span = |width: u64, counts: &[u64]| width.max(1) as f64 * counts.len() as f64;
+    let end = before.map_or(0.0, |(w, c)| span(w, c)).max(span(slot_ms, done)).max(1.0);
+    let peak = done
+        .iter()
+        .map(|&n| rate(n, slot_ms))
+        .chain(before.into_iter().flat_map(|(w, c)| c.iter().map(move |&n| rate(n, w))))
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE);
+    let x = |elapsed: f64| MARGIN + elapsed / end * (WIDTH - 2.0 * MARGIN);
+    let y = |per_second: f64| HEIGHT - MARGIN - per_second / peak * (HEIGHT - 2.0 * MARGIN);
+    let bar = x(slot_ms.max(1) as f64) - MARGIN;
+    let line = before.map(|(width, counts)| {
+        let mut points = Vec::with_capacity(counts.len() * 2);
+        for (slot, &count) in counts.iter().enumerate() {
+            let from = slot as f64 * width.max(1) as f64;
+            points.push(format!("{:.1},{:.1}", x(from), y(rate(count, width))));
+            points.push(format!("{:.1},{:.1}", x(from + width.max(1) as f64), y(rate(count, width))));
+        }
+        format!("M{}", points.join(" L"))
+    });
+    let body = html! {
+        g data-chart="throughput" data-slots=(done.len()) data-done=(total) {
+            @for (slot, &count) in done.iter().enumerate() {
+                @if count > 0 {
+                    @let top = y(rate(count, slot_ms));
+                    rect class="bar" x=(format!("{:.1}", MARGIN + slot as f64 * bar))
+                        y=(format!("{top:.1}")) width=(format!("{:.2}", (bar * 0.9).max(0.5)))
+                        height=(format!("{:.1}", HEIGHT - MARGIN - top)) {
+                        title { (count) " tasks in " (ms(slot as f64 * slot_ms as f64)) "–" (ms((slot + 1) as f64 * slot_ms as f64)) }
+                    }
+                }
+            }
+            @if let Some(path) = line { path class="line before" d=(path) { title { "the earlier run" } } }
+        }
+    };
+    Some(frame("tasks done per second", &format!("{peak:.1}/s"), &ms(end), body))
+}
+
+/// One bucket of [`buckets`]: tasks whose time fell in `[low_ms, high_ms)`, in this run and,
+/// when compared, in an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// Lower bound, milliseconds.
+    pub low_ms: u64,
+    /// Upper bound, milliseconds (`u64::MAX` for an open last bucket).
+    pub high_ms: u64,
+    /// Tasks of this run.
+    pub count: u64,
+    /// Tasks of the earlier run, drawn grey beside them.
+    pub before: Option<u64>,
+}
+
+/// A task-time distribution in given (log-spaced) buckets, one bar each and a grey one beside
+/// it for an earlier run; the axis is labelled at powers of ten. `None` when there is none.
+pub fn buckets(buckets: &[Bucket]) -> Option<Markup> {
+    let (first, last) = (buckets.first()?, buckets.last()?);
+    let tallest = buckets.iter().map(|b| b.count.max(b.before.unwrap_or(0))).max().unwrap_or(0).max(1) as f64;
+    let compared = buckets.iter().any(|b| b.before.is_some());
+    let group = (WIDTH - 2.0 * MARGIN) / buckets.len() as f64;
+    let bar = if compared { group * 0.45 } else { group * 0.9 };
+    let height = |count: u64| count as f64 / tallest * (HEIGHT - 2.0 * MARGIN);
+    let bound = |b: &Bucket| if b.high_ms == u64::MAX { "more".to_owned() } else { ms(b.high_ms as f64) };
+    let total: u64 = buckets.iter().map(|b| b.count).sum();
+    let body = html! {
+        g data-chart="task-time" data-buckets=(buckets.len()) data-tasks=(total) {
+            @for (index, b) in buckets.iter().enumerate() {
+                @let left = MARGIN + index as f64 * group;
+                @if let Some(before) = b.before.filter(|&n| n > 0) {
+                    rect class="bar before" x=(format!("{left:.1}")) y=(format!("{:.1}", HEIGHT - MARGIN - height(before)))
+                        width=(format!("{bar:.1}")) height=(format!("{:.1}", height(before))) {
+                        title { (before) " tasks before, " (ms(b.low_ms as f64)) "–" (bound(b)) }
+                    }
+                }
+                @if b.count > 0 {
+                    rect class="bar" x=(format!("{:.1}", if compared { left + bar } else { left }))
+                        y=(format!("{:.1}", HEIGHT - MARGIN - height(b.count)))
+                        width=(format!("{bar:.1}")) height=(format!("{:.1}", height(b.count))) {
+                        title { (b.count) " tasks, " (ms(b.low_ms as f64)) "–" (bound(b)) }
+                    }
+                }
+                @if index > 0 && b.low_ms.to_string().trim_start_matches('1').bytes().all(|d| d == b'0') {
+                    text x=(format!("{left:.1}")) y=(HEIGHT - MARGIN + 16.0) text-anchor="middle" { (ms(b.low_ms as f64)) }
+                }
+            }
+        }
+    };
+    Some(labelled_frame("task time", &format!("{}", tallest as u64), &ms(first.low_ms as f64), &bound(last), body))
+}
+
+/// One row per worker, each time slot shaded by how busy the worker was in it (`rows`: a label
+/// and a fraction from 0 to 1 per slot, slots of `slot_ms`); `None` when there are no rows.
+/// Neighbouring slots of the same shade are one rectangle, so a page of 64 workers by 120
+/// slots stays small.
+pub fn busy_rows(slot_ms: u64, rows: &[(String, Vec<f64>)]) -> Option<Markup> {
+    const LABELS: f64 = 120.0;
+    const SHADES: f64 = 10.0;
+    let slots = rows.iter().map(|(_, cells)| cells.len()).max().filter(|&n| n > 0)?;
+    let row = if rows.len() > 24 { 7.0 } else { 14.0 };
+    let (top, bottom) = (8.0, 8.0 + rows.len() as f64 * row);
+    let height = bottom + 20.0;
+    let cell = (WIDTH - LABELS - MARGIN) / slots as f64;
+    // A busy slot is never drawn blank: any work shows as the lightest shade.
+    let shade = |fraction: f64| (fraction.clamp(0.0, 1.0) * SHADES).ceil() as u32;
+    let runs = |cells: &[f64]| {
+        let mut runs: Vec<(usize, usize, u32)> = Vec::new();
+        for (slot, &fraction) in cells.iter().enumerate() {
+            let level = shade(fraction);
+            match runs.last_mut() {
+                Some((_, end, last)) if *end == slot && *last == level => *end = slot + 1,
+                _ => runs.push((slot, slot + 1, level)),
+            }
+        }
+        runs.retain(|&(_, _, level)| level > 0);
+        runs
+    };
+    let label = |text: &str| {
+        if text.chars().count() > 20 {
+            format!("{}…", text.chars().take(19).collect::<String>())
+        } else {
+            text.to_owned()
+        }
+    };
+    let span = ms(slot_ms as f64 * slots as f64);
+    Some(html! {
+        svg class="chart" viewBox=(format!("0 0 {WIDTH} {height}")) role="img" aria-label="busy time per worker" xmlns="http://www.w3.org/2000/svg" {
+            title { "busy time per worker" }
+            g data-chart="workers" data-workers=(rows.len()) data-slots=(slots) {
+                @for (index, (name, cells)) in rows.iter().enumerate() {
+                    @let y = top + index as f64 * row;
+                    @let mean = cells.iter().sum::<f64>() / slots as f64;
+                    g {
+                        title { (name) ": " (format!("{:.0}", mean * 100.0)) "% of the busiest" }
+                        text x=(LABELS - 4.0) y=(format!("{:.1}", y + row * 0.8)) text-anchor="end" font-size=(format!("{:.0}", row - 1.0)) { (label(name)) }
+                        @for (from, to, level) in runs(cells) {
+                            rect class="busy" x=(format!("{:.1}", LABELS + from as f64 * cell)) y=(format!("{:.1}", y + 0.5))
+                                width=(format!("{:.1}", (to - from) as f64 * cell)) height=(format!("{:.1}", row - 1.0))
+                                fill-opacity=(format!("{:.1}", f64::from(level) / SHADES)) {}
+                        }
+                    }
+                }
+            }
+            path class="axis" d=(format!("M{LABELS},{top} L{LABELS},{bottom} L{},{bottom}", WIDTH - MARGIN)) {}
+            text x=(LABELS) y=(bottom + 16.0) { "0" }
+            text x=(WIDTH - MARGIN) y=(bottom + 16.0) text-anchor="end" { (span) }
+        }
+    })
+}
+
+/// As [`frame`], with the x axis starting at `x_min` rather than 0.
+fn labelled_frame(title: &str, y_max: &str, x_min: &str, x_max: &str, body: Markup) -> Markup {
+    let (left, right, top, bottom) = (MARGIN, WIDTH - MARGIN, MARGIN, HEIGHT - MARGIN);
+    html! {
+        svg class="chart" viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img" aria-label=(title) xmlns="http://www.w3.org/2000/svg" {
+            title { (title) }
+            path class="axis" d=(format!("M{left},{top} L{left},{bottom} L{right},{bottom}")) {}
+            text x=(left - 4.0) y=(top + 4.0) text-anchor="end" { (y_max) }
+            text x=(left - 4.0) y=(bottom) text-anchor="end" { "0" }
+            text x=(right) y=(bottom + 16.0) text-anchor="end" { (x_max) }
+            text x=(left) y=(bottom + 16.0) { (x_min) }
+            (body)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +323,40 @@ mod tests {
         let counted: u64 =
             svg.split("<title>").skip(2).filter_map(|t| t.split(" tasks").next()?.parse::<u64>().ok()).sum();
         assert_eq!(counted, 4, "{svg}");
+    }
+
+    #[test]
+    fn throughput_draws_a_bar_per_busy_slot_and_the_earlier_run_as_a_line() {
+        assert!(throughput(100, &[0, 0], None).is_none());
+        assert!(throughput(100, &[], Some((100, &[0]))).is_none());
+        let svg =
+            throughput(1_000, &[2, 0, 5], Some((500, &[1, 1, 1, 1]))).map(|m| m.into_string()).unwrap_or_default();
+        assert!(svg.contains("data-slots=\"3\" data-done=\"7\""), "{svg}");
+        assert_eq!(svg.matches("<rect").count(), 2, "{svg}");
+        assert!(svg.contains("5.0/s"), "the peak rate labels the axis: {svg}");
+        assert!(svg.contains("class=\"line before\""), "{svg}");
+    }
+
+    #[test]
+    fn buckets_draw_both_runs() {
+        assert!(buckets(&[]).is_none());
+        let bucket = |low_ms, high_ms, count, before| Bucket { low_ms, high_ms, count, before };
+        let svg = buckets(&[bucket(70, 100, 2, Some(0)), bucket(100, 150, 0, Some(3)), bucket(150, 200, 4, Some(1))])
+            .map(|m| m.into_string())
+            .unwrap_or_default();
+        assert!(svg.contains("data-buckets=\"3\" data-tasks=\"6\""), "{svg}");
+        assert_eq!(svg.matches("class=\"bar\"").count(), 2, "{svg}");
+        assert_eq!(svg.matches("class=\"bar before\"").count(), 2, "{svg}");
+        assert!(svg.contains(">100 ms</text>"), "a power of ten is labelled: {svg}");
+    }
+
+    #[test]
+    fn busy_rows_merge_equal_neighbours() {
+        assert!(busy_rows(100, &[]).is_none());
+        let rows = vec![("w1".to_owned(), vec![1.0, 1.0, 0.0, 0.04]), ("w2".to_owned(), vec![0.5, 0.0, 0.0, 0.0])];
+        let svg = busy_rows(100, &rows).map(|m| m.into_string()).unwrap_or_default();
+        assert!(svg.contains("data-workers=\"2\" data-slots=\"4\""), "{svg}");
+        assert_eq!(svg.matches("class=\"busy\"").count(), 3, "{svg}");
+        assert!(svg.contains("fill-opacity=\"0.1\""), "a little work still shows: {svg}");
     }
 }

@@ -1,5 +1,6 @@
-//! `batchgrid report ID [--html FILE] [--compare previous|ID]`: a job's report through the
-//! manager's API, as text or as one self-contained HTML file, with the comparison of two runs.
+//! `batchgrid report ID [--html FILE] [--json] [--compare previous|ID]`: a job's report through
+//! the manager's API, as text, as JSON or as one self-contained HTML file, with the comparison of
+//! two runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,8 +35,12 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     } else if args.connection.json {
-        let value =
-            serde_json::json!({ "report": report, "compared_with": compared.as_ref().map(|(_, before)| before) });
+        // The earlier run's whole report as well as the figures, so tools can compare more.
+        let value = serde_json::json!({
+            "report": report,
+            "compared_with": compared.as_ref().map(|(_, before)| before),
+            "comparison": compared.as_ref().map(|(comparison, _)| comparison),
+        });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", report.render_text());

@@ -1,5 +1,6 @@
 //! `batchgrid report` against a manager on the embedded grid: two runs of the claims job, then
-//! `--compare previous` as text and as a self-contained HTML file, through the CLI binary.
+//! `--compare previous` as text, as a self-contained HTML file with its three plots, and as
+//! JSON, through the CLI binary.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -110,7 +111,52 @@ async fn report_compare_previous_shows_the_changes_between_two_claims_runs() {
     assert!(html.contains(&format!("Compared with <code>{first}</code>")), "{html}");
     assert!(html.contains("<td>tasks done</td><td>3</td><td>5</td><td>+2</td><td>+66.7%</td>"), "{html}");
     let outside = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
-    for needle in ["http://", "https://", "src=", "<script", "<link"] {
+    for needle in ["http://", "https://", "src=", "href=", "<script", "<link", "url(", "@import"] {
         assert!(!outside.contains(needle), "{needle} in {html}");
     }
+    // The three plots, each with data: throughput (every done task in a slot), the full
+    // distribution (one count per done task: 4 + 1), the timeline (the one worker).
+    assert!(attribute(&html, "data-chart=\"throughput\" data-slots") > 0, "{html}");
+    assert!(attribute(&html, "data-done") >= 5, "{html}");
+    assert!(html.contains("data-chart=\"task-time\""), "{html}");
+    assert_eq!(attribute(&html, "data-tasks"), 5, "{html}");
+    assert_eq!(attribute(&html, "data-chart=\"workers\" data-workers"), 1, "{html}");
+    assert!(html.contains(">w-report</text>"), "the worker's row: {html}");
+    assert!(html.contains("class=\"busy\""), "its busy slots are shaded: {html}");
+    assert!(html.contains("class=\"line before\""), "the first run's throughput overlaid: {html}");
+    assert!(!html.contains("Nothing recorded"), "{html}");
+
+    let (ok, stdout, stderr) =
+        report(&base, vec![second.clone(), "--json".into(), "--compare".into(), "previous".into()]).await;
+    assert!(ok, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    assert_eq!(value["report"]["job_id"], second.as_str(), "{value}");
+    assert_eq!(value["compared_with"]["job_id"], first.as_str(), "{value}");
+    assert_eq!(value["comparison"]["before_id"], first.as_str(), "{value}");
+    let figures = value["comparison"]["figures"].as_array().expect("figures");
+    let tasks = figures.iter().find(|f| f["label"] == "tasks done").expect("tasks done");
+    assert_eq!((tasks["before"].as_f64(), tasks["after"].as_f64()), (Some(3.0), Some(5.0)), "{value}");
+    assert_eq!(tasks["change"].as_f64(), Some(2.0), "{value}");
+    assert!(tasks["percent"].as_f64().is_some_and(|p| (p - 66.666).abs() < 0.01), "{value}");
+    for label in ["duration", "throughput", "tasks failed", "failed attempts", "cost"] {
+        assert!(figures.iter().any(|f| f["label"] == label), "{label} in {value}");
+    }
+    let done: u64 = value["report"]["throughput"]["done"]
+        .as_array()
+        .expect("throughput")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert!(done >= 5, "{value}");
+    assert_eq!(value["report"]["worker_timeline"]["workers"][0]["worker_id"], "w-report", "{value}");
+    assert!(!value["report"]["task_time_histogram"].as_array().expect("histogram").is_empty(), "{value}");
+}
+
+/// The number in `prefix="N"` in `page` (0 when absent).
+fn attribute(page: &str, prefix: &str) -> u64 {
+    page.split(&format!("{prefix}=\""))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

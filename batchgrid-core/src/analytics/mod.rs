@@ -20,6 +20,10 @@
 //!   change. Each applied transition appends an entry to the job's `history` in the same
 //!   transaction; a refused one changes nothing and returns `false`. The one way back from an
 //!   end is `reopen_tasks`, an operator's retry of a failed job's failed tasks, recorded too.
+//! - `worker_activity` groups every attempt of a job, whatever its outcome, by worker and by
+//!   the slots it started and ended in (its offset from `start` divided by the slot width,
+//!   rounded toward zero), with the sums of those offsets: aggregated by the database, so a
+//!   long job's report reads about workers x slots rows, not every attempt.
 //! - Times are Unix milliseconds.
 
 pub mod admission;
@@ -404,6 +408,26 @@ pub struct RequestCount {
     pub count: u64,
 }
 
+/// One worker's attempts at a job that started in one time slot and ended in another, summed:
+/// what [`AnalyticsStore::worker_activity`] returns, so a job of a million attempts comes back
+/// as about workers x slots rows and the report can still place every busy millisecond.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerActivity {
+    /// The worker.
+    pub worker_id: String,
+    /// Slot the attempts started in: `(started_at - start) / slot_ms`, rounded toward zero.
+    pub start_slot: i64,
+    /// Slot they ended in, likewise.
+    pub end_slot: i64,
+    /// How many attempts.
+    pub attempts: u64,
+    /// Sum of their start times as milliseconds after `start` (offsets, so the sum of a
+    /// million Unix times cannot overflow).
+    pub started_sum: i64,
+    /// Sum of their end times, likewise.
+    pub ended_sum: i64,
+}
+
 /// Analytics store errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -525,6 +549,14 @@ pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fm
     /// Tasks done per second, from the rollups: (the second's start, tasks), ascending,
     /// seconds without any left out.
     async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError>;
+    /// Every attempt at the job (whatever its outcome), grouped by worker and by the slots of
+    /// `slot_ms` (positive) after `start` in which it started and ended; in no particular order.
+    async fn worker_activity(
+        &self,
+        job_id: &str,
+        start: i64,
+        slot_ms: i64,
+    ) -> Result<Vec<WorkerActivity>, AnalyticsError>;
 }
 
 /// How many times a transition re-reads a state that changed under it. States only move

@@ -19,7 +19,7 @@ use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
     AttemptTotals, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress, StageRecord,
-    StageTimes, TaskRecord, TimeHistogram, WorkerRecord, TRANSITION_ROUNDS,
+    StageTimes, TaskRecord, TimeHistogram, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::now_millis;
 
@@ -356,6 +356,15 @@ impl AnalyticsStore for PgAnalytics {
 
     async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError> {
         self.run(|sql| sql.completions(job_id)).await
+    }
+
+    async fn worker_activity(
+        &self,
+        job_id: &str,
+        start: i64,
+        slot_ms: i64,
+    ) -> Result<Vec<WorkerActivity>, AnalyticsError> {
+        self.run(|sql| sql.worker_activity(job_id, start, slot_ms)).await
     }
 }
 
@@ -1003,6 +1012,39 @@ impl AnalyticsStore for Sql {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|row| Ok((row.try_get("slot")?, to_u64(row.try_get("tasks")?)))).collect()
+    }
+
+    async fn worker_activity(
+        &self,
+        job_id: &str,
+        start: i64,
+        slot_ms: i64,
+    ) -> Result<Vec<WorkerActivity>, AnalyticsError> {
+        let slot_ms = slot_ms.max(1);
+        // SUM of BIGINT is NUMERIC in PostgreSQL: cast back so it decodes as SQLite's does.
+        let rows = sqlx::query(
+            "SELECT worker_id, (started_at - $2) / $3 AS start_slot, (ended_at - $2) / $3 AS end_slot,
+                    COUNT(*) AS attempts, SUM(started_at - $2)::BIGINT AS started_sum,
+                    SUM(ended_at - $2)::BIGINT AS ended_sum
+             FROM attempts WHERE job_id = $1 GROUP BY worker_id, start_slot, end_slot",
+        )
+        .bind(job_id)
+        .bind(start)
+        .bind(slot_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerActivity {
+                    worker_id: row.try_get("worker_id")?,
+                    start_slot: row.try_get("start_slot")?,
+                    end_slot: row.try_get("end_slot")?,
+                    attempts: to_u64(row.try_get("attempts")?),
+                    started_sum: row.try_get("started_sum")?,
+                    ended_sum: row.try_get("ended_sum")?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -12,7 +12,7 @@ use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
     AttemptTotals, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress, StageRecord,
-    StageTimes, TaskRecord, TimeHistogram, WorkerRecord, TRANSITION_ROUNDS,
+    StageTimes, TaskRecord, TimeHistogram, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::{now_millis, open_sqlite};
 
@@ -702,6 +702,36 @@ impl AnalyticsStore for SqliteAnalytics {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(|row| (row.get("slot"), to_u64(row.get("tasks")))).collect())
+    }
+
+    async fn worker_activity(
+        &self,
+        job_id: &str,
+        start: i64,
+        slot_ms: i64,
+    ) -> Result<Vec<WorkerActivity>, AnalyticsError> {
+        let slot_ms = slot_ms.max(1);
+        let rows = sqlx::query(
+            "SELECT worker_id, (started_at - ?2) / ?3 AS start_slot, (ended_at - ?2) / ?3 AS end_slot,
+                    COUNT(*) AS attempts, SUM(started_at - ?2) AS started_sum, SUM(ended_at - ?2) AS ended_sum
+             FROM attempts WHERE job_id = ?1 GROUP BY worker_id, start_slot, end_slot",
+        )
+        .bind(job_id)
+        .bind(start)
+        .bind(slot_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| WorkerActivity {
+                worker_id: row.get("worker_id"),
+                start_slot: row.get("start_slot"),
+                end_slot: row.get("end_slot"),
+                attempts: to_u64(row.get("attempts")),
+                started_sum: row.get("started_sum"),
+                ended_sum: row.get("ended_sum"),
+            })
+            .collect())
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::analytics::rollup::bucket_of;
 use crate::analytics::{
     actor, AnalyticsStore, AttemptOutcome, AttemptRecord, JobQuery, JobRecord, JobState, RequestCount, StageRecord,
-    WorkerRecord,
+    WorkerActivity, WorkerRecord,
 };
 use crate::spec::StageKind;
 
@@ -22,6 +22,7 @@ pub async fn run_all(store: &dyn AnalyticsStore) {
     rollups_count_each_done_task_once(store).await;
     job_lists_filter_and_page(store).await;
     request_counts_are_cumulative_per_process(store).await;
+    worker_activity_is_grouped_by_worker_and_slot(store).await;
     super::schedules::run_all(store).await;
 }
 
@@ -481,4 +482,44 @@ async fn history_records_every_applied_transition(store: &dyn AnalyticsStore) {
     );
     assert!(history.windows(2).all(|w| w[0].at <= w[1].at), "times never go back");
     assert!(store.history("nope").await.expect("history").is_empty());
+}
+
+/// Attempts grouped by worker and by the slots they started and ended in, every outcome
+/// counted, other jobs' attempts left out, sums as offsets from `start`.
+async fn worker_activity_is_grouped_by_worker_and_slot(store: &dyn AnalyticsStore) {
+    store.create_job(&job("activity"), &stages()).await.expect("create");
+    store.create_job(&job("activity-other"), &stages()).await.expect("create");
+    let span = |job: &str, task: &str, worker: &str, started_at: i64, ended_at: i64, outcome| AttemptRecord {
+        worker_id: worker.into(),
+        started_at,
+        ended_at,
+        ..attempt(job, task, 1, outcome)
+    };
+    let records = vec![
+        span("activity", "a", "w-a", 10_100, 10_400, AttemptOutcome::Succeeded),
+        span("activity", "b", "w-a", 10_500, 10_900, AttemptOutcome::Retrying),
+        span("activity", "c", "w-a", 10_800, 12_300, AttemptOutcome::Succeeded),
+        span("activity", "d", "w-b", 11_000, 11_999, AttemptOutcome::Failed),
+        span("activity-other", "a", "w-a", 10_000, 10_500, AttemptOutcome::Succeeded),
+    ];
+    store.record_attempts(&records).await.expect("record");
+    let mut activity = store.worker_activity("activity", 10_000, 1_000).await.expect("activity");
+    activity.sort_by(|a, b| (&a.worker_id, a.start_slot, a.end_slot).cmp(&(&b.worker_id, b.start_slot, b.end_slot)));
+    let row = |worker: &str, start_slot, end_slot, attempts, started_sum, ended_sum| WorkerActivity {
+        worker_id: worker.into(),
+        start_slot,
+        end_slot,
+        attempts,
+        started_sum,
+        ended_sum,
+    };
+    assert_eq!(
+        activity,
+        vec![
+            row("w-a", 0, 0, 2, 100 + 500, 400 + 900),
+            row("w-a", 0, 2, 1, 800, 2_300),
+            row("w-b", 1, 1, 1, 1_000, 1_999),
+        ]
+    );
+    assert!(store.worker_activity("no-such-job", 0, 1_000).await.expect("activity").is_empty());
 }

@@ -4,11 +4,15 @@
 
 use std::fmt::Write as _;
 
+use serde::ser::SerializeStruct as _;
+use serde::{Serialize, Serializer};
+
 use super::{format_ms, JobReport};
 use crate::service::JobStatus;
 
 /// How a figure is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Unit {
     /// Milliseconds, shown as a duration.
     Millis,
@@ -78,8 +82,23 @@ impl Figure {
     }
 }
 
+/// Serialized with its change, absolute and in percent (`null` when `before` is zero), for
+/// tools that read `batchgrid report --json`.
+impl Serialize for Figure {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut figure = serializer.serialize_struct("Figure", 6)?;
+        figure.serialize_field("label", self.label)?;
+        figure.serialize_field("unit", &self.unit)?;
+        figure.serialize_field("before", &self.before)?;
+        figure.serialize_field("after", &self.after)?;
+        figure.serialize_field("change", &self.change())?;
+        figure.serialize_field("percent", &self.percent().filter(|p| p.is_finite()))?;
+        figure.end()
+    }
+}
+
 /// This run against an earlier one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
     /// The earlier run's id.
     pub before_id: String,
@@ -154,6 +173,19 @@ mod tests {
         assert_eq!(figure(4.0, 5.0).percent_text(), "+25.0%");
         assert_eq!(Unit::Millis.format_change(-1500.0), "-1.50s");
         assert_eq!(Unit::Count.format_change(3.0), "+3");
+    }
+
+    #[test]
+    fn a_figure_serializes_with_its_change() {
+        let value = serde_json::to_value(Figure { label: "duration", unit: Unit::Millis, before: 200.0, after: 150.0 });
+        assert_eq!(
+            value.ok(),
+            Some(serde_json::json!({
+                "label": "duration", "unit": "millis", "before": 200.0, "after": 150.0, "change": -50.0, "percent": -25.0
+            }))
+        );
+        let none = serde_json::to_value(figure(0.0, 7.0)).ok();
+        assert_eq!(none.as_ref().and_then(|v| v.get("percent")), Some(&serde_json::Value::Null));
     }
 
     #[test]

@@ -5,14 +5,18 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::compare::Comparison;
+use super::distribution::{self, TimeBucket};
+use super::workers::WorkerTimeline;
 use super::{format_ms, JobReport, Percentiles};
+use crate::chart;
 use crate::spec::StageKind;
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:60em}\
 table{border-collapse:collapse;margin:1em 0}th,td{padding:.25em .75em;border-bottom:1px solid #ddd;text-align:right}\
 th:first-child,td:first-child{text-align:left}.worse{color:#b00}.better{color:#070}\
 svg{width:100%;max-width:40em;height:auto}.bar{fill:#4a7bd0}.bar.before{fill:#bbb}\
-.axis{stroke:#888;fill:none}text{font-size:11px;fill:#444}";
+.axis{stroke:#888;fill:none}text{font-size:11px;fill:#444}.line.before{stroke:#999;stroke-width:1.5;fill:none}\
+.busy{fill:#4a7bd0}";
 
 /// The page: the report, its task-time chart, and the comparison when there is one
 /// (`before` is the compared run's report, drawn beside this run's percentiles).
@@ -30,9 +34,15 @@ pub fn render(report: &JobReport, comparison: Option<(&Comparison, &JobReport)>)
                 p { "Job " code { (report.job_id) } " " strong { (report.state.to_string()) } " in " (format_ms(report.wall_ms)) "." }
                 @if let Some(error) = &report.error { p.worse { "Reason: " (error) } }
                 (summary(report))
+                @let before = comparison.map(|(_, before)| before);
+                h2 { "Throughput" }
+                (or_not_recorded(throughput_chart(report, before)))
                 h2 { "Task time" }
-                (percentile_chart(&report.task_ms, comparison.map(|(_, before)| &before.task_ms)))
+                (or_not_recorded(histogram_chart(&report.task_time_histogram, before.map(|b| b.task_time_histogram.as_slice()))))
+                (percentile_chart(&report.task_ms, before.map(|b| &b.task_ms)))
                 @if let Some((comparison, _)) = comparison { (comparison_table(comparison)) }
+                h2 { "Workers" }
+                (or_not_recorded(timeline_chart(&report.worker_timeline)))
                 (stages(report))
                 @if !report.failures.is_empty() {
                     h2 { "Failures" }
@@ -45,6 +55,54 @@ pub fn render(report: &JobReport, comparison: Option<(&Comparison, &JobReport)>)
         }
     };
     page.into_string()
+}
+
+/// A chart, or a word on why there is none (a report stored before the series was kept, or a
+/// job that did no task).
+fn or_not_recorded(chart: Option<Markup>) -> Markup {
+    chart.unwrap_or_else(|| html! { p { "Nothing recorded for this chart." } })
+}
+
+/// Tasks done per second over the run; the compared run's as a line when it has one.
+fn throughput_chart(report: &JobReport, before: Option<&JobReport>) -> Option<Markup> {
+    let before = before.map(|b| (b.throughput.slot_ms, b.throughput.done.as_slice()));
+    chart::throughput(report.throughput.slot_ms, &report.throughput.done, before)
+}
+
+/// The full task-time distribution; the compared run's beside it, on the same buckets.
+fn histogram_chart(after: &[TimeBucket], before: Option<&[TimeBucket]>) -> Option<Markup> {
+    let bars: Vec<chart::Bucket> = match before.filter(|b| !b.is_empty()) {
+        Some(before) => distribution::aligned(after, before)
+            .into_iter()
+            .map(|(b, earlier)| chart::Bucket {
+                low_ms: b.low_ms,
+                high_ms: b.high_ms,
+                count: b.count,
+                before: Some(earlier),
+            })
+            .collect(),
+        None => after
+            .iter()
+            .map(|b| chart::Bucket { low_ms: b.low_ms, high_ms: b.high_ms, count: b.count, before: None })
+            .collect(),
+    };
+    chart::buckets(&bars)
+}
+
+/// One row per worker, each slot shaded by its busy time against the slot's width, or against
+/// the busiest worker-slot when workers ran several tasks at once; the summed row of the other
+/// workers against its own busiest slot.
+fn timeline_chart(timeline: &WorkerTimeline) -> Option<Markup> {
+    let width = timeline.slot_ms.max(1) as f64;
+    let peak = |busy: &[u64]| busy.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let busiest = timeline.workers.iter().map(|w| peak(&w.busy_ms)).fold(width, f64::max);
+    let fractions = |busy: &[u64], of: f64| busy.iter().map(|&ms| ms as f64 / of).collect::<Vec<_>>();
+    let mut rows: Vec<(String, Vec<f64>)> =
+        timeline.workers.iter().map(|w| (w.worker_id.clone(), fractions(&w.busy_ms, busiest))).collect();
+    if let Some(others) = &timeline.others {
+        rows.push((format!("{} other workers", others.workers), fractions(&others.busy_ms, peak(&others.busy_ms))));
+    }
+    chart::busy_rows(timeline.slot_ms, &rows)
 }
 
 fn summary(report: &JobReport) -> Markup {
@@ -95,8 +153,7 @@ fn comparison_table(comparison: &Comparison) -> Markup {
     }
 }
 
-/// Task-time percentiles as bars (grey: the compared run). The report holds percentiles, not
-/// every task's time, so the dashboard's histogram (which wants them all) does not fit here.
+/// Task-time percentiles as bars (grey: the compared run), under the distribution they come from.
 fn percentile_chart(after: &Percentiles, before: Option<&Percentiles>) -> Markup {
     const W: f64 = 600.0;
     const H: f64 = 200.0;
@@ -131,6 +188,8 @@ fn percentile_chart(after: &Percentiles, before: Option<&Percentiles>) -> Markup
 mod tests {
     use super::*;
     use crate::analytics::JobState;
+    use crate::report::slots::Throughput;
+    use crate::report::workers::WorkerRow;
     use crate::report::FailedTask;
 
     fn report(id: &str, wall_ms: u64, done: u64) -> JobReport {
@@ -161,6 +220,9 @@ mod tests {
             request_cost_usd: 0.0,
             instance_cost_usd: 0.0,
             instance_usage: Vec::new(),
+            throughput: Throughput::default(),
+            task_time_histogram: Vec::new(),
+            worker_timeline: WorkerTimeline::default(),
         }
     }
 
@@ -198,5 +260,52 @@ mod tests {
         assert!(page.contains("<td>tasks done</td><td>8</td><td>10</td><td>+2</td><td>+25.0%</td>"), "{page}");
         assert!(page.contains("<td>cost</td><td>$0.0000</td><td>$0.0000</td><td>$0.0000</td><td>n/a</td>"), "{page}");
         assert!(page.contains("bar before"), "the earlier run is drawn too");
+    }
+
+    /// A report with every series: 3 slots of throughput, two buckets, two workers.
+    fn plotted(id: &str, wall_ms: u64, done: u64) -> JobReport {
+        JobReport {
+            throughput: Throughput { start_ms: 0, slot_ms: 1_000, done: vec![3, 0, done] },
+            task_time_histogram: distribution::histogram(&[12, 14, 400]),
+            worker_timeline: WorkerTimeline {
+                slot_ms: 1_000,
+                workers: vec![
+                    WorkerRow { worker_id: "w-1".to_owned(), attempts: 2, busy_ms: vec![1_000, 500, 0] },
+                    WorkerRow { worker_id: "w-2 <b>".to_owned(), attempts: 1, busy_ms: vec![0, 0, 250] },
+                ],
+                others: None,
+            },
+            ..report(id, wall_ms, done)
+        }
+    }
+
+    #[test]
+    fn the_page_plots_throughput_the_distribution_and_the_workers() {
+        let page = render(&plotted("01B", 3000, 4), None);
+        assert_self_contained(&page);
+        assert!(page.contains("data-chart=\"throughput\" data-slots=\"3\" data-done=\"7\""), "{page}");
+        assert!(page.contains("data-chart=\"task-time\""), "{page}");
+        assert!(page.contains("data-tasks=\"3\""), "{page}");
+        assert!(page.contains("data-chart=\"workers\" data-workers=\"2\" data-slots=\"3\""), "{page}");
+        assert!(page.contains("w-2 &lt;b&gt;"), "worker ids are escaped");
+        assert!(!page.contains("Nothing recorded"), "{page}");
+        assert!(!page.contains("line before"), "no earlier run, no line");
+    }
+
+    #[test]
+    fn an_older_report_without_series_still_renders() {
+        let page = render(&report("01B", 2000, 10), None);
+        assert_eq!(page.matches("Nothing recorded for this chart.").count(), 3, "{page}");
+    }
+
+    #[test]
+    fn the_compared_run_is_overlaid() {
+        let before = plotted("01A", 4000, 1);
+        let after = plotted("01B", 3000, 4);
+        let comparison = Comparison::of(&before, &after);
+        let page = render(&after, Some((&comparison, &before)));
+        assert_self_contained(&page);
+        assert!(page.contains("class=\"line before\""), "the earlier throughput: {page}");
+        assert!(page.contains("tasks before,"), "the earlier distribution: {page}");
     }
 }

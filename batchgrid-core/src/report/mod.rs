@@ -1,8 +1,13 @@
 //! The job report: what ran, what failed and why, and how fast; its comparison with another
-//! run (`compare`) and its self-contained HTML page (`html`).
+//! run (`compare`), its self-contained HTML page (`html`), and the series its plots draw:
+//! throughput over time (`slots`), the task-time distribution (`distribution`) and the
+//! per-worker timeline (`workers`).
 
 pub mod compare;
+pub mod distribution;
 pub mod html;
+pub mod slots;
+pub mod workers;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::analytics::{AnalyticsError, AnalyticsStore, JobState, RequestCount, StageProgress};
 use crate::metering::price_of;
 use crate::spec::StageKind;
+use distribution::TimeBucket;
+use slots::{Slots, Throughput};
+use workers::WorkerTimeline;
 
 /// Task-time percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +113,16 @@ pub struct JobReport {
     /// Their cost at on-demand list prices (types without a known price are left out).
     #[serde(default)]
     pub instance_cost_usd: f64,
+    /// Tasks done per time slot from submission to end (empty in reports stored before it
+    /// was kept).
+    #[serde(default)]
+    pub throughput: Throughput,
+    /// Every done task's time in log-spaced buckets (empty in older reports).
+    #[serde(default)]
+    pub task_time_histogram: Vec<TimeBucket>,
+    /// Each worker's busy time per slot of `throughput` (empty in older reports).
+    #[serde(default)]
+    pub worker_timeline: WorkerTimeline,
 }
 
 /// Instance-hours of one instance type in a report.
@@ -147,6 +165,12 @@ impl JobReport {
         let failed = analytics.failed_tasks(job_id).await?;
         let end = job.finished_at.unwrap_or_else(crate::db::now_millis);
         let wall_ms = u64::try_from(end - job.submitted_at).unwrap_or(0);
+        // The report is built once per job, so reading every completion once is affordable;
+        // the per-worker busy time is summed by the store, one row per worker and slot.
+        let slots = Slots::over(job.submitted_at, end);
+        let throughput = Throughput::count(&slots, &analytics.completion_times(job_id).await?);
+        let width = i64::try_from(slots.width).unwrap_or(i64::MAX);
+        let activity = analytics.worker_activity(job_id, slots.start, width).await?;
         let tasks_done: u64 = stages.iter().map(|s| s.done).sum();
         let failures = failed
             .into_iter()
@@ -185,6 +209,9 @@ impl JobReport {
             failed_attempts: totals.failed_attempts,
             tasks_per_second: if wall_ms == 0 { 0.0 } else { tasks_done as f64 * 1000.0 / wall_ms as f64 },
             task_ms: Percentiles::of_sorted(&durations),
+            task_time_histogram: distribution::histogram(&durations),
+            throughput,
+            worker_timeline: WorkerTimeline::spread(&slots, &activity),
             bytes_in: totals.bytes_in,
             bytes_out: totals.bytes_out,
             stages,
