@@ -39,6 +39,27 @@ impl RequestMeter {
     }
 }
 
+/// What a task-hour of compute costs on the worker group: its instance type's hourly list
+/// price shared by the tasks one instance runs at once. The dashboard's "cost so far" is a
+/// job's task time at this rate; capacity left idle is not attributed to any job (the report
+/// at the end has the group's instance-hours as used).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputePrice {
+    /// The worker instance type.
+    pub instance_type: String,
+    /// Its on-demand list price, US dollars per hour.
+    pub hourly_usd: f64,
+    /// Tasks one instance runs at once.
+    pub tasks_per_instance: u32,
+}
+
+impl ComputePrice {
+    /// The cost of `task_ms` milliseconds of task time.
+    pub fn cost_of(&self, task_ms: u64) -> f64 {
+        task_ms as f64 / 3_600_000.0 * self.hourly_usd / f64::from(self.tasks_per_instance.max(1))
+    }
+}
+
 /// A list price: US dollars per request of a service's operations.
 #[derive(Debug, Clone, Copy)]
 pub struct Price {
@@ -92,6 +113,16 @@ pub fn price_of(service: &str, operation: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_task_hour_costs_its_share_of_an_instance_hour() {
+        let price = ComputePrice { instance_type: "m7g.xlarge".into(), hourly_usd: 0.1632, tasks_per_instance: 4 };
+        // Ten task-hours on instances running four tasks at once: 2.5 instance-hours.
+        assert!((price.cost_of(36_000_000) - 2.5 * 0.1632).abs() < 1e-9);
+        let unshared = ComputePrice { tasks_per_instance: 0, ..price };
+        assert!((unshared.cost_of(3_600_000) - 0.1632).abs() < 1e-9, "zero tasks per instance counts as one");
+    }
+
     use super::*;
 
     #[test]

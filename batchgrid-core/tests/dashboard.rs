@@ -8,6 +8,7 @@ use std::time::Duration;
 use batchgrid_core::analytics::{AttemptOutcome, AttemptRecord, JobRecord, JobState, StageRecord, WorkerRecord};
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::manager::{spool_dir, Manager};
+use batchgrid_core::metering::ComputePrice;
 use batchgrid_core::secret::Secret;
 use batchgrid_core::service::{api, JobService};
 use batchgrid_core::spec::{InputPolicy, StageKind};
@@ -88,7 +89,8 @@ async fn start() -> Dashboard {
     let dir = tempfile::tempdir().expect("dir");
     let state = dir.path().join("state");
     let grid = seeded(&state).await;
-    let manager = Manager::new(grid, spool_dir(&state));
+    let price = ComputePrice { instance_type: "m7g.xlarge".into(), hourly_usd: 0.1632, tasks_per_instance: 4 };
+    let manager = Manager::new(grid, spool_dir(&state)).with_compute_price(price);
     let service = JobService::new(manager, Duration::from_millis(100), dir.path().to_path_buf(), InputPolicy::Operator);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
@@ -202,6 +204,8 @@ async fn pages_show_the_grid_escaped_and_behind_a_content_policy() {
     assert!(job.contains("&lt;script&gt;alert(1)&lt;/script&gt; exit 3"), "the failure's tail, escaped: {job}");
     assert!(!job.contains("<script>"), "{job}");
     assert!(job.contains("validate") && job.contains("p50 "), "{job}");
+    assert!(job.contains("$0.00 (0.0 task-h)") && job.contains("m7g.xlarge"), "cost so far, priced: {job}");
+    assert!(jobs.contains("$0.00 (0.0 task-h)"), "cost so far in the list: {jobs}");
     assert!(job.contains("href=\"/ui/jobs/claims-1/logs/validate/t4/stderr\""), "the failure's output: {job}");
     let no_log = dashboard.get("/ui/jobs/claims-1/logs/validate/t4/stderr", Some(&cookie)).await;
     assert_eq!(no_log.status(), 404, "a task that captured nothing has no log");

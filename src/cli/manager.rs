@@ -121,6 +121,21 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
         };
         manager = manager.with_instance_usage(Arc::new(usage));
     }
+    let sizing = args.scaling.settings(stack.scaling.as_ref());
+    if let Some(instance_type) = &stack.instance_type {
+        match batchgrid_core::instance::cost::hourly_price(instance_type) {
+            Some(hourly_usd) => {
+                manager = manager.with_compute_price(batchgrid_core::metering::ComputePrice {
+                    instance_type: instance_type.clone(),
+                    hourly_usd,
+                    tasks_per_instance: sizing.tasks_per_instance,
+                });
+            }
+            None => {
+                tracing::info!(%instance_type, "no list price known for the worker type: the dashboard shows task-hours, not dollars")
+            }
+        }
+    }
     if let (Some(group), false) = (&stack.group_name, args.scaling.no_autoscale) {
         let settings = args.scaling.settings(stack.scaling.as_ref());
         let client = batchgrid_core::aws::autoscaling_client(&config, &manager.grid().meter);

@@ -549,6 +549,9 @@ pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fm
     /// Tasks done per second, from the rollups: (the second's start, tasks), ascending,
     /// seconds without any left out.
     async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError>;
+    /// Summed task time in milliseconds of the done tasks of each of `job_ids`, from the
+    /// rollups (the dashboard's cost so far); a job with none has no entry.
+    async fn task_ms_of(&self, job_ids: &[String]) -> Result<HashMap<String, u64>, AnalyticsError>;
     /// Every attempt at the job (whatever its outcome), grouped by worker and by the slots of
     /// `slot_ms` (positive) after `start` in which it started and ended; in no particular order.
     async fn worker_activity(

@@ -358,6 +358,10 @@ impl AnalyticsStore for PgAnalytics {
         self.run(|sql| sql.completions(job_id)).await
     }
 
+    async fn task_ms_of(&self, job_ids: &[String]) -> Result<HashMap<String, u64>, AnalyticsError> {
+        self.run(|sql| sql.task_ms_of(job_ids)).await
+    }
+
     async fn worker_activity(
         &self,
         job_id: &str,
@@ -1012,6 +1016,17 @@ impl AnalyticsStore for Sql {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|row| Ok((row.try_get("slot")?, to_u64(row.try_get("tasks")?)))).collect()
+    }
+
+    async fn task_ms_of(&self, job_ids: &[String]) -> Result<HashMap<String, u64>, AnalyticsError> {
+        // SUM of BIGINT is NUMERIC: cast back.
+        let rows = sqlx::query(
+            "SELECT job_id, SUM(total_ms)::BIGINT AS total FROM task_time_buckets WHERE job_id = ANY($1) GROUP BY job_id",
+        )
+        .bind(job_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("job_id")?, to_u64(row.try_get("total")?)))).collect()
     }
 
     async fn worker_activity(

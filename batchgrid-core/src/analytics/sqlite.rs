@@ -704,6 +704,23 @@ impl AnalyticsStore for SqliteAnalytics {
         Ok(rows.iter().map(|row| (row.get("slot"), to_u64(row.get("tasks")))).collect())
     }
 
+    async fn task_ms_of(&self, job_ids: &[String]) -> Result<HashMap<String, u64>, AnalyticsError> {
+        let mut totals = HashMap::new();
+        for chunk in job_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT job_id, SUM(total_ms) FROM task_time_buckets WHERE job_id IN (");
+            let mut ids = query.separated(", ");
+            for id in chunk {
+                ids.push_bind(id);
+            }
+            query.push(") GROUP BY job_id");
+            for row in query.build().fetch_all(&self.pool).await? {
+                totals.insert(row.get(0), to_u64(row.get(1)));
+            }
+        }
+        Ok(totals)
+    }
+
     async fn worker_activity(
         &self,
         job_id: &str,

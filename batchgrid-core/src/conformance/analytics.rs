@@ -241,6 +241,8 @@ async fn rollups_count_each_done_task_once(store: &dyn AnalyticsStore) {
         "done tasks per second by end time: a and c at 1.05 s and 1.35 s, b at 2.95 s, r at 4.5 s"
     );
     assert!(store.task_times("no-such-job").await.expect("times").is_empty());
+    let task_ms = store.task_ms_of(&["rollup".to_owned(), "no-such-job".to_owned()]).await.expect("task time");
+    assert_eq!(task_ms, std::collections::HashMap::from([("rollup".to_owned(), 50 + 1_050 + 50 + 2_500)]));
 }
 
 /// The dashboard's job list: filtered by state and by a part of the name (case-insensitive,

@@ -176,6 +176,8 @@ pub struct Manager {
     process_id: String,
     dead_letter_every: Duration,
     instance_usage: Option<Arc<dyn InstanceUsageSource>>,
+    /// What a task-hour costs on the worker group, where its instance type's price is known.
+    compute_price: Option<crate::metering::ComputePrice>,
     /// When the dead-letter queues were last read (they are shared by every job).
     last_dead_letter_scan: Arc<Mutex<Option<std::time::Instant>>>,
     health: Health,
@@ -204,6 +206,7 @@ impl Manager {
             process_id,
             dead_letter_every: Duration::ZERO,
             instance_usage: None,
+            compute_price: None,
             last_dead_letter_scan: Arc::default(),
             health: Health::default(),
             watchdog_notes: Arc::default(),
@@ -229,6 +232,17 @@ impl Manager {
     pub fn with_dead_letter_scan_every(mut self, every: Duration) -> Self {
         self.dead_letter_every = every;
         self
+    }
+
+    /// Prices task time at `price` (the dashboard's cost so far).
+    pub fn with_compute_price(mut self, price: crate::metering::ComputePrice) -> Self {
+        self.compute_price = Some(price);
+        self
+    }
+
+    /// What a task-hour costs, where known.
+    pub fn compute_price(&self) -> Option<&crate::metering::ComputePrice> {
+        self.compute_price.as_ref()
     }
 
     /// Adds the grid's instance-hours to every job's report.

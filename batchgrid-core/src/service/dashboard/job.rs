@@ -11,7 +11,7 @@ use maud::html;
 use super::actions::Action;
 use super::auth::Caller;
 use super::jobs::{rate_and_eta, totals};
-use super::layout::{duration, progress, respond, shell, time, url_path};
+use super::layout::{compute_cost, duration, progress, respond, shell, time, url_path};
 use super::{failure, Dashboard};
 use crate::analytics::TimeHistogram;
 use crate::chart;
@@ -75,6 +75,11 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
             @if let Some(finished) = status.finished_at { dt { "Finished" } dd { (time(finished)) } }
             @if let Some(rate) = rate { dt { "Throughput" } dd { (format!("{rate:.2}")) " tasks/s" } }
             @if let Some(eta) = eta { dt { "ETA" } dd { (duration(eta)) } }
+            dt { "Cost so far" } dd #cost { (compute_cost(all_times.sum_ms(), manager.compute_price()))
+                @if let Some(price) = manager.compute_price() {
+                    small { " — done tasks' time at " (price.instance_type) "'s on-demand $" (format!("{:.4}", price.hourly_usd))
+                        "/h ÷ " (price.tasks_per_instance) " tasks per instance; the report prices the instance-hours as used" }
+                } }
             @if let Some(error) = &status.error { dt { "Error" } dd.notice { (error) } }
             @if let Some(note) = &status.watchdog { dt { "Watchdog" } dd.notice { (note) } }
         }

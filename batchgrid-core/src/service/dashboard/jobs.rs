@@ -9,7 +9,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::layout::{duration, progress, respond, shell, time, url_path};
+use super::layout::{compute_cost, duration, progress, respond, shell, time, url_path};
 use super::{failure, Dashboard};
 use crate::analytics::{JobList, JobQuery, JobState, StageProgress};
 use crate::service::ServiceError;
@@ -76,6 +76,8 @@ async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<
     };
     let ids: Vec<String> = list.jobs.iter().map(|job| job.id.clone()).collect();
     let mut stages = analytics.stages_of(&ids).await?;
+    let task_ms = analytics.task_ms_of(&ids).await?;
+    let price = state.service.manager().compute_price();
     let total = list.total;
     let now = crate::db::now_millis();
     let rows: Vec<_> = list
@@ -102,7 +104,7 @@ async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<
         @if unknown_state { p.notice { "There is no state “" (filters.state) "”." } }
         @if total > u64::from(SHOWN) { p { "Showing the newest " (SHOWN) " of " (total) " jobs." } }
         table #jobs {
-            thead { tr { th { "Job" } th { "State" } th { "Progress" } th { "Tasks/s" } th { "ETA" } th { "Submitted" } th { "Duration" } } }
+            thead { tr { th { "Job" } th { "State" } th { "Progress" } th { "Tasks/s" } th { "ETA" } th { "Cost so far" } th { "Submitted" } th { "Duration" } } }
             tbody {
                 @for (job, stages) in &rows {
                     @let (done, expected) = totals(stages);
@@ -113,11 +115,12 @@ async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<
                         td { (progress(done, expected)) }
                         td { @if let Some(rate) = rate { (format!("{rate:.1}")) } @else { "–" } }
                         td { @if let Some(eta) = eta { (duration(eta)) } @else { "–" } }
+                        td { (compute_cost(task_ms.get(&job.id).copied().unwrap_or(0), price)) }
                         td { (time(job.submitted_at)) }
                         td { @if let Some(started) = job.started_at { (duration(job.finished_at.unwrap_or(now) - started)) } }
                     }
                 }
-                @if rows.is_empty() { tr { td colspan="7" { "No jobs" @if !filters.state.is_empty() || !filters.name.is_empty() { " match these filters" } "." } } }
+                @if rows.is_empty() { tr { td colspan="8" { "No jobs" @if !filters.state.is_empty() || !filters.name.is_empty() { " match these filters" } "." } } }
             }
         }
     };

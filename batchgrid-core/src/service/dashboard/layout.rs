@@ -118,6 +118,15 @@ pub fn duration(millis: i64) -> String {
     ms(millis.max(0) as f64)
 }
 
+/// A job's compute so far: its task time, and its price where the worker type's is known.
+pub fn compute_cost(task_ms: u64, price: Option<&crate::metering::ComputePrice>) -> String {
+    let hours = task_ms as f64 / 3_600_000.0;
+    match price {
+        Some(price) => format!("${:.2} ({hours:.1} task-h)", price.cost_of(task_ms)),
+        None => format!("{hours:.1} task-h"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
