@@ -131,8 +131,12 @@ fn job_id(n: i64) -> String {
     format!("bench-{n:04}")
 }
 
-/// Whether the database holds this version's whole history.
+/// Whether the database holds this version's whole history, on this build's schema.
 async fn loaded(url: &str) -> bool {
+    // A schema from another build (a migration added or changed) means loading again.
+    if PgAnalytics::connect(url, 1).await.is_err() {
+        return false;
+    }
     let Ok(pool) = PgPool::connect(url).await else { return false };
     let version = sqlx::query("SELECT version FROM bench_history").fetch_one(&pool).await;
     matches!(version.map(|row| row.get::<i64, _>(0)), Ok(HISTORY_VERSION))

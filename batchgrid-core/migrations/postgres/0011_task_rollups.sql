@@ -98,3 +98,12 @@ INSERT INTO completion_slots (job_id, slot, tasks)
 SELECT job_id, (finished_at / 1000) * 1000, COUNT(*)
 FROM tasks WHERE status = 'done' AND finished_at IS NOT NULL
 GROUP BY job_id, (finished_at / 1000) * 1000;
+
+-- Workers record attempts, so they keep the rollups too (granted where 0007 created the role).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'batchgrid_worker') THEN
+        GRANT SELECT, INSERT, UPDATE ON task_time_buckets, completion_slots TO batchgrid_worker;
+    END IF;
+END
+$$;
