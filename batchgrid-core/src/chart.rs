@@ -208,7 +208,7 @@ pub fn buckets(buckets: &[Bucket]) -> Option<Markup> {
             }
         }
     };
-    Some(labelled_frame("task time", &format!("{}", tallest as u64), &ms(first.low_ms as f64), &bound(last), body))
+    Some(frame_x("task time", &format!("{}", tallest as u64), &ms(first.low_ms as f64), &bound(last), body))
 }
 
 /// One row per worker, each time slot shaded by how busy the worker was in it (`rows`: a label
@@ -270,20 +270,28 @@ pub fn busy_rows(slot_ms: u64, rows: &[(String, Vec<f64>)]) -> Option<Markup> {
     })
 }
 
-/// As [`frame`], with the x axis starting at `x_min` rather than 0.
-fn labelled_frame(title: &str, y_max: &str, x_min: &str, x_max: &str, body: Markup) -> Markup {
-    let (left, right, top, bottom) = (MARGIN, WIDTH - MARGIN, MARGIN, HEIGHT - MARGIN);
-    html! {
-        svg class="chart" viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img" aria-label=(title) xmlns="http://www.w3.org/2000/svg" {
-            title { (title) }
-            path class="axis" d=(format!("M{left},{top} L{left},{bottom} L{right},{bottom}")) {}
-            text x=(left - 4.0) y=(top + 4.0) text-anchor="end" { (y_max) }
-            text x=(left - 4.0) y=(bottom) text-anchor="end" { "0" }
-            text x=(right) y=(bottom + 16.0) text-anchor="end" { (x_max) }
-            text x=(left) y=(bottom + 16.0) { (x_min) }
-            (body)
-        }
+/// Several series over the same times (Unix milliseconds, ascending) on one scale, each
+/// `(name, class, values)`: the grid's queue depth and workers over time. `None` when there are
+/// fewer than two times.
+pub fn lines(times: &[i64], series: &[(&str, &str, Vec<u64>)]) -> Option<Markup> {
+    let (&first, &last) = (times.first()?, times.last()?);
+    if times.len() < 2 {
+        return None;
     }
+    let span = (last - first).max(1) as f64;
+    let top = series.iter().flat_map(|(_, _, values)| values.iter().copied()).max().unwrap_or(0).max(1);
+    let x = |t: i64| MARGIN + (t - first) as f64 / span * (WIDTH - 2.0 * MARGIN);
+    let y = |v: u64| HEIGHT - MARGIN - v as f64 / top as f64 * (HEIGHT - 2.0 * MARGIN);
+    let per_point = times.len().div_ceil(MAX_POINTS).max(1);
+    let drawn = html! {
+        @for (index, (name, class, values)) in series.iter().enumerate() {
+            @let points: Vec<String> = times.iter().zip(values).step_by(per_point)
+                .map(|(&t, &v)| format!("{:.1},{:.1}", x(t), y(v))).collect();
+            path class=(format!("series {class}")) data-points=(points.len()) d=(format!("M{}", points.join(" L"))) {}
+            text class=(format!("legend {class}")) x=(MARGIN + 8.0 + index as f64 * 110.0) y=(MARGIN - 8.0) { (name) }
+        }
+    };
+    Some(frame_x("over time", &top.to_string(), &format!("{} ago", ms(span)), "now", drawn))
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use batchgrid_core::analytics::{AttemptOutcome, AttemptRecord, JobRecord, JobState, StageRecord, WorkerRecord};
+use batchgrid_core::analytics::{
+    AttemptOutcome, AttemptRecord, GridSample, JobRecord, JobState, StageRecord, WorkerRecord,
+};
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::manager::{spool_dir, Manager};
 use batchgrid_core::metering::ComputePrice;
@@ -210,9 +212,32 @@ async fn pages_show_the_grid_escaped_and_behind_a_content_policy() {
     let no_log = dashboard.get("/ui/jobs/claims-1/logs/validate/t4/stderr", Some(&cookie)).await;
     assert_eq!(no_log.status(), 404, "a task that captured nothing has no log");
     assert!(job.contains("running") && job.contains("/ui/jobs/claims-1/cancel"), "history and the cancel link");
+    // The grid over time: two samples draw each series; a schedule shows its next fire times.
+    let now = batchgrid_core::db::now_millis();
+    for (at, visible) in [(now - 60_000, 7), (now - 30_000, 3)] {
+        let sample = GridSample { at, visible, in_flight: 1, dead: 0, workers: 1, tasks_held: 2 };
+        dashboard.service.manager().grid().analytics.record_grid_sample(&sample, 0).await.expect("sample");
+    }
+    let schedule =
+        "name: month-end\ninput:\n  path: \"{period}.csv\"\nstages:\n  - name: copy\n    command: [cat, \"{input}\"]\n\
+                    output:\n  path: out/{period}\nschedule:\n  cron: 0 2 L * *\n  tz: Europe/Paris\n";
+    let utc_now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+    dashboard.service.add_schedule(schedule, "month-end.yaml", utc_now).await.expect("schedule");
     let grid = dashboard.get("/ui/grid", Some(&cookie)).await.text().await.expect("body");
     assert!(grid.contains("worker-7") && grid.contains("<td>running</td><td>2</td>"), "state, current tasks: {grid}");
     assert!(grid.contains("<td>input</td><td>2</td>"), "the input queue's depth: {grid}");
+    let queue_chart = grid.split("id=\"queue-over-time\"").nth(1).unwrap_or_default();
+    assert_eq!(
+        queue_chart.split("</figure>").next().unwrap_or_default().matches("data-points=\"2\"").count(),
+        3,
+        "visible, in flight, dead: {grid}"
+    );
+    assert!(grid.contains("id=\"workers-over-time\""), "{grid}");
+    assert!(
+        grid.contains("month-end") && grid.contains("0 2 L * *") && grid.contains("Europe/Paris"),
+        "the schedule: {grid}"
+    );
+    assert!(grid.contains("none yet"), "no run yet: {grid}");
     assert_eq!(dashboard.get("/ui/jobs/nope", Some(&cookie)).await.status(), 404);
 
     // The bearer header opens the pages too, for scripts and proxies that hold the token.

@@ -160,6 +160,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let resumed = service.resume().await.context("resuming unfinished jobs")?;
     // Schedules fire from every manager; each occurrence's row makes it fire once.
     tokio::spawn(service.clone().fire_schedules_every(SCHEDULE_PASS));
+    // The dashboard's queue depth and workers over time.
+    batchgrid_core::service::dashboard::samples::start_sampling(service.clone());
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr().unwrap_or(args.listen);

@@ -314,7 +314,7 @@ impl TaskRecord {
 }
 
 /// A worker and what it has done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerRecord {
     /// Unique id.
     pub id: String,
@@ -335,6 +335,23 @@ pub struct WorkerRecord {
     /// Tasks it held (running or about to run) at its last heartbeat.
     #[serde(default)]
     pub current_tasks: u32,
+}
+
+/// The grid at one moment: the dashboard's queue depth and workers over time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GridSample {
+    /// When (Unix milliseconds).
+    pub at: i64,
+    /// Messages waiting in the queues.
+    pub visible: u64,
+    /// Messages received and not yet deleted, or delayed.
+    pub in_flight: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Workers alive (a heartbeat within the last minute, not stopped).
+    pub workers: u64,
+    /// Tasks those workers held.
+    pub tasks_held: u64,
 }
 
 /// The most jobs one list reads.
@@ -552,6 +569,11 @@ pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fm
     /// Summed task time in milliseconds of the done tasks of each of `job_ids`, from the
     /// rollups (the dashboard's cost so far); a job with none has no entry.
     async fn task_ms_of(&self, job_ids: &[String]) -> Result<HashMap<String, u64>, AnalyticsError>;
+    /// Records a sample of the grid (a later one at the same time replaces it) and forgets
+    /// those taken before `forget_before`.
+    async fn record_grid_sample(&self, sample: &GridSample, forget_before: i64) -> Result<(), AnalyticsError>;
+    /// The samples taken since `since`, oldest first.
+    async fn grid_samples(&self, since: i64) -> Result<Vec<GridSample>, AnalyticsError>;
     /// Every attempt at the job (whatever its outcome), grouped by worker and by the slots of
     /// `slot_ms` (positive) after `start` in which it started and ended; in no particular order.
     async fn worker_activity(

@@ -18,8 +18,8 @@ use super::rollup::RollupDelta;
 use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
-    AttemptTotals, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress, StageRecord,
-    StageTimes, TaskRecord, TimeHistogram, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
+    AttemptTotals, GridSample, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress,
+    StageRecord, StageTimes, TaskRecord, TimeHistogram, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::now_millis;
 
@@ -360,6 +360,14 @@ impl AnalyticsStore for PgAnalytics {
 
     async fn task_ms_of(&self, job_ids: &[String]) -> Result<HashMap<String, u64>, AnalyticsError> {
         self.run(|sql| sql.task_ms_of(job_ids)).await
+    }
+
+    async fn record_grid_sample(&self, sample: &GridSample, forget_before: i64) -> Result<(), AnalyticsError> {
+        self.run(|sql| sql.record_grid_sample(sample, forget_before)).await
+    }
+
+    async fn grid_samples(&self, since: i64) -> Result<Vec<GridSample>, AnalyticsError> {
+        self.run(|sql| sql.grid_samples(since)).await
     }
 
     async fn worker_activity(
@@ -1027,6 +1035,45 @@ impl AnalyticsStore for Sql {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|row| Ok((row.try_get("job_id")?, to_u64(row.try_get("total")?)))).collect()
+    }
+
+    async fn record_grid_sample(&self, sample: &GridSample, forget_before: i64) -> Result<(), AnalyticsError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO grid_samples (at, visible, in_flight, dead, workers, tasks_held) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (at) DO UPDATE SET visible = excluded.visible, in_flight = excluded.in_flight,
+                 dead = excluded.dead, workers = excluded.workers, tasks_held = excluded.tasks_held",
+        )
+        .bind(sample.at)
+        .bind(to_i64(sample.visible))
+        .bind(to_i64(sample.in_flight))
+        .bind(to_i64(sample.dead))
+        .bind(to_i64(sample.workers))
+        .bind(to_i64(sample.tasks_held))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM grid_samples WHERE at < $1").bind(forget_before).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn grid_samples(&self, since: i64) -> Result<Vec<GridSample>, AnalyticsError> {
+        let rows = sqlx::query("SELECT * FROM grid_samples WHERE at >= $1 ORDER BY at")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(GridSample {
+                    at: row.try_get("at")?,
+                    visible: to_u64(row.try_get("visible")?),
+                    in_flight: to_u64(row.try_get("in_flight")?),
+                    dead: to_u64(row.try_get("dead")?),
+                    workers: to_u64(row.try_get("workers")?),
+                    tasks_held: to_u64(row.try_get("tasks_held")?),
+                })
+            })
+            .collect()
     }
 
     async fn worker_activity(

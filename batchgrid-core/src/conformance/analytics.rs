@@ -2,8 +2,8 @@
 
 use crate::analytics::rollup::bucket_of;
 use crate::analytics::{
-    actor, AnalyticsStore, AttemptOutcome, AttemptRecord, JobQuery, JobRecord, JobState, RequestCount, StageRecord,
-    WorkerActivity, WorkerRecord,
+    actor, AnalyticsStore, AttemptOutcome, AttemptRecord, GridSample, JobQuery, JobRecord, JobState, RequestCount,
+    StageRecord, WorkerActivity, WorkerRecord,
 };
 use crate::spec::StageKind;
 
@@ -21,6 +21,7 @@ pub async fn run_all(store: &dyn AnalyticsStore) {
     workers_and_totals(store).await;
     rollups_count_each_done_task_once(store).await;
     job_lists_filter_and_page(store).await;
+    grid_samples_are_kept_for_a_while(store).await;
     request_counts_are_cumulative_per_process(store).await;
     worker_activity_is_grouped_by_worker_and_slot(store).await;
     super::schedules::run_all(store).await;
@@ -243,6 +244,20 @@ async fn rollups_count_each_done_task_once(store: &dyn AnalyticsStore) {
     assert!(store.task_times("no-such-job").await.expect("times").is_empty());
     let task_ms = store.task_ms_of(&["rollup".to_owned(), "no-such-job".to_owned()]).await.expect("task time");
     assert_eq!(task_ms, std::collections::HashMap::from([("rollup".to_owned(), 50 + 1_050 + 50 + 2_500)]));
+}
+
+/// The grid over time: samples in time order, a repeated time replaced, old ones forgotten.
+async fn grid_samples_are_kept_for_a_while(store: &dyn AnalyticsStore) {
+    let sample = |at: i64, visible: u64| GridSample { at, visible, in_flight: 2, dead: 1, workers: 3, tasks_held: 4 };
+    store.record_grid_sample(&sample(1_000, 10), 0).await.expect("record");
+    store.record_grid_sample(&sample(3_000, 30), 0).await.expect("record");
+    store.record_grid_sample(&sample(2_000, 20), 0).await.expect("record");
+    store.record_grid_sample(&sample(2_000, 21), 0).await.expect("the same time again");
+    let samples = store.grid_samples(1_500).await.expect("samples");
+    assert_eq!(samples, vec![sample(2_000, 21), sample(3_000, 30)], "since 1.5 s, oldest first, the later replacing");
+    store.record_grid_sample(&sample(4_000, 40), 2_500).await.expect("record and forget");
+    let kept = store.grid_samples(0).await.expect("samples");
+    assert_eq!(kept.iter().map(|s| s.at).collect::<Vec<_>>(), vec![3_000, 4_000], "those before 2.5 s forgotten");
 }
 
 /// The dashboard's job list: filtered by state and by a part of the name (case-insensitive,

@@ -1,5 +1,6 @@
-//! The grid's page: the manager's health, the queues' depths and the workers with their state
-//! and current tasks.
+//! The grid's page: the manager's health, the queues' depths and the live workers over the
+//! last day ([`super::samples`]), the queues and workers now, the worker group's instances
+//! (on AWS), and the schedules with their next fire times and last runs.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,10 +9,15 @@ use axum::Extension;
 use maud::html;
 
 use super::auth::Caller;
-use super::layout::{respond, shell, time};
+use super::layout::{respond, shell, time, url_path};
+use super::samples::SAMPLE_EVERY;
 use super::{failure, Dashboard};
+use crate::chart;
 use crate::manager::ManagerError;
 use crate::service::ServiceError;
+
+/// The span of the over-time charts.
+const DAY_MS: i64 = 24 * 3600 * 1000;
 
 async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceError> {
     let manager = state.service.manager();
@@ -21,11 +27,46 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
     let output = grid.chain.depth().await.map_err(ManagerError::from)?;
     let workers = grid.analytics.workers().await?;
     let active = grid.analytics.active_jobs().await?.len();
+    let now = crate::db::now_millis();
+    let samples = grid.analytics.grid_samples(now - DAY_MS).await?;
+    let times: Vec<i64> = samples.iter().map(|s| s.at).collect();
+    let queue_chart = chart::lines(
+        &times,
+        &[
+            ("visible", "visible", samples.iter().map(|s| s.visible).collect()),
+            ("in flight", "in-flight", samples.iter().map(|s| s.in_flight).collect()),
+            ("dead letters", "dead", samples.iter().map(|s| s.dead).collect()),
+        ],
+    );
+    let worker_chart = chart::lines(
+        &times,
+        &[
+            ("workers", "workers", samples.iter().map(|s| s.workers).collect()),
+            ("tasks held", "held", samples.iter().map(|s| s.tasks_held).collect()),
+        ],
+    );
+    let utc_now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+    let mut schedules = Vec::new();
+    for listed in state.service.schedules(utc_now).await? {
+        // With its recent occurrences (the list leaves them out).
+        schedules.push(state.service.schedule(&listed.name, utc_now).await?);
+    }
     let body = html! {
         h1 { "Grid" }
         h2 { "Manager" }
         p #health { "Health: " strong { (health.status) } " · active jobs: " (active) }
         @for line in health.describe() { p.notice { (line) } }
+        h2 { "Over the last day" }
+        div.charts {
+            figure #queue-over-time {
+                figcaption { "Queue depth (input and output queues)" }
+                @match queue_chart { Some(svg) => (svg), None => p { "Not sampled yet: the manager samples every " (SAMPLE_EVERY.as_secs()) " s." } }
+            }
+            figure #workers-over-time {
+                figcaption { "Live workers and the tasks they hold" }
+                @match worker_chart { Some(svg) => (svg), None => p { "Not sampled yet." } }
+            }
+        }
         h2 { "Queues" }
         table #queues {
             thead { tr { th { "Queue" } th { "Visible" } th { "In flight" } th { "Dead letters" } } }
@@ -44,6 +85,33 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
                          td { (time(worker.started_at)) } td { (time(worker.last_seen)) } td { (worker.tasks_done) } td { (worker.tasks_failed) } }
                 }
                 @if workers.is_empty() { tr { td colspan="9" { "No worker has registered." } } }
+            }
+        }
+        h2 { "Schedules" }
+        @if schedules.is_empty() { p { "No schedules. A job file's " code { "schedule:" } " block adds one (" code { "batchgrid schedule add" } ")." } } @else {
+            table #schedules {
+                thead { tr { th { "Schedule" } th { "When" } th { "Next fire times" } th { "Last runs" } } }
+                tbody {
+                    @for schedule in &schedules {
+                        tr {
+                            td { (schedule.name) @if schedule.paused { " " strong { "paused" } } }
+                            td { code { (schedule.cron) } " " (schedule.tz) }
+                            td { @for next in schedule.next.iter().take(3) { (next) br; } @if schedule.next.is_empty() { "–" } }
+                            td {
+                                @for run in schedule.occurrences.iter().take(3) {
+                                    (time(run.fire_time)) " "
+                                    @match &run.job_id {
+                                        Some(job) => a href=(format!("/ui/jobs/{}", url_path(job))) { (format!("{:?}", run.state).to_lowercase()) },
+                                        None => (format!("{:?}", run.state).to_lowercase()),
+                                    }
+                                    @if let Some(reason) = &run.reason { " (" (reason) ")" }
+                                    br;
+                                }
+                                @if schedule.occurrences.is_empty() { "none yet" }
+                            }
+                        }
+                    }
+                }
             }
         }
     };

@@ -28,6 +28,7 @@ mod job;
 mod jobs;
 mod layout;
 mod login;
+pub mod samples;
 
 use std::sync::Arc;
 
@@ -78,6 +79,7 @@ pub async fn serve(
     token: Secret,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    samples::start_sampling(service.clone());
     axum::serve(listener, router(service, token)).with_graceful_shutdown(shutdown).await
 }
 
