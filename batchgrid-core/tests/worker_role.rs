@@ -76,6 +76,7 @@ async fn the_worker_role_can_do_a_workers_work_and_nothing_more() {
             tasks_done: 0,
             tasks_failed: 0,
             current_tasks: 0,
+            running: Vec::new(),
         })
         .await
         .expect("heartbeat");
