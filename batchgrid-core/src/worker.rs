@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, PendingTask, WorkerRecord};
+use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, PendingTask, RunningTask, WorkerRecord};
 use crate::db::now_millis;
 use crate::grid::Grid;
 use crate::processor::command::CommandProcessor;
@@ -38,10 +38,15 @@ pub(crate) const JOB_STATE_TTL: Duration = Duration::from_secs(1);
 /// When a task of a paused job cannot be given back to admission (the store is down), how
 /// long the queue hides it before it is looked at again.
 const PAUSED_RETRY_DELAY: Duration = Duration::from_secs(5);
-/// How often a worker records that it is alive.
+/// How often a worker records that it is alive (with the tasks it is running).
 const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often a worker publishes its AWS request counts, so a job's report includes them.
 const REQUESTS_EVERY: Duration = Duration::from_secs(2);
+/// The longest between two heartbeats of a healthy worker: the liveness loop wakes every
+/// [`REQUESTS_EVERY`] and records once [`WORKER_HEARTBEAT`] has passed, so every 6 s. A
+/// worker's running tasks, as the dashboard sees them, are at most this old.
+pub const HEARTBEAT_PERIOD: Duration =
+    Duration::from_secs(WORKER_HEARTBEAT.as_secs().div_ceil(REQUESTS_EVERY.as_secs()) * REQUESTS_EVERY.as_secs());
 /// How long a queue that came back empty is not probed again ahead of the long poll.
 const EMPTY_PROBE_BACKOFF: Duration = Duration::from_secs(1);
 /// How long finished tasks are held while their attempts cannot be recorded (the analytics
@@ -172,6 +177,24 @@ struct Completion {
 
 type Held = Arc<Mutex<HashMap<(Source, String), Receipt>>>;
 
+/// The tasks running now, by message: what the heartbeat reports.
+type Running = Mutex<HashMap<(Source, String), RunningTask>>;
+
+/// Removes a task from the running ones when its run ends, however it ends: a task stopped at
+/// the drain deadline is dropped, not completed.
+struct RunningGuard<'a> {
+    running: &'a Running,
+    key: (Source, String),
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&self.key);
+        }
+    }
+}
+
 struct CachedJob {
     view: JobView,
     /// When the state and the failed stages were last read from the store.
@@ -207,6 +230,8 @@ pub struct Worker {
     registry: Arc<ProcessorRegistry>,
     jobs: tokio::sync::Mutex<HashMap<String, CachedJob>>,
     held: Held,
+    /// The held messages whose task is executing, with when it started.
+    running: Running,
     scratch: Arc<ScratchSlots>,
     host: String,
     /// A drain deadline sooner than the configured one (a spot interruption's).
@@ -227,6 +252,7 @@ impl Worker {
             registry: Arc::new(registry),
             jobs: tokio::sync::Mutex::new(HashMap::new()),
             held: Arc::new(Mutex::new(HashMap::new())),
+            running: Mutex::new(HashMap::new()),
             scratch,
             host: hostname(),
             drain_by: Mutex::new(None),
@@ -266,6 +292,20 @@ impl Worker {
         }
     }
 
+    /// Notes that the task of a held message is executing, until the guard is dropped.
+    fn start_running(&self, source: Source, message_id: &str, task: RunningTask) -> RunningGuard<'_> {
+        let key = (source, message_id.to_owned());
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(key.clone(), task);
+        }
+        RunningGuard { running: &self.running, key }
+    }
+
+    /// The tasks executing now, for the heartbeat.
+    fn running_now(&self) -> Vec<RunningTask> {
+        self.running.lock().map(|r| r.values().cloned().collect()).unwrap_or_default()
+    }
+
     fn unhold(&self, source: Source, id: &str) {
         if let Ok(mut held) = self.held.lock() {
             held.remove(&(source, id.to_owned()));
@@ -283,6 +323,8 @@ impl Worker {
             tasks_done: 0,
             tasks_failed: 0,
             current_tasks: u32::try_from(self.held_count()).unwrap_or(u32::MAX),
+            // The store keeps the longest running (the cap): stragglers are among them.
+            running: self.running_now(),
         };
         if let Err(error) = self.grid.analytics.upsert_worker(&record).await {
             tracing::warn!(%error, "could not record worker state");
@@ -854,6 +896,14 @@ impl Worker {
                 processors.get(task.stage as usize).cloned().unwrap_or_else(|| Err(TaskFailure::new("no such stage")))
             }
         };
+        // Running until its processor returns (or the run is dropped at the drain deadline);
+        // its start is the attempt's, so "running for" and the stage's recorded times measure
+        // the same span.
+        let running = self.start_running(
+            source,
+            &message.id,
+            RunningTask { job_id: task.job.clone(), stage: task.stage, task_id: task.task.clone(), started_at },
+        );
         let result: Result<TaskOutput, TaskFailure> = match processor {
             Ok(processor) => match tokio::time::timeout(stage.timeout, processor.process(&ctx)).await {
                 Ok(result) => result,
@@ -864,6 +914,7 @@ impl Worker {
             Err(failure) => Err(failure),
         };
         drop(scratch);
+        drop(running);
 
         let ended_at = now_millis();
         let mut attempt = AttemptRecord {

@@ -427,6 +427,19 @@ async fn a_drained_worker_finishes_its_tasks_and_takes_no_new_one() {
     assert!(matches!(missing, Err(ServiceError::NotFound(_))), "{missing:?}");
     service.drain_worker("w-drained").await.expect("drain");
     let asked = Instant::now();
+    // The heartbeat that says it is draining also says what it is still running (the tasks
+    // sleep 1.5 s, so they are running when it is written).
+    let draining = loop {
+        let workers = analytics(&service).workers().await.expect("workers");
+        if let Some(record) = workers.into_iter().find(|w| w.id == "w-drained" && w.state == "draining") {
+            break record;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(5), "the worker never reported draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(draining.running.len(), 2, "both running tasks reported: {draining:?}");
+    assert!(draining.running.iter().all(|t| t.job_id == id && t.stage == 0), "{draining:?}");
+    assert!(draining.running.iter().all(|t| t.started_at <= batchgrid_core::db::now_millis()), "{draining:?}");
     let stats =
         tokio::time::timeout(Duration::from_secs(20), run).await.expect("it exits").expect("join").expect("run");
     assert!(asked.elapsed() < Duration::from_secs(5), "it exits after its current tasks: {:?}", asked.elapsed());
@@ -437,4 +450,5 @@ async fn a_drained_worker_finishes_its_tasks_and_takes_no_new_one() {
     let workers = analytics(&service).workers().await.expect("workers");
     let record = workers.iter().find(|w| w.id == "w-drained").expect("listed");
     assert_eq!(record.state, "stopped");
+    assert!(record.running.is_empty(), "a stopped worker runs nothing: {record:?}");
 }

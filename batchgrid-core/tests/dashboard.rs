@@ -1,12 +1,12 @@
 //! The dashboard over HTTP on the embedded grid: every page and action refuses a caller
 //! without the token (the login page for a browser, 401 otherwise); the login form sets an
 //! HttpOnly, SameSite=Strict cookie that does not hold the token; pages show the job, its
-//! charts and its failures, escaped; an action without its session's CSRF token gets 403.
+//! charts, its stragglers and its failures, escaped; an action without its session's CSRF token gets 403.
 
 use std::time::Duration;
 
 use batchgrid_core::analytics::{
-    AttemptOutcome, AttemptRecord, GridSample, JobRecord, JobState, StageRecord, WorkerRecord,
+    AttemptOutcome, AttemptRecord, GridSample, JobRecord, JobState, RunningTask, StageRecord, WorkerRecord,
 };
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::manager::{spool_dir, Manager};
@@ -74,6 +74,7 @@ async fn seeded(state: &std::path::Path) -> Grid {
             tasks_done: 3,
             tasks_failed: 1,
             current_tasks: 2,
+            running: Vec::new(),
         })
         .await
         .expect("worker");
@@ -297,4 +298,83 @@ async fn actions_need_the_sessions_csrf_token_and_logout_ends_the_session() {
     assert!(out.headers()[SET_COOKIE].to_str().expect("ascii").contains("Max-Age=0"));
     assert_eq!(dashboard.get("/ui/jobs", Some(&cookie)).await.status(), 303, "the old cookie opens nothing");
     assert_eq!(dashboard.get("/ui/jobs", Some(&other)).await.status(), 200, "other sessions live on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_running_far_past_its_stages_p99_is_listed_as_a_straggler() {
+    let dashboard = start().await;
+    let cookie = dashboard.login().await;
+    let analytics = &dashboard.service.manager().grid().analytics;
+    let now = batchgrid_core::db::now_millis();
+    // Enough done tasks (300 ms each) for the stage's p99 to count.
+    let done: Vec<AttemptRecord> =
+        (0..25).map(|n| attempt(&format!("d{n}"), now - 5_000 + n, AttemptOutcome::Succeeded, None)).collect();
+    analytics.record_attempts(&done).await.expect("attempts");
+    let running = |task: &str, started_at: i64| RunningTask {
+        job_id: "claims-1".into(),
+        stage: 0,
+        task_id: task.into(),
+        started_at,
+    };
+    analytics
+        .upsert_worker(&WorkerRecord {
+            id: "worker-<i>8</i>".into(),
+            host: "h".into(),
+            pid: 2,
+            started_at: now - 600_000,
+            last_seen: now,
+            state: "running".into(),
+            tasks_done: 25,
+            tasks_failed: 0,
+            current_tasks: 2,
+            // One started ten minutes ago, one just now (not a straggler).
+            running: vec![running("<slow>", now - 600_000), running("quick", now - 10)],
+        })
+        .await
+        .expect("worker");
+
+    let job = dashboard.get("/ui/jobs/claims-1", Some(&cookie)).await.text().await.expect("body");
+    let at = job.find("<table id=\"stragglers\">").unwrap_or_else(|| panic!("a stragglers table: {job}"));
+    let table = &job[at..at + job[at..].find("</table>").expect("table end")];
+    assert!(table.contains("<td>&lt;slow&gt;</td>"), "the task, escaped: {table}");
+    assert!(table.contains("<td>worker-&lt;i&gt;8&lt;/i&gt;</td>"), "its worker, escaped: {table}");
+    assert!(table.contains("<td>validate</td>") && table.contains("×"), "stage and ratio: {table}");
+    assert!(!table.contains("quick"), "a task running less than 2× the p99 is no straggler: {table}");
+    assert!(!job.contains("<slow>") && !job.contains("<i>8"), "{job}");
+
+    let grid = dashboard.get("/ui/grid", Some(&cookie)).await.text().await.expect("body");
+    assert!(grid.contains("stage 0 / &lt;slow&gt;"), "the grid page lists what each worker runs: {grid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_done_tasks_show_no_stragglers() {
+    let dashboard = start().await;
+    let cookie = dashboard.login().await;
+    let now = batchgrid_core::db::now_millis();
+    dashboard
+        .service
+        .manager()
+        .grid()
+        .analytics
+        .upsert_worker(&WorkerRecord {
+            id: "worker-9".into(),
+            host: "h".into(),
+            pid: 3,
+            started_at: now - 600_000,
+            last_seen: now,
+            state: "running".into(),
+            tasks_done: 0,
+            tasks_failed: 0,
+            current_tasks: 1,
+            running: vec![RunningTask {
+                job_id: "claims-1".into(),
+                stage: 0,
+                task_id: "t9".into(),
+                started_at: now - 600_000,
+            }],
+        })
+        .await
+        .expect("worker");
+    let job = dashboard.get("/ui/jobs/claims-1", Some(&cookie)).await.text().await.expect("body");
+    assert!(job.contains("<p id=\"stragglers\">None.</p>"), "three done tasks are too few for a p99: {job}");
 }

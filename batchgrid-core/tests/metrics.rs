@@ -113,6 +113,7 @@ async fn seeded(state: &std::path::Path) -> Grid {
             tasks_done: 2,
             tasks_failed: 1,
             current_tasks: 2,
+            running: Vec::new(),
         })
         .await
         .expect("worker");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use batchgrid_core::analytics::credentials::{sqlstate, FixedUrl, ReconnectSettings};
 use batchgrid_core::analytics::{
     AdmissionStore, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord, JobRecord, JobState, PendingTask,
-    PgAnalytics, RequestCount, StageRecord, WorkerRecord,
+    PgAnalytics, RequestCount, RunningTask, StageRecord, WorkerRecord,
 };
 use batchgrid_core::spec::StageKind;
 use batchgrid_testkit::postgres::TestDatabase;
@@ -76,6 +76,8 @@ async fn the_worker_role_can_do_a_workers_work_and_nothing_more() {
             tasks_done: 0,
             tasks_failed: 0,
             current_tasks: 0,
+            // The running tasks' column (0012) is the workers' to write, like the rest of the row.
+            running: vec![RunningTask { job_id: "j".into(), stage: 0, task_id: "t3".into(), started_at: 30 }],
         })
         .await
         .expect("heartbeat");
@@ -86,6 +88,13 @@ async fn the_worker_role_can_do_a_workers_work_and_nothing_more() {
     assert_eq!(worker.job("j").await.expect("read the job").map(|job| job.state), Some(JobState::Running));
     assert_eq!(worker.stages("j").await.expect("stages")[0].done, 2, "counted once each");
     assert_eq!(worker.attempts("j", 0, "t1").await.expect("attempts").len(), 1);
+    assert_eq!(
+        owner.task_times("j").await.expect("rollups")[0].histogram.count(),
+        2,
+        "rolled up (0011 grants the rollups)"
+    );
+    let listed = owner.workers().await.expect("workers");
+    assert_eq!(listed.iter().find(|w| w.id == "w").map(|w| w.running.len()), Some(1), "its running tasks");
     // A paused job's task given back to admission (migration 0009).
     owner.init_admission("j", 50).await.expect("admission");
     assert!(!worker.admission("j").await.expect("read the pause flag").expect("known").paused);
@@ -111,6 +120,8 @@ async fn the_worker_role_can_do_a_workers_work_and_nothing_more() {
         "UPDATE job_admission SET paused = 1",
         "DELETE FROM tasks",
         "DELETE FROM attempts",
+        "DELETE FROM task_time_buckets",
+        "DELETE FROM completion_slots",
         "INSERT INTO job_history (job_id, seq, at, to_state, actor) VALUES ('j', 99, 1, 'done', 'x')",
         "SELECT * FROM schedules",
         "CREATE TABLE planted (x INT)",

@@ -32,6 +32,7 @@ pub mod credentials;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod rollup;
+pub mod running;
 pub mod schedules;
 pub mod sqlite;
 #[cfg(feature = "postgres")]
@@ -46,6 +47,7 @@ pub use admission::{AdmissionStore, JobAdmission, PendingTask, DEFAULT_PRIORITY,
 #[cfg(feature = "postgres")]
 pub use postgres::PgAnalytics;
 pub use rollup::{StageTimes, TimeHistogram};
+pub use running::{RunningTask, MAX_RUNNING_RECORDED};
 pub use schedules::{OccurrenceRecord, OccurrenceState, ScheduleRecord, ScheduleStore};
 pub use sqlite::SqliteAnalytics;
 
@@ -335,6 +337,10 @@ pub struct WorkerRecord {
     /// Tasks it held (running or about to run) at its last heartbeat.
     #[serde(default)]
     pub current_tasks: u32,
+    /// Tasks it was running at its last heartbeat, the longest running first (at most
+    /// [`MAX_RUNNING_RECORDED`]).
+    #[serde(default)]
+    pub running: Vec<RunningTask>,
 }
 
 /// The grid at one moment: the dashboard's queue depth and workers over time.

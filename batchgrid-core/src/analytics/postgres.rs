@@ -15,6 +15,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::credentials::{CredentialsSource, FixedUrl, Reconnect, ReconnectSettings};
 use super::rollup::RollupDelta;
+use super::running;
 use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
@@ -864,10 +865,12 @@ impl AnalyticsStore for Sql {
 
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed, current_tasks)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed, current_tasks,
+                                  running_tasks)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO UPDATE SET last_seen = GREATEST(workers.last_seen, excluded.last_seen),
-                                            state = excluded.state, current_tasks = excluded.current_tasks",
+                                            state = excluded.state, current_tasks = excluded.current_tasks,
+                                            running_tasks = excluded.running_tasks",
         )
         .bind(&worker.id)
         .bind(&worker.host)
@@ -878,6 +881,7 @@ impl AnalyticsStore for Sql {
         .bind(to_i64(worker.tasks_done))
         .bind(to_i64(worker.tasks_failed))
         .bind(i64::from(worker.current_tasks))
+        .bind(running::encode(&worker.running))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -888,8 +892,9 @@ impl AnalyticsStore for Sql {
             sqlx::query(r#"SELECT * FROM workers ORDER BY started_at, id COLLATE "C""#).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
+                let id: String = row.try_get("id")?;
+                let running = running::decode(&id, row.try_get("running_tasks")?)?;
                 Ok(WorkerRecord {
-                    id: row.try_get("id")?,
                     host: row.try_get("host")?,
                     pid: to_u32(row.try_get("pid")?),
                     started_at: row.try_get("started_at")?,
@@ -898,6 +903,8 @@ impl AnalyticsStore for Sql {
                     tasks_done: to_u64(row.try_get("tasks_done")?),
                     tasks_failed: to_u64(row.try_get("tasks_failed")?),
                     current_tasks: to_u32(row.try_get("current_tasks")?),
+                    running,
+                    id,
                 })
             })
             .collect()

@@ -8,6 +8,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::rollup::RollupDelta;
+use super::running;
 use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
@@ -544,10 +545,12 @@ impl AnalyticsStore for SqliteAnalytics {
 
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed, current_tasks)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO workers (id, host, pid, started_at, last_seen, state, tasks_done, tasks_failed, current_tasks,
+                                  running_tasks)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET last_seen = MAX(workers.last_seen, excluded.last_seen), state = excluded.state,
-                                            current_tasks = excluded.current_tasks",
+                                            current_tasks = excluded.current_tasks,
+                                            running_tasks = excluded.running_tasks",
         )
         .bind(&worker.id)
         .bind(&worker.host)
@@ -558,6 +561,7 @@ impl AnalyticsStore for SqliteAnalytics {
         .bind(to_i64(worker.tasks_done))
         .bind(to_i64(worker.tasks_failed))
         .bind(i64::from(worker.current_tasks))
+        .bind(running::encode(&worker.running))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -565,20 +569,24 @@ impl AnalyticsStore for SqliteAnalytics {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>, AnalyticsError> {
         let rows = sqlx::query("SELECT * FROM workers ORDER BY started_at, id").fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|row| WorkerRecord {
-                id: row.get("id"),
-                host: row.get("host"),
-                pid: to_u32(row.get("pid")),
-                started_at: row.get("started_at"),
-                last_seen: row.get("last_seen"),
-                state: row.get("state"),
-                tasks_done: to_u64(row.get("tasks_done")),
-                tasks_failed: to_u64(row.get("tasks_failed")),
-                current_tasks: to_u32(row.get("current_tasks")),
+        rows.iter()
+            .map(|row| {
+                let id: String = row.get("id");
+                let running = running::decode(&id, row.get("running_tasks"))?;
+                Ok(WorkerRecord {
+                    host: row.get("host"),
+                    pid: to_u32(row.get("pid")),
+                    started_at: row.get("started_at"),
+                    last_seen: row.get("last_seen"),
+                    state: row.get("state"),
+                    tasks_done: to_u64(row.get("tasks_done")),
+                    tasks_failed: to_u64(row.get("tasks_failed")),
+                    current_tasks: to_u32(row.get("current_tasks")),
+                    running,
+                    id,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn request_drain(&self, worker_id: &str, at: i64) -> Result<bool, AnalyticsError> {

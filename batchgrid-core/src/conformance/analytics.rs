@@ -3,7 +3,7 @@
 use crate::analytics::rollup::bucket_of;
 use crate::analytics::{
     actor, AnalyticsStore, AttemptOutcome, AttemptRecord, GridSample, JobQuery, JobRecord, JobState, RequestCount,
-    StageRecord, WorkerActivity, WorkerRecord,
+    RunningTask, StageRecord, WorkerActivity, WorkerRecord, MAX_RUNNING_RECORDED,
 };
 use crate::spec::StageKind;
 
@@ -298,6 +298,10 @@ async fn job_lists_filter_and_page(store: &dyn AnalyticsStore) {
     assert_eq!(stages["list-1"], store.stages("list-1").await.expect("stages"), "the same as one job's read");
 }
 
+fn running(job: &str, stage: u32, task: &str, started_at: i64) -> RunningTask {
+    RunningTask { job_id: job.into(), stage, task_id: task.into(), started_at }
+}
+
 async fn workers_and_totals(store: &dyn AnalyticsStore) {
     let worker = WorkerRecord {
         id: "w-stats".into(),
@@ -309,6 +313,7 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
         tasks_done: 0,
         tasks_failed: 0,
         current_tasks: 3,
+        running: vec![running("totals", 0, "late", 900), running("totals", 1, "<early>", 500)],
     };
     store.upsert_worker(&worker).await.expect("worker");
     store.create_job(&job("totals"), &stages()).await.expect("create");
@@ -340,13 +345,36 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
     assert!(store.request_drain("w-stats", 9).await.expect("again"), "asking twice is harmless");
     assert!(store.drain_requested("w-stats").await.expect("read"), "the worker sees it");
     assert_eq!(stats.current_tasks, 3, "the tasks it held at its heartbeat");
+    assert_eq!(
+        stats.running,
+        vec![running("totals", 1, "<early>", 500), running("totals", 0, "late", 900)],
+        "the tasks it was running, the longest running first"
+    );
+    let now_running = vec![running("totals", 2, "next", 1_200)];
     store
-        .upsert_worker(&WorkerRecord { state: "draining".into(), current_tasks: 1, ..worker })
+        .upsert_worker(&WorkerRecord {
+            state: "draining".into(),
+            current_tasks: 1,
+            running: now_running.clone(),
+            ..worker.clone()
+        })
         .await
         .expect("heartbeat");
     assert!(store.drain_requested("w-stats").await.expect("read"), "a heartbeat keeps the request");
     let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
     assert_eq!((stats.state.as_str(), stats.current_tasks), ("draining", 1), "each heartbeat replaces the count");
+    assert_eq!(stats.running, now_running, "and the running tasks");
+
+    // A worker running more than a heartbeat records keeps the longest running.
+    let many: Vec<RunningTask> =
+        (0..MAX_RUNNING_RECORDED as i64 + 5).rev().map(|at| running("totals", 0, &format!("t{at}"), at)).collect();
+    store.upsert_worker(&WorkerRecord { running: many, ..worker.clone() }).await.expect("heartbeat");
+    let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
+    assert_eq!(stats.running.len(), MAX_RUNNING_RECORDED, "capped");
+    assert_eq!(stats.running.first().map(|t| t.started_at), Some(0), "the longest running kept");
+    store.upsert_worker(&WorkerRecord { state: "stopped".into(), running: Vec::new(), ..worker }).await.expect("stop");
+    let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
+    assert!(stats.running.is_empty(), "an empty list replaces the last one");
     assert!(!store.request_drain("nobody", 5).await.expect("unknown"), "an unknown worker is not found");
     assert!(!store.drain_requested("nobody").await.expect("unknown"));
 }

@@ -1,6 +1,6 @@
 //! The grid's page: the manager's health, the queues' depths and the live workers over the
-//! last day ([`super::samples`]), the queues and workers now, the worker group's instances
-//! (on AWS), and the schedules with their next fire times and last runs.
+//! last day ([`super::samples`]), the queues now, the workers with the tasks each is running
+//! (as of its last heartbeat), and the schedules with their next fire times and last runs.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,7 +9,7 @@ use axum::Extension;
 use maud::html;
 
 use super::auth::Caller;
-use super::layout::{respond, shell, time, url_path};
+use super::layout::{duration, respond, shell, time, url_path};
 use super::samples::SAMPLE_EVERY;
 use super::{failure, Dashboard};
 use crate::chart;
@@ -18,6 +18,8 @@ use crate::service::ServiceError;
 
 /// The span of the over-time charts.
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Running tasks listed per worker (the longest running: the heartbeat stores them first).
+const RUNNING_SHOWN: usize = 10;
 
 async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceError> {
     let manager = state.service.manager();
@@ -78,10 +80,20 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
         }
         h2 { "Workers" }
         table #workers {
-            thead { tr { th { "Worker" } th { "Host" } th { "PID" } th { "State" } th { "Current tasks" } th { "Started" } th { "Last seen" } th { "Done" } th { "Failed" } } }
+            thead { tr { th { "Worker" } th { "Host" } th { "PID" } th { "State" } th { "Current tasks (running for)" } th { "Started" } th { "Last seen" } th { "Done" } th { "Failed" } } }
             tbody {
                 @for worker in &workers {
-                    tr { td { (worker.id) } td { (worker.host) } td { (worker.pid) } td { (worker.state) } td { (worker.current_tasks) }
+                    tr { td { (worker.id) } td { (worker.host) } td { (worker.pid) } td { (worker.state) } td { (worker.current_tasks)
+                        // A stopped worker's last list is what it ran before it stopped: not now.
+                        @if worker.state != "stopped" && !worker.running.is_empty() {
+                            ul.running {
+                                @for task in worker.running.iter().take(RUNNING_SHOWN) {
+                                    li { a href=(format!("/ui/jobs/{}", url_path(&task.job_id))) { (task.job_id) }
+                                         " / stage " (task.stage) " / " (task.task_id) " · " (duration(now.saturating_sub(task.started_at))) }
+                                }
+                                @if worker.running.len() > RUNNING_SHOWN { li { "… and " (worker.running.len() - RUNNING_SHOWN) " more" } }
+                            }
+                        } }
                          td { (time(worker.started_at)) } td { (time(worker.last_seen)) } td { (worker.tasks_done) } td { (worker.tasks_failed) } }
                 }
                 @if workers.is_empty() { tr { td colspan="9" { "No worker has registered." } } }

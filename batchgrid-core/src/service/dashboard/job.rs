@@ -1,6 +1,7 @@
 //! A job's page: its stages' progress, tasks done over time and the task-time histogram (SVG),
-//! percentiles, failed tasks with the tail of their errors, its history, its report once it
-//! has ended, and its results with download links.
+//! percentiles, stragglers (tasks running more than twice their stage's p99), failed tasks
+//! with the tail of their errors, its history, its report once it has ended, and its results
+//! with download links.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,6 +13,7 @@ use super::actions::Action;
 use super::auth::Caller;
 use super::jobs::{rate_and_eta, totals};
 use super::layout::{compute_cost, duration, progress, respond, shell, time, url_path};
+use super::stragglers::{self, stragglers};
 use super::{failure, Dashboard};
 use crate::analytics::TimeHistogram;
 use crate::chart;
@@ -22,6 +24,8 @@ use crate::spec::JobSpec;
 const ERROR_TAIL: usize = 400;
 /// Failed tasks listed.
 const FAILED_SHOWN: usize = 100;
+/// Stragglers listed (the most behind).
+const STRAGGLERS_SHOWN: usize = 50;
 
 /// A time read from the buckets, marked as the estimate it is.
 fn approx(ms: Option<u64>) -> String {
@@ -47,6 +51,9 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
     let times = analytics.task_times(id).await?;
     let completions = analytics.completions(id).await?;
     let failed = analytics.failed_tasks(id).await?;
+    // Only a running job has stragglers. A worker row that cannot be read costs this section,
+    // not the page.
+    let workers = if status.state.is_terminal() { Ok(Vec::new()) } else { analytics.workers().await };
     let history = service.history(id).await?;
     let ended = status.state.is_terminal();
     let report = if ended { manager.stored_report(id).await? } else { None };
@@ -63,6 +70,10 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
     }
     let stage_times = |stage: u32| times.iter().find(|t| t.stage == stage).map(|t| &t.histogram);
     let stage_names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+    let behind = match &workers {
+        Ok(workers) => Ok(stragglers(id, workers, &times, now)),
+        Err(error) => Err(error.to_string()),
+    };
     let base = format!("/ui/jobs/{}", url_path(id));
     let body = html! {
         h1 { (status.name) " " span class=(format!("state state-{}", status.state.as_str())) #state { (status.state.as_str()) } }
@@ -118,6 +129,30 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
                 @match chart::histogram(&all_times) {
                     Some(svg) => (svg),
                     None => p { "No task has finished yet." },
+                }
+            }
+        }
+        @if !ended {
+            h2 { "Stragglers" }
+            p.hint { "Tasks running more than " (stragglers::FACTOR) "× their stage's p99, once the stage has "
+                (stragglers::MIN_DONE) " done tasks. From the workers' heartbeats (every "
+                (humantime::format_duration(crate::worker::HEARTBEAT_PERIOD)) "), so up to one heartbeat behind; a worker silent for "
+                (humantime::format_duration(stragglers::STALE_AFTER)) " or stopped is left out." }
+            @match &behind {
+                Err(error) => p.notice #stragglers { "Cannot read the workers' running tasks: " (error) },
+                Ok(behind) if behind.is_empty() => p #stragglers { "None." },
+                Ok(behind) => {
+                    table #stragglers {
+                        thead { tr { th { "Stage" } th { "Task" } th { "Worker" } th { "Running for" } th { "Stage p99" } th { "Ratio" } } }
+                        tbody {
+                            @for straggler in behind.iter().take(STRAGGLERS_SHOWN) {
+                                tr { td { (stage_names.get(straggler.stage as usize).copied().unwrap_or("?")) } td { (straggler.task_id) }
+                                     td { (straggler.worker_id) } td { (duration(i64::try_from(straggler.running_ms).unwrap_or(i64::MAX))) }
+                                     td { (approx(Some(straggler.p99_ms))) } td { (format!("{:.1}×", straggler.ratio)) } }
+                            }
+                        }
+                    }
+                    @if behind.len() > STRAGGLERS_SHOWN { p { "… and " (behind.len() - STRAGGLERS_SHOWN) " more." } }
                 }
             }
         }

@@ -12,7 +12,7 @@
 //! | `GET /ui/login`, `POST /ui/login` | the login form; a right token sets the session cookie |
 //! | `POST /ui/logout` | ends the session |
 //! | `GET /ui/jobs?state=&name=` | jobs: state, progress, throughput, ETA |
-//! | `GET /ui/jobs/{id}` | a job: stages, charts, percentiles, failures, history, report, results |
+//! | `GET /ui/jobs/{id}` | a job: stages, charts, percentiles, stragglers, failures, history, report, results |
 //! | `GET /ui/jobs/{id}/results/{path}` | one result object |
 //! | `GET /ui/jobs/{id}/logs/{stage}/{task}/{stdout\|stderr}` | a task's captured output, as text |
 //! | `GET`, `POST /ui/jobs/{id}/{cancel\|pause\|resume\|retry}` | the confirmation, then the action |
@@ -29,6 +29,7 @@ mod jobs;
 mod layout;
 mod login;
 pub mod samples;
+mod stragglers;
 
 use std::sync::Arc;
 
