@@ -3,6 +3,7 @@
 //! HttpOnly, SameSite=Strict cookie that does not hold the token; pages show the job, its
 //! charts, its stragglers and its failures, escaped; an action without its session's CSRF token gets 403.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use batchgrid_core::analytics::{
@@ -11,6 +12,7 @@ use batchgrid_core::analytics::{
 use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::manager::{spool_dir, Manager};
 use batchgrid_core::metering::ComputePrice;
+use batchgrid_core::scaling::{GroupError, InstanceList, InstanceView};
 use batchgrid_core::secret::Secret;
 use batchgrid_core::service::{api, JobService};
 use batchgrid_core::spec::{InputPolicy, StageKind};
@@ -81,6 +83,22 @@ async fn seeded(state: &std::path::Path) -> Grid {
     grid
 }
 
+/// A worker group of one instance, running worker-7's host.
+struct OneInstance;
+
+#[async_trait::async_trait]
+impl InstanceList for OneInstance {
+    async fn instances(&self) -> Result<Vec<InstanceView>, GroupError> {
+        Ok(vec![InstanceView {
+            id: "worker".into(),
+            instance_type: "m7g.xlarge".into(),
+            lifecycle: "InService".into(),
+            health: "Healthy".into(),
+            protected: true,
+        }])
+    }
+}
+
 struct Dashboard {
     base: String,
     http: reqwest::Client,
@@ -93,7 +111,7 @@ async fn start() -> Dashboard {
     let state = dir.path().join("state");
     let grid = seeded(&state).await;
     let price = ComputePrice { instance_type: "m7g.xlarge".into(), hourly_usd: 0.1632, tasks_per_instance: 4 };
-    let manager = Manager::new(grid, spool_dir(&state)).with_compute_price(price);
+    let manager = Manager::new(grid, spool_dir(&state)).with_compute_price(price).with_instances(Arc::new(OneInstance));
     let service = JobService::new(manager, Duration::from_millis(100), dir.path().to_path_buf(), InputPolicy::Operator);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
@@ -239,6 +257,12 @@ async fn pages_show_the_grid_escaped_and_behind_a_content_policy() {
         "the schedule: {grid}"
     );
     assert!(grid.contains("none yet"), "no run yet: {grid}");
+    let instances = grid.split("id=\"instances\"").nth(1).unwrap_or_default();
+    assert!(
+        instances.contains("m7g.xlarge") && instances.contains("InService") && instances.contains("yes (busy)"),
+        "{grid}"
+    );
+    assert!(instances.contains("worker-7 (running)"), "the instance's worker: {grid}");
     assert_eq!(dashboard.get("/ui/jobs/nope", Some(&cookie)).await.status(), 404);
 
     // The bearer header opens the pages too, for scripts and proxies that hold the token.

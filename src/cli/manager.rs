@@ -120,6 +120,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
             default_type: stack.instance_type.clone().unwrap_or_default(),
         };
         manager = manager.with_instance_usage(Arc::new(usage));
+        let client = batchgrid_core::aws::autoscaling_client(&config, &manager.grid().meter);
+        manager = manager.with_instances(Arc::new(AutoScalingGroup::new(client, group.clone())));
     }
     let sizing = args.scaling.settings(stack.scaling.as_ref());
     if let Some(instance_type) = &stack.instance_type {

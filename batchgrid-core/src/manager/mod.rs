@@ -178,6 +178,8 @@ pub struct Manager {
     instance_usage: Option<Arc<dyn InstanceUsageSource>>,
     /// What a task-hour costs on the worker group, where its instance type's price is known.
     compute_price: Option<crate::metering::ComputePrice>,
+    /// The worker group's instances, where there is a group (AWS).
+    instances: Option<Arc<dyn crate::scaling::InstanceList>>,
     /// When the dead-letter queues were last read (they are shared by every job).
     last_dead_letter_scan: Arc<Mutex<Option<std::time::Instant>>>,
     health: Health,
@@ -207,6 +209,7 @@ impl Manager {
             dead_letter_every: Duration::ZERO,
             instance_usage: None,
             compute_price: None,
+            instances: None,
             last_dead_letter_scan: Arc::default(),
             health: Health::default(),
             watchdog_notes: Arc::default(),
@@ -238,6 +241,17 @@ impl Manager {
     pub fn with_compute_price(mut self, price: crate::metering::ComputePrice) -> Self {
         self.compute_price = Some(price);
         self
+    }
+
+    /// Lists the worker group's instances through `list` (the dashboard's grid page).
+    pub fn with_instances(mut self, list: Arc<dyn crate::scaling::InstanceList>) -> Self {
+        self.instances = Some(list);
+        self
+    }
+
+    /// The worker group's instances, where there is a group.
+    pub fn instances(&self) -> Option<&Arc<dyn crate::scaling::InstanceList>> {
+        self.instances.as_ref()
     }
 
     /// What a task-hour costs, where known.

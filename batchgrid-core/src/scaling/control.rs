@@ -9,7 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::group::{AutoScalingGroup, GroupError};
+pub use super::group::InstanceView;
+use super::group::{AutoScalingGroup, GroupError, InstanceList};
 
 /// The tag holding a paused group's bounds, `MIN,MAX`.
 pub const PAUSED_TAG: &str = "batchgrid:paused-bounds";
@@ -55,21 +56,6 @@ impl Bounds {
         }
         Ok(bounds)
     }
-}
-
-/// One instance of the group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceView {
-    /// EC2 instance id.
-    pub id: String,
-    /// Instance type.
-    pub instance_type: String,
-    /// Auto Scaling lifecycle state (`InService`, `Terminating:Wait`, ...).
-    pub lifecycle: String,
-    /// Health as Auto Scaling sees it.
-    pub health: String,
-    /// Protected from scale-in (the worker protects itself while busy).
-    pub protected: bool,
 }
 
 /// The group as an operator sees it.
@@ -207,6 +193,17 @@ impl AutoScalingGroup {
             .await
             .map_err(|e| self.error(&e))?;
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceList for AutoScalingGroup {
+    async fn instances(&self) -> Result<Vec<InstanceView>, GroupError> {
+        match self.view().await {
+            Ok(view) => Ok(view.instances),
+            Err(ControlError::Group(error)) => Err(error),
+            Err(other) => Err(GroupError::Api { group: self.name().to_owned(), message: other.to_string() }),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The worker group the autoscaler sizes: a small trait, and its Auto Scaling implementation.
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use super::sizing::GroupState;
 
@@ -27,6 +28,29 @@ pub trait WorkerGroup: Send + Sync {
     async fn state(&self) -> Result<GroupState, GroupError>;
     /// Asks the group for `desired` instances.
     async fn set_desired(&self, desired: u32) -> Result<(), GroupError>;
+}
+
+/// One instance of the worker group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// EC2 instance id.
+    pub id: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// Auto Scaling lifecycle state (`InService`, `Terminating:Wait`, ...).
+    pub lifecycle: String,
+    /// Health as Auto Scaling sees it.
+    pub health: String,
+    /// Protected from scale-in (the worker protects itself while busy).
+    pub protected: bool,
+}
+
+/// The worker group's instances, for the dashboard's grid page (a trait so the page needs no
+/// AWS client, and a test can give it instances).
+#[async_trait]
+pub trait InstanceList: Send + Sync {
+    /// The instances, by id.
+    async fn instances(&self) -> Result<Vec<InstanceView>, GroupError>;
 }
 
 /// An EC2 Auto Scaling group.

@@ -19,5 +19,5 @@ pub mod warm_up;
 pub use autoscaler::{Autoscaler, ScalingError};
 #[cfg(feature = "aws")]
 pub use group::AutoScalingGroup;
-pub use group::{GroupError, WorkerGroup};
+pub use group::{GroupError, InstanceList, InstanceView, WorkerGroup};
 pub use sizing::{decide, Decision, GroupState, SizingSettings};

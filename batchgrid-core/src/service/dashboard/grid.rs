@@ -47,6 +47,11 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
             ("tasks held", "held", samples.iter().map(|s| s.tasks_held).collect()),
         ],
     );
+    // The group answers without the database; a failure is a notice, not a failed page.
+    let instances = match manager.instances() {
+        Some(list) => Some(list.instances().await.map_err(|error| error.to_string())),
+        None => None,
+    };
     let utc_now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
     let mut schedules = Vec::new();
     for listed in state.service.schedules(utc_now).await? {
@@ -98,6 +103,25 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
                 }
                 @if workers.is_empty() { tr { td colspan="9" { "No worker has registered." } } }
             }
+        }
+        h2 { "Instances" }
+        @match &instances {
+            None => p { "No worker group: this grid runs its workers itself (" code { "batchgrid run" } ")." },
+            Some(Err(error)) => p.notice { "The worker group could not be read: " (error) },
+            Some(Ok(list)) if list.is_empty() => p { "The worker group has no instances." },
+            Some(Ok(list)) => table #instances {
+                thead { tr { th { "Instance" } th { "Type" } th { "Lifecycle" } th { "Health" } th { "Protected" } th { "Worker" } th { "Running" } } }
+                tbody {
+                    @for instance in list {
+                        // On AWS a worker's id starts with its instance's id (cli/worker.rs).
+                        @let worker = workers.iter().filter(|w| w.id.starts_with(&instance.id)).max_by_key(|w| w.last_seen);
+                        tr { td { (instance.id) } td { (instance.instance_type) } td { (instance.lifecycle) } td { (instance.health) }
+                             td { @if instance.protected { "yes (busy)" } @else { "no" } }
+                             td { @if let Some(worker) = worker { (worker.id) " (" (worker.state) ")" } @else { "–" } }
+                             td { @if let Some(worker) = worker { (worker.current_tasks) } @else { "–" } } }
+                    }
+                }
+            },
         }
         h2 { "Schedules" }
         @if schedules.is_empty() { p { "No schedules. A job file's " code { "schedule:" } " block adds one (" code { "batchgrid schedule add" } ")." } } @else {
