@@ -24,6 +24,7 @@
 pub mod analytics;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod byte_range;
 pub mod chart;
 #[cfg(feature = "conformance")]
 pub mod conformance;
