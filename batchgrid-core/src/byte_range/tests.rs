@@ -135,14 +135,8 @@ proptest! {
             input.push('\n');
         }
         let input = input.into_bytes();
-        let header_line = if header {
-            match input.iter().position(|&b| b == b'\n') {
-                Some(at) => Some(input[..=at].to_vec()),
-                None => None,
-            }
-        } else {
-            None
-        };
+        let header_line =
+            if header { input.iter().position(|&b| b == b'\n').map(|at| input[..=at].to_vec()) } else { None };
         match header_line {
             Some(head) => {
                 let got = chunks(&input, range, true);
