@@ -267,6 +267,7 @@ fn task_body(i: u64) -> String {
         input: format!("jobs/bench-sqs-01jbenchbenchbenchbenchbenchb/input/{task}/lines.txt"),
         task,
         data: Some(format!("{}\n", i + 1)),
+        range: None,
     }
     .encode()
 }

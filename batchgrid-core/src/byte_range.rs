@@ -167,5 +167,7 @@ impl RangeRead for FileRange {
     }
 }
 
+pub mod local;
+
 #[cfg(test)]
 mod tests;

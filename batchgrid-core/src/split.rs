@@ -28,6 +28,13 @@ pub enum ChunkData {
         /// Whether it is a spool file to remove.
         spooled: bool,
     },
+    /// Bytes `[start, end)` of the input itself, which the worker reads: nothing is copied.
+    Range {
+        /// First byte.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
 }
 
 /// One piece of input, ready to be staged.
@@ -248,6 +255,57 @@ fn finish(
     sink(Chunk { index, data, file_name, bytes })
 }
 
+/// Splits a local input file into byte ranges of itself instead of chunks (see
+/// [`crate::byte_range`]): `bytes:` from its size, `lines:` from one read for its line starts.
+/// Each range goes to `sink` as a [`ChunkData::Range`] chunk, named as [`split_input`] names
+/// its chunks. Returns the number of ranges.
+pub fn split_ranges(
+    input: &Path,
+    split: SplitSpec,
+    described: &crate::byte_range::local::RangeInput,
+    mut sink: impl FnMut(Chunk) -> Result<(), SplitError>,
+) -> Result<u64, SplitError> {
+    let extension = input.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
+    let mut index = 0u64;
+    let mut emit = |start: u64, end: u64| -> Result<(), SplitError> {
+        let file_name = format!("part-{index:06}{extension}");
+        sink(Chunk { index, data: ChunkData::Range { start, end }, file_name, bytes: end - start })?;
+        index += 1;
+        Ok(())
+    };
+    match split {
+        SplitSpec::Bytes { bytes, .. } => {
+            for (start, end) in crate::byte_range::local::byte_ranges(described, bytes.get()) {
+                emit(start, end)?;
+            }
+            Ok(index)
+        }
+        SplitSpec::Lines { lines, .. } => {
+            let scan = |e: io::Error| SplitError::Io { context: format!("reading {}", input.display()), source: e };
+            crate::byte_range::local::line_ranges(input, described, lines.get(), |start, end| {
+                emit(start, end).map_err(RangeScanError::Split)
+            })
+            .map_err(|e| match e {
+                RangeScanError::Io(error) => scan(error),
+                RangeScanError::Split(error) => error,
+            })
+        }
+        SplitSpec::PerFile => Ok(0),
+    }
+}
+
+/// The line scan's failures: its own reads, or the sink's.
+enum RangeScanError {
+    Io(io::Error),
+    Split(SplitError),
+}
+
+impl From<io::Error> for RangeScanError {
+    fn from(error: io::Error) -> Self {
+        RangeScanError::Io(error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU64;
@@ -266,6 +324,7 @@ mod tests {
             chunks.push(match chunk.data {
                 ChunkData::Memory(bytes) => String::from_utf8(bytes).expect("utf-8"),
                 ChunkData::File { path, .. } => std::fs::read_to_string(path).expect("read chunk"),
+                ChunkData::Range { .. } => panic!("split_input stages chunks; split_ranges makes ranges"),
             });
             Ok(())
         })
@@ -320,5 +379,44 @@ mod tests {
         })
         .expect("split");
         assert_eq!(names, vec![("a.txt".to_owned(), false), ("2.txt".to_owned(), false)]);
+    }
+
+    /// A `lines:` split gives the same chunks whether staged or read from byte ranges.
+    #[test]
+    fn line_ranges_read_back_as_the_staged_chunks() {
+        let content = "id,amount\n1,10\n2,20\n3,30\n4,40\n5,50";
+        for (n, header) in [(1, false), (2, true), (4, true), (10, false)] {
+            let dir = tempfile::tempdir().expect("dir");
+            let input = dir.path().join("in.csv");
+            std::fs::write(&input, content).expect("write");
+            let split = lines(n, header);
+            let described = crate::byte_range::local::describe(&input, header).expect("describe");
+            let mut ranges = Vec::new();
+            split_ranges(&input, split, &described, |chunk| {
+                if let ChunkData::Range { start, end } = chunk.data {
+                    ranges.push((start, end));
+                }
+                Ok(())
+            })
+            .expect("ranges");
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let read: Vec<String> = ranges
+                .iter()
+                .map(|&(start, end)| {
+                    let range = crate::byte_range::InputRange {
+                        source: crate::byte_range::RangeSource::File(input.clone()),
+                        start,
+                        end,
+                        body_start: described.body_start,
+                        size: described.size,
+                        header: described.header.clone(),
+                    };
+                    let source = crate::byte_range::FileRange(input.clone());
+                    let chunk = runtime.block_on(crate::byte_range::read_chunk(&source, &range)).expect("read");
+                    String::from_utf8(chunk).expect("utf-8")
+                })
+                .collect();
+            assert_eq!(read, run(content, split), "lines {n}, header {header}");
+        }
     }
 }

@@ -25,6 +25,10 @@ pub struct TaskMessage {
     /// A small input carried in the message itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// A byte range of the job's original input, read by the worker itself (a split without
+    /// copying); `input` then only names the chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<crate::byte_range::InputRange>,
 }
 
 /// Malformed queue payloads.
@@ -48,6 +52,15 @@ impl TaskMessage {
         }
         if message.data.as_ref().is_some_and(|d| d.len() > MAX_INLINE_BYTES) {
             return Err(PayloadError(format!("inline data exceeds {MAX_INLINE_BYTES} bytes")));
+        }
+        if let Some(range) = &message.range {
+            let ordered = range.body_start <= range.start && range.start <= range.end && range.end <= range.size;
+            if !ordered || message.data.is_some() || message.input.ends_with('/') {
+                return Err(PayloadError(
+                    "a byte range needs body_start <= start <= end <= size, no inline data and a single input key"
+                        .into(),
+                ));
+            }
         }
         if message.data.is_some() && message.input.ends_with('/') {
             return Err(PayloadError("inline data needs a single input key, not a prefix".into()));
@@ -119,6 +132,7 @@ mod tests {
             task: "000001".into(),
             input: input_key("j1", "000001", "a.csv", true),
             data: None,
+            range: None,
         };
         assert_eq!(TaskMessage::decode(&message.encode()).ok(), Some(message.clone()));
         assert!(!message.encode().contains("data"), "no inline field unless there is data");

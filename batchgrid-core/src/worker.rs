@@ -811,6 +811,26 @@ impl Worker {
     }
 
     /// Runs one delivered message to a completion; never panics on bad payloads.
+    /// The chunk a byte-range task names, read from the original input.
+    async fn read_range(&self, range: &crate::byte_range::InputRange) -> Result<Vec<u8>, TaskFailure> {
+        use crate::byte_range::{read_chunk, FileRange, RangeSource};
+        match &range.source {
+            // Only where manager and workers share a disk: the embedded grid's store is local.
+            RangeSource::File(path) if self.grid.store.is_local() => {
+                read_chunk(&FileRange(path.clone()), range).await.map_err(|e| {
+                    TaskFailure::new(format!("reading bytes {}..{} of {}: {e}", range.start, range.end, path.display()))
+                })
+            }
+            RangeSource::File(path) => Err(TaskFailure::new(format!(
+                "input {} is a local file of the manager's machine; this worker does not share its disk",
+                path.display()
+            ))),
+            RangeSource::Object { bucket, key } => Err(TaskFailure::new(format!(
+                "byte ranges of s3://{bucket}/{key} are read by the manager's split on this version"
+            ))),
+        }
+    }
+
     async fn handle(&self, source: Source, message: QueueMessage) -> Completion {
         let started_at = now_millis();
         let mut completion = Completion {
@@ -873,6 +893,15 @@ impl Worker {
                 return completion;
             }
         };
+        // A byte range of the original input is read here, before the clock of the task's
+        // processor starts, into the same place a small inline chunk goes.
+        let (inline, unreadable) = match &task.range {
+            None => (task.data.clone().map(bytes::Bytes::from), None),
+            Some(range) => match self.read_range(range).await {
+                Ok(chunk) => (Some(bytes::Bytes::from(chunk)), None),
+                Err(failure) => (None, Some(failure)),
+            },
+        };
         let ctx = TaskContext {
             job_id: task.job.clone(),
             stage: task.stage,
@@ -880,7 +909,7 @@ impl Worker {
             task_id: task.task.clone(),
             attempt: message.receive_count,
             input: task.input.clone(),
-            inline: task.data.clone().map(bytes::Bytes::from),
+            inline,
             output_prefix: output_prefix(&task.job, task.stage, &stage.name, &task.task),
             params: match &stage.run {
                 StageRun::Processor { params, .. } => params.clone(),
@@ -890,7 +919,7 @@ impl Worker {
             scratch: scratch.to_path_buf(),
             aws,
         };
-        let processor = match no_credentials {
+        let processor = match no_credentials.or(unreadable) {
             Some(failure) => Err(failure),
             None => {
                 processors.get(task.stage as usize).cloned().unwrap_or_else(|| Err(TaskFailure::new("no such stage")))
@@ -947,6 +976,7 @@ impl Worker {
                             task: task.task.clone(),
                             input: ctx.output_prefix.clone(),
                             data: None,
+                            range: None,
                         }
                         .encode(),
                     );

@@ -326,6 +326,7 @@ pub(super) fn reduce_message(job_id: &str, spec: &JobSpec, index: usize) -> Stri
         task: REDUCE_TASK_ID.to_owned(),
         input: stage_prefix(job_id, (index - 1) as u32, &prior.name),
         data: None,
+        range: None,
     }
     .encode()
 }

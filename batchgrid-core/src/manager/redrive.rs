@@ -235,6 +235,7 @@ impl Manager {
                     task: task.task_id.clone(),
                     input: output_prefix(job_id, task.stage - 1, &previous.name, &task.task_id),
                     data: None,
+                    range: None,
                 }
                 .encode()
             }

@@ -12,9 +12,10 @@ use futures::StreamExt;
 
 use super::{Manager, ManagerError, SEND_CONCURRENCY, SPLIT_AHEAD};
 use crate::analytics::{actor, JobState, PendingTask};
+use crate::byte_range::{InputRange, RangeSource};
 use crate::queue::{TaskQueue, MAX_BATCH};
 use crate::spec::{InputSpec, JobSpec, SplitSpec};
-use crate::split::{split_input, Chunk, ChunkData, SplitError};
+use crate::split::{split_input, split_ranges, Chunk, ChunkData, SplitError};
 use crate::store::StoreError;
 use crate::task::{chunk_task_id, input_key, TaskMessage, MAX_INLINE_BYTES};
 
@@ -48,15 +49,34 @@ impl Manager {
             },
         };
         let input = &input;
+        // A local file split by lines or bytes becomes byte ranges of itself: nothing copied.
+        let ranged = match (&spec.input, spec.split) {
+            (InputSpec::Local(_), SplitSpec::Lines { header, .. } | SplitSpec::Bytes { header, .. })
+                if input.is_file() =>
+            {
+                match crate::byte_range::local::describe(input, header) {
+                    Ok(described) => Some((std::path::absolute(input).unwrap_or_else(|_| input.clone()), described)),
+                    Err(error) => {
+                        tracing::info!(job = %job_id, %error, "staging chunks instead of byte ranges");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
 
         // The splitter is blocking file work; chunks come through a small bounded channel.
         let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Chunk>(SPLIT_AHEAD);
         let splitter = {
-            let (input, split, spool) = (input.clone(), spec.split, spool.clone());
+            let (input, split, spool, ranged) = (input.clone(), spec.split, spool.clone(), ranged.clone());
             tokio::task::spawn_blocking(move || {
-                split_input(&input, split, &spool, |chunk| {
+                let send = |chunk| {
                     chunk_tx.blocking_send(chunk).map_err(|_| SplitError::Stopped("the enqueuer stopped".into()))
-                })
+                };
+                match &ranged {
+                    Some((_, described)) => split_ranges(&input, split, described, send),
+                    None => split_input(&input, split, &spool, send),
+                }
             })
         };
 
@@ -69,7 +89,21 @@ impl Manager {
             let task = chunk_task_id(chunk.index);
             let key = input_key(job_id, &task, &chunk.file_name, spec.split == SplitSpec::PerFile);
             let mut inline = None;
+            let mut range = None;
             let result = match chunk.data {
+                ChunkData::Range { start, end } => {
+                    if let Some((path, described)) = &ranged {
+                        range = Some(InputRange {
+                            source: RangeSource::File(path.clone()),
+                            start,
+                            end,
+                            body_start: described.body_start,
+                            size: described.size,
+                            header: described.header.clone(),
+                        });
+                    }
+                    Ok(())
+                }
                 ChunkData::Memory(bytes) if bytes.len() <= MAX_INLINE_BYTES => match String::from_utf8(bytes) {
                     Ok(text) => {
                         inline = Some(text);
@@ -91,7 +125,8 @@ impl Manager {
                 break;
             }
             let body =
-                TaskMessage { job: job_id.to_owned(), stage: 0, task: task.clone(), input: key, data: inline }.encode();
+                TaskMessage { job: job_id.to_owned(), stage: 0, task: task.clone(), input: key, data: inline, range }
+                    .encode();
             pending.push(PendingTask { stage: 0, task_id: task, seq: chunk.index, body });
             staged += 1;
             if pending.len() >= MAX_BATCH * SEND_CONCURRENCY {

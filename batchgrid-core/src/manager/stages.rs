@@ -171,6 +171,7 @@ impl Manager {
                     input: output_prefix(job_id, (index - 1) as u32, &previous.name, &task),
                     task,
                     data: None,
+                    range: None,
                 }
                 .encode()
             })

@@ -172,6 +172,10 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path_of(key).ok().filter(|path| path.is_file())
     }

@@ -76,6 +76,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Removes objects; missing keys are not an error.
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError>;
 
+    /// Whether the store is a directory of this machine's (the embedded grid), whose
+    /// processes share one disk: only then may a task name a local file as its input.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Where the object already is a local file, its path, to be read and never written.
     /// Stores on disk return one so that a task can read its input in place; remote stores
     /// return `None` and the caller downloads.
