@@ -12,6 +12,18 @@ pub async fn run_all(store: &dyn ObjectStore) {
     files_round_trip(store).await;
     delete_is_idempotent(store).await;
     invalid_keys(store).await;
+    ranges_and_sizes(store).await;
+}
+
+/// A byte-range task's reads: any range of an object, cut short at its end, and its size.
+async fn ranges_and_sizes(store: &dyn ObjectStore) {
+    store.put("conf/range/abc", Bytes::from_static(b"0123456789")).await.expect("put");
+    assert_eq!(store.get_range("conf/range/abc", 2, 5).await.expect("range"), Bytes::from_static(b"234"));
+    assert_eq!(store.get_range("conf/range/abc", 8, 100).await.expect("past the end"), Bytes::from_static(b"89"));
+    assert!(store.get_range("conf/range/abc", 4, 4).await.expect("empty").is_empty());
+    assert_eq!(store.size("conf/range/abc").await.expect("size"), 10);
+    assert!(matches!(store.size("conf/range/missing").await, Err(StoreError::NotFound(_))), "a missing object's size");
+    assert!(matches!(store.get_range("conf/range/missing", 0, 1).await, Err(StoreError::NotFound(_))));
 }
 
 async fn put_get_overwrite(store: &dyn ObjectStore) {

@@ -172,6 +172,29 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes, StoreError> {
+        use std::io::{Read, Seek};
+        let path = self.path_of(key)?;
+        let key = key.to_owned();
+        blocking(move || {
+            let read = || -> std::io::Result<Vec<u8>> {
+                let mut file = std::fs::File::open(&path)?;
+                file.seek(std::io::SeekFrom::Start(start))?;
+                let mut data = Vec::new();
+                file.take(end.saturating_sub(start)).read_to_end(&mut data)?;
+                Ok(data)
+            };
+            read().map(Bytes::from).map_err(|e| not_found_or(&key, "get_range", e))
+        })
+        .await
+    }
+
+    async fn size(&self, key: &str) -> Result<u64, StoreError> {
+        let path = self.path_of(key)?;
+        let key = key.to_owned();
+        blocking(move || std::fs::metadata(&path).map(|m| m.len()).map_err(|e| not_found_or(&key, "size", e))).await
+    }
+
     fn is_local(&self) -> bool {
         true
     }

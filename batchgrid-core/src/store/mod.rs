@@ -76,6 +76,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Removes objects; missing keys are not an error.
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError>;
 
+    /// Bytes `[start, end)` of an object (fewer at its end): a byte-range task's chunk.
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes, StoreError>;
+    /// An object's size, without reading it.
+    async fn size(&self, key: &str) -> Result<u64, StoreError>;
+
     /// Whether the store is a directory of this machine's (the embedded grid), whose
     /// processes share one disk: only then may a task name a local file as its input.
     fn is_local(&self) -> bool {

@@ -216,6 +216,33 @@ impl ObjectStore for S3Store {
         Ok(data.into_bytes())
     }
 
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes, StoreError> {
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        let full_key = self.full_key(key)?;
+        // HTTP ranges are inclusive; a range past the end is cut short by S3, not refused.
+        let range = format!("bytes={start}-{}", end - 1);
+        let output = match self.client.get_object().bucket(&self.bucket).key(full_key).range(range).send().await {
+            Ok(output) => output,
+            Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => return Err(self.fail("get_range", key, &e)),
+        };
+        let data = output.body.collect().await.map_err(|e| self.fail("read", key, &e))?;
+        Ok(data.into_bytes())
+    }
+
+    async fn size(&self, key: &str) -> Result<u64, StoreError> {
+        let full_key = self.full_key(key)?;
+        match self.client.head_object().bucket(&self.bucket).key(full_key).send().await {
+            Ok(output) => Ok(output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                Err(StoreError::NotFound(key.to_owned()))
+            }
+            Err(e) => Err(self.fail("head", key, &e)),
+        }
+    }
+
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
         let full_key = self.full_key(key)?;
         let output = match self.client.get_object().bucket(&self.bucket).key(full_key).send().await {
