@@ -80,6 +80,8 @@ pub struct WorkerSettings {
     pub sandbox: Arc<TaskSandbox>,
     /// The role whose credentials tasks get (`None`: tasks get no AWS credentials).
     pub task_role: Option<Arc<TaskRole>>,
+    /// Opens the buckets `s3://` inputs are in, whose byte ranges tasks read (AWS grids).
+    pub input_buckets: Option<crate::store::Buckets>,
 }
 
 impl WorkerSettings {
@@ -97,6 +99,7 @@ impl WorkerSettings {
             scratch_dir,
             sandbox: Arc::default(),
             task_role: None,
+            input_buckets: None,
         }
     }
 }
@@ -825,9 +828,18 @@ impl Worker {
                 "input {} is a local file of the manager's machine; this worker does not share its disk",
                 path.display()
             ))),
-            RangeSource::Object { bucket, key } => Err(TaskFailure::new(format!(
-                "byte ranges of s3://{bucket}/{key} are read by the manager's split on this version"
-            ))),
+            RangeSource::Object { bucket, key } => match &self.settings.input_buckets {
+                Some(buckets) => {
+                    let object = crate::store::ObjectRange { store: buckets.open(bucket), key: key.clone() };
+                    read_chunk(&object, range).await.map_err(|e| {
+                        TaskFailure::new(format!(
+                            "reading bytes {}..{} of s3://{bucket}/{key}: {e}",
+                            range.start, range.end
+                        ))
+                    })
+                }
+                None => Err(TaskFailure::new(format!("s3://{bucket}/{key}: this worker opens no S3 buckets"))),
+            },
         }
     }
 

@@ -191,6 +191,7 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
         println!("task sandbox works: tasks run as {user} user, files confined: {}", sandbox.confines_files());
         return Ok(ExitCode::SUCCESS);
     }
+    let mut input_buckets = None;
     let (grid, scratch, region) = match &args.state_dir {
         Some(state_dir) => {
             let state_dir = super::run::from_cwd(state_dir);
@@ -208,6 +209,13 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
             stack.settings.schema = batchgrid_core::grid::SchemaAccess::Attach(SCHEMA_WAIT);
             let grid = Grid::open_aws(&stack.settings).await.context("opening the grid")?;
             let region = Some(stack.settings.region.clone());
+            // Byte-range tasks of s3:// inputs read their ranges where the input lies.
+            let config = batchgrid_core::aws::sdk_config(&stack.settings.region).await;
+            let s3 = batchgrid_core::aws::s3_client(&config, &grid.meter);
+            input_buckets = Some(batchgrid_core::store::Buckets(Arc::new(move |bucket: &str| {
+                Arc::new(batchgrid_core::store::S3Store::new(s3.clone(), bucket, ""))
+                    as Arc<dyn batchgrid_core::store::ObjectStore>
+            })));
             (grid, args.scratch_dir.clone(), region)
         }
     };
@@ -242,6 +250,7 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
     };
     let mut worker_settings = WorkerSettings::new(id, scratch);
     worker_settings.sandbox = Arc::new(sandbox);
+    worker_settings.input_buckets = input_buckets;
     if let Some(arn) = task_role {
         let region = region.as_deref().context("a task role needs a region: --env, BATCHGRID_REGION or AWS_REGION")?;
         let config = batchgrid_core::aws::sdk_config(region).await;

@@ -377,6 +377,28 @@ fn claims_on_the_local_stack_equal_the_reference() {
     assert_eq!(done, 7, "every task counted once, by the worker that ran it: {workers}");
 }
 
+/// A `bytes:` split of an s3:// input is planned from the object's size and header line alone:
+/// workers read their byte ranges from the raw bucket (ranged GETs), the manager downloads
+/// nothing, and the results still equal the single-process reference.
+#[test]
+fn claims_split_by_byte_ranges_of_the_s3_object_equal_the_reference() {
+    let stack = LocalStack::start(2);
+    let dir = stack.dir.path();
+    let input = generate(dir, 120_000);
+    let expected = reference(dir, &input);
+    let size = std::fs::metadata(&input).expect("input").len();
+    let job = dir.join("claims.yaml");
+    // About seven ranges, cut anywhere: inside lines, inside fields.
+    let range = size / 7 + 13;
+    std::fs::write(&job, claims_job(dir).replace("lines: 50000", &format!("bytes: {range}"))).expect("write job");
+    let (code, report) = stack.submit_and_watch(&job, &dir.join("results"));
+    assert_eq!(code, Some(0), "report: {report}");
+    // One task per range of the body (the header line is not split).
+    let tasks = report["stages"][0]["done"].as_u64().unwrap_or(0);
+    assert!(tasks == size.div_ceil(range) || tasks + 1 == size.div_ceil(range), "{tasks} tasks: {report}");
+    assert_same_tree(&expected, &dir.join("results"));
+}
+
 /// A worker killed with SIGKILL in the middle of a task: its messages come back after the
 /// visibility timeout, the other worker runs them, and the totals are still exact.
 #[test]

@@ -12,7 +12,8 @@ use futures::StreamExt;
 
 use super::{Manager, ManagerError, SEND_CONCURRENCY, SPLIT_AHEAD};
 use crate::analytics::{actor, JobState, PendingTask};
-use crate::byte_range::{InputRange, RangeSource};
+use crate::byte_range::local::RangeInput;
+use crate::byte_range::{header_end, InputRange, RangeSource, MAX_HEADER_BYTES};
 use crate::queue::{TaskQueue, MAX_BATCH};
 use crate::spec::{InputSpec, JobSpec, SplitSpec};
 use crate::split::{split_input, split_ranges, Chunk, ChunkData, SplitError};
@@ -38,9 +39,27 @@ impl Manager {
         }
         let spool = self.spool.join(job_id);
         std::fs::create_dir_all(&spool).map_err(|source| ManagerError::Spool { path: spool.clone(), source })?;
-        let input = match &spec.input {
-            InputSpec::Local(path) => path.clone(),
-            InputSpec::S3 { bucket, key } => match self.fetch_input(bucket, key, spec.split, &spool).await {
+        // An s3:// input split by bytes is planned from its size (and header line) alone:
+        // workers read their ranges from the object, and nothing lands on this disk.
+        let s3_ranges = match (&spec.input, spec.split, &self.buckets) {
+            (InputSpec::S3 { bucket, key }, SplitSpec::Bytes { header, .. }, Some(opener)) => {
+                match self.describe_object(opener(bucket).as_ref(), bucket, key, header).await {
+                    Ok(described) => {
+                        Some((RangeSource::Object { bucket: bucket.clone(), key: key.clone() }, described))
+                    }
+                    Err(error) => {
+                        let _ = std::fs::remove_dir_all(&spool);
+                        return Err(error);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let input = match (&spec.input, &s3_ranges) {
+            (InputSpec::Local(path), _) => path.clone(),
+            // Only its name is used: the chunks' extension.
+            (InputSpec::S3 { key, .. }, Some(_)) => PathBuf::from(key),
+            (InputSpec::S3 { bucket, key }, None) => match self.fetch_input(bucket, key, spec.split, &spool).await {
                 Ok(path) => path,
                 Err(error) => {
                     let _ = std::fs::remove_dir_all(&spool);
@@ -55,14 +74,17 @@ impl Manager {
                 if input.is_file() =>
             {
                 match crate::byte_range::local::describe(input, header) {
-                    Ok(described) => Some((std::path::absolute(input).unwrap_or_else(|_| input.clone()), described)),
+                    Ok(described) => Some((
+                        RangeSource::File(std::path::absolute(input).unwrap_or_else(|_| input.clone())),
+                        described,
+                    )),
                     Err(error) => {
                         tracing::info!(job = %job_id, %error, "staging chunks instead of byte ranges");
                         None
                     }
                 }
             }
-            _ => None,
+            _ => s3_ranges,
         };
 
         // The splitter is blocking file work; chunks come through a small bounded channel.
@@ -92,9 +114,9 @@ impl Manager {
             let mut range = None;
             let result = match chunk.data {
                 ChunkData::Range { start, end } => {
-                    if let Some((path, described)) = &ranged {
+                    if let Some((source, described)) = &ranged {
                         range = Some(InputRange {
-                            source: RangeSource::File(path.clone()),
+                            source: source.clone(),
                             start,
                             end,
                             body_start: described.body_start,
@@ -164,6 +186,33 @@ impl Manager {
         analytics.transition(job_id, JobState::Running, Some("input split"), actor::MANAGER).await?;
         tracing::info!(job = %job_id, tasks = count, "split complete");
         Ok(count)
+    }
+
+    /// An S3 input's size and, when the split keeps one, its header line, in at most two
+    /// requests (HEAD, and a ranged GET of the first line).
+    async fn describe_object(
+        &self,
+        store: &dyn crate::store::ObjectStore,
+        bucket: &str,
+        key: &str,
+        header: bool,
+    ) -> Result<RangeInput, ManagerError> {
+        let input = || format!("s3://{bucket}/{key}");
+        let size = match store.size(key).await {
+            Err(StoreError::NotFound(_)) => {
+                return Err(ManagerError::Input { input: input(), message: "no such object".into() })
+            }
+            other => other?,
+        };
+        if !header {
+            return Ok(RangeInput { size, body_start: 0, header: None });
+        }
+        let prefix = store.get_range(key, 0, size.min(MAX_HEADER_BYTES)).await?;
+        let bad = |message: &str| ManagerError::Input { input: input(), message: message.into() };
+        let end = header_end(&prefix, size).ok_or_else(|| bad("the header line is longer than 1 MiB"))?;
+        let text =
+            std::str::from_utf8(&prefix[..end as usize]).map_err(|_| bad("the header line is not UTF-8 text"))?;
+        Ok(RangeInput { size, body_start: end, header: Some(text.to_owned()) })
     }
 
     /// Downloads an `s3://` input into the spool: the one object for a chunked split, every

@@ -16,6 +16,8 @@ pub mod s3;
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -57,6 +59,43 @@ impl StoreError {
     /// Wraps a backend error with what was being done.
     pub fn backend(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Backend { context: context.into(), source: Box::new(source) }
+    }
+}
+
+/// Opens a store over another bucket of the grid's account: a worker reading its byte range of
+/// an `s3://` input where it lies.
+#[derive(Clone)]
+pub struct Buckets(pub OpenBucket);
+
+/// A function from a bucket's name to its store.
+pub type OpenBucket = Arc<dyn Fn(&str) -> Arc<dyn ObjectStore> + Send + Sync>;
+
+impl Buckets {
+    /// The store of `bucket`.
+    pub fn open(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        (self.0)(bucket)
+    }
+}
+
+impl std::fmt::Debug for Buckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Buckets")
+    }
+}
+
+/// One object's bytes, for [`crate::byte_range::read_chunk`].
+#[derive(Debug, Clone)]
+pub struct ObjectRange {
+    /// The object's store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Its key.
+    pub key: String,
+}
+
+#[async_trait]
+impl crate::byte_range::RangeRead for ObjectRange {
+    async fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+        self.store.get_range(&self.key, start, end).await.map(|b| b.to_vec()).map_err(std::io::Error::other)
     }
 }
 
