@@ -11,6 +11,9 @@
 #   6. the dashboard's pages (job list, a job's page, /metrics) over a PostgreSQL history of
 #      1,000 jobs and 5,000,000 attempts vs a plain SELECT count(*) of the attempts (target:
 #      each page under 200 ms)
+#   7. a job's 10,000 result files downloaded by the client from the moto emulator (presigned
+#      URLs, 8 at a time) vs a plain parallel GetObject loop over the same keys; requests per
+#      file (target <= 1.01 plus the listing pages)
 # Results are printed and written to build/bench/results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +97,12 @@ say "RESULT split_2g: input $((size / 1048576)) MiB; manager peak RSS $((split_k
 # missing, the reason is there.
 if ! cargo bench -q -p batchgrid-core --bench sqs_requests 2> "$OUT/sqs_requests.err" | tee -a "$RESULTS"; then
   cat "$OUT/sqs_requests.err" >&2
+  exit 1
+fi
+
+# 7. Downloading a job's results from moto, against a plain parallel GET loop.
+if ! cargo bench -q -p batchgrid-core --bench results_download 2> "$OUT/results_download.err" | tee -a "$RESULTS"; then
+  cat "$OUT/results_download.err" >&2
   exit 1
 fi
 echo "results written to $RESULTS"

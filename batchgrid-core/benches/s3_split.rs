@@ -20,7 +20,7 @@ use batchgrid_core::grid::{EmbeddedGridSettings, Grid};
 use batchgrid_core::manager::Manager;
 use batchgrid_core::queue::SqsQueue;
 use batchgrid_core::spec::{parse_job, Overrides};
-use batchgrid_core::store::{ObjectMeta, ObjectStore, S3Store, StoreError};
+use batchgrid_core::store::{ObjectMeta, ObjectReader, ObjectStore, S3Store, StoreError};
 use batchgrid_testkit::moto::{create_queue_pair, Moto};
 use bytes::Bytes;
 
@@ -53,6 +53,12 @@ impl ObjectStore for Counting {
         let bytes = self.inner.get_to_file(key, path).await?;
         self.read.fetch_add(bytes, Ordering::Relaxed);
         Ok(bytes)
+    }
+    async fn get_stream(&self, key: &str) -> Result<ObjectReader, StoreError> {
+        let reader = self.inner.get_stream(key).await?;
+        // Counted whole: the split never streams an input.
+        self.read.fetch_add(reader.size, Ordering::Relaxed);
+        Ok(reader)
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.inner.list(prefix).await

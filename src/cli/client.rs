@@ -11,6 +11,7 @@ use batchgrid_core::analytics::JobState;
 use batchgrid_core::manager::JobProgress;
 use batchgrid_core::schedule::chrono::{self, DateTime, Utc};
 use batchgrid_core::service::client::ApiClient;
+use batchgrid_core::service::download::{self, DownloadSettings};
 use batchgrid_core::service::{parse_at, JobStatus};
 use batchgrid_core::spec::{load_job_file, InputSpec, Overrides};
 use batchgrid_core::store::{ObjectStore, S3Store};
@@ -100,9 +101,17 @@ pub struct StatusArgs {
 pub struct ResultsArgs {
     /// The job's id.
     job: String,
-    /// Download every result object into this directory.
+    /// Download every result object into this directory (files already there with their
+    /// listed size are kept, so a second run fetches only what is missing).
     #[arg(long)]
     download: Option<PathBuf>,
+    /// Stream every file through the manager instead of straight from S3 (for a machine that
+    /// reaches the manager but not the results bucket).
+    #[arg(long, requires = "download")]
+    through_manager: bool,
+    /// Files downloaded at once.
+    #[arg(long, default_value_t = download::DEFAULT_PARALLEL as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    parallel: u16,
     #[command(flatten)]
     connection: Connection,
 }
@@ -253,7 +262,7 @@ async fn follow(client: &ApiClient, id: &str, json: bool, download: Option<&Path
     }
     if let Some(dir) = download {
         if status.state == JobState::Completed {
-            download_results(client, id, &results.objects, dir).await?;
+            download_results(client, id, dir, &DownloadSettings::default()).await?;
         }
     }
     match (&results.report, json) {
@@ -264,24 +273,19 @@ async fn follow(client: &ApiClient, id: &str, json: bool, download: Option<&Path
     Ok(if status.state == JobState::Completed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-async fn download_results(
-    client: &ApiClient,
-    id: &str,
-    objects: &[batchgrid_core::service::api::ResultObject],
-    dir: &Path,
-) -> anyhow::Result<()> {
-    for object in objects {
-        // Paths come from the manager; refuse any that would leave the directory.
-        if object.path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-            anyhow::bail!("the manager returned an unsafe result path `{}`", object.path);
-        }
-        let target = dir.join(&object.path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        client.download_result(id, &object.path, &target).await?;
-    }
-    eprintln!("{} result file(s) written to {}", objects.len(), dir.display());
+async fn download_results(client: &ApiClient, id: &str, dir: &Path, settings: &DownloadSettings) -> anyhow::Result<()> {
+    let summary = download::download_results(client, id, dir, settings)
+        .await
+        .with_context(|| format!("downloading job {id}'s results into {}", dir.display()))?;
+    eprintln!(
+        "{} result file(s) in {}: {} fetched ({} straight from S3, {} bytes), {} already complete",
+        summary.files,
+        dir.display(),
+        summary.fetched,
+        summary.direct,
+        summary.bytes,
+        summary.skipped
+    );
     Ok(())
 }
 
@@ -345,10 +349,16 @@ pub async fn watch(args: JobArgs) -> anyhow::Result<ExitCode> {
 /// Lists (and downloads) a job's results.
 pub async fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let client = args.connection.client().await?;
-    let results = client.results(&args.job).await?;
     if let Some(dir) = &args.download {
-        download_results(&client, &args.job, &results.objects, dir).await?;
+        let settings = DownloadSettings {
+            parallel: usize::from(args.parallel),
+            through_manager: args.through_manager,
+            page_size: None,
+        };
+        download_results(&client, &args.job, dir, &settings).await?;
+        return Ok(ExitCode::SUCCESS);
     }
+    let results = client.all_results(&args.job).await?;
     if args.connection.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {

@@ -371,6 +371,24 @@ fn claims_on_the_local_stack_equal_the_reference() {
     assert_eq!(status["stages"][1]["done"], 1, "{status}");
     let results = cli(&["results", job_id, "--json"]);
     assert_eq!(results["objects"].as_array().map(Vec::len), Some(3), "totals, rejects and summary: {results}");
+    // `submit --download` took the files straight from S3; again into the same directory, the
+    // download fetches nothing, and through the manager it gives the same files.
+    let download = |target: &Path, extra: &[&str]| -> String {
+        let output = stack
+            .command()
+            .args(["results", job_id, "--download"])
+            .arg(target)
+            .args(extra)
+            .output()
+            .expect("run batchgrid results");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let again = download(&dir.join("results"), &[]);
+    assert!(again.contains("0 fetched") && again.contains("3 already complete"), "{again}");
+    let through = download(&dir.join("through"), &["--through-manager"]);
+    assert!(through.contains("3 fetched (0 straight from S3"), "{through}");
+    assert_same_tree(&expected, &dir.join("through"));
     let workers = cli(&["workers", "--json"]);
     let done: u64 = workers.as_array().expect("workers").iter().filter_map(|w| w["tasks_done"].as_u64()).sum();
     assert_eq!(workers.as_array().map(Vec::len), Some(2), "{workers}");

@@ -9,6 +9,8 @@ pub async fn run_all(store: &dyn ObjectStore) {
     put_get_overwrite(store).await;
     missing_objects(store).await;
     list_by_prefix(store).await;
+    list_in_pages(store).await;
+    streamed_reads(store).await;
     files_round_trip(store).await;
     delete_is_idempotent(store).await;
     invalid_keys(store).await;
@@ -61,6 +63,38 @@ async fn list_by_prefix(store: &dyn ObjectStore) {
     assert!(store.list("conf/nothing/").await.expect("list").is_empty());
     let sized = store.list("conf/m/").await.expect("list");
     assert_eq!(sized[0].size, "conf/m/x".len() as u64, "list reports sizes");
+}
+
+async fn list_in_pages(store: &dyn ObjectStore) {
+    let keys: Vec<String> =
+        ["a #b?c%20.txt", "sub/x", "sub/y", "z", "zz"].iter().map(|k| format!("conf/p/{k}")).collect();
+    for key in &keys {
+        store.put(key, Bytes::from(key.clone())).await.expect("put");
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_page("conf/p/", after.as_deref(), 2).await.expect("list page");
+        assert!(page.objects.len() <= 2, "a page holds at most its limit");
+        seen.extend(page.objects.iter().map(|o| o.key.clone()));
+        match (page.more, page.objects.last()) {
+            (true, Some(last)) => after = Some(last.key.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, keys, "pages visit every object once, in key order");
+}
+
+async fn streamed_reads(store: &dyn ObjectStore) {
+    use futures::TryStreamExt;
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    store.put("conf/s/big", Bytes::from(data.clone())).await.expect("put");
+    let reader = store.get_stream("conf/s/big").await.expect("get_stream");
+    assert_eq!(reader.size, data.len() as u64, "the size comes before the bytes");
+    let chunks: Vec<Bytes> = reader.chunks.try_collect().await.expect("read the stream");
+    assert_eq!(chunks.concat(), data, "the stream is the object");
+    let missing = store.get_stream("conf/s/none").await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))), "get_stream of a missing key is NotFound");
 }
 
 async fn files_round_trip(store: &dyn ObjectStore) {

@@ -14,7 +14,8 @@
 //! `dependencies` holds a job back until the jobs it names (`after:`) have completed,
 //! `redrive` sends a job's failed tasks back for another run (`job retry`, `job redrive`),
 //! `dead_letters` consumes the dead-letter queues, `stages` is the per-stage watchdog that
-//! repairs lost forwards, and [`health`] keeps what is failing and since when.
+//! repairs lost forwards, [`health`] keeps what is failing and since when, and [`results`]
+//! names the final stage's objects as the job's results.
 
 pub mod admission;
 mod dead_letters;
@@ -22,6 +23,7 @@ mod dependencies;
 pub mod health;
 mod reconcile;
 mod redrive;
+pub mod results;
 mod split;
 mod stages;
 
@@ -40,10 +42,10 @@ use crate::db::now_millis;
 use crate::grid::Grid;
 use crate::queue::QueueError;
 use crate::report::JobReport;
-use crate::spec::{JobSpec, StageKind};
+use crate::spec::JobSpec;
 use crate::split::SplitError;
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
-use crate::task::{report_key, spec_key, stage_prefix, REDUCE_TASK_ID};
+use crate::store::{ObjectStore, StoreError};
+use crate::task::{report_key, spec_key};
 
 /// Batches of ten sent concurrently while enqueueing.
 const SEND_CONCURRENCY: usize = 8;
@@ -348,29 +350,6 @@ impl Manager {
             written += self.grid.store.get_to_file(&object.key, &target).await?;
         }
         Ok(written)
-    }
-
-    /// The final stage's results: (path relative to the job's output, object), sorted.
-    pub async fn result_objects(
-        &self,
-        job_id: &str,
-        spec: &JobSpec,
-    ) -> Result<Vec<(String, ObjectMeta)>, ManagerError> {
-        let last = spec.last_stage();
-        let stage = &spec.stages[last];
-        let prefix = stage_prefix(job_id, last as u32, &stage.name);
-        let reduce_prefix = format!("{REDUCE_TASK_ID}/");
-        let objects = self.grid.store.list(&prefix).await?;
-        Ok(objects
-            .into_iter()
-            .map(|object| {
-                let mut relative = object.key.strip_prefix(&prefix).unwrap_or(&object.key);
-                if stage.kind == StageKind::Reduce {
-                    relative = relative.strip_prefix(&reduce_prefix).unwrap_or(relative);
-                }
-                (relative.to_owned(), object)
-            })
-            .collect())
     }
 
     /// Cancels a job (wins over any concurrent change); workers delete its remaining tasks

@@ -7,8 +7,8 @@
 //! | POST | `/v1/jobs?input=&origin=&after=&priority=` | submit a job (YAML or JSON body) → 201 `{"job_id"}`; `after` (comma-separated names or ids) replaces the document's `after:`, `priority` its `priority`; with `at` (RFC 3339) it runs once then → 202 `{"schedule","at"}` |
 //! | GET | `/v1/jobs` | every job, newest first |
 //! | GET | `/v1/jobs/{id}` | a job with per-stage progress |
-//! | GET | `/v1/jobs/{id}/results` | result objects and, once ended, the report |
-//! | GET | `/v1/jobs/{id}/results/{path}` | one result object's bytes |
+//! | GET | `/v1/jobs/{id}/results?after=&limit=&urls=` | a page of result objects (name order, `limit` at most 1,000, default 1,000; `next` is the `after` of the following page), with presigned GET URLs when `urls=true` and the store is S3; the first page carries the report once the job has ended |
+//! | GET | `/v1/jobs/{id}/results/{path}` | one result object's bytes, streamed as the store sends them (`path` percent-encoded; 400 for a path that leaves the results) |
 //! | GET | `/v1/jobs/{id}/logs/{stage}/{task}/{stdout\|stderr}` | a command task's captured output (text, at most 1 MiB) |
 //! | POST | `/v1/jobs/{id}/cancel` | cancel → 202 |
 //! | POST | `/v1/jobs/{id}/retry` | run a failed job's failed tasks again → 202 `{"tasks",...}`; 409 if it is not failed |
@@ -49,6 +49,7 @@ use crate::manager::{HealthReport, RedriveFilter, Redriven};
 use crate::report::JobReport;
 use crate::secret::{constant_time_eq, Secret};
 use crate::spec::{JobSpec, Overrides};
+use crate::store::StoreError;
 
 /// Largest job document accepted (job files are configuration, not data).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -82,17 +83,43 @@ pub struct ResultObject {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// A presigned GET URL of the object, when asked for and the store has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
-/// A job's results.
+/// A page of a job's results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     /// Job id.
     pub job_id: String,
-    /// The final stage's result objects (complete once the job has completed).
+    /// The final stage's result objects of this page (complete once the job has completed).
     pub objects: Vec<ResultObject>,
-    /// The report, once the job has ended.
+    /// The `after` of the next page; `None` on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// The report, once the job has ended (first page only).
     pub report: Option<JobReport>,
+}
+
+/// Result objects per page unless the caller asks for fewer; S3's own page size, so a page
+/// costs one LIST.
+pub const RESULTS_PAGE_MAX: usize = 1000;
+
+/// How long a presigned result URL stays valid: long enough to work through a page of large
+/// files, short enough that a leaked URL soon stops working.
+const PRESIGNED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Query parameters of a results page.
+#[derive(Debug, Default, Deserialize)]
+struct ResultsQuery {
+    /// List names after this one.
+    after: Option<String>,
+    /// At most this many (1..=1000).
+    limit: Option<usize>,
+    /// Add presigned GET URLs where the store has them.
+    #[serde(default)]
+    urls: bool,
 }
 
 /// Query parameters of a submission.
@@ -251,19 +278,38 @@ async fn job_spec(service: &JobService, id: &str) -> Result<JobSpec, ApiError> {
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("stored spec unreadable: {e}")))
 }
 
-async fn results(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Results>, ApiError> {
+async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<ResultsQuery>,
+) -> Result<Json<Results>, ApiError> {
+    let limit = query.limit.unwrap_or(RESULTS_PAGE_MAX);
+    if !(1..=RESULTS_PAGE_MAX).contains(&limit) {
+        return Err(ServiceError::Invalid {
+            field: "limit".into(),
+            message: format!("must be 1..={RESULTS_PAGE_MAX}"),
+        }
+        .into());
+    }
     let spec = job_spec(&state.service, &id).await?;
     let manager = state.service.manager();
-    let objects = manager.result_objects(&id, &spec).await.map_err(ServiceError::from)?;
-    let report = manager.stored_report(&id).await.map_err(ServiceError::from)?;
-    Ok(Json(Results {
-        job_id: id,
-        objects: objects
-            .into_iter()
-            .map(|(path, object)| ResultObject { path, key: object.key, size: object.size })
-            .collect(),
-        report,
-    }))
+    let page = manager.result_page(&id, &spec, query.after.as_deref(), limit).await.map_err(ServiceError::from)?;
+    let store = &manager.grid().store;
+    let mut objects = Vec::with_capacity(page.entries.len());
+    for (path, object) in page.entries {
+        let url = if query.urls {
+            store.presigned_get(&object.key, PRESIGNED_FOR).await.map_err(|e| ServiceError::Manager(e.into()))?
+        } else {
+            None
+        };
+        objects.push(ResultObject { path, key: object.key, size: object.size, url });
+    }
+    // The report is read once, with the first page, not once per page.
+    let report = match query.after {
+        None => manager.stored_report(&id).await.map_err(ServiceError::from)?,
+        Some(_) => None,
+    };
+    Ok(Json(Results { job_id: id, objects, next: page.next, report }))
 }
 
 async fn result_object(
@@ -273,37 +319,24 @@ async fn result_object(
     download(&state.service, &id, &path).await
 }
 
-/// One result object's bytes, streamed (the API's and the dashboard's downloads).
+/// One result object's bytes, streamed as the store hands them over (the API's and the
+/// dashboard's downloads). The name goes straight to its key: nothing is listed.
 pub(in crate::service) async fn download(service: &JobService, id: &str, path: &str) -> Result<Response, ApiError> {
     let spec = job_spec(service, id).await?;
-    let manager = service.manager();
-    let objects = manager.result_objects(id, &spec).await.map_err(ServiceError::from)?;
-    let Some((_, object)) = objects.into_iter().find(|(relative, _)| relative == path) else {
-        return Err(error(StatusCode::NOT_FOUND, format!("job `{id}` has no result `{path}`")));
-    };
-    // Results can be large: they pass through a temporary file, never whole through memory.
-    let staged = tempfile::NamedTempFile::new()
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("staging a result: {e}")))?;
-    manager.grid().store.get_to_file(&object.key, staged.path()).await.map_err(|e| ServiceError::Manager(e.into()))?;
-    let file = tokio::fs::File::open(staged.path())
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading a staged result: {e}")))?;
-    let length = file.metadata().await.map(|m| m.len()).unwrap_or(object.size);
-    let chunks = futures::stream::unfold((file, staged), |(mut file, staged)| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buffer = vec![0u8; STREAM_CHUNK];
-        match file.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(read) => {
-                buffer.truncate(read);
-                Some((Ok(bytes::Bytes::from(buffer)), (file, staged)))
-            }
-            Err(e) => Some((Err(e), (file, staged))),
+    let key = crate::manager::results::result_key(id, &spec, path)
+        .map_err(|e| ApiError::from(ServiceError::Invalid { field: "path".into(), message: e.to_string() }))?;
+    let reader = match service.manager().grid().store.get_stream(&key).await {
+        Ok(reader) => reader,
+        Err(StoreError::NotFound(_)) => {
+            return Err(error(StatusCode::NOT_FOUND, format!("job `{id}` has no result `{path}`")));
         }
-    });
-    let headers =
-        [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_LENGTH, length.to_string())];
-    Ok((headers, Body::from_stream(chunks)).into_response())
+        Err(e) => return Err(ServiceError::Manager(e.into()).into()),
+    };
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (header::CONTENT_LENGTH, reader.size.to_string()),
+    ];
+    Ok((headers, Body::from_stream(reader.chunks)).into_response())
 }
 
 async fn task_log(
@@ -315,9 +348,6 @@ async fn task_log(
     let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")];
     Ok((headers, bytes).into_response())
 }
-
-/// Bytes read per chunk of a streamed result.
-const STREAM_CHUNK: usize = 256 * 1024;
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     state.service.cancel(&id).await?;

@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::api::{ErrorBody, PriorityChange, Results, Submitted};
+use super::path_encoding::encode_path;
 use super::{Deferred, JobStatus, ScheduleStatus};
 use crate::analytics::{HistoryEntry, OccurrenceRecord, WorkerRecord};
 use crate::manager::{HealthReport, RedriveFilter, Redriven};
@@ -50,6 +51,11 @@ impl ClientError {
     }
 }
 
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a response may go without a byte: a stalled transfer fails, a long one does not.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A connection to one manager.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -62,8 +68,8 @@ impl ApiClient {
     /// A client of the manager at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, token: Secret) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(300))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(IDLE_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Unreachable { url: base.to_owned(), message: e.to_string() })?;
         Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token })
@@ -224,15 +230,69 @@ impl ApiClient {
         self.json(self.http.get(self.url(&format!("/v1/jobs/{id}")))).await
     }
 
-    /// A job's result objects and report.
+    /// The first page of a job's result objects, with the report once the job has ended.
     pub async fn results(&self, id: &str) -> Result<Results, ClientError> {
-        self.json(self.http.get(self.url(&format!("/v1/jobs/{id}/results")))).await
+        self.results_page(id, None, None, false).await
     }
 
-    /// Streams one result object into `target` (created or truncated); returns its size.
+    /// A page of a job's result objects: names after `after`, at most `limit` (the manager's
+    /// page size when `None`), with presigned URLs when `urls` and the store has them.
+    pub async fn results_page(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+        urls: bool,
+    ) -> Result<Results, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(after) = after {
+            query.push(("after", after.to_owned()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if urls {
+            query.push(("urls", "true".to_owned()));
+        }
+        let url = self.url(&format!("/v1/jobs/{}/results", encode_path(id)));
+        self.json(self.http.get(url).query(&query)).await
+    }
+
+    /// Every page of a job's result objects in one list, with the first page's report.
+    pub async fn all_results(&self, id: &str) -> Result<Results, ClientError> {
+        let mut all = self.results_page(id, None, None, false).await?;
+        while let Some(after) = all.next.take() {
+            let page = self.results_page(id, Some(&after), None, false).await?;
+            all.objects.extend(page.objects);
+            all.next = page.next;
+        }
+        Ok(all)
+    }
+
+    /// Streams one result object through the manager into `target` (created or truncated);
+    /// returns its size.
     pub async fn download_result(&self, id: &str, path: &str, target: &std::path::Path) -> Result<u64, ClientError> {
+        let url = self.url(&format!("/v1/jobs/{}/results/{}", encode_path(id), encode_path(path)));
+        let response = self.send(self.http.get(url)).await?;
+        self.write_body(response, target).await
+    }
+
+    /// Streams the object at a presigned `url` (from a results page) into `target`; no bearer
+    /// token goes with it: the URL carries its own signature, and S3 refuses a request with both.
+    pub async fn download_presigned(&self, url: &str, target: &std::path::Path) -> Result<u64, ClientError> {
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: host_of(url), message: error_chain(&e) };
+        let response = self.http.get(url).send().await.map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let error = format!("presigned GET: {}", text.chars().take(500).collect::<String>());
+            return Err(ClientError::Refused { status, body: ErrorBody { error, field: None, line: None } });
+        }
+        self.write_body(response, target).await
+    }
+
+    async fn write_body(&self, mut response: reqwest::Response, target: &std::path::Path) -> Result<u64, ClientError> {
         use tokio::io::AsyncWriteExt;
-        let mut response = self.send(self.http.get(self.url(&format!("/v1/jobs/{id}/results/{path}")))).await?;
         let local = |e: std::io::Error| ClientError::Unreachable {
             url: self.base.clone(),
             message: format!("writing {}: {e}", target.display()),
@@ -297,6 +357,11 @@ impl ApiClient {
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, ClientError> {
         self.json(self.http.get(self.url("/v1/workers"))).await
     }
+}
+
+/// A URL without its query: presigned URLs carry a signature that has no place in messages.
+fn host_of(url: &str) -> String {
+    url.split('?').next().unwrap_or_default().to_owned()
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

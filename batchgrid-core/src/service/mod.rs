@@ -3,7 +3,8 @@
 //! (submitted, splitting or running) are picked up again at start; `schedules` fires scheduled
 //! jobs' occurrences and `once` the one-off runs (`submit --at`); `control` retries and redrives
 //! a job's failed tasks; `dependencies` resolves the jobs a job waits for (`after:`). [`client`] is the other end of the API;
-//! [`compare`] fetches the reports `batchgrid report --compare` sets side by side.
+//! [`compare`] fetches the reports `batchgrid report --compare` sets side by side; [`download`]
+//! fetches a job's results into a directory, [`path_encoding`] puts their names in URLs.
 
 pub mod api;
 pub mod client;
@@ -11,9 +12,11 @@ pub mod compare;
 mod control;
 pub mod dashboard;
 mod dependencies;
+pub mod download;
 pub mod eta;
 pub mod metrics;
 mod once;
+pub mod path_encoding;
 mod schedules;
 
 use std::collections::HashMap;

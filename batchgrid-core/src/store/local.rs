@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{validate_key, ObjectMeta, ObjectStore, StoreError};
+use super::{validate_key, ObjectMeta, ObjectReader, ObjectStore, StoreError};
 
 /// Directory name under the root for in-progress writes; never a valid listing result.
 const STAGING: &str = ".staging";
+
+/// Bytes read at a time from a streamed object.
+const STREAM_CHUNK: usize = 256 * 1024;
 
 /// An [`ObjectStore`] in a local directory.
 #[derive(Debug, Clone)]
@@ -120,6 +123,21 @@ impl ObjectStore for LocalStore {
             std::fs::copy(&source, &target).map_err(|e| not_found_or(&key, "get", e))
         })
         .await
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<ObjectReader, StoreError> {
+        use futures::TryStreamExt;
+        let path = self.path_of(key)?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| not_found_or(key, "get", e))?;
+        let metadata = file.metadata().await.map_err(|e| not_found_or(key, "get", e))?;
+        if !metadata.is_file() {
+            return Err(StoreError::NotFound(key.to_owned()));
+        }
+        let context = format!("read {key}");
+        // The open file keeps its bytes readable even if a new version is renamed over it.
+        let chunks = tokio_util::io::ReaderStream::with_capacity(file, STREAM_CHUNK)
+            .map_err(move |e| StoreError::backend(context.clone(), e));
+        Ok(ObjectReader { size: metadata.len(), chunks: Box::pin(chunks) })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {

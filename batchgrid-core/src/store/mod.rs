@@ -9,17 +9,24 @@
 //! - `get` of a missing key is [`StoreError::NotFound`].
 //! - `list(prefix)` returns every object whose key starts with `prefix`, sorted by key.
 //! - `delete` of a missing key succeeds.
+//! - `list_page(prefix, after, limit)` returns at most `limit` of the objects `list(prefix)`
+//!   would, those whose keys sort after `after`, and whether more follow; paging with the last
+//!   key of each page visits every object once.
+//! - `get_stream` of a missing key is [`StoreError::NotFound`], before any byte is read.
+//! - `presigned_get` is `None` where the store has no URLs of its own (a directory).
 
 pub mod local;
 #[cfg(feature = "aws")]
 pub mod s3;
 
 use std::path::Path;
+use std::time::Duration;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 
 pub use local::LocalStore;
 #[cfg(feature = "aws")]
@@ -32,6 +39,32 @@ pub struct ObjectMeta {
     pub key: String,
     /// Its size in bytes.
     pub size: u64,
+}
+
+/// An object's bytes as they arrive.
+pub type ByteChunks = BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// An object being read: its size, known before the first byte, then its bytes.
+pub struct ObjectReader {
+    /// The object's size in bytes.
+    pub size: u64,
+    /// Its bytes, in order.
+    pub chunks: ByteChunks,
+}
+
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader").field("size", &self.size).finish_non_exhaustive()
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// The objects, sorted by key.
+    pub objects: Vec<ObjectMeta>,
+    /// Whether objects follow the last one.
+    pub more: bool,
 }
 
 /// Object store errors.
@@ -110,8 +143,24 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     /// Streams an object into a local file (created or truncated); returns the bytes written.
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StoreError>;
+    /// Streams an object: its size first, then its bytes as they arrive, with no copy on the way.
+    async fn get_stream(&self, key: &str) -> Result<ObjectReader, StoreError>;
     /// Every object under `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// At most `limit` objects under `prefix` whose keys sort after `after`, sorted by key.
+    /// The default lists everything and cuts; remote stores ask for one page.
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ListPage, StoreError> {
+        let mut objects: Vec<ObjectMeta> =
+            self.list(prefix).await?.into_iter().filter(|o| after.is_none_or(|a| o.key.as_str() > a)).collect();
+        let more = objects.len() > limit;
+        objects.truncate(limit);
+        Ok(ListPage { objects, more })
+    }
+    /// A URL anyone holding it may GET the object from until `expires` has passed, where the
+    /// store has such URLs (S3's presigned requests); `None` where it does not.
+    async fn presigned_get(&self, _key: &str, _expires: Duration) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
     /// Removes objects; missing keys are not an error.
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError>;
 

@@ -5,6 +5,7 @@
 //! throttling and server errors with backoff.
 
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
-use super::{validate_key, ObjectMeta, ObjectStore, StoreError};
+use super::{validate_key, ListPage, ObjectMeta, ObjectReader, ObjectStore, StoreError};
 use crate::aws::error_text;
 
 /// Default size above which `put_file` uses a multipart upload.
@@ -22,6 +23,8 @@ pub const MULTIPART_THRESHOLD: u64 = 32 * 1024 * 1024;
 pub const PART_SIZE: u64 = 16 * 1024 * 1024;
 /// Parts uploaded at once.
 const PARTS_IN_FLIGHT: usize = 4;
+/// Most keys S3 returns in one `ListObjectsV2` page.
+const LIST_PAGE_MAX: usize = 1000;
 /// Most keys in one `DeleteObjects` call.
 const DELETE_BATCH: usize = 1000;
 
@@ -34,6 +37,10 @@ struct S3Failure(String);
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
+    /// The same client without its interceptors, for presigning: a presigned request runs the
+    /// interceptors up to its transmission, so the request meter would count a GET that this
+    /// process never sends (the caller of the URL does).
+    signer: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
     multipart_threshold: u64,
@@ -43,8 +50,12 @@ pub struct S3Store {
 impl S3Store {
     /// A store over `bucket`, keys under `prefix` (empty, or ending in `/`).
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
+        let mut quiet = client.config().to_builder();
+        quiet.set_interceptors(std::iter::empty());
+        let signer = aws_sdk_s3::Client::from_conf(quiet.build());
         Self {
             client,
+            signer,
             bucket: bucket.into(),
             prefix: prefix.into(),
             multipart_threshold: MULTIPART_THRESHOLD,
@@ -260,6 +271,73 @@ impl ObjectStore for S3Store {
         }
         file.flush().await.map_err(local)?;
         Ok(written)
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<ObjectReader, StoreError> {
+        let full_key = self.full_key(key)?;
+        let output = match self.client.get_object().bucket(&self.bucket).key(full_key).send().await {
+            Ok(output) => output,
+            Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => return Err(self.fail("get", key, &e)),
+        };
+        let size = output.content_length.unwrap_or(0).max(0) as u64;
+        let failed = self.fail("read", key, &S3Failure("the body broke off".into()));
+        let context = failed.to_string();
+        // Chunks are passed on as the SDK hands them over: nothing is buffered beyond one.
+        let chunks = futures::stream::unfold(Some(output.body), move |body| {
+            let context = context.clone();
+            async move {
+                let mut body = body?;
+                match body.try_next().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(StoreError::backend(context, S3Failure(error_text(&e)))), None)),
+                }
+            }
+        });
+        Ok(ObjectReader { size, chunks: Box::pin(chunks) })
+    }
+
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ListPage, StoreError> {
+        let limit = limit.clamp(1, LIST_PAGE_MAX);
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}{}", self.prefix, prefix))
+            .set_start_after(after.map(|a| format!("{}{a}", self.prefix)))
+            .max_keys(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| self.fail("list", prefix, &e))?;
+        let more = page.is_truncated.unwrap_or(false);
+        let mut objects: Vec<ObjectMeta> = page
+            .contents
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|object| {
+                let key = object.key.as_deref()?.strip_prefix(&self.prefix)?.to_owned();
+                Some(ObjectMeta { key, size: object.size.unwrap_or(0).max(0) as u64 })
+            })
+            .collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(ListPage { objects, more })
+    }
+
+    async fn presigned_get(&self, key: &str, expires: Duration) -> Result<Option<String>, StoreError> {
+        let full_key = self.full_key(key)?;
+        let config =
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(expires).map_err(|e| self.fail("presign", key, &e))?;
+        // Presigning is local: it signs with the credentials at hand and sends nothing.
+        let request = self
+            .signer
+            .get_object()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .presigned(config)
+            .await
+            .map_err(|e| self.fail("presign", key, &e))?;
+        Ok(Some(request.uri().to_owned()))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {

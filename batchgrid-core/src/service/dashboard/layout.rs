@@ -97,13 +97,7 @@ pub fn progress(done: u64, total: Option<u64>) -> Markup {
 /// `segment` percent-encoded for a URL path (`/` kept): a result's path or a job's id can hold
 /// `?`, `#` or spaces, which must not end the path. maud escapes it for HTML on top.
 pub fn url_path(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    crate::service::path_encoding::encode_path(segment)
 }
 
 /// A Unix-milliseconds time as UTC.
