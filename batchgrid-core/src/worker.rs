@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, PendingTask, RunningTask, WorkerRecord};
+use crate::analytics::{
+    AnalyticsError, AttemptOutcome, AttemptRecord, JobState, PendingTask, RunningTask, WorkerRecord,
+};
 use crate::db::now_millis;
 use crate::grid::Grid;
 use crate::processor::command::CommandProcessor;
@@ -846,6 +848,12 @@ impl Worker {
         }
     }
 
+    /// The tasks of `stage` that completed, in id order: what a reduce of the next stage reads.
+    async fn completed_tasks(&self, job_id: &str, stage: u32) -> Result<Vec<String>, AnalyticsError> {
+        let statuses = self.grid.analytics.task_statuses(job_id, stage).await?;
+        Ok(statuses.into_iter().filter(|(_, status)| status == "done").map(|(task, _)| task).collect())
+    }
+
     /// The task role's credentials for a task that may run `timeout` (`None` without a role).
     async fn task_credentials(&self, timeout: Duration) -> Result<Option<Arc<TaskCredentials>>, TaskFailure> {
         let Some(role) = &self.settings.task_role else { return Ok(None) };
@@ -907,6 +915,19 @@ impl Worker {
             Ok(aws) => (aws, None),
             Err(failure) => (None, Some(failure)),
         };
+        let input_tasks = if stage.kind == StageKind::Reduce && task.stage > 0 {
+            match self.completed_tasks(&task.job, task.stage - 1).await {
+                Ok(tasks) => tasks,
+                Err(error) => {
+                    // Without the list the reduce would miss the empty inputs: run it later.
+                    tracing::warn!(%error, job = %task.job, "cannot list the tasks a reduce reads; retrying later");
+                    completion.action = Action::Retry(SPEC_RETRY_DELAY);
+                    return completion;
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let scratch = match self.scratch.acquire() {
             Ok(dir) => dir,
             Err(error) => {
@@ -922,6 +943,7 @@ impl Worker {
             task_id: task.task.clone(),
             attempt: message.receive_count,
             input: task.input.clone(),
+            input_tasks,
             inline: task.data.clone().map(bytes::Bytes::from),
             output_prefix: output_prefix(&task.job, task.stage, &stage.name, &task.task),
             params: match &stage.run {
