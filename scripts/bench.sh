@@ -4,7 +4,8 @@
 #   2. no-op Rust processor tasks through the embedded queue and analytics store vs a plain
 #      batched SQLite queue, and the rate at 10,000 vs 1,000,000 queued tasks
 #   3. peak memory of the manager splitting a 2 GB input vs `cat` reading it
-#   4. SQS requests per task of a 10,000-task job on the moto emulator (target <= 0.35), and the
+#   4. SQS requests per task of a 10,000-task job on the moto emulator, workers with their default
+#      settings (target <= 0.35) and tuned by hand beside them, and the
 #      manager's enqueue rate vs single SendMessage calls
 #   5. priorities: a high-priority job's time to first task beside a 200,000-task low-priority
 #      job vs on an idle grid, and two equal jobs' fair-share ratio

@@ -102,7 +102,7 @@ impl Setup {
         for n in 0..WORKERS {
             let mut settings = WorkerSettings::new(format!("bench-{n}"), state.join("scratch"));
             settings.concurrency = CONCURRENCY;
-            settings.prefetch = CONCURRENCY;
+            settings.prefetch = Some(CONCURRENCY);
             settings.poll_wait = Duration::from_millis(100);
             let worker = Worker::new(settings, grid.clone(), ProcessorRegistry::with_builtins());
             let stop = stop.clone();

@@ -5,7 +5,9 @@
 //!    SQS request of the manager and the workers counts, empty long polls included, from the
 //!    job's submission until the manager sees it end (the workers are stopped then). SQS bills
 //!    per request, so this is the job's queue bill; unbatched it would be 3 (send, receive,
-//!    delete); the target is at most 0.35.
+//!    delete); the target is at most 0.35 with the workers' default settings. The same job runs
+//!    again with workers tuned by hand (`--concurrency 10 --prefetch 10`), the figure the
+//!    defaults should reach.
 //! 2. Enqueue rate: the manager's submit and split of a 10,000-line input (batches of ten,
 //!    several in flight) against the plainest client code, 10,000 single `SendMessage` calls one
 //!    after another, each into a queue of its own.
@@ -50,16 +52,38 @@ const WORKERS: usize = 2;
 const TARGET_PER_TASK: f64 = 0.35;
 /// Deliveries before a message is dead-lettered, as the deployed stacks set it.
 const MAX_RECEIVES: u32 = 5;
-/// No-op tasks take microseconds, so a worker can hold a whole batch of ten running and another
-/// ten received ahead: then every receive asks for ten, and the completer gets near-full batches
-/// to delete. (The defaults, one task per core and as many ahead, ask for five on two cores.)
-const CONCURRENCY: usize = 10;
-const PREFETCH: usize = 10;
+/// The hand tuning the defaults are compared with: no-op tasks take microseconds, so a worker
+/// can hold a whole batch of ten running and another ten received ahead; then every receive asks
+/// for ten, and the completer gets near-full batches to delete.
+const TUNED_CONCURRENCY: usize = 10;
+const TUNED_PREFETCH: usize = 10;
 /// How often the manager checks progress (the manager service's default).
 const TICK: Duration = Duration::from_secs(1);
-/// Most messages in the job's task queue, in flight included (see the module docs): what the
-/// workers can hold, plus a full batch of ten ready for the next receive. Deeper only slows moto.
-const QUEUE_CAP: u64 = (WORKERS * (CONCURRENCY + PREFETCH) + 10) as u64;
+
+/// How the workers of one measured run are set up.
+#[derive(Debug, Clone, Copy)]
+enum Tuning {
+    /// `WorkerSettings::new` as it comes: one task per core, prefetch adapted to task time.
+    Defaults,
+    /// [`TUNED_CONCURRENCY`] and [`TUNED_PREFETCH`].
+    Tuned,
+}
+
+impl Tuning {
+    fn settings(self, id: String, scratch: std::path::PathBuf) -> WorkerSettings {
+        let mut settings = WorkerSettings::new(id, scratch);
+        if let Tuning::Tuned = self {
+            settings.concurrency = TUNED_CONCURRENCY;
+            settings.prefetch = Some(TUNED_PREFETCH);
+        }
+        settings
+    }
+}
+
+/// Most messages in the job's task queue, in flight included (see the module docs), the same for
+/// both runs: what tuned workers can hold, plus a full batch of ten ready for the next receive.
+/// SQS has no such limit (a job's tasks wait there in thousands); deeper only slows moto.
+const QUEUE_CAP: u64 = (WORKERS * (TUNED_CONCURRENCY + TUNED_PREFETCH) + 10) as u64;
 /// How often the enqueue measurement empties its queue (see the module docs).
 const PURGE_EVERY: Duration = Duration::from_millis(100);
 
@@ -76,26 +100,8 @@ fn main() {
         std::fs::write(&input, lines).expect("input");
         let spec = job_spec(&input, dir.path());
 
-        let run = requests_per_task(&config, &spec, tasks, dir.path()).await;
-        let per_task = run.sqs_total as f64 / tasks as f64;
-        println!(
-            "sqs: {tasks} no-op tasks, manager + {WORKERS} workers on moto: {} SQS requests = {per_task:.3} per task \
-             (target <= {TARGET_PER_TASK}; unbatched 3) in {:.1}s",
-            run.sqs_total,
-            run.elapsed.as_secs_f64()
-        );
-        println!("sqs: per task by operation: {}", per_task_of(&run.by_operation, tasks));
-        println!("sqs: per task by process: {}", per_task_of(&run.by_process, tasks));
-        println!("sqs: {}", run.batches);
-        if per_task > TARGET_PER_TASK {
-            let (operation, count) = run.by_operation.iter().max_by_key(|(_, count)| **count).expect("requests");
-            println!(
-                "sqs: above target; the largest share is {operation} ({:.0}%), and the chain queue's empty \
-                 receives are {:.3} per task",
-                100.0 * *count as f64 / run.sqs_total as f64,
-                run.chain_empty as f64 / tasks as f64
-            );
-        }
+        let per_task = measure(&config, &spec, tasks, dir.path(), Tuning::Defaults, "bench").await;
+        let tuned = measure(&config, &spec, tasks, dir.path(), Tuning::Tuned, "bench-tuned").await;
 
         let baseline = single_sends(&config, tasks).await;
         println!("baseline: {tasks} single SendMessage calls, one at a time: {baseline:.0} messages/s");
@@ -106,11 +112,47 @@ fn main() {
             enqueue / baseline
         );
         println!(
-            "RESULT sqs_requests_per_task={per_task:.3} enqueue_per_s={enqueue:.0} send_baseline_per_s={baseline:.0} \
-             enqueue_ratio={:.2}",
+            "RESULT sqs_requests_per_task={per_task:.3} sqs_requests_per_task_tuned={tuned:.3} \
+             enqueue_per_s={enqueue:.0} send_baseline_per_s={baseline:.0} enqueue_ratio={:.2}",
             enqueue / baseline
         );
     });
+}
+
+/// Runs the job with workers set up as `tuning` says and prints what it cost; requests per task.
+async fn measure(
+    config: &aws_config::SdkConfig,
+    spec: &JobSpec,
+    tasks: u64,
+    dir: &Path,
+    tuning: Tuning,
+    queues: &str,
+) -> f64 {
+    let run = requests_per_task(config, spec, tasks, dir, tuning, queues).await;
+    let per_task = run.sqs_total as f64 / tasks as f64;
+    let workers = match tuning {
+        Tuning::Defaults => "default worker settings".to_owned(),
+        Tuning::Tuned => format!("concurrency {TUNED_CONCURRENCY}, prefetch {TUNED_PREFETCH}"),
+    };
+    println!(
+        "sqs ({workers}): {tasks} no-op tasks, manager + {WORKERS} workers on moto: {} SQS requests = \
+         {per_task:.3} per task (target <= {TARGET_PER_TASK}; unbatched 3) in {:.1}s",
+        run.sqs_total,
+        run.elapsed.as_secs_f64()
+    );
+    println!("sqs: per task by operation: {}", per_task_of(&run.by_operation, tasks));
+    println!("sqs: per task by process: {}", per_task_of(&run.by_process, tasks));
+    println!("sqs: {}", run.batches);
+    if per_task > TARGET_PER_TASK {
+        let (operation, count) = run.by_operation.iter().max_by_key(|(_, count)| **count).expect("requests");
+        println!(
+            "sqs: above target; the largest share is {operation} ({:.0}%), and the chain queue's empty \
+             receives are {:.3} per task",
+            100.0 * *count as f64 / run.sqs_total as f64,
+            run.chain_empty as f64 / tasks as f64
+        );
+    }
+    per_task
 }
 
 /// The job: one task per input line, each a `noop`.
@@ -161,11 +203,18 @@ async fn process_grid(
 }
 
 /// Runs the whole job on fresh queues and counts every SQS request made meanwhile.
-async fn requests_per_task(config: &aws_config::SdkConfig, spec: &JobSpec, tasks: u64, dir: &Path) -> RequestsRun {
+async fn requests_per_task(
+    config: &aws_config::SdkConfig,
+    spec: &JobSpec,
+    tasks: u64,
+    dir: &Path,
+    tuning: Tuning,
+    queues: &str,
+) -> RequestsRun {
     let setup = sqs_client(config, &RequestMeter::new());
-    let input_url = create_queue_pair(&setup, "bench-input", MAX_RECEIVES).await;
-    let output_url = create_queue_pair(&setup, "bench-output", MAX_RECEIVES).await;
-    let analytics = Arc::new(SqliteAnalytics::open(&dir.join("analytics.db")).await.expect("analytics"));
+    let input_url = create_queue_pair(&setup, &format!("{queues}-input"), MAX_RECEIVES).await;
+    let output_url = create_queue_pair(&setup, &format!("{queues}-output"), MAX_RECEIVES).await;
+    let analytics = Arc::new(SqliteAnalytics::open(&dir.join(format!("{queues}.db"))).await.expect("analytics"));
     let counts: Counts = Default::default();
     let mut processes = Vec::new();
     for _ in 0..=WORKERS {
@@ -178,10 +227,7 @@ async fn requests_per_task(config: &aws_config::SdkConfig, spec: &JobSpec, tasks
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for (i, process) in processes.iter().enumerate().skip(1) {
-        let mut settings = WorkerSettings::new(format!("bench-worker-{i}"), dir.join("scratch"));
-        settings.concurrency = CONCURRENCY;
-        settings.prefetch = PREFETCH;
-        settings.visibility = Duration::from_secs(30);
+        let settings = tuning.settings(format!("bench-worker-{i}"), dir.join("scratch"));
         let worker = Worker::new(settings, process.clone(), ProcessorRegistry::with_builtins());
         let mut stop = stop_rx.clone();
         workers.push(tokio::spawn(worker.run(async move {
@@ -189,7 +235,7 @@ async fn requests_per_task(config: &aws_config::SdkConfig, spec: &JobSpec, tasks
         })));
     }
     // The deployed manager service reads the dead-letter queues at most every 5 s, as here.
-    let manager = Manager::new(processes[0].clone(), dir.join("spool"))
+    let manager = Manager::new(processes[0].clone(), dir.join(format!("{queues}-spool")))
         .keep_results_in_store()
         .with_dead_letter_scan_every(Duration::from_secs(5));
     let started = Instant::now();

@@ -3,7 +3,8 @@
 //! forwards the result to the next stage and acknowledges the message. A crash between any two
 //! steps repeats work but never loses it, and repeated work lands on the same keys and rows.
 //!
-//! Four loops share the work: the receive loop (which owns the concurrency limit), one
+//! Four loops share the work: the receive loop (which owns the concurrency limit, and asks for
+//! as many messages as its receive policy says the observed task time warrants), one
 //! heartbeat loop for all held messages (batched, as SQS wants; it talks to the queue only, so a
 //! stalled database cannot delay it), a liveness loop that records the worker in the database,
 //! and the completer, which batches the bookkeeping of finished tasks. On shutdown the worker stops receiving, lets
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::analytics::{AttemptOutcome, AttemptRecord, JobState, PendingTask, RunningTask, WorkerRecord};
+use crate::analytics::{
+    AnalyticsError, AttemptOutcome, AttemptRecord, JobState, PendingTask, RunningTask, WorkerRecord,
+};
 use crate::db::now_millis;
 use crate::grid::Grid;
 use crate::processor::command::CommandProcessor;
@@ -30,6 +33,10 @@ use crate::scratch::ScratchSlots;
 use crate::spec::{JobSpec, StageFailurePolicy, StageKind, StageRun};
 use crate::task::{output_prefix, spec_key, TaskMessage};
 use crate::task_role::{TaskCredentials, TaskRole};
+
+mod receive_policy;
+
+use receive_policy::ReceivePolicy;
 
 /// How often a worker re-reads a job's state and pause flag (to notice a cancel or a pause:
 /// no new task of a paused job may start 2 s after the pause, and a task already received
@@ -70,9 +77,11 @@ pub struct WorkerSettings {
     pub drain_deadline: Duration,
     /// Where tasks get their scratch directories.
     pub scratch_dir: PathBuf,
-    /// Messages received ahead of free slots, to receive in fuller batches. Keep it small for
-    /// long tasks: a prefetched message waits here while other workers may be idle.
-    pub prefetch: usize,
+    /// Messages received ahead of free slots, to receive in fuller batches. `None` (the default)
+    /// adapts it to the observed task time (the worker's receive policy): a full batch for short
+    /// tasks, only the free slots for long ones, whose prefetched messages would wait here
+    /// while other workers may be idle.
+    pub prefetch: Option<usize>,
     /// How long the completer waits for more finished tasks before recording and deleting, so
     /// acknowledgements go out in fuller batches (each batch is one request on SQS).
     pub completion_linger: Duration,
@@ -85,13 +94,13 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
-    /// Defaults: one task per core, prefetch as many, 30 s visibility, 1 s polls, 30 s drain.
+    /// Defaults: one task per core, adaptive prefetch, 30 s visibility, 1 s polls, 30 s drain.
     pub fn new(id: impl Into<String>, scratch_dir: PathBuf) -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Self {
             id: id.into(),
             concurrency: cores,
-            prefetch: cores,
+            prefetch: None,
             visibility: Duration::from_secs(30),
             poll_wait: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(30),
@@ -178,6 +187,15 @@ struct Completion {
     action: Action,
 }
 
+/// What [`receive_policy::long_polled`] decides from, by queue (tasks, chain).
+#[derive(Debug)]
+struct Polls {
+    /// When each queue last delivered messages.
+    delivered: [Option<Instant>; 2],
+    /// The queue the previous receive long-polled.
+    long_polled: usize,
+}
+
 type Held = Arc<Mutex<HashMap<(Source, String), Receipt>>>;
 
 /// The tasks running now, by message: what the heartbeat reports.
@@ -241,6 +259,10 @@ pub struct Worker {
     drain_by: Mutex<Option<Instant>>,
     /// When each queue (tasks, chain) last answered a receive with nothing.
     last_empty: Mutex<[Option<Instant>; 2]>,
+    /// Which queue to long-poll next, from what the receives so far found.
+    polls: Mutex<Polls>,
+    /// How many messages a receive asks for, from the task time observed so far.
+    policy: Mutex<ReceivePolicy>,
 }
 
 impl Worker {
@@ -249,6 +271,7 @@ impl Worker {
         // Absolute: commands run inside their slot and get paths under it.
         let scratch_root = std::path::absolute(&settings.scratch_dir).unwrap_or_else(|_| settings.scratch_dir.clone());
         let scratch = ScratchSlots::new(scratch_root.join(sanitize(&settings.id)), settings.sandbox.clone());
+        let policy = ReceivePolicy::new(settings.concurrency, settings.prefetch, settings.visibility);
         Arc::new(Self {
             settings,
             grid,
@@ -260,6 +283,8 @@ impl Worker {
             host: hostname(),
             drain_by: Mutex::new(None),
             last_empty: Mutex::new([None, None]),
+            polls: Mutex::new(Polls { delivered: [None, None], long_polled: Source::Chain as usize }),
+            policy: Mutex::new(policy),
         })
     }
 
@@ -353,7 +378,6 @@ impl Worker {
         let mut running = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         tokio::pin!(shutdown);
-        let mut turn = 0u64;
         // Received but not yet started: at most `prefetch` beyond the free permits, held (and
         // heartbeated) like running tasks, released at once on shutdown.
         let mut buffered: VecDeque<(Source, QueueMessage)> = VecDeque::new();
@@ -365,9 +389,10 @@ impl Worker {
                 permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             };
             if buffered.is_empty() {
-                let want = (permits.available_permits() + 1 + self.settings.prefetch).min(MAX_BATCH);
-                turn += 1;
-                match self.receive_any(want, turn, &mut shutdown).await {
+                // The permit just taken is a free slot too.
+                let free = permits.available_permits() + 1;
+                let want = self.policy.lock().map(|p| p.want(free)).unwrap_or(free.min(MAX_BATCH));
+                match self.receive_any(want, &mut shutdown).await {
                     Some(received) => {
                         for (source, message) in received {
                             self.hold(source, &message);
@@ -381,7 +406,11 @@ impl Worker {
             let worker = self.clone();
             let done = done_tx.clone();
             running.spawn(async move {
+                let started = Instant::now();
                 let completion = worker.handle(source, message).await;
+                if let Ok(mut policy) = worker.policy.lock() {
+                    policy.observe(started.elapsed());
+                }
                 // The completer outlives every task; a send error means we are shutting down.
                 let _ = done.send(completion);
                 drop(permit);
@@ -438,16 +467,26 @@ impl Worker {
         Ok(stats)
     }
 
-    /// Receives up to `want` messages from either queue, alternating which goes first (the
-    /// second takes the long poll); `None` when shutdown interrupts.
+    /// Receives up to `want` messages from either queue: a quick look at one, then a long poll
+    /// on the other (the one [`receive_policy::long_polled`] picks); `None` when shutdown
+    /// interrupts.
     async fn receive_any(
         &self,
         want: usize,
-        turn: u64,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Option<Vec<(Source, QueueMessage)>> {
-        let order =
-            if turn.is_multiple_of(2) { [Source::Chain, Source::Tasks] } else { [Source::Tasks, Source::Chain] };
+        let long_polled = match self.polls.lock() {
+            Ok(mut polls) => {
+                polls.long_polled = receive_policy::long_polled(polls.delivered, polls.long_polled, Instant::now());
+                polls.long_polled
+            }
+            Err(_) => Source::Tasks as usize,
+        };
+        let order = if long_polled == Source::Tasks as usize {
+            [Source::Chain, Source::Tasks]
+        } else {
+            [Source::Tasks, Source::Chain]
+        };
         for (i, source) in order.into_iter().enumerate() {
             let slot = source as usize;
             let recently_empty =
@@ -465,6 +504,11 @@ impl Worker {
             };
             if let (Ok(messages), Ok(mut last_empty)) = (&polled, self.last_empty.lock()) {
                 last_empty[slot] = messages.is_empty().then(Instant::now);
+            }
+            if let (Ok(messages), Ok(mut polls)) = (&polled, self.polls.lock()) {
+                if !messages.is_empty() {
+                    polls.delivered[slot] = Some(Instant::now());
+                }
             }
             match polled {
                 Ok(messages) if messages.is_empty() => continue,
@@ -807,6 +851,12 @@ impl Worker {
         }
     }
 
+    /// The tasks of `stage` that completed, in id order: what a reduce of the next stage reads.
+    async fn completed_tasks(&self, job_id: &str, stage: u32) -> Result<Vec<String>, AnalyticsError> {
+        let statuses = self.grid.analytics.task_statuses(job_id, stage).await?;
+        Ok(statuses.into_iter().filter(|(_, status)| status == "done").map(|(task, _)| task).collect())
+    }
+
     /// The task role's credentials for a task that may run `timeout` (`None` without a role).
     async fn task_credentials(&self, timeout: Duration) -> Result<Option<Arc<TaskCredentials>>, TaskFailure> {
         let Some(role) = &self.settings.task_role else { return Ok(None) };
@@ -897,6 +947,19 @@ impl Worker {
             Ok(aws) => (aws, None),
             Err(failure) => (None, Some(failure)),
         };
+        let input_tasks = if stage.kind == StageKind::Reduce && task.stage > 0 {
+            match self.completed_tasks(&task.job, task.stage - 1).await {
+                Ok(tasks) => tasks,
+                Err(error) => {
+                    // Without the list the reduce would miss the empty inputs: run it later.
+                    tracing::warn!(%error, job = %task.job, "cannot list the tasks a reduce reads; retrying later");
+                    completion.action = Action::Retry(SPEC_RETRY_DELAY);
+                    return completion;
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let scratch = match self.scratch.acquire() {
             Ok(dir) => dir,
             Err(error) => {
@@ -921,6 +984,7 @@ impl Worker {
             task_id: task.task.clone(),
             attempt: message.receive_count,
             input: task.input.clone(),
+            input_tasks,
             inline,
             output_prefix: output_prefix(&task.job, task.stage, &stage.name, &task.task),
             params: match &stage.run {

@@ -39,7 +39,7 @@ fn analytics(service: &JobService) -> Arc<dyn AnalyticsStore> {
 fn start_worker(service: &JobService, dir: &Path) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let mut settings = WorkerSettings::new("w-control", dir.join("scratch"));
     settings.concurrency = 2;
-    settings.prefetch = 0;
+    settings.prefetch = Some(0);
     let runs = dir.join("runs");
     std::fs::create_dir_all(&runs).expect("runs directory");
     settings.sandbox = Arc::new(TaskSandbox::new(None, vec![runs]).expect("sandbox"));
@@ -411,7 +411,7 @@ async fn a_drained_worker_finishes_its_tasks_and_takes_no_new_one() {
     let id = submit(&service, &job(dir.path(), "long", 6, "sleep 1.5; cp \"$0\" \"$1/\"", "")).await.expect("submit");
     let mut settings = WorkerSettings::new("w-drained", dir.path().join("scratch"));
     settings.concurrency = 2;
-    settings.prefetch = 0;
+    settings.prefetch = Some(0);
     let grid = service.manager().grid().clone();
     let worker = Worker::new(settings, grid.clone(), ProcessorRegistry::with_builtins());
     let drain =

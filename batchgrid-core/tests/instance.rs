@@ -49,7 +49,7 @@ async fn a_terminating_instance_drains_then_completes_its_lifecycle_action() {
     let imds = MetadataServer::start("i-0123456789abcdef0");
     let mut settings = WorkerSettings::new("w-terminating", dir.path().join("scratch"));
     settings.concurrency = 2;
-    settings.prefetch = 0;
+    settings.prefetch = Some(0);
     let worker = Worker::new(settings, grid.clone(), ProcessorRegistry::with_builtins());
 
     let drained = worker.clone();

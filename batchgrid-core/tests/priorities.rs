@@ -51,7 +51,7 @@ impl Bench {
         for n in 0..2 {
             let mut settings = WorkerSettings::new(format!("w{n}"), state.join("scratch"));
             settings.concurrency = 3;
-            settings.prefetch = 1;
+            settings.prefetch = Some(1);
             settings.poll_wait = Duration::from_millis(50);
             let mut registry = ProcessorRegistry::with_builtins();
             registry.register("nap", Nap);

@@ -58,7 +58,7 @@ async fn compare_previous_picks_the_earlier_run_of_the_same_name() {
     );
     let mut settings = WorkerSettings::new("w-report", dir.path().join("scratch"));
     settings.concurrency = 2;
-    settings.prefetch = 0;
+    settings.prefetch = Some(0);
     settings.sandbox = Arc::new(TaskSandbox::new(None, Vec::new()).expect("sandbox"));
     let worker = Worker::new(settings, service.manager().grid().clone(), ProcessorRegistry::with_builtins());
     let (_stop_worker, stopped) = oneshot::channel::<()>();

@@ -14,6 +14,7 @@ mod smoke;
 mod stack;
 mod worker;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -146,7 +147,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: `batchgrid run` sends its workers' stderr to log files, and
+    // systemd to the journal, where escape codes are noise.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let json = std::env::var(env::LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     // A second initialisation (in tests) is harmless; ignore it.
     let _ = if json { builder.json().try_init() } else { builder.try_init() };

@@ -49,8 +49,8 @@ pub struct WorkerArgs {
     /// Tasks run at once (default: the number of cores).
     #[arg(long, env = env::CONCURRENCY)]
     pub concurrency: Option<usize>,
-    /// Messages received ahead of free slots (default: as many as --concurrency); more fills
-    /// receive batches for short tasks, fewer keeps long tasks from waiting on a busy worker.
+    /// Messages received ahead of free slots (default: adapted to the observed task time, up
+    /// to a full batch of ten for short tasks and none for long ones); setting it fixes it.
     #[arg(long, env = env::PREFETCH)]
     pub prefetch: Option<usize>,
     /// Longest wait of one long poll (SQS allows up to 20 s; longer is cheaper when idle, shorter
@@ -263,7 +263,7 @@ pub async fn run(args: WorkerArgs, registry: ProcessorRegistry) -> anyhow::Resul
         worker_settings.concurrency = concurrency;
     }
     if let Some(prefetch) = args.prefetch {
-        worker_settings.prefetch = prefetch;
+        worker_settings.prefetch = Some(prefetch);
     }
     worker_settings.poll_wait = args.poll_wait;
     worker_settings.visibility = args.visibility_timeout;

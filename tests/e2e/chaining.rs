@@ -36,3 +36,37 @@ output:
     assert_eq!(lines.len(), 30, "every line went through both map stages once");
     assert!(lines.contains(&"000000:LINE-0") && lines.contains(&"000007:LINE-29"), "{all}");
 }
+
+#[test]
+fn a_reduce_gets_a_directory_for_every_map_task_even_one_that_wrote_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_lines(&dir.path().join("input.txt"), 30);
+    // Tasks with an odd id write nothing; the reduce lists the directories it was given.
+    let job = format!(
+        r#"name: sparse
+input:
+  path: {input}
+split:
+  lines: 4
+stages:
+  - name: some
+    command: [sh, -c, 'case "$BATCHGRID_TASK_ID" in *[13579]) ;; *) cp "$0" "$1/part.txt" ;; esac', "{{input}}", "{{output}}"]
+  - name: gather
+    kind: reduce
+    command: [sh, -c, 'cd "$0" && for d in */; do echo "${{d%/}} $(ls "$d" | wc -l)"; done > "$1/dirs.txt"', "{{input}}", "{{output}}"]
+output:
+  path: {output}
+"#,
+        input = dir.path().join("input.txt").display(),
+        output = dir.path().join("out").display(),
+    );
+    let result = run_job(dir.path(), &job, &["--workers", "2"]);
+    assert_eq!(result.code, Some(0), "stderr: {}", result.stderr);
+    let listing = std::fs::read_to_string(dir.path().join("out/dirs.txt")).expect("reduce output");
+    let dirs: Vec<(&str, &str)> = listing.lines().filter_map(|line| line.split_once(' ')).collect();
+    assert_eq!(dirs.len(), 8, "one directory per map task (30 lines in chunks of 4):\n{listing}");
+    for (i, (task, files)) in dirs.iter().enumerate() {
+        assert_eq!(*task, format!("{i:06}"), "{listing}");
+        assert_eq!(*files, if i % 2 == 0 { "1" } else { "0" }, "odd tasks wrote nothing:\n{listing}");
+    }
+}

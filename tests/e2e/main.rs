@@ -10,6 +10,7 @@ mod failures;
 mod faults;
 mod harness;
 mod local_stack;
+mod logs;
 mod provision;
 mod report;
 mod resume;

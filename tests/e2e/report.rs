@@ -75,7 +75,7 @@ async fn report_compare_previous_shows_the_changes_between_two_claims_runs() {
     );
     let mut settings = WorkerSettings::new("w-report", dir.path().join("scratch"));
     settings.concurrency = 2;
-    settings.prefetch = 0;
+    settings.prefetch = Some(0);
     settings.sandbox = Arc::new(TaskSandbox::new(None, Vec::new()).expect("sandbox"));
     let worker = Worker::new(settings, service.manager().grid().clone(), ProcessorRegistry::with_builtins());
     let (_stop_worker, stopped) = oneshot::channel::<()>();

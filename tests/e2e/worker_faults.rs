@@ -184,7 +184,7 @@ async fn a_stalled_database_lets_no_task_run_twice() {
     for n in 0..2 {
         let mut settings = WorkerSettings::new(format!("stall-{n}"), state.join("scratch"));
         settings.concurrency = 1;
-        settings.prefetch = 0;
+        settings.prefetch = Some(0);
         settings.visibility = Duration::from_secs(2);
         settings.poll_wait = Duration::from_millis(200);
         settings.drain_deadline = Duration::from_secs(1);

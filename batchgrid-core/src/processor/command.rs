@@ -89,6 +89,11 @@ pub const INHERITED_ENV: [&str; 4] = ["PATH", "LANG", "LC_ALL", "TZ"];
 /// `PATH` for a task when the worker has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Whether `name` is one path component (task ids are; this keeps a bad one inside the input).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\'])
+}
+
 fn failure(context: &str, error: impl std::fmt::Display) -> TaskFailure {
     TaskFailure::new(format!("{context}: {error}"))
 }
@@ -134,6 +139,13 @@ impl Processor for CommandProcessor {
                 bytes_in += ctx.store.get_to_file(&key, &local).await?;
             }
             tokio::fs::create_dir_all(&input_dir).await.map_err(|e| failure("creating scratch directory", e))?;
+            // A task that wrote nothing has no objects, so no directory came from the listing;
+            // a reduce is promised one per task of the stage before all the same.
+            for task in ctx.input_tasks.iter().filter(|t| is_plain_name(t)) {
+                tokio::fs::create_dir_all(input_dir.join(task))
+                    .await
+                    .map_err(|e| failure("creating an input directory", e))?;
+            }
             input_dir
         };
 

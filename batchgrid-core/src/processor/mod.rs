@@ -30,6 +30,9 @@ pub struct TaskContext {
     pub attempt: u32,
     /// The task's input: one object key, or a prefix ending in `/` (every object under it).
     pub input: String,
+    /// For a reduce task, the tasks of the stage before that completed, in order: each has a
+    /// subdirectory of the input, empty when it wrote nothing (no object is stored for those).
+    pub input_tasks: Vec<String>,
     /// A small input that came inside the task message; `input` then only names it.
     pub inline: Option<Bytes>,
     /// The task's results go under this prefix (deterministic per job, stage and task).
