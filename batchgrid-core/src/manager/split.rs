@@ -207,7 +207,11 @@ impl Manager {
         if !header {
             return Ok(RangeInput { size, body_start: 0, header: None });
         }
-        let prefix = store.get_range(key, 0, size.min(MAX_HEADER_BYTES)).await?;
+        // A header line is short: 64 KiB first, the longest accepted only if it must.
+        let mut prefix = store.get_range(key, 0, size.min(64 * 1024)).await?;
+        if header_end(&prefix, size).is_none() {
+            prefix = store.get_range(key, 0, size.min(MAX_HEADER_BYTES)).await?;
+        }
         let bad = |message: &str| ManagerError::Input { input: input(), message: message.into() };
         let end = header_end(&prefix, size).ok_or_else(|| bad("the header line is longer than 1 MiB"))?;
         let text =
