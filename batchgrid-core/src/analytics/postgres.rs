@@ -14,13 +14,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::credentials::{CredentialsSource, FixedUrl, Reconnect, ReconnectSettings};
-use super::rollup::RollupDelta;
+use super::rollup::{group_by_stage, RollupDelta};
 use super::running;
 use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
     AttemptTotals, GridSample, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress,
-    StageRecord, StageTimes, TaskRecord, TimeHistogram, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
+    StageRecord, StageTimes, TaskRecord, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::now_millis;
 
@@ -1011,18 +1011,18 @@ impl AnalyticsStore for Sql {
         .bind(job_id)
         .fetch_all(&self.pool)
         .await?;
-        let mut times: Vec<StageTimes> = Vec::new();
-        for row in &rows {
-            let stage = to_u32(row.try_get("stage")?);
-            if times.last().map(|t| t.stage) != Some(stage) {
-                times.push(StageTimes { stage, histogram: TimeHistogram::default() });
-            }
-            if let Some(last) = times.last_mut() {
-                let bucket = to_u32(row.try_get("bucket")?);
-                last.histogram.add(bucket, to_u64(row.try_get("tasks")?), to_u64(row.try_get("total_ms")?));
-            }
-        }
-        Ok(times)
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    to_u32(row.try_get("stage")?),
+                    to_u32(row.try_get("bucket")?),
+                    to_u64(row.try_get("tasks")?),
+                    to_u64(row.try_get("total_ms")?),
+                ))
+            })
+            .collect::<Result<Vec<_>, AnalyticsError>>()?;
+        Ok(group_by_stage(rows))
     }
 
     async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError> {

@@ -142,6 +142,21 @@ pub struct StageTimes {
     pub histogram: TimeHistogram,
 }
 
+/// Bucket rows `(stage, bucket, tasks, summed ms)`, ordered by stage, grouped into each
+/// stage's histogram: what both stores' `task_times` return.
+pub(crate) fn group_by_stage(rows: impl IntoIterator<Item = (u32, u32, u64, u64)>) -> Vec<StageTimes> {
+    let mut times: Vec<StageTimes> = Vec::new();
+    for (stage, bucket, tasks, total_ms) in rows {
+        if times.last().map(|t| t.stage) != Some(stage) {
+            times.push(StageTimes { stage, histogram: TimeHistogram::default() });
+        }
+        if let Some(last) = times.last_mut() {
+            last.histogram.add(bucket, tasks, total_ms);
+        }
+    }
+    times
+}
+
 /// What a batch adds to the rollups, from the attempts that make tasks `done`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RollupDelta<'a> {

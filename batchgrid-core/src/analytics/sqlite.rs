@@ -7,13 +7,13 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::rollup::RollupDelta;
+use super::rollup::{group_by_stage, RollupDelta};
 use super::running;
 use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
     AttemptTotals, GridSample, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress,
-    StageRecord, StageTimes, TaskRecord, TimeHistogram, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
+    StageRecord, StageTimes, TaskRecord, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::{now_millis, open_sqlite};
 
@@ -691,17 +691,9 @@ impl AnalyticsStore for SqliteAnalytics {
         .bind(job_id)
         .fetch_all(&self.pool)
         .await?;
-        let mut times: Vec<StageTimes> = Vec::new();
-        for row in &rows {
-            let stage = to_u32(row.get("stage"));
-            if times.last().map(|t| t.stage) != Some(stage) {
-                times.push(StageTimes { stage, histogram: TimeHistogram::default() });
-            }
-            if let Some(last) = times.last_mut() {
-                last.histogram.add(to_u32(row.get("bucket")), to_u64(row.get("tasks")), to_u64(row.get("total_ms")));
-            }
-        }
-        Ok(times)
+        Ok(group_by_stage(rows.iter().map(|row| {
+            (to_u32(row.get("stage")), to_u32(row.get("bucket")), to_u64(row.get("tasks")), to_u64(row.get("total_ms")))
+        })))
     }
 
     async fn completions(&self, job_id: &str) -> Result<Vec<(i64, u64)>, AnalyticsError> {
