@@ -152,6 +152,20 @@ async fn pages_list_every_name_once() {
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(400));
     let refused = client.results_page(&id, None, Some(1001), false).await.expect_err("limit 1001");
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(400));
+
+    // The dashboard's job page shows the first page of them, and how to fetch the rest.
+    let page = reqwest::Client::new()
+        .get(format!("http://{address}/ui/jobs/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("job page")
+        .text()
+        .await
+        .expect("body");
+    let listed = page.split("id=\"results\"").nth(1).unwrap_or_default().split("</ul>").next().unwrap_or_default();
+    assert_eq!(listed.matches("<li>").count(), 200, "the first 200 of 250: {page}");
+    assert!(page.contains("--download DIR"), "how to get them all: {page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,8 @@ use crate::spec::JobSpec;
 
 /// Characters of a failed task's error shown (its tail: the last lines say what went wrong).
 const ERROR_TAIL: usize = 400;
+/// Result objects listed.
+const RESULTS_SHOWN: usize = 200;
 /// Failed tasks listed.
 const FAILED_SHOWN: usize = 100;
 /// Stragglers listed (the most behind).
@@ -57,9 +59,11 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
     let history = service.history(id).await?;
     let ended = status.state.is_terminal();
     let report = if ended { manager.stored_report(id).await? } else { None };
+    // The first page only (one LIST on S3): a job may have written a million results, which
+    // `batchgrid results --download` fetches.
     let results = match analytics.job(id).await?.map(|job| serde_json::from_str::<JobSpec>(&job.spec)) {
-        Some(Ok(spec)) if ended => manager.result_objects(id, &spec).await?,
-        _ => Vec::new(),
+        Some(Ok(spec)) if ended => manager.result_page(id, &spec, None, RESULTS_SHOWN).await?,
+        _ => crate::manager::results::ResultPage::default(),
     };
     let now = crate::db::now_millis();
     let (done, expected) = totals(&status.stages);
@@ -186,11 +190,14 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
         }
         @if ended {
             h2 { "Results" }
-            @if results.is_empty() { p { "No result objects." } } @else {
+            @if results.entries.is_empty() { p { "No result objects." } } @else {
                 ul #results {
-                    @for (path, object) in &results {
+                    @for (path, object) in &results.entries {
                         li { a href=(format!("{base}/results/{}", url_path(path))) { (path) } " (" (object.size) " bytes)" }
                     }
+                }
+                @if results.next.is_some() {
+                    p { "The first " (RESULTS_SHOWN) " results; " code { "batchgrid results " (status.id) " --download DIR" } " fetches them all." }
                 }
             }
             h2 { "Report" }
