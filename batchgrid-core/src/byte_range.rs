@@ -61,6 +61,38 @@ pub trait RangeRead: Send + Sync {
     async fn read(&self, start: u64, end: u64) -> io::Result<Vec<u8>>;
 }
 
+/// What every range of one input shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeInput {
+    /// The input's size.
+    pub size: u64,
+    /// Where the body starts (after the header line, when kept).
+    pub body_start: u64,
+    /// The header line, newline included, when the split keeps one.
+    pub header: Option<String>,
+}
+
+/// Why an input cannot be split into ranges.
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    /// Reading the input failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The header line is longer than [`MAX_HEADER_BYTES`] or is not UTF-8 text.
+    #[error("the header line is not UTF-8 text of at most {MAX_HEADER_BYTES} bytes")]
+    Header,
+}
+
+impl RangeInput {
+    /// An input whose body starts after its header line, from its first bytes (up to
+    /// [`MAX_HEADER_BYTES`] of them, or all of a shorter input).
+    pub fn with_header(prefix: &[u8], size: u64) -> Result<Self, RangeError> {
+        let end = header_end(prefix, size).ok_or(RangeError::Header)?;
+        let text = std::str::from_utf8(&prefix[..end as usize]).map_err(|_| RangeError::Header)?;
+        Ok(Self { size, body_start: end, header: Some(text.to_owned()) })
+    }
+}
+
 /// Cuts `[body_start, size)` into ranges of `range_bytes` (the last one shorter).
 pub fn plan(body_start: u64, size: u64, range_bytes: u64) -> Vec<(u64, u64)> {
     let step = range_bytes.max(1);

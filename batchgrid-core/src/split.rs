@@ -262,7 +262,7 @@ fn finish(
 pub fn split_ranges(
     input: &Path,
     split: SplitSpec,
-    described: &crate::byte_range::local::RangeInput,
+    described: &crate::byte_range::RangeInput,
     mut sink: impl FnMut(Chunk) -> Result<(), SplitError>,
 ) -> Result<u64, SplitError> {
     let extension = input.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();

@@ -79,6 +79,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in the order a job goes through them (a list's filters, `/metrics`).
+    pub const ALL: [JobState; 6] = [
+        JobState::Submitted,
+        JobState::Splitting,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -7,32 +7,10 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
-use super::{header_end, plan, MAX_HEADER_BYTES};
+use super::{plan, RangeError, RangeInput, MAX_HEADER_BYTES};
 
 /// Read buffer of the line scan.
 const SCAN_BUFFER: usize = 1 << 20;
-
-/// What every range of one input shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RangeInput {
-    /// The input's size.
-    pub size: u64,
-    /// Where the body starts (after the header line, when kept).
-    pub body_start: u64,
-    /// The header line, newline included, when the split keeps one.
-    pub header: Option<String>,
-}
-
-/// Why an input cannot be split into ranges (the caller then stages chunks as before).
-#[derive(Debug, thiserror::Error)]
-pub enum RangeError {
-    /// Reading the input failed.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The header line is longer than [`MAX_HEADER_BYTES`] or is not UTF-8 text.
-    #[error("the header line is not UTF-8 text of at most {MAX_HEADER_BYTES} bytes")]
-    Header,
-}
 
 /// The input's size and, when `header`, its first line.
 pub fn describe(input: &Path, header: bool) -> Result<RangeInput, RangeError> {
@@ -42,9 +20,7 @@ pub fn describe(input: &Path, header: bool) -> Result<RangeInput, RangeError> {
     }
     let mut prefix = Vec::new();
     File::open(input)?.take(MAX_HEADER_BYTES).read_to_end(&mut prefix)?;
-    let end = header_end(&prefix, size).ok_or(RangeError::Header)?;
-    let text = String::from_utf8(prefix[..end as usize].to_vec()).map_err(|_| RangeError::Header)?;
-    Ok(RangeInput { size, body_start: end, header: Some(text) })
+    RangeInput::with_header(&prefix, size)
 }
 
 /// Ranges of `range_bytes` over the body, from the size alone.

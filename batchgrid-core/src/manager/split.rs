@@ -12,8 +12,7 @@ use futures::StreamExt;
 
 use super::{Manager, ManagerError, SEND_CONCURRENCY, SPLIT_AHEAD};
 use crate::analytics::{actor, JobState, PendingTask};
-use crate::byte_range::local::RangeInput;
-use crate::byte_range::{header_end, InputRange, RangeSource, MAX_HEADER_BYTES};
+use crate::byte_range::{header_end, InputRange, RangeInput, RangeSource, MAX_HEADER_BYTES};
 use crate::queue::{TaskQueue, MAX_BATCH};
 use crate::spec::{InputSpec, JobSpec, SplitSpec};
 use crate::split::{split_input, split_ranges, Chunk, ChunkData, SplitError};
@@ -212,11 +211,8 @@ impl Manager {
         if header_end(&prefix, size).is_none() {
             prefix = store.get_range(key, 0, size.min(MAX_HEADER_BYTES)).await?;
         }
-        let bad = |message: &str| ManagerError::Input { input: input(), message: message.into() };
-        let end = header_end(&prefix, size).ok_or_else(|| bad("the header line is longer than 1 MiB"))?;
-        let text =
-            std::str::from_utf8(&prefix[..end as usize]).map_err(|_| bad("the header line is not UTF-8 text"))?;
-        Ok(RangeInput { size, body_start: end, header: Some(text.to_owned()) })
+        RangeInput::with_header(&prefix, size)
+            .map_err(|e| ManagerError::Input { input: input(), message: e.to_string() })
     }
 
     /// Downloads an `s3://` input into the spool: the one object for a chunked split, every

@@ -26,16 +26,6 @@ pub const RECENT_JOBS: usize = 20;
 const DURATION_BUCKETS: [f64; 14] =
     [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
-/// Every state a job can be in, each a `batchgrid_jobs` series (zero included).
-const JOB_STATES: [JobState; 6] = [
-    JobState::Submitted,
-    JobState::Splitting,
-    JobState::Running,
-    JobState::Completed,
-    JobState::Failed,
-    JobState::Cancelled,
-];
-
 /// One job's series.
 #[derive(Debug, Clone, Default)]
 pub struct JobSeries {
@@ -71,7 +61,7 @@ impl JobService {
         let analytics = &grid.analytics;
         let mut snapshot = MetricsSnapshot::default();
         // Counts and a bounded page of jobs, never the whole history.
-        for state in JOB_STATES {
+        for state in JobState::ALL {
             let query = JobQuery { state: Some(state), name: None, limit: 0 };
             snapshot.jobs_by_state.insert(state.as_str().to_owned(), analytics.job_list(&query).await?.total);
         }

@@ -95,6 +95,16 @@ impl JobService {
         Ok(statuses)
     }
 
+    /// Every schedule, by name, with its next fire times and recent occurrences (the
+    /// dashboard's grid page), each record read once.
+    pub async fn schedules_with_runs(&self, now: DateTime<Utc>) -> Result<Vec<ScheduleStatus>, ServiceError> {
+        let mut statuses = Vec::new();
+        for record in self.manager.grid().analytics.schedules().await? {
+            statuses.push(self.schedule_status(&record, now, true).await?);
+        }
+        Ok(statuses)
+    }
+
     /// One schedule with its next fire times and recent occurrences.
     pub async fn schedule(&self, name: &str, now: DateTime<Utc>) -> Result<ScheduleStatus, ServiceError> {
         let record = self.schedule_record(name).await?;

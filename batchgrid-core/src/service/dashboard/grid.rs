@@ -53,11 +53,7 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
         None => None,
     };
     let utc_now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
-    let mut schedules = Vec::new();
-    for listed in state.service.schedules(utc_now).await? {
-        // With its recent occurrences (the list leaves them out).
-        schedules.push(state.service.schedule(&listed.name, utc_now).await?);
-    }
+    let schedules = state.service.schedules_with_runs(utc_now).await?;
     let body = html! {
         h1 { "Grid" }
         h2 { "Manager" }

@@ -28,15 +28,6 @@ pub(super) struct Filters {
     name: String,
 }
 
-const STATES: [JobState; 6] = [
-    JobState::Submitted,
-    JobState::Splitting,
-    JobState::Running,
-    JobState::Completed,
-    JobState::Failed,
-    JobState::Cancelled,
-];
-
 /// Done and expected tasks over every stage (`None` while a stage's size is unknown).
 pub(super) fn totals(stages: &[StageProgress]) -> (u64, Option<u64>) {
     let done = stages.iter().map(|s| s.done).sum();
@@ -95,7 +86,7 @@ async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<
             label { "State "
                 select name="state" {
                     option value="" selected[filters.state.is_empty()] { "any" }
-                    @for s in STATES { option value=(s.as_str()) selected[filters.state == s.as_str()] { (s.as_str()) } }
+                    @for s in JobState::ALL { option value=(s.as_str()) selected[filters.state == s.as_str()] { (s.as_str()) } }
                 }
             }
             label { "Name " input type="search" name="name" value=(filters.name); }
