@@ -982,6 +982,10 @@ impl AnalyticsStore for Sql {
         let mut count: QueryBuilder<Postgres> = QueryBuilder::new("SELECT COUNT(*) FROM jobs");
         filter(&mut count);
         let total: i64 = count.build().fetch_one(&self.pool).await?.try_get(0)?;
+        if query.limit == 0 {
+            // A count alone (/metrics' jobs by state): no page to read.
+            return Ok(JobList { total: to_u64(total), jobs: Vec::new() });
+        }
         let mut list: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM jobs");
         filter(&mut list);
         list.push(r#" ORDER BY submitted_at DESC, id COLLATE "C" DESC LIMIT "#).push_bind(query.capped_limit());

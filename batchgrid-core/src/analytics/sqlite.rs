@@ -659,6 +659,10 @@ impl AnalyticsStore for SqliteAnalytics {
         let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM jobs");
         filter(&mut count);
         let total: i64 = count.build().fetch_one(&self.pool).await?.get(0);
+        if query.limit == 0 {
+            // A count alone (/metrics' jobs by state): no page to read.
+            return Ok(JobList { total: to_u64(total), jobs: Vec::new() });
+        }
         let mut list: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs");
         filter(&mut list);
         list.push(" ORDER BY submitted_at DESC, id DESC LIMIT ").push_bind(query.capped_limit());

@@ -285,6 +285,8 @@ async fn job_lists_filter_and_page(store: &dyn AnalyticsStore) {
     assert_eq!(all.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec!["list-2", "list-1"], "newest first");
     let first = store.job_list(&list(None, Some("CLAIMS"), 1)).await.expect("list");
     assert_eq!((first.total, first.jobs.len()), (2, 1), "the total counts past the limit");
+    let count_only = store.job_list(&list(None, Some("claims"), 0)).await.expect("count");
+    assert_eq!((count_only.total, count_only.jobs.len()), (2, 0), "a limit of 0 counts and lists nothing");
     let running = store.job_list(&list(Some(JobState::Running), Some("claims"), 10)).await.expect("list");
     assert_eq!(running.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec!["list-2"]);
     let literal = store.job_list(&list(None, Some("s_m"), 10)).await.expect("list");
