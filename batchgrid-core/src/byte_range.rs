@@ -199,6 +199,7 @@ impl RangeRead for FileRange {
     }
 }
 
+pub mod copy;
 pub mod local;
 
 #[cfg(test)]

@@ -15,6 +15,15 @@ use crate::processor::sandbox::TaskSandbox;
 /// or truncating them costs an inode or block allocation, and on ext4 a flush, per task.
 pub const REUSED_PREFIX: &str = "input";
 
+/// The reused file a task's input named `input` (an object key) is written to in its scratch
+/// directory: [`REUSED_PREFIX`] with the input's extension, which commands may go by.
+pub fn reused_input_name(input: &str) -> String {
+    let name = input.rsplit('/').next().unwrap_or_default();
+    let extension =
+        std::path::Path::new(name).extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
+    format!("{REUSED_PREFIX}{extension}")
+}
+
 /// A worker's pool of scratch directories under one root.
 #[derive(Debug)]
 pub struct ScratchSlots {

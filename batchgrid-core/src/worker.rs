@@ -29,7 +29,7 @@ use crate::processor::command::CommandProcessor;
 use crate::processor::sandbox::TaskSandbox;
 use crate::processor::{Processor, ProcessorRegistry, TaskContext, TaskFailure, TaskOutput};
 use crate::queue::{QueueMessage, Receipt, TaskQueue, MAX_BATCH};
-use crate::scratch::ScratchSlots;
+use crate::scratch::{reused_input_name, ScratchSlots};
 use crate::spec::{JobSpec, StageFailurePolicy, StageKind, StageRun};
 use crate::task::{output_prefix, spec_key, TaskMessage};
 use crate::task_role::{TaskCredentials, TaskRole};
@@ -83,7 +83,8 @@ pub struct WorkerSettings {
     /// while other workers may be idle.
     pub prefetch: Option<usize>,
     /// How long the completer waits for more finished tasks before recording and deleting, so
-    /// acknowledgements go out in fuller batches (each batch is one request on SQS).
+    /// acknowledgements go out in fuller batches (each batch is one request on SQS); it does
+    /// not wait while no other task is running.
     pub completion_linger: Duration,
     /// How task commands are confined.
     pub sandbox: Arc<TaskSandbox>,
@@ -197,6 +198,14 @@ struct Polls {
 }
 
 type Held = Arc<Mutex<HashMap<(Source, String), Receipt>>>;
+
+/// Where a byte-range task's chunk was read to.
+enum RangeChunk {
+    /// Into memory (an object's range).
+    Memory(Vec<u8>),
+    /// Into this scratch file (a local file's range, copied by the kernel).
+    File(PathBuf),
+}
 
 /// The tasks running now, by message: what the heartbeat reports.
 type Running = Mutex<HashMap<(Source, String), RunningTask>>;
@@ -610,7 +619,14 @@ impl Worker {
         let mut batch = Vec::new();
         while let Some(first) = done.recv().await {
             batch.push(first);
-            let linger = tokio::time::sleep(self.settings.completion_linger);
+            // Lingering fills batches only while other tasks may finish meanwhile; with none
+            // running it would only delay the record, and with it the end of a stage or job.
+            let linger = if self.running.lock().is_ok_and(|running| running.is_empty()) {
+                Duration::ZERO
+            } else {
+                self.settings.completion_linger
+            };
+            let linger = tokio::time::sleep(linger);
             tokio::pin!(linger);
             while batch.len() < MAX_BATCH {
                 tokio::select! {
@@ -864,13 +880,24 @@ impl Worker {
     }
 
     /// Runs one delivered message to a completion; never panics on bad payloads.
-    /// The chunk a byte-range task names, read from the original input.
-    async fn read_range(&self, range: &crate::byte_range::InputRange) -> Result<Vec<u8>, TaskFailure> {
-        use crate::byte_range::{read_chunk, FileRange, RangeSource};
+    /// The chunk a byte-range task names, read from the original input: a local file's
+    /// copied into `scratch_file`, an object's into memory.
+    async fn read_range(
+        &self,
+        range: &crate::byte_range::InputRange,
+        scratch_file: &std::path::Path,
+    ) -> Result<RangeChunk, TaskFailure> {
+        use crate::byte_range::{read_chunk, RangeSource};
         match &range.source {
             // Only where manager and workers share a disk: the embedded grid's store is local.
             RangeSource::File(path) if self.grid.store.is_local() => {
-                read_chunk(&FileRange(path.clone()), range).await.map_err(|e| {
+                let (source, chunk, target) = (path.clone(), range.clone(), scratch_file.to_path_buf());
+                let copied =
+                    tokio::task::spawn_blocking(move || crate::byte_range::copy::copy_chunk(&source, &chunk, &target))
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|copied| copied);
+                copied.map(|_| RangeChunk::File(scratch_file.to_path_buf())).map_err(|e| {
                     TaskFailure::new(format!("reading bytes {}..{} of {}: {e}", range.start, range.end, path.display()))
                 })
             }
@@ -881,7 +908,7 @@ impl Worker {
             RangeSource::Object { bucket, key } => match &self.settings.input_buckets {
                 Some(buckets) => {
                     let object = crate::store::ObjectRange { store: buckets.open(bucket), key: key.clone() };
-                    read_chunk(&object, range).await.map_err(|e| {
+                    read_chunk(&object, range).await.map(RangeChunk::Memory).map_err(|e| {
                         TaskFailure::new(format!(
                             "reading bytes {}..{} of s3://{bucket}/{key}: {e}",
                             range.start, range.end
@@ -969,12 +996,14 @@ impl Worker {
             }
         };
         // A byte range of the original input is read here, before the clock of the task's
-        // processor starts, into the same place a small inline chunk goes.
-        let (inline, unreadable) = match &task.range {
-            None => (task.data.clone().map(bytes::Bytes::from), None),
-            Some(range) => match self.read_range(range).await {
-                Ok(chunk) => (Some(bytes::Bytes::from(chunk)), None),
-                Err(failure) => (None, Some(failure)),
+        // processor starts: a local file's straight into the scratch file, an object's into
+        // the same place a small inline chunk goes.
+        let (inline, input_file, unreadable) = match &task.range {
+            None => (task.data.clone().map(bytes::Bytes::from), None, None),
+            Some(range) => match self.read_range(range, &scratch.join(reused_input_name(&task.input))).await {
+                Ok(RangeChunk::Memory(chunk)) => (Some(bytes::Bytes::from(chunk)), None, None),
+                Ok(RangeChunk::File(path)) => (None, Some(path), None),
+                Err(failure) => (None, None, Some(failure)),
             },
         };
         let ctx = TaskContext {
@@ -986,6 +1015,7 @@ impl Worker {
             input: task.input.clone(),
             input_tasks,
             inline,
+            input_file,
             output_prefix: output_prefix(&task.job, task.stage, &stage.name, &task.task),
             params: match &stage.run {
                 StageRun::Processor { params, .. } => params.clone(),

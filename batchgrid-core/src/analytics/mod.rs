@@ -429,6 +429,17 @@ pub struct AttemptTotals {
     pub bytes_out: u64,
 }
 
+/// When a job's attempts ran, summed by the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptSpans {
+    /// The first attempt's start, Unix milliseconds (`None` before any attempt).
+    pub first_start: Option<i64>,
+    /// The last attempt's end, Unix milliseconds.
+    pub last_end: Option<i64>,
+    /// Milliseconds between the two during which no attempt was running.
+    pub gaps_ms: u64,
+}
+
 /// How many requests one process made to one operation of one service, or, from
 /// [`AnalyticsStore::request_totals`], every process together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -557,6 +568,9 @@ pub trait AnalyticsStore: ScheduleStore + AdmissionStore + Send + Sync + std::fm
     async fn mean_task_millis(&self, job_id: &str) -> Result<Option<u64>, AnalyticsError>;
     /// Attempt and byte totals for a job.
     async fn attempt_totals(&self, job_id: &str) -> Result<AttemptTotals, AnalyticsError>;
+    /// When the job's attempts ran: the first start, the last end, and the time between
+    /// them that no attempt covered (the report's waiting time).
+    async fn attempt_spans(&self, job_id: &str) -> Result<AttemptSpans, AnalyticsError>;
     /// Records a worker's existence and state (insert or update).
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError>;
     /// Every known worker.

@@ -12,8 +12,8 @@ use super::running;
 use super::{
     actor, kind_str, merged_request_counts, parse_kind, parse_state, reopenable, status_delta, to_i64, to_u32, to_u64,
     transition_stamps, winners_by_stage, worker_tallies, AnalyticsError, AnalyticsStore, AttemptOutcome, AttemptRecord,
-    AttemptTotals, GridSample, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount, StageProgress,
-    StageRecord, StageTimes, TaskRecord, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
+    AttemptSpans, AttemptTotals, GridSample, HistoryEntry, JobList, JobQuery, JobRecord, JobState, RequestCount,
+    StageProgress, StageRecord, StageTimes, TaskRecord, WorkerActivity, WorkerRecord, TRANSITION_ROUNDS,
 };
 use crate::db::{now_millis, open_sqlite};
 
@@ -541,6 +541,23 @@ impl AnalyticsStore for SqliteAnalytics {
             bytes_in: to_u64(row.get(2)),
             bytes_out: to_u64(row.get(3)),
         })
+    }
+
+    async fn attempt_spans(&self, job_id: &str) -> Result<AttemptSpans, AnalyticsError> {
+        // Each attempt's start against the latest end of those started before it: a start
+        // past every earlier end opens a gap (a window function, one pass over the job's rows).
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN started_at > covered THEN started_at - covered ELSE 0 END), 0) AS BIGINT),
+                    MIN(started_at), MAX(ended_at)
+             FROM (SELECT started_at, ended_at,
+                          MAX(ended_at) OVER (ORDER BY started_at, ended_at
+                                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS covered
+                   FROM attempts WHERE job_id = ?) AS spans",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AttemptSpans { gaps_ms: to_u64(row.get(0)), first_start: row.get(1), last_end: row.get(2) })
     }
 
     async fn upsert_worker(&self, worker: &WorkerRecord) -> Result<(), AnalyticsError> {

@@ -2,8 +2,8 @@
 
 use crate::analytics::rollup::bucket_of;
 use crate::analytics::{
-    actor, AnalyticsStore, AttemptOutcome, AttemptRecord, GridSample, JobQuery, JobRecord, JobState, RequestCount,
-    RunningTask, StageRecord, WorkerActivity, WorkerRecord, MAX_RUNNING_RECORDED,
+    actor, AnalyticsStore, AttemptOutcome, AttemptRecord, AttemptSpans, GridSample, JobQuery, JobRecord, JobState,
+    RequestCount, RunningTask, StageRecord, WorkerActivity, WorkerRecord, MAX_RUNNING_RECORDED,
 };
 use crate::spec::StageKind;
 
@@ -338,6 +338,25 @@ async fn workers_and_totals(store: &dyn AnalyticsStore) {
         "end times of succeeded attempts only, ascending"
     );
     assert_eq!(store.mean_task_millis("no-such-job").await.expect("mean"), None, "no done task, no mean");
+    // Overlapping attempts leave no gap; one started after every earlier one ended does.
+    store.create_job(&job("spans"), &stages()).await.expect("create");
+    let spans =
+        [("a", 1_000, 1_100), ("b", 1_050, 1_150), ("c", 1_300, 1_400), ("d", 1_390, 1_500), ("e", 1_420, 1_440)];
+    let records: Vec<AttemptRecord> = spans
+        .iter()
+        .map(|&(task, started_at, ended_at)| AttemptRecord {
+            started_at,
+            ended_at,
+            ..attempt("spans", task, 1, AttemptOutcome::Succeeded)
+        })
+        .collect();
+    store.record_attempts(&records).await.expect("record");
+    assert_eq!(
+        store.attempt_spans("spans").await.expect("spans"),
+        AttemptSpans { first_start: Some(1_000), last_end: Some(1_500), gaps_ms: 150 },
+        "the one gap is 1,150 to 1,300"
+    );
+    assert_eq!(store.attempt_spans("no-such-job").await.expect("spans"), AttemptSpans::default(), "no attempts");
     let stats = store.workers().await.expect("workers").into_iter().find(|w| w.id == "w-stats").expect("listed");
     assert_eq!((stats.tasks_done, stats.tasks_failed), (2, 1), "worker statistics count attempts");
     assert!(stats.last_seen >= 10_100, "recording attempts refreshes last_seen");

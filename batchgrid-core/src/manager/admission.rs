@@ -40,6 +40,8 @@ use crate::queue::MAX_BATCH;
 /// How long the queue's in-flight count is trusted: on SQS each read is a billed request, and
 /// the count moves slowly next to a pass.
 const HELD_TTL: Duration = Duration::from_secs(2);
+/// The shortest time between passes woken by new tasks.
+const WOKEN_GAP: Duration = Duration::from_millis(10);
 
 /// How admission behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,9 +91,17 @@ pub(super) struct Admission {
     /// One pass at a time in this process; holds the queue's in-flight count and when it was
     /// read.
     pass: tokio::sync::Mutex<Option<(u64, Instant)>>,
+    /// Rung when this process adds pending tasks, so a new job's first tasks are admitted at
+    /// once rather than at the next pass.
+    added: tokio::sync::Notify,
 }
 
 impl Admission {
+    /// Wakes the admission loop: tasks are pending.
+    pub(super) fn tasks_added(&self) {
+        self.added.notify_one();
+    }
+
     /// Whether first-stage tasks go through admission: while this manager drives a job.
     pub(super) fn is_active(&self) -> bool {
         self.drivers.load(Ordering::SeqCst) > 0
@@ -250,7 +260,13 @@ impl Manager {
                     self.health.failed(&error);
                 }
             }
-            tokio::time::sleep(self.admission_settings.every).await;
+            // Woken by new tasks, a pass follows at once, but no sooner than WOKEN_GAP after
+            // the last: a long split hands tasks over in many small batches.
+            let last_pass = tokio::time::Instant::now();
+            tokio::select! {
+                () = tokio::time::sleep_until(last_pass + self.admission_settings.every) => {}
+                () = self.admission.added.notified() => tokio::time::sleep_until(last_pass + WOKEN_GAP).await,
+            }
         }
     }
 

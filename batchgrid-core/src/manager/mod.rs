@@ -14,13 +14,15 @@
 //! `dependencies` holds a job back until the jobs it names (`after:`) have completed,
 //! `redrive` sends a job's failed tasks back for another run (`job retry`, `job redrive`),
 //! `dead_letters` consumes the dead-letter queues, `stages` is the per-stage watchdog that
-//! repairs lost forwards, [`health`] keeps what is failing and since when, and [`results`]
-//! names the final stage's objects as the job's results.
+//! repairs lost forwards, [`health`] keeps what is failing and since when, [`results`]
+//! names the final stage's objects as the job's results, and `pacer` sets how soon the
+//! manager looks again between passes, so a stage's end is noticed as it happens.
 
 pub mod admission;
 mod dead_letters;
 mod dependencies;
 pub mod health;
+mod pacer;
 mod reconcile;
 mod redrive;
 pub mod results;

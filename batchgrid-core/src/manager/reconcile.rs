@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::dependencies::Upstream;
 use super::health::Backoff;
+use super::pacer::{finished_stages, Pacer};
 use super::stages::Watchdog;
 use super::{JobProgress, Manager, ManagerError, REQUESTS_SETTLE};
 use crate::analytics::{actor, AnalyticsError, JobRecord, JobState, StageProgress};
@@ -60,6 +61,9 @@ impl Manager {
         let mut split_not_before = tokio::time::Instant::now();
         let mut backoff = Backoff::default();
         let mut watchdog = Watchdog::default();
+        let mut pacer = Pacer::default();
+        // Rung by the splitter as it ends, so the pass that follows it comes at once.
+        let split_ended = std::sync::Arc::new(tokio::sync::Notify::new());
         loop {
             if let Some(handle) = splitter.take_if(|s| s.is_finished()) {
                 match handle.await {
@@ -91,10 +95,14 @@ impl Manager {
                     }
                     if pass.needs_split && splitter.is_none() && tokio::time::Instant::now() >= split_not_before {
                         let manager = self.clone();
-                        let (job_id, spec) = (job_id.to_owned(), spec.clone());
-                        splitter = Some(tokio::spawn(async move { manager.split(&job_id, &spec, |_| {}).await }));
+                        let (job_id, spec, ended) = (job_id.to_owned(), spec.clone(), split_ended.clone());
+                        splitter = Some(tokio::spawn(async move {
+                            let split = manager.split(&job_id, &spec, |_| {}).await;
+                            ended.notify_one();
+                            split
+                        }));
                     }
-                    tokio::time::sleep(tick_every).await;
+                    self.until_next_pass(job_id, &pass.progress.stages, tick_every, &mut pacer, &split_ended).await;
                 }
                 Err(ManagerError::Analytics(AnalyticsError::JobNotFound(id))) => {
                     return Err(AnalyticsError::JobNotFound(id).into());
@@ -135,6 +143,38 @@ impl Manager {
             tracing::warn!(%error, job = %job_id, "could not store the job report");
         }
         Ok(report)
+    }
+
+    /// Waits until the next pass is due: a stage of the job has finished (looked for at the
+    /// pacer's pace), the split has ended, or `tick` has passed since the last pass.
+    async fn until_next_pass(
+        &self,
+        job_id: &str,
+        stages: &[StageProgress],
+        tick: Duration,
+        pacer: &mut Pacer,
+        split_ended: &tokio::sync::Notify,
+    ) {
+        let due = tokio::time::Instant::now() + tick;
+        let finished = finished_stages(stages);
+        let mut seen = stages.to_vec();
+        loop {
+            let now = tokio::time::Instant::now();
+            let pause = pacer.pause(now.into_std(), &seen, tick).min(due.saturating_duration_since(now));
+            tokio::select! {
+                () = split_ended.notified() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            match self.grid.analytics.stages(job_id).await {
+                Ok(stages) if finished_stages(&stages) == finished => seen = stages,
+                // A stage finished (the pass opens the next or ends the job), or the store
+                // failed (the pass reports it).
+                _ => return,
+            }
+        }
     }
 
     /// Adds the grid's instance-hours during the job, when they can be read.

@@ -11,6 +11,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{Manager, ManagerError, SEND_CONCURRENCY, SPLIT_AHEAD};
+
+/// The longest a cut task waits for others to fill a batch before it is handed over.
+const HAND_OVER_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 use crate::analytics::{actor, JobState, PendingTask};
 use crate::byte_range::{header_end, InputRange, RangeInput, RangeSource, MAX_HEADER_BYTES};
 use crate::queue::{TaskQueue, MAX_BATCH};
@@ -106,51 +109,34 @@ impl Manager {
         let mut staged = 0u64;
         let mut started = false;
         let mut failure: Option<ManagerError> = None;
-        while let Some(chunk) = chunk_rx.recv().await {
-            let task = chunk_task_id(chunk.index);
-            let key = input_key(job_id, &task, &chunk.file_name, spec.split == SplitSpec::PerFile);
-            let mut inline = None;
-            let mut range = None;
-            let result = match chunk.data {
-                ChunkData::Range { start, end } => {
-                    if let Some((source, described)) = &ranged {
-                        range = Some(InputRange {
-                            source: source.clone(),
-                            start,
-                            end,
-                            body_start: described.body_start,
-                            size: described.size,
-                            header: described.header.clone(),
-                        });
-                    }
-                    Ok(())
-                }
-                ChunkData::Memory(bytes) if bytes.len() <= MAX_INLINE_BYTES => match String::from_utf8(bytes) {
-                    Ok(text) => {
-                        inline = Some(text);
-                        Ok(())
-                    }
-                    Err(not_text) => self.grid.store.put(&key, Bytes::from(not_text.into_bytes())).await,
-                },
-                ChunkData::Memory(bytes) => self.grid.store.put(&key, Bytes::from(bytes)).await,
-                ChunkData::File { path, spooled } => {
-                    let stored = self.grid.store.put_file(&key, &path).await.map(|_| ());
-                    if spooled {
-                        let _ = std::fs::remove_file(&path);
-                    }
-                    stored
-                }
+        // When the oldest task not yet handed over was cut.
+        let mut oldest: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match oldest {
+                // Tasks are waiting: if the next is slow to come, they go now, so workers start
+                // on a big or slow input without waiting for a full batch.
+                Some(since) => tokio::time::timeout_at(since + HAND_OVER_AFTER, chunk_rx.recv()).await.ok(),
+                None => Some(chunk_rx.recv().await),
             };
-            if let Err(error) = result {
-                failure = Some(error.into());
-                break;
+            match next {
+                Some(Some(chunk)) => match self.pending_task(job_id, spec, ranged.as_ref(), chunk).await {
+                    Ok(task) => {
+                        pending.push(task);
+                        staged += 1;
+                        oldest.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                },
+                Some(None) => break,
+                None => {} // The oldest has waited long enough.
             }
-            let body =
-                TaskMessage { job: job_id.to_owned(), stage: 0, task: task.clone(), input: key, data: inline, range }
-                    .encode();
-            pending.push(PendingTask { stage: 0, task_id: task, seq: chunk.index, body });
-            staged += 1;
-            if pending.len() >= MAX_BATCH * SEND_CONCURRENCY {
+            // The first task goes at once: idle workers are waiting for it.
+            let waited = oldest.is_some_and(|since| !started || since.elapsed() >= HAND_OVER_AFTER);
+            if pending.len() >= MAX_BATCH * SEND_CONCURRENCY || (waited && !pending.is_empty()) {
+                oldest = None;
                 if let Err(error) = self.hand_over(job_id, admitting, std::mem::take(&mut pending)).await {
                     failure = Some(error);
                     break;
@@ -185,6 +171,51 @@ impl Manager {
         analytics.transition(job_id, JobState::Running, Some("input split"), actor::MANAGER).await?;
         tracing::info!(job = %job_id, tasks = count, "split complete");
         Ok(count)
+    }
+
+    /// Stages one chunk (unless it is a byte range or small enough to travel in its message)
+    /// and returns its first-stage task.
+    async fn pending_task(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        ranged: Option<&(RangeSource, RangeInput)>,
+        chunk: Chunk,
+    ) -> Result<PendingTask, ManagerError> {
+        let task = chunk_task_id(chunk.index);
+        let key = input_key(job_id, &task, &chunk.file_name, spec.split == SplitSpec::PerFile);
+        let mut inline = None;
+        let mut range = None;
+        match chunk.data {
+            ChunkData::Range { start, end } => {
+                if let Some((source, described)) = ranged {
+                    range = Some(InputRange {
+                        source: source.clone(),
+                        start,
+                        end,
+                        body_start: described.body_start,
+                        size: described.size,
+                        header: described.header.clone(),
+                    });
+                }
+            }
+            ChunkData::Memory(bytes) if bytes.len() <= MAX_INLINE_BYTES => match String::from_utf8(bytes) {
+                Ok(text) => inline = Some(text),
+                Err(not_text) => self.grid.store.put(&key, Bytes::from(not_text.into_bytes())).await?,
+            },
+            ChunkData::Memory(bytes) => self.grid.store.put(&key, Bytes::from(bytes)).await?,
+            ChunkData::File { path, spooled } => {
+                let stored = self.grid.store.put_file(&key, &path).await.map(|_| ());
+                if spooled {
+                    let _ = std::fs::remove_file(&path);
+                }
+                stored?
+            }
+        }
+        let body =
+            TaskMessage { job: job_id.to_owned(), stage: 0, task: task.clone(), input: key, data: inline, range }
+                .encode();
+        Ok(PendingTask { stage: 0, task_id: task, seq: chunk.index, body })
     }
 
     /// An S3 input's size and, when the split keeps one, its header line, in at most two
@@ -270,6 +301,7 @@ impl Manager {
         if admitting {
             // A split run again (after a restart) adds only the tasks not known yet.
             self.grid.analytics.add_pending(job_id, &tasks).await?;
+            self.admission.tasks_added();
             Ok(())
         } else {
             self.enqueue(&self.grid.tasks, tasks.into_iter().map(|task| task.body).collect()).await

@@ -106,17 +106,21 @@ impl Processor for CommandProcessor {
 
         let mut bytes_in = 0;
         // A task user cannot read the embedded store's files in place; it gets a copy.
-        let in_place = if ctx.single_input() && ctx.inline.is_none() && self.sandbox.user().is_none() {
+        let in_place = if ctx.single_input()
+            && ctx.inline.is_none()
+            && ctx.input_file.is_none()
+            && self.sandbox.user().is_none()
+        {
             ctx.store.local_path(&ctx.input)
         } else {
             None
         };
-        let input_path = if let Some(data) = &ctx.inline {
+        let input_path = if let Some(path) = &ctx.input_file {
+            bytes_in += tokio::fs::metadata(path).await.map(|m| m.len()).unwrap_or(0);
+            path.clone()
+        } else if let Some(data) = &ctx.inline {
             // A fixed name, rewritten in place task after task: no inode churn per task.
-            let name = ctx.input.rsplit('/').next().unwrap_or_default();
-            let extension =
-                Path::new(name).extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
-            let local = ctx.scratch.join(format!("{}{extension}", crate::scratch::REUSED_PREFIX));
+            let local = ctx.scratch.join(crate::scratch::reused_input_name(&ctx.input));
             overwrite(&local, data).await.map_err(|e| failure("writing inline input", e))?;
             bytes_in += data.len() as u64;
             local

@@ -35,6 +35,9 @@ pub struct TaskContext {
     pub input_tasks: Vec<String>,
     /// A small input that came inside the task message; `input` then only names it.
     pub inline: Option<Bytes>,
+    /// The input already in a scratch file (a byte range of a local file, copied there by the
+    /// worker); `input` then only names it.
+    pub input_file: Option<PathBuf>,
     /// The task's results go under this prefix (deterministic per job, stage and task).
     pub output_prefix: String,
     /// The stage's `params`.
@@ -55,6 +58,12 @@ impl TaskContext {
 
     /// The whole input of a single-input task: the inline data, or the object.
     pub async fn read_single_input(&self) -> Result<Bytes, StoreError> {
+        if let Some(path) = &self.input_file {
+            return tokio::fs::read(path)
+                .await
+                .map(Bytes::from)
+                .map_err(|e| StoreError::backend(format!("reading {}", path.display()), e));
+        }
         match &self.inline {
             Some(data) => Ok(data.clone()),
             None => self.store.get(&self.input).await,

@@ -20,10 +20,14 @@ use crate::db::{millis, now_millis, open_sqlite};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/queue-sqlite");
 
-/// Shortest and longest pause between polls while long-polling an empty queue. Other processes
-/// cannot wake us, so we poll; senders in this process wake us at once.
+/// Shortest and longest pause between receives while long-polling an empty queue (messages
+/// also become visible by time: retries, expired visibility). Senders in this process wake a
+/// poller at once; other processes' commits within [`WATCH_EVERY`].
 const POLL_MIN: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(100);
+/// How often a long poll checks whether another process has committed to the database
+/// (`PRAGMA data_version`: a read of shared memory, no disk, no lock).
+const WATCH_EVERY: Duration = Duration::from_millis(5);
 
 /// Receipts of dead letters name the message alone: a dead letter has no deliveries to tell apart.
 const DEAD_RECEIPT: &str = "dead.";
@@ -108,6 +112,12 @@ impl SqliteQueue {
 
     fn err(&self, error: impl std::error::Error + Send + Sync + 'static) -> QueueError {
         backend(&self.name, error)
+    }
+
+    /// A number that changes when another connection commits to the database. The pool has
+    /// one connection, so successive values compare (a replaced connection only wakes a poll).
+    async fn data_version(&self) -> Result<i64, QueueError> {
+        sqlx::query_scalar("PRAGMA data_version").fetch_one(&self.pool).await.map_err(|e| self.err(e))
     }
 
     async fn receive_once(&self, max: usize, visibility: Duration) -> Result<Vec<QueueMessage>, QueueError> {
@@ -202,10 +212,20 @@ impl TaskQueue for SqliteQueue {
             if !messages.is_empty() || now >= deadline {
                 return Ok(messages);
             }
-            let nap = pause.min(deadline - now);
-            tokio::select! {
-                () = arrived => {}
-                () = tokio::time::sleep(nap) => {}
+            // Until the next full receive, watch for a commit by another process: it may
+            // have sent a message (the manager opening a reduce stage, a worker forwarding).
+            let nap_until = (now + pause).min(deadline);
+            let version = self.data_version().await?;
+            tokio::pin!(arrived);
+            loop {
+                let watch = (tokio::time::Instant::now() + WATCH_EVERY).min(nap_until);
+                tokio::select! {
+                    () = &mut arrived => break,
+                    () = tokio::time::sleep_until(watch) => {}
+                }
+                if watch >= nap_until || self.data_version().await? != version {
+                    break;
+                }
             }
             pause = (pause * 2).min(POLL_MAX);
         }

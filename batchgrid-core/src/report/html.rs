@@ -223,6 +223,7 @@ mod tests {
             throughput: Throughput::default(),
             task_time_histogram: Vec::new(),
             worker_timeline: WorkerTimeline::default(),
+            waiting: crate::report::Waiting::default(),
         }
     }
 

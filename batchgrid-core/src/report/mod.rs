@@ -123,6 +123,40 @@ pub struct JobReport {
     /// Each worker's busy time per slot of `throughput` (empty in older reports).
     #[serde(default)]
     pub worker_timeline: WorkerTimeline,
+    /// Time of the run during which none of the job's tasks was running (zero in older reports).
+    #[serde(default)]
+    pub waiting: Waiting,
+}
+
+/// The time a job spent with no task running: what the grid, not the work, took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// From submission to the first task's start (splitting, admission, the first receive).
+    pub before_first_ms: u64,
+    /// Between tasks (a stage's barrier, a retry's backoff).
+    pub between_ms: u64,
+    /// From the last task's end to the job's (noticing it, writing the results out).
+    pub after_last_ms: u64,
+}
+
+impl Waiting {
+    /// From a job's submission, end and its attempts' spans.
+    pub fn of(submitted_at: i64, ended_at: i64, spans: &crate::analytics::AttemptSpans) -> Self {
+        let gap = |from: i64, to: i64| u64::try_from(to.saturating_sub(from)).unwrap_or(0);
+        match (spans.first_start, spans.last_end) {
+            (Some(first), Some(last)) => Self {
+                before_first_ms: gap(submitted_at, first),
+                between_ms: spans.gaps_ms,
+                after_last_ms: gap(last, ended_at),
+            },
+            _ => Self { before_first_ms: gap(submitted_at, ended_at), ..Self::default() },
+        }
+    }
+
+    /// All of it.
+    pub fn total_ms(&self) -> u64 {
+        self.before_first_ms + self.between_ms + self.after_last_ms
+    }
 }
 
 /// Instance-hours of one instance type in a report.
@@ -171,6 +205,7 @@ impl JobReport {
         let throughput = Throughput::count(&slots, &analytics.completion_times(job_id).await?);
         let width = i64::try_from(slots.width).unwrap_or(i64::MAX);
         let activity = analytics.worker_activity(job_id, slots.start, width).await?;
+        let waiting = Waiting::of(job.submitted_at, end, &analytics.attempt_spans(job_id).await?);
         let tasks_done: u64 = stages.iter().map(|s| s.done).sum();
         let failures = failed
             .into_iter()
@@ -212,6 +247,7 @@ impl JobReport {
             task_time_histogram: distribution::histogram(&durations),
             throughput,
             worker_timeline: WorkerTimeline::spread(&slots, &activity),
+            waiting,
             bytes_in: totals.bytes_in,
             bytes_out: totals.bytes_out,
             stages,
@@ -292,6 +328,15 @@ impl JobReport {
             format_ms(self.task_ms.max)
         );
         let _ = writeln!(out, "  data: {} read, {} written", format_bytes(self.bytes_in), format_bytes(self.bytes_out));
+        let waiting = &self.waiting;
+        let _ = writeln!(
+            out,
+            "  waiting (no task running): {} ({} before the first task, {} between tasks, {} after the last)",
+            format_ms(waiting.total_ms()),
+            format_ms(waiting.before_first_ms),
+            format_ms(waiting.between_ms),
+            format_ms(waiting.after_last_ms)
+        );
         if !self.failures.is_empty() {
             let _ = writeln!(out, "  failures:");
             for failure in &self.failures {
@@ -362,6 +407,16 @@ fn format_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_is_the_time_before_between_and_after_the_tasks() {
+        let spans = crate::analytics::AttemptSpans { first_start: Some(1_040), last_end: Some(2_000), gaps_ms: 25 };
+        let waiting = Waiting::of(1_000, 2_010, &spans);
+        assert_eq!(waiting, Waiting { before_first_ms: 40, between_ms: 25, after_last_ms: 10 });
+        assert_eq!(waiting.total_ms(), 75);
+        // No task ran: the whole run was waiting.
+        assert_eq!(Waiting::of(1_000, 1_500, &Default::default()).total_ms(), 500);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
