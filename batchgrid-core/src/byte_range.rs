@@ -199,7 +199,9 @@ impl RangeRead for FileRange {
     }
 }
 
+pub mod lines;
 pub mod local;
+pub mod object;
 
 #[cfg(test)]
 mod tests;
