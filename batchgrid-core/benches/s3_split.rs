@@ -1,9 +1,10 @@
 //! A split of a 2 GiB S3 object on the moto emulator into about 10,000 byte-range tasks (a
-//! `bytes:` split with a header line), measured on the manager's side: its peak RSS during the
-//! split, the bytes it read of the object, what it wrote under its spool directory (where the
-//! staged path used to download the input and cut chunks), and the split's time per 10,000
-//! tasks. Targets: peak RSS under 100 MiB, nothing over 1 MiB on disk, under 1% of the input
-//! read.
+//! `bytes:` split with a header line), then into about 10,000 tasks of exact line counts (a
+//! `lines:` split, which reads the object once by ranged GETs), measured on the manager's side:
+//! its peak RSS during each split, the bytes it read of the object, what it wrote under its
+//! spool directory (where the staged path used to download the input and cut chunks), and the
+//! split's time per 10,000 tasks. Targets: peak RSS under 100 MiB, nothing over 1 MiB on disk,
+//! under 1% of the input read for `bytes:` (all of it, once, for `lines:`).
 //!
 //! Run with `cargo bench -p batchgrid-core --bench s3_split` (or `make bench`); set
 //! `BENCH_S3_SPLIT_MIB` for another size than 2048.
@@ -107,6 +108,59 @@ fn disk_use(dir: &Path) -> (u64, u64) {
     (largest, total)
 }
 
+/// Splits the job `id`, printing the manager's peak RSS, the bytes it read of the input, the
+/// largest file under its spool and the time per 10,000 tasks.
+async fn measure(
+    manager: &Manager,
+    spool: &Path,
+    read: &AtomicU64,
+    id: &str,
+    job: &batchgrid_core::spec::JobSpec,
+    size: u64,
+    kind: &str,
+) {
+    // The peak from here on: the split alone.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let written_before = proc_field("io", "write_bytes:");
+    let largest_seen = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (spool, largest_seen) = (spool.to_path_buf(), largest_seen.clone());
+        tokio::spawn(async move {
+            loop {
+                largest_seen.fetch_max(disk_use(&spool).0, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let tasks = manager.split(id, job, |_| {}).await.expect("split");
+    let seconds = started.elapsed().as_secs_f64();
+    watcher.abort();
+    let peak_kib = proc_field("status", "VmHWM:");
+    let written = proc_field("io", "write_bytes:").saturating_sub(written_before);
+    let bytes_read = read.load(Ordering::Relaxed);
+    let largest = largest_seen.load(Ordering::Relaxed).max(disk_use(spool).0);
+    println!(
+        "split of a {} MiB S3 object into {tasks} {kind} tasks in {seconds:.2} s ({:.2} s per 10,000 tasks): \
+         peak RSS {} MiB (target < 100), read {bytes_read} bytes of the object ({:.3}%), largest \
+         file under the spool {largest} bytes (target < 1 MiB); the process wrote {} KiB to disk in all (the \
+         embedded queue and analytics databases, which are SQS and PostgreSQL on AWS)",
+        size >> 20,
+        seconds * 10_000.0 / tasks.max(1) as f64,
+        peak_kib / 1024,
+        bytes_read as f64 * 100.0 / size as f64,
+        written / 1024
+    );
+    println!(
+        "RESULT s3_split kind={kind} input_mib={} tasks={tasks} seconds={seconds:.2} per_10k_tasks_s={:.2} \
+         peak_rss_mib={} read_pct={:.3} largest_spool_file_bytes={largest}",
+        size >> 20,
+        seconds * 10_000.0 / tasks.max(1) as f64,
+        peak_kib / 1024,
+        bytes_read as f64 * 100.0 / size as f64
+    );
+}
+
 fn main() {
     let mib: u64 = std::env::var("BENCH_S3_SPLIT_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -120,7 +174,7 @@ fn main() {
         // The input: synthetic claims lines, written once to a temporary file and uploaded.
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("claims.csv");
-        {
+        let lines = {
             let mut out = std::io::BufWriter::new(std::fs::File::create(&file).expect("input"));
             writeln!(out, "claim_id,provider_id,member_id,amount,service_date").expect("write");
             let mut written = 0u64;
@@ -138,7 +192,8 @@ fn main() {
                 written += line.len() as u64;
                 n += 1;
             }
-        }
+            n
+        };
         let size = std::fs::metadata(&file).expect("input").len();
         let upload = Instant::now();
         S3Store::new(s3.clone(), RAW, "").put_file(KEY, &file).await.expect("upload");
@@ -174,45 +229,23 @@ fn main() {
         let manager = Manager::new(grid, &spool).with_buckets(opener);
         let id = manager.submit(&job).await.expect("submit");
 
-        // The peak from here on: the split alone.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let written_before = proc_field("io", "write_bytes:");
-        let largest_seen = Arc::new(AtomicU64::new(0));
-        let watcher = {
-            let (spool, largest_seen) = (spool.clone(), largest_seen.clone());
-            tokio::spawn(async move {
-                loop {
-                    largest_seen.fetch_max(disk_use(&spool).0, Ordering::Relaxed);
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            })
-        };
-        let started = Instant::now();
-        let tasks = manager.split(&id, &job, |_| {}).await.expect("split");
-        let seconds = started.elapsed().as_secs_f64();
-        watcher.abort();
-        let peak_kib = proc_field("status", "VmHWM:");
-        let written = proc_field("io", "write_bytes:").saturating_sub(written_before);
-        let bytes_read = read.load(Ordering::Relaxed);
-        let largest = largest_seen.load(Ordering::Relaxed).max(disk_use(&spool).0);
-        println!(
-            "split of a {} MiB S3 object into {tasks} byte-range tasks in {seconds:.2} s ({:.2} s per 10,000 tasks): \
-             peak RSS {} MiB (target < 100), read {bytes_read} bytes of the object ({:.3}%, target < 1%), largest \
-             file under the spool {largest} bytes (target < 1 MiB); the process wrote {} KiB to disk in all (the \
-             embedded queue and analytics databases, which are SQS and PostgreSQL on AWS)",
-            size >> 20,
-            seconds * 10_000.0 / tasks.max(1) as f64,
-            peak_kib / 1024,
-            bytes_read as f64 * 100.0 / size as f64,
-            written / 1024
-        );
-        println!(
-            "RESULT s3_split input_mib={} tasks={tasks} seconds={seconds:.2} per_10k_tasks_s={:.2} peak_rss_mib={} \
-             read_pct={:.3} largest_spool_file_bytes={largest}",
-            size >> 20,
-            seconds * 10_000.0 / tasks.max(1) as f64,
-            peak_kib / 1024,
-            bytes_read as f64 * 100.0 / size as f64
-        );
+        measure(&manager, &spool, &read, &id, &job, size, "byte-range").await;
+
+        // The same object split by lines, for exact counts: read once, in ranged GETs, and
+        // nothing written.
+        let per_task = lines / TASKS + 1;
+        let job = parse_job(
+            &format!(
+                "name: bench-s3-lines\ninput:\n  path: s3://{RAW}/{KEY}\nsplit:\n  lines: {per_task}\n  header: true\n\
+                 stages:\n  - name: noop\n    processor: noop\noutput:\n  path: out\n"
+            ),
+            "bench.yaml",
+            dir.path(),
+            &Overrides::default(),
+        )
+        .expect("job");
+        let id = manager.submit(&job).await.expect("submit");
+        read.store(0, Ordering::Relaxed);
+        measure(&manager, &spool, &read, &id, &job, size, "line-range").await;
     });
 }

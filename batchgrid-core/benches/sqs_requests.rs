@@ -314,6 +314,7 @@ fn task_body(i: u64) -> String {
         task,
         data: Some(format!("{}\n", i + 1)),
         range: None,
+        object: None,
     }
     .encode()
 }

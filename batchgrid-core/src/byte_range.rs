@@ -200,7 +200,9 @@ impl RangeRead for FileRange {
 }
 
 pub mod copy;
+pub mod lines;
 pub mod local;
+pub mod object;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 //! - [`store`], [`queue`], [`analytics`]: the three backend traits, each with a written contract
 //!   and an embedded implementation (a directory, SQLite, SQLite); the AWS ones (S3, SQS,
 //!   PostgreSQL) implement the same traits.
-//! - [`split`]: cuts input into first-stage tasks, streaming.
+//! - [`split`]: cuts input into first-stage tasks, streaming; [`manifest`]: input lists.
 //! - [`task`]: the queue message and the deterministic object key layout.
 //! - [`processor`]: what a task runs: a command, or a Rust [`processor::Processor`] registered
 //!   by name.
@@ -36,6 +36,7 @@ pub mod grid;
 #[cfg(feature = "aws")]
 pub mod instance;
 pub mod manager;
+pub mod manifest;
 pub mod metering;
 pub mod processor;
 pub mod queue;

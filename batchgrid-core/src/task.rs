@@ -29,6 +29,19 @@ pub struct TaskMessage {
     /// copying); `input` then only names the chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<crate::byte_range::InputRange>,
+    /// A whole S3 object the worker reads where it lies (a per-file split of an `s3://` prefix,
+    /// a manifest): nothing is staged, and `input` then only names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<InputObject>,
+}
+
+/// An original S3 object a first-stage task reads in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputObject {
+    /// Its bucket.
+    pub bucket: String,
+    /// Its key.
+    pub key: String,
 }
 
 /// Malformed queue payloads.
@@ -61,6 +74,13 @@ impl TaskMessage {
                         .into(),
                 ));
             }
+        }
+        if message.object.is_some()
+            && (message.data.is_some() || message.range.is_some() || message.input.ends_with('/'))
+        {
+            return Err(PayloadError(
+                "an object input needs no inline data, no byte range and a single input key".into(),
+            ));
         }
         if message.data.is_some() && message.input.ends_with('/') {
             return Err(PayloadError("inline data needs a single input key, not a prefix".into()));
@@ -133,9 +153,17 @@ mod tests {
             input: input_key("j1", "000001", "a.csv", true),
             data: None,
             range: None,
+            object: None,
         };
         assert_eq!(TaskMessage::decode(&message.encode()).ok(), Some(message.clone()));
         assert!(!message.encode().contains("data"), "no inline field unless there is data");
+        let original = InputObject { bucket: "raw-bucket".into(), key: "media/a.mp4".into() };
+        let referencing = TaskMessage { object: Some(original), ..message.clone() };
+        assert_eq!(TaskMessage::decode(&referencing.encode()).ok(), Some(referencing.clone()));
+        let older = r#"{"job":"j1","stage":0,"task":"t","input":"jobs/j1/input/t/a.csv"}"#;
+        assert_eq!(TaskMessage::decode(older).map(|m| m.object).ok(), Some(None), "older messages still decode");
+        let both = TaskMessage { data: Some("x".into()), ..referencing };
+        assert!(TaskMessage::decode(&both.encode()).is_err(), "an object input carries no inline data");
         message.data = Some("a,b\n".into());
         assert_eq!(TaskMessage::decode(&message.encode()).ok(), Some(message.clone()));
         message.data = Some("x".repeat(MAX_INLINE_BYTES + 1));

@@ -1006,6 +1006,21 @@ impl Worker {
                 Err(failure) => (None, None, Some(failure)),
             },
         };
+        // A whole original object is not read here: the processor streams it (to a file, for
+        // a command), since a per-file input may be a large media file.
+        let (original, unreadable) = match (&task.object, &self.settings.input_buckets, unreadable) {
+            (Some(object), Some(buckets), None) => {
+                (Some(crate::store::ObjectRange { store: buckets.open(&object.bucket), key: object.key.clone() }), None)
+            }
+            (Some(object), None, None) => (
+                None,
+                Some(TaskFailure::new(format!(
+                    "s3://{}/{}: this worker opens no S3 buckets",
+                    object.bucket, object.key
+                ))),
+            ),
+            (_, _, unreadable) => (None, unreadable),
+        };
         let ctx = TaskContext {
             job_id: task.job.clone(),
             stage: task.stage,
@@ -1016,6 +1031,7 @@ impl Worker {
             input_tasks,
             inline,
             input_file,
+            original,
             output_prefix: output_prefix(&task.job, task.stage, &stage.name, &task.task),
             params: match &stage.run {
                 StageRun::Processor { params, .. } => params.clone(),
@@ -1083,6 +1099,7 @@ impl Worker {
                             input: ctx.output_prefix.clone(),
                             data: None,
                             range: None,
+                            object: None,
                         }
                         .encode(),
                     );

@@ -184,16 +184,24 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let spec = load_job_file(&args.job, &overrides)?;
     let at = start_time(args.at.as_deref(), args.in_)?;
     let client = args.connection.client().await?;
+    // A manifest job goes as written: `input.manifest` names an S3 object the manager reads.
     let input = match &spec.input {
-        InputSpec::Local(path) => upload(&args.stack, &spec.name, path, args.connection.json).await?,
-        other => other.describe(),
+        InputSpec::Local(path) => Some(upload(&args.stack, &spec.name, path, args.connection.json).await?),
+        InputSpec::Manifest { location, .. } if matches!(location.as_ref(), InputSpec::Local(_)) => anyhow::bail!(
+            "{}: input.manifest: a local manifest is for `batchgrid run`; upload it (and the files it lists) \
+             to S3 and name it by its s3:// URL",
+            args.job.display()
+        ),
+        InputSpec::Manifest { .. } => None,
+        other => Some(other.describe()),
     };
+    let shown = input.clone().unwrap_or_else(|| spec.input.describe());
     let document = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
     let origin = args.job.display().to_string();
     if let Some(at) = at {
-        let deferred = client.submit_at(&document, &origin, Some(&input), &args.after, &at.to_rfc3339()).await?;
+        let deferred = client.submit_at(&document, &origin, input.as_deref(), &args.after, &at.to_rfc3339()).await?;
         if args.connection.json {
-            println!("{}", serde_json::json!({ "schedule": deferred.schedule, "at": deferred.at, "input": input }));
+            println!("{}", serde_json::json!({ "schedule": deferred.schedule, "at": deferred.at, "input": shown }));
         } else {
             eprintln!(
                 "job {} runs once at {} (`batchgrid schedule show {}` names its job once started)",
@@ -203,11 +211,11 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let id = client.submit_with(&document, &origin, Some(&input), &args.after, args.priority).await?;
+    let id = client.submit_with(&document, &origin, input.as_deref(), &args.after, args.priority).await?;
     if args.connection.json && !args.watch {
-        println!("{}", serde_json::json!({ "job_id": id, "input": input }));
+        println!("{}", serde_json::json!({ "job_id": id, "input": shown }));
     } else {
-        eprintln!("submitted job {id} (input {input})");
+        eprintln!("submitted job {id} (input {shown})");
         if !args.watch {
             println!("{id}");
         }

@@ -1,4 +1,5 @@
-//! Bad job files: one line naming file, line and field; a non-zero exit; no panic.
+//! Bad job files: one line naming file, line and field; a non-zero exit; no panic. Bad
+//! manifests: the job fails naming the manifest and the line.
 
 use crate::harness::{batchgrid, provision_command};
 
@@ -166,4 +167,65 @@ fn bad_environments_send_nothing_to_aws() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("base.yaml: (file): cannot read"));
     assert!(listener.accept().is_err(), "no request reached the AWS endpoint");
+}
+
+/// A local manifest on the embedded grid: each listed file is one task; a line that lists no
+/// input fails the job with an error naming the manifest and the line.
+#[test]
+fn a_local_manifest_runs_each_listed_file_and_names_a_bad_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("in")).expect("dir");
+    for (name, text) in [("a.txt", "alpha\n"), ("b.txt", "beta\n"), ("c.txt", "gamma\n")] {
+        std::fs::write(dir.path().join("in").join(name), text).expect("input");
+    }
+    let job = |manifest: &str, out: &str| {
+        let list = dir.path().join(format!("{out}.txt"));
+        std::fs::write(&list, manifest).expect("manifest");
+        format!(
+            "name: listed\ninput:\n  manifest: {}\nstages:\n  - name: copy\n    command: [cp, \"{{input}}\", \"{{output}}/\"]\noutput:\n  path: {}\n",
+            list.display(),
+            dir.path().join(out).display()
+        )
+    };
+    let run = |name: &str, job: String| {
+        let place = dir.path().join(format!("{name}-run"));
+        std::fs::create_dir(&place).expect("run dir");
+        crate::harness::run_job(&place, &job, &[])
+    };
+    let good = run("good", job("# two of three\nin/a.txt\n\nin/c.txt\n", "good"));
+    assert_eq!(good.code, Some(0), "{}", good.stderr);
+    assert_eq!(good.report["stages"][0]["done"], 2, "{}", good.report);
+    let mut copied: Vec<String> = ["a.txt", "c.txt"]
+        .iter()
+        .filter_map(|name| {
+            walkdir(&dir.path().join("good"))
+                .into_iter()
+                .find(|p| p.ends_with(name))
+                .map(|p| std::fs::read_to_string(p).expect("result"))
+        })
+        .collect();
+    copied.sort();
+    assert_eq!(copied, ["alpha\n", "gamma\n"]);
+
+    let bad = run("bad", job("in/a.txt\nin/missing.txt\n", "bad"));
+    assert_ne!(bad.code, Some(0), "{}", bad.report);
+    let text = format!("{}{}", bad.report, bad.stderr);
+    assert!(text.contains("bad.txt, line 2") && text.contains("missing.txt"), "{text}");
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }

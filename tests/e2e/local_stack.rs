@@ -351,6 +351,7 @@ fn claims_on_the_local_stack_equal_the_reference() {
     assert_eq!(report["state"], "completed");
     assert_eq!(report["stages"][0]["done"], 6, "120,000 rows in chunks of 20,000");
     assert_same_tree(&expected, &dir.join("results"));
+    assert_eq!(staged_inputs(&stack, report["job_id"].as_str().expect("job id")), 0, "byte ranges: nothing staged");
     let requests = report["requests"].as_array().expect("the report lists requests");
     for service in ["S3", "SQS"] {
         assert!(requests.iter().any(|r| r["service"] == service), "{service} requests are counted: {report}");
@@ -415,6 +416,83 @@ fn claims_split_by_byte_ranges_of_the_s3_object_equal_the_reference() {
     let tasks = report["stages"][0]["done"].as_u64().unwrap_or(0);
     assert!(tasks == size.div_ceil(range) || tasks + 1 == size.div_ceil(range), "{tasks} tasks: {report}");
     assert_same_tree(&expected, &dir.join("results"));
+}
+
+/// Per-file and manifest jobs over S3 objects copy nothing: the manager lists the prefix or
+/// reads the manifest, each task names its object, and the workers read it from the raw bucket;
+/// nothing is staged under the job's input prefix, and every listed object is run once.
+#[test]
+fn per_file_and_manifest_jobs_read_the_s3_objects_where_they_lie() {
+    let stack = LocalStack::start(2);
+    let dir = stack.dir.path();
+    let outputs = stack.outputs();
+    let raw = outputs["RawBucketName"].as_str().expect("raw bucket").to_owned();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let s3 = aws_sdk_s3::Client::new(&runtime.block_on(stack.moto.sdk_config(REGION)));
+    let put = |key: &str, body: String| {
+        runtime
+            .block_on(s3.put_object().bucket(&raw).key(key).body(body.into_bytes().into()).send())
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    };
+    for (key, body) in [("media/a b.txt", "alpha\n"), ("media/b.txt", "beta\n"), ("media/deep/c.txt", "gamma\n")] {
+        put(key, body.to_owned());
+    }
+    put("lists/media.txt", format!("# two of the three\ns3://{raw}/media/a b.txt\n\ns3://{raw}/media/deep/c.txt\n"));
+    // As S3 Inventory writes it: every field quoted, the key URL-encoded (a space as `+`).
+    put("lists/inventory.csv", format!("\"{raw}\",\"media/a+b.txt\",\"6\"\n\"{raw}\",\"media/b.txt\",\"5\"\n"));
+
+    let cases = [
+        ("per-file", format!("path: s3://{raw}/media/"), vec!["alpha", "beta", "gamma"]),
+        ("manifest", format!("manifest: s3://{raw}/lists/media.txt"), vec!["alpha", "gamma"]),
+        ("inventory", format!("manifest: s3://{raw}/lists/inventory.csv"), vec!["alpha", "beta"]),
+    ];
+    for (name, input, expected) in cases {
+        let job = dir.join(format!("{name}.yaml"));
+        let out = dir.join(format!("{name}-results"));
+        let text = format!(
+            "name: {name}\ninput: {{{input}}}\nstages:\n  - name: copy\n    command: [cp, \"{{input}}\", \"{{output}}/\"]\noutput: {{path: {}}}\n",
+            out.display()
+        );
+        std::fs::write(&job, text).expect("write job");
+        let (code, report) = stack.submit_and_watch(&job, &out);
+        assert_eq!(code, Some(0), "{name}: {report}");
+        assert_eq!(report["stages"][0]["done"].as_u64(), Some(expected.len() as u64), "{name}: {report}");
+        let mut got: Vec<String> = walk(&out)
+            .iter()
+            .map(|path| std::fs::read_to_string(path).expect("result").trim_end().to_owned())
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "{name}: each listed object ran once, read whole");
+        assert_eq!(staged_inputs(&stack, report["job_id"].as_str().expect("job id")), 0, "{name}: nothing staged");
+    }
+}
+
+/// How many objects the manager staged under a job's input prefix in the results bucket.
+fn staged_inputs(stack: &LocalStack, job_id: &str) -> i32 {
+    let results = stack.outputs()["ResultsBucketName"].as_str().expect("results bucket").to_owned();
+    let moto = &stack.moto;
+    block_on(async move {
+        let s3 = aws_sdk_s3::Client::new(&moto.sdk_config(REGION).await);
+        let listed = s3.list_objects_v2().bucket(&results).prefix(format!("jobs/{job_id}/input/")).send().await;
+        listed.expect("list").key_count().unwrap_or(-1)
+    })
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }
 
 /// A worker killed with SIGKILL in the middle of a task: its messages come back after the

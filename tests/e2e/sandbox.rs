@@ -96,6 +96,17 @@ async fn the_api_takes_only_inputs_in_the_raw_bucket_and_leaks_nothing() {
         answers.push(body.error.clone());
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "every refusal reads the same: {answers:#?}");
+    // A manifest is held to the same rule, and refused with the same words.
+    for input in ["/etc/passwd", secrets, "/no/such/file", "s3://another-bucket/list.txt"] {
+        let document = job(input).replacen("  path: ", "  manifest: ", 1);
+        let refused = api.client.submit(&document, "probe.yaml", None).await.expect_err(input);
+        let batchgrid_core::service::client::ClientError::Refused { status, body } = &refused else {
+            panic!("{input}: not a refusal: {refused}");
+        };
+        assert_eq!((status.as_u16(), body.field.as_deref()), (400, Some("input.manifest")), "{input}: {refused}");
+        let as_path = answers[0].replace("input.path", "input.manifest");
+        assert_eq!(body.error, as_path, "{input}: a manifest's refusal reads as a path's");
+    }
 
     // The `?input=` query is held to the same rule.
     let good = job("s3://grid-raw-bucket/data.csv");

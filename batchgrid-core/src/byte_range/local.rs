@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
+use super::lines::LineCutter;
 use super::{plan, RangeError, RangeInput, MAX_HEADER_BYTES};
 
 /// Read buffer of the line scan.
@@ -39,28 +40,22 @@ pub fn line_ranges<E: From<io::Error>>(
     let mut file = File::open(path)?;
     io::Seek::seek(&mut file, io::SeekFrom::Start(input.body_start))?;
     let mut reader = BufReader::with_capacity(SCAN_BUFFER, file);
-    let (mut offset, mut start, mut counted, mut ranges) = (input.body_start, input.body_start, 0u64, 0u64);
+    let mut cutter = LineCutter::new(input.body_start, lines);
+    let mut ranges = 0u64;
     loop {
         let buffer = reader.fill_buf()?;
         if buffer.is_empty() {
             break;
         }
         let length = buffer.len();
-        for at in memchr::memchr_iter(b'\n', buffer) {
-            counted += 1;
-            if counted == lines {
-                let end = offset + at as u64 + 1;
-                sink(start, end)?;
-                ranges += 1;
-                (start, counted) = (end, 0);
-            }
+        for (start, end) in cutter.cuts(buffer) {
+            sink(start, end)?;
+            ranges += 1;
         }
-        offset += length as u64;
         reader.consume(length);
     }
-    // The rest: lines after the last full range, the last perhaps without a newline.
-    if start < offset {
-        sink(start, offset)?;
+    if let Some((start, end)) = cutter.finish() {
+        sink(start, end)?;
         ranges += 1;
     }
     Ok(ranges)

@@ -112,10 +112,13 @@ impl ManagerError {
         use std::io::ErrorKind::{InvalidData, InvalidInput, NotFound, PermissionDenied};
         match self {
             ManagerError::Input { .. } | ManagerError::Output { .. } | ManagerError::Refused(_) => true,
-            ManagerError::Split(SplitError::HeaderTooLong(_)) => true,
-            ManagerError::Split(SplitError::Io { source, .. }) => {
-                matches!(source.kind(), NotFound | PermissionDenied | InvalidData | InvalidInput)
-            }
+            ManagerError::Split(SplitError::HeaderTooLong(_) | SplitError::Empty(_)) => true,
+            ManagerError::Split(SplitError::Manifest(crate::manifest::ManifestError::Line { .. })) => true,
+            ManagerError::Split(SplitError::Store { source: StoreError::NotFound(_), .. }) => true,
+            ManagerError::Split(
+                SplitError::Io { source, .. }
+                | SplitError::Manifest(crate::manifest::ManifestError::Read { source, .. }),
+            ) => matches!(source.kind(), NotFound | PermissionDenied | InvalidData | InvalidInput),
             _ => false,
         }
     }
@@ -125,7 +128,7 @@ impl ManagerError {
         match self {
             ManagerError::Analytics(_) => "analytics",
             ManagerError::Queue(_) => "queue",
-            ManagerError::Store(_) => "store",
+            ManagerError::Store(_) | ManagerError::Split(SplitError::Store { .. }) => "store",
             ManagerError::Split(_) | ManagerError::Output { .. } | ManagerError::Spool { .. } => "disk",
             ManagerError::Input { .. } | ManagerError::Refused(_) => "input",
         }

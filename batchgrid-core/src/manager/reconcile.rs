@@ -367,6 +367,7 @@ pub(super) fn reduce_message(job_id: &str, spec: &JobSpec, index: usize) -> Stri
         input: stage_prefix(job_id, (index - 1) as u32, &prior.name),
         data: None,
         range: None,
+        object: None,
     }
     .encode()
 }

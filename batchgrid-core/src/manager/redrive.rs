@@ -236,6 +236,7 @@ impl Manager {
                     input: output_prefix(job_id, task.stage - 1, &previous.name, &task.task_id),
                     data: None,
                     range: None,
+                    object: None,
                 }
                 .encode()
             }

@@ -12,15 +12,43 @@ use futures::StreamExt;
 
 use super::{Manager, ManagerError, SEND_CONCURRENCY, SPLIT_AHEAD};
 
-/// The longest a cut task waits for others to fill a batch before it is handed over.
-const HAND_OVER_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 use crate::analytics::{actor, JobState, PendingTask};
+use crate::byte_range::object::{blocks, BlockReads};
 use crate::byte_range::{header_end, InputRange, RangeInput, RangeSource, MAX_HEADER_BYTES};
+use crate::manifest::ManifestReader;
 use crate::queue::{TaskQueue, MAX_BATCH};
 use crate::spec::{InputSpec, JobSpec, SplitSpec};
-use crate::split::{split_input, split_ranges, Chunk, ChunkData, SplitError};
+use crate::split::{
+    split_input, split_manifest, split_object_lines, split_object_prefix, split_ranges, Chunk, ChunkData, SplitError,
+};
 use crate::store::StoreError;
-use crate::task::{chunk_task_id, input_key, TaskMessage, MAX_INLINE_BYTES};
+use crate::task::{chunk_task_id, input_key, InputObject, TaskMessage, MAX_INLINE_BYTES};
+
+/// The longest a cut task waits for others to fill a batch before it is handed over.
+const HAND_OVER_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The running splitter: the number of chunks it cut, once done.
+type Splitter = tokio::task::JoinHandle<Result<u64, SplitError>>;
+
+/// A splitter of a local file (blocking work) into staged chunks, or into byte ranges when
+/// `ranged` describes the input (a local file, or an S3 object whose name is `input`).
+fn file_splitter(
+    input: PathBuf,
+    split: SplitSpec,
+    ranged: Option<(RangeSource, RangeInput)>,
+    spool: PathBuf,
+    chunks: tokio::sync::mpsc::Sender<Chunk>,
+) -> (Splitter, Option<(RangeSource, RangeInput)>) {
+    let described = ranged.as_ref().map(|(_, described)| described.clone());
+    let handle = tokio::task::spawn_blocking(move || {
+        let send = |chunk| chunks.blocking_send(chunk).map_err(|_| SplitError::Stopped("the enqueuer stopped".into()));
+        match &described {
+            Some(described) => split_ranges(&input, split, described, send),
+            None => split_input(&input, split, &spool, send),
+        }
+    });
+    (handle, ranged)
+}
 
 impl Manager {
     /// Stages the input and hands the first stage's tasks to admission (or, when this manager
@@ -41,67 +69,15 @@ impl Manager {
         }
         let spool = self.spool.join(job_id);
         std::fs::create_dir_all(&spool).map_err(|source| ManagerError::Spool { path: spool.clone(), source })?;
-        // An s3:// input split by bytes is planned from its size (and header line) alone:
-        // workers read their ranges from the object, and nothing lands on this disk.
-        let s3_ranges = match (&spec.input, spec.split, &self.buckets) {
-            (InputSpec::S3 { bucket, key }, SplitSpec::Bytes { header, .. }, Some(opener)) => {
-                match self.describe_object(opener(bucket).as_ref(), bucket, key, header).await {
-                    Ok(described) => {
-                        Some((RangeSource::Object { bucket: bucket.clone(), key: key.clone() }, described))
-                    }
-                    Err(error) => {
-                        let _ = std::fs::remove_dir_all(&spool);
-                        return Err(error);
-                    }
-                }
-            }
-            _ => None,
-        };
-        let input = match (&spec.input, &s3_ranges) {
-            (InputSpec::Local(path), _) => path.clone(),
-            // Only its name is used: the chunks' extension.
-            (InputSpec::S3 { key, .. }, Some(_)) => PathBuf::from(key),
-            (InputSpec::S3 { bucket, key }, None) => match self.fetch_input(bucket, key, spec.split, &spool).await {
-                Ok(path) => path,
-                Err(error) => {
-                    let _ = std::fs::remove_dir_all(&spool);
-                    return Err(error);
-                }
-            },
-        };
-        let input = &input;
-        // A local file split by lines or bytes becomes byte ranges of itself: nothing copied.
-        let ranged = match (&spec.input, spec.split) {
-            (InputSpec::Local(_), SplitSpec::Lines { header, .. } | SplitSpec::Bytes { header, .. })
-                if input.is_file() =>
-            {
-                match crate::byte_range::local::describe(input, header) {
-                    Ok(described) => Some((
-                        RangeSource::File(std::path::absolute(input).unwrap_or_else(|_| input.clone())),
-                        described,
-                    )),
-                    Err(error) => {
-                        tracing::info!(job = %job_id, %error, "staging chunks instead of byte ranges");
-                        None
-                    }
-                }
-            }
-            _ => s3_ranges,
-        };
-
-        // The splitter is blocking file work; chunks come through a small bounded channel.
+        // The splitter reads the input (blocking file work, or S3 requests) and hands chunks
+        // through a small bounded channel.
         let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Chunk>(SPLIT_AHEAD);
-        let splitter = {
-            let (input, split, spool, ranged) = (input.clone(), spec.split, spool.clone(), ranged.clone());
-            tokio::task::spawn_blocking(move || {
-                let send = |chunk| {
-                    chunk_tx.blocking_send(chunk).map_err(|_| SplitError::Stopped("the enqueuer stopped".into()))
-                };
-                match &ranged {
-                    Some((_, described)) => split_ranges(&input, split, described, send),
-                    None => split_input(&input, split, &spool, send),
-                }
-            })
+        let (splitter, ranged) = match self.start_splitter(job_id, spec, &spool, chunk_tx).await {
+            Ok(started) => started,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&spool);
+                return Err(error);
+            }
         };
 
         let admitting = self.admission.is_active();
@@ -186,7 +162,9 @@ impl Manager {
         let key = input_key(job_id, &task, &chunk.file_name, spec.split == SplitSpec::PerFile);
         let mut inline = None;
         let mut range = None;
+        let mut object = None;
         match chunk.data {
+            ChunkData::Object { bucket, key } => object = Some(InputObject { bucket, key }),
             ChunkData::Range { start, end } => {
                 if let Some((source, described)) = ranged {
                     range = Some(InputRange {
@@ -212,9 +190,16 @@ impl Manager {
                 stored?
             }
         }
-        let body =
-            TaskMessage { job: job_id.to_owned(), stage: 0, task: task.clone(), input: key, data: inline, range }
-                .encode();
+        let body = TaskMessage {
+            job: job_id.to_owned(),
+            stage: 0,
+            task: task.clone(),
+            input: key,
+            data: inline,
+            range,
+            object,
+        }
+        .encode();
         Ok(PendingTask { stage: 0, task_id: task, seq: chunk.index, body })
     }
 
@@ -246,54 +231,118 @@ impl Manager {
             .map_err(|e| ManagerError::Input { input: input(), message: e.to_string() })
     }
 
-    /// Downloads an `s3://` input into the spool: the one object for a chunked split, every
-    /// object under the prefix otherwise (keeping their relative paths). Returns the local path.
-    async fn fetch_input(
+    /// Starts the splitter of the job's input, which hands its chunks to `chunks`; with the
+    /// input's description when the chunks are byte ranges of it. Nothing of an `s3://`
+    /// input is downloaded: a `bytes:` split is planned from its size, a `lines:` split from
+    /// one streamed read, and a per-file split or a manifest names the objects where they lie.
+    async fn start_splitter(
         &self,
-        bucket: &str,
-        key: &str,
-        split: SplitSpec,
+        job_id: &str,
+        spec: &JobSpec,
         spool: &Path,
-    ) -> Result<PathBuf, ManagerError> {
-        let describe = || format!("s3://{bucket}/{key}");
-        let Some(opener) = &self.buckets else {
-            return Err(ManagerError::Input { input: describe(), message: "s3:// inputs need a grid on AWS".into() });
-        };
-        let store = opener(bucket);
-        let root = spool.join("input");
-        let objects: Vec<String> = if split == SplitSpec::PerFile {
-            store.list(key).await?.into_iter().map(|o| o.key).filter(|k| !k.ends_with('/')).collect()
-        } else {
-            vec![key.to_owned()]
-        };
-        if objects.is_empty() {
-            return Err(ManagerError::Input { input: describe(), message: "no objects under this prefix".into() });
-        }
-        let base = match key.rfind('/') {
-            Some(i) => &key[..=i],
-            None => "",
-        };
-        let spool_error = |path: &Path, source| ManagerError::Spool { path: path.to_path_buf(), source };
-        let mut single = None;
-        for object in &objects {
-            let relative = object.strip_prefix(base).unwrap_or(object);
-            let target = root.join(relative);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| spool_error(parent, e))?;
+        chunks: tokio::sync::mpsc::Sender<Chunk>,
+    ) -> Result<(Splitter, Option<(RangeSource, RangeInput)>), ManagerError> {
+        match &spec.input {
+            InputSpec::Local(input) => {
+                // A local file split by lines or bytes becomes byte ranges of itself.
+                let ranged = match spec.split {
+                    SplitSpec::Lines { header, .. } | SplitSpec::Bytes { header, .. } if input.is_file() => {
+                        match crate::byte_range::local::describe(input, header) {
+                            Ok(described) => Some((
+                                RangeSource::File(std::path::absolute(input).unwrap_or_else(|_| input.clone())),
+                                described,
+                            )),
+                            Err(error) => {
+                                tracing::info!(job = %job_id, %error, "staging chunks instead of byte ranges");
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                Ok(file_splitter(input.clone(), spec.split, ranged, spool.to_path_buf(), chunks))
             }
-            match store.get_to_file(object, &target).await {
-                Err(StoreError::NotFound(_)) => {
-                    return Err(ManagerError::Input { input: describe(), message: "no such object".into() })
+            InputSpec::S3 { bucket, key } => {
+                let store = self.input_bucket(bucket, key)?;
+                match spec.split {
+                    SplitSpec::Bytes { header, .. } => {
+                        let described = self.describe_object(store.as_ref(), bucket, key, header).await?;
+                        let source = RangeSource::Object { bucket: bucket.clone(), key: key.clone() };
+                        // Only the key's name is used: the chunks' extension.
+                        Ok(file_splitter(
+                            PathBuf::from(key),
+                            spec.split,
+                            Some((source, described)),
+                            spool.to_path_buf(),
+                            chunks,
+                        ))
+                    }
+                    SplitSpec::Lines { lines, header } => {
+                        let described = self.describe_object(store.as_ref(), bucket, key, header).await?;
+                        let source = RangeSource::Object { bucket: bucket.clone(), key: key.clone() };
+                        let (key, scanned) = (key.clone(), described.clone());
+                        let handle = tokio::spawn(async move {
+                            split_object_lines(store, &key, &scanned, lines.get(), BlockReads::default(), &chunks).await
+                        });
+                        Ok((handle, Some((source, described))))
+                    }
+                    SplitSpec::PerFile => {
+                        let (bucket, key) = (bucket.clone(), key.clone());
+                        let handle =
+                            tokio::spawn(
+                                async move { split_object_prefix(store.as_ref(), &bucket, &key, &chunks).await },
+                            );
+                        Ok((handle, None))
+                    }
                 }
-                other => other?,
-            };
-            single = Some(target);
+            }
+            InputSpec::Manifest { location, format } => {
+                let name = location.describe();
+                let handle = match location.as_ref() {
+                    InputSpec::Local(path) => {
+                        let file = tokio::fs::File::open(path)
+                            .await
+                            .map_err(|e| ManagerError::Input { input: name.clone(), message: e.to_string() })?;
+                        let reader = ManifestReader::new(tokio::io::BufReader::new(file), *format, name.clone());
+                        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                        let objects = self.buckets.is_some();
+                        tokio::spawn(async move { split_manifest(reader, &name, Some(&base), objects, &chunks).await })
+                    }
+                    InputSpec::S3 { bucket, key } => {
+                        let store = self.input_bucket(bucket, key)?;
+                        let size = match store.size(key).await {
+                            Err(StoreError::NotFound(_)) => {
+                                return Err(ManagerError::Input { input: name, message: "no such object".into() })
+                            }
+                            other => other?,
+                        };
+                        let bytes = blocks(store, key.clone(), 0, size, BlockReads::default())
+                            .map(|block| block.map_err(std::io::Error::other));
+                        let reader = tokio_util::io::StreamReader::new(Box::pin(bytes));
+                        let reader = ManifestReader::new(reader, *format, name.clone());
+                        tokio::spawn(async move { split_manifest(reader, &name, None, true, &chunks).await })
+                    }
+                    InputSpec::Manifest { .. } => {
+                        return Err(ManagerError::Input {
+                            input: name,
+                            message: "a manifest cannot list manifests".into(),
+                        })
+                    }
+                };
+                Ok((handle, None))
+            }
         }
-        // One object named exactly by the key is a file input; anything else a directory.
-        Ok(match single {
-            Some(path) if objects.len() == 1 && objects[0] == key => path,
-            _ => root,
-        })
+    }
+
+    /// The store of an `s3://` input's bucket.
+    fn input_bucket(&self, bucket: &str, key: &str) -> Result<Arc<dyn crate::store::ObjectStore>, ManagerError> {
+        match &self.buckets {
+            Some(opener) => Ok(opener(bucket)),
+            None => Err(ManagerError::Input {
+                input: format!("s3://{bucket}/{key}"),
+                message: "s3:// inputs need a grid on AWS".into(),
+            }),
+        }
     }
 
     /// Gives first-stage tasks to admission, or sends them straight to the queue.

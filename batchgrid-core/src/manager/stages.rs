@@ -172,6 +172,7 @@ impl Manager {
                     task,
                     data: None,
                     range: None,
+                    object: None,
                 }
                 .encode()
             })

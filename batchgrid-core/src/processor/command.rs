@@ -106,12 +106,13 @@ impl Processor for CommandProcessor {
 
         let mut bytes_in = 0;
         // A task user cannot read the embedded store's files in place; it gets a copy.
+        let (input_store, input_key) = ctx.input_object();
         let in_place = if ctx.single_input()
             && ctx.inline.is_none()
             && ctx.input_file.is_none()
             && self.sandbox.user().is_none()
         {
-            ctx.store.local_path(&ctx.input)
+            input_store.local_path(input_key)
         } else {
             None
         };
@@ -130,7 +131,7 @@ impl Processor for CommandProcessor {
         } else if ctx.single_input() {
             let name = ctx.input.rsplit('/').next().unwrap_or("input");
             let local = ctx.scratch.join(name);
-            bytes_in += ctx.store.get_to_file(&ctx.input, &local).await?;
+            bytes_in += input_store.get_to_file(input_key, &local).await?;
             local
         } else {
             let input_dir = ctx.scratch.join("in");

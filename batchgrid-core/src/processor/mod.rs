@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::store::{ObjectMeta, ObjectRange, ObjectStore, StoreError};
 
 /// Everything a task may know and touch.
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub struct TaskContext {
     /// The input already in a scratch file (a byte range of a local file, copied there by the
     /// worker); `input` then only names it.
     pub input_file: Option<PathBuf>,
+    /// An input object read where it lies, outside the grid's store (an original S3 object
+    /// of a per-file split or a manifest); `input` then only names it.
+    pub original: Option<ObjectRange>,
     /// The task's results go under this prefix (deterministic per job, stage and task).
     pub output_prefix: String,
     /// The stage's `params`.
@@ -66,7 +69,19 @@ impl TaskContext {
         }
         match &self.inline {
             Some(data) => Ok(data.clone()),
-            None => self.store.get(&self.input).await,
+            None => {
+                let (store, key) = self.input_object();
+                store.get(key).await
+            }
+        }
+    }
+
+    /// The store and key a single input object is read from: the original object where the
+    /// task reads one in place, the grid's store otherwise.
+    pub fn input_object(&self) -> (&dyn ObjectStore, &str) {
+        match &self.original {
+            Some(original) => (original.store.as_ref(), &original.key),
+            None => (self.store.as_ref(), &self.input),
         }
     }
 

@@ -102,6 +102,13 @@ pub enum InputSpec {
         /// Object key or key prefix (may be empty: the whole bucket).
         key: String,
     },
+    /// A list of inputs (`input.manifest`), one task per listed object.
+    Manifest {
+        /// Where the list is: a local file or an `s3://` object, never another manifest.
+        location: Box<InputSpec>,
+        /// How it lists them.
+        format: crate::manifest::ManifestFormat,
+    },
 }
 
 impl InputSpec {
@@ -125,6 +132,7 @@ impl InputSpec {
         match self {
             InputSpec::Local(path) => path.display().to_string(),
             InputSpec::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+            InputSpec::Manifest { location, .. } => format!("the inputs listed in {}", location.describe()),
         }
     }
 }
@@ -258,18 +266,27 @@ impl JobSpec {
         };
         let mut spec = self.clone();
         spec.schedule = None;
-        spec.input = match &self.input {
-            InputSpec::Local(path) => {
-                let path = fill_path(path, "input.path")?;
-                if !path.exists() {
-                    return Err(fail("input.path", format!("input `{}` does not exist", path.display())));
+        let fill_input = |input: &InputSpec, field: &str| -> Result<InputSpec, SpecError> {
+            Ok(match input {
+                InputSpec::Local(path) => {
+                    let path = fill_path(path, field)?;
+                    if !path.exists() {
+                        return Err(fail(field, format!("input `{}` does not exist", path.display())));
+                    }
+                    InputSpec::Local(path)
                 }
-                InputSpec::Local(path)
+                InputSpec::S3 { bucket, key } => InputSpec::S3 {
+                    bucket: bucket.clone(),
+                    key: occurrence.substitute(key, &[]).map_err(|m| fail(field, m))?,
+                },
+                InputSpec::Manifest { .. } => input.clone(),
+            })
+        };
+        spec.input = match &self.input {
+            InputSpec::Manifest { location, format } => {
+                InputSpec::Manifest { location: Box::new(fill_input(location, "input.manifest")?), format: *format }
             }
-            InputSpec::S3 { bucket, key } => InputSpec::S3 {
-                bucket: bucket.clone(),
-                key: occurrence.substitute(key, &[]).map_err(|m| fail("input.path", m))?,
-            },
+            other => fill_input(other, "input.path")?,
         };
         spec.output.path = fill_path(&self.output.path, "output.path")?;
         for (index, stage) in spec.stages.iter_mut().enumerate() {
@@ -370,7 +387,12 @@ struct RawJob {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInput {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    manifest: Option<String>,
+    #[serde(default)]
+    format: Option<crate::manifest::ManifestFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -617,20 +639,19 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
         };
         let scheduled = schedule.is_some();
 
-        let input = match &self.overrides.input {
-            Some(path) => self.input(path, self.override_name(), None, false)?,
-            None => {
-                let field = root.key("input").key("path");
-                let templated = scheduled && self.template(&raw.input.path, &field, &[])?;
-                self.input(Path::new(&raw.input.path), "input.path", Some(&field), templated)?
-            }
-        };
+        let input = self.job_input(&raw.input, scheduled)?;
         let local_input = match &input {
             InputSpec::Local(path) => path.clone(),
             // Whether an S3 key is one object is known when the manager lists it.
-            InputSpec::S3 { .. } => PathBuf::new(),
+            InputSpec::S3 { .. } | InputSpec::Manifest { .. } => PathBuf::new(),
         };
         let split = self.split(raw.split.as_ref(), &local_input)?;
+        if matches!(input, InputSpec::Manifest { .. }) && split != SplitSpec::PerFile {
+            return Err((self.error_at)(
+                &root.key("split"),
+                "a manifest gives one task per listed object; `lines` and `bytes` split one file".into(),
+            ));
+        }
 
         let default_timeout = match raw.timeout {
             Some(t) if t.is_zero() => {
@@ -767,6 +788,49 @@ impl<F: Fn(&FieldPath, String) -> SpecError> Validator<'_, F> {
             }
         }
         Ok(())
+    }
+
+    /// The job's input: `input.path` (or the override that replaces it), or `input.manifest`;
+    /// exactly one of the two.
+    fn job_input(&self, raw: &RawInput, scheduled: bool) -> Result<InputSpec, SpecError> {
+        let field = FieldPath::root().key("input");
+        if raw.format.is_some() && raw.manifest.is_none() {
+            return Err((self.error_at)(&field.key("format"), "`format` describes a `manifest`".into()));
+        }
+        match (&self.overrides.input, &raw.path, &raw.manifest) {
+            (Some(_), _, Some(_)) => Err((self.error_at)(
+                &field.key("manifest"),
+                format!(
+                    "{} replaces `input.path`; this job lists its inputs in `input.manifest`",
+                    self.override_name()
+                ),
+            )),
+            (Some(path), _, None) => self.input(path, self.override_name(), None, false),
+            (None, Some(path), None) => {
+                let field = field.key("path");
+                let templated = scheduled && self.template(path, &field, &[])?;
+                self.input(Path::new(path), "input.path", Some(&field), templated)
+            }
+            (None, None, Some(manifest)) => {
+                let field = field.key("manifest");
+                let templated = scheduled && self.template(manifest, &field, &[])?;
+                let location = self.input(Path::new(manifest), "input.manifest", Some(&field), templated)?;
+                if let InputSpec::Local(path) = &location {
+                    if path.is_dir() {
+                        return Err((self.error_at)(&field, "a manifest is one file, not a directory".into()));
+                    }
+                }
+                if matches!(&location, InputSpec::S3 { key, .. } if key.is_empty() || key.ends_with('/')) {
+                    return Err((self.error_at)(&field, "a manifest is one object, not a prefix".into()));
+                }
+                let format = raw.format.unwrap_or_else(|| crate::manifest::ManifestFormat::for_name(manifest));
+                Ok(InputSpec::Manifest { location: Box::new(location), format })
+            }
+            (None, _, _) => Err((self.error_at)(
+                &field,
+                "give exactly one of `path` (the input) or `manifest` (a list of inputs)".into(),
+            )),
+        }
     }
 
     /// Where an input override comes from: the CLI's `--input`, or the API's `?input=`.

@@ -203,3 +203,37 @@ fn priority_defaults_to_the_middle_and_is_checked_with_its_line() {
     stored.as_object_mut().expect("object").remove("priority");
     assert_eq!(serde_json::from_value::<JobSpec>(stored).expect("old spec").priority, 50);
 }
+
+#[test]
+fn a_manifest_lists_the_inputs_instead_of_a_path() {
+    let manifest = |input: &str, split: &str| {
+        GOOD.replace("  path: INPUT\n", input).replace("split:\n  lines: 100\n  header: true\n", split)
+    };
+    let spec = parse(&manifest("  manifest: s3://raw-bucket/lists/month.txt\n", "")).expect("a manifest job");
+    let location = Box::new(InputSpec::S3 { bucket: "raw-bucket".into(), key: "lists/month.txt".into() });
+    assert_eq!(spec.input, InputSpec::Manifest { location, format: crate::manifest::ManifestFormat::Lines });
+    assert_eq!(spec.split, SplitSpec::PerFile);
+    let inventory = parse(&manifest("  manifest: s3://inventory/data/0.csv\n", "")).expect("inventory");
+    assert!(matches!(
+        inventory.input,
+        InputSpec::Manifest { format: crate::manifest::ManifestFormat::S3Inventory, .. }
+    ));
+    let told = parse(&manifest("  manifest: s3://raw-bucket/list\n  format: s3-inventory\n", "")).expect("told");
+    assert!(matches!(told.input, InputSpec::Manifest { format: crate::manifest::ManifestFormat::S3Inventory, .. }));
+
+    let cases = [
+        (manifest("  path: INPUT\n  manifest: s3://raw-bucket/list.txt\n", ""), "input:", "exactly one of `path`"),
+        (manifest("  format: lines\n", ""), "input.format", "describes a `manifest`"),
+        (
+            manifest("  manifest: s3://raw-bucket/list.txt\n", "split:\n  lines: 10\n"),
+            "split",
+            "one task per listed object",
+        ),
+        (manifest("  manifest: s3://raw-bucket/lists/\n", ""), "input.manifest", "not a prefix"),
+        (manifest("  manifest: s3://raw-bucket/l.txt\n  format: xml\n", ""), "format", "unknown variant"),
+    ];
+    for (text, field, says) in cases {
+        let line = error_of(&text);
+        assert!(line.contains(field) && line.contains(says), "{field}: {line}");
+    }
+}
