@@ -90,17 +90,22 @@ pub struct Estimate {
 impl Estimate {
     /// A month deployed and idle.
     pub fn idle_monthly(&self) -> f64 {
-        self.idle.iter().map(|l| l.monthly).sum()
+        // A fold from +0: an empty f64 sum is -0, which prints as `-0.00`.
+        self.idle.iter().fold(0.0, |sum, l| sum + l.monthly)
     }
 
     /// A month parked, stored data aside.
     pub fn parked_monthly(&self) -> f64 {
-        self.parked.iter().map(|l| l.monthly).sum()
+        self.parked.iter().fold(0.0, |sum, l| sum + l.monthly)
     }
 }
 
+/// A unit price with up to four decimals and at least two: `$0.048`, `$0.40`, `$0.0046`.
 fn money(value: f64) -> String {
-    format!("${value:.4}").trim_end_matches('0').trim_end_matches('.').to_owned()
+    let text = format!("{value:.4}");
+    let trimmed = text.trim_end_matches('0');
+    let decimals = trimmed.split_once('.').map_or(0, |(_, d)| d.len());
+    format!("${trimmed}{}", "0".repeat(2usize.saturating_sub(decimals)))
 }
 
 /// Prices `inventory` in `region`.

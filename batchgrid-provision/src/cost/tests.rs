@@ -129,3 +129,14 @@ fn diff_says_how_the_idle_cost_moves() {
     )));
     assert!(text::idle_change(None, &dev).contains("$0.00 (not deployed)"));
 }
+
+/// The printed estimate: no negative zero, unit prices with at least cents, hourly prices to
+/// a hundredth of a cent.
+#[test]
+fn the_text_prints_prices_plainly() {
+    let text = text::render("dev", &estimate_of("dev"));
+    assert!(!text.contains("$-"), "{text}");
+    assert!(text.contains("× $0.40 (") && text.contains("t4g.nano, 730 h × $0.0046"), "{text}");
+    assert!(text.contains("on demand $0.0978 ($0.0892 + $0.0086)"), "{text}");
+    assert!(text.contains("parked: $0.00 a month fixed"), "{text}");
+}

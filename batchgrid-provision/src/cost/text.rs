@@ -5,13 +5,9 @@ use std::fmt::Write;
 
 use super::estimate::{Estimate, Line};
 
-/// Dollars with cents, or with four decimals below a dollar's tenth (hourly prices).
-fn dollars(value: f64) -> String {
-    if value != 0.0 && value.abs() < 0.1 {
-        format!("${value:.4}")
-    } else {
-        format!("${value:.2}")
-    }
+/// An hourly price, to a hundredth of a cent.
+fn hourly(value: f64) -> String {
+    format!("${value:.4}")
 }
 
 fn lines(out: &mut String, lines: &[Line]) {
@@ -45,7 +41,7 @@ pub fn render(title: &str, estimate: &Estimate) -> String {
     }
     let _ = writeln!(
         out,
-        "\nparked: ${:.2} a month, plus stored data (no instance, database, NAT gateway or address runs)",
+        "\nparked: ${:.2} a month fixed, plus stored data below (no instance, database, NAT gateway or address runs)",
         estimate.parked_monthly()
     );
     lines(&mut out, &estimate.parked);
@@ -60,23 +56,23 @@ pub fn render(title: &str, estimate: &Estimate) -> String {
     for worker in &estimate.workers {
         let spot = format!(
             "spot {}–{}",
-            dollars(worker.spot_low_hourly + worker.extras_hourly),
-            dollars(worker.spot_high_hourly + worker.extras_hourly)
+            hourly(worker.spot_low_hourly + worker.extras_hourly),
+            hourly(worker.spot_high_hourly + worker.extras_hourly)
         );
         let (low, high) = worker.hourly_range();
         let _ = writeln!(
             out,
-            "  {} {}: on demand {} ({} + {}), {spot}; {} runs {}; all {} at once: {}–{} an hour",
+            "  {} {}: on demand {} ({} + {}), {spot}; {} runs {}; all {} at once: ${:.2}–${:.2} an hour",
             worker.group,
             worker.kind,
-            dollars(worker.on_demand_hourly + worker.extras_hourly),
-            dollars(worker.on_demand_hourly),
-            dollars(worker.extras_hourly),
+            hourly(worker.on_demand_hourly + worker.extras_hourly),
+            hourly(worker.on_demand_hourly),
+            hourly(worker.extras_hourly),
             worker.group,
             if worker.spot { "spot" } else { "on demand" },
             worker.max,
-            dollars(low * f64::from(worker.max)),
-            dollars(high * f64::from(worker.max)),
+            low * f64::from(worker.max),
+            high * f64::from(worker.max),
         );
     }
     let _ = writeln!(out, "\nnot counted (billed by use): {}", estimate.not_counted.join("; "));
