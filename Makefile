@@ -12,7 +12,7 @@ DEMO_SEED  ?= 42
 WORKERS    ?= 2
 ENV        ?=
 
-.PHONY: help setup build tools emulator demo test screenshots lint bench render validate diff deploy outputs drift rollout teardown image smoke clean
+.PHONY: help setup build tools emulator demo test screenshots lint bench render validate cost diff deploy outputs drift rollout teardown image smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -98,6 +98,10 @@ render: build ## render build/$(ENV)/template.yaml from environments/$(ENV).yaml
 
 validate: render tools ## check the environment, render it, and cfn-lint the result
 	cfn-lint build/$(ENV)/template.yaml && echo "environment $(ENV): valid; template passes cfn-lint"
+
+cost: build ## what ENV costs at list prices, from its rendered template: idle, parked, per worker-hour
+	@[ -n "$(ENV)" ] || { echo "usage: make cost ENV=name"; exit 2; }
+	$(BIN)/batchgrid cost $(ENV) $(ARGS)
 
 # ENV=local talks to moto on $(MOTO_PORT), started here when nothing listens there.
 MOTO_PORT ?= 5055

@@ -296,6 +296,21 @@ impl Deployer {
         Ok(derived)
     }
 
+    /// The template the stack was last deployed with, as sent; `None` when there is no stack.
+    pub async fn deployed_template(&self, stack: &str) -> Result<Option<String>, DeployError> {
+        match self.cfn.get_template().stack_name(stack).send().await {
+            Ok(out) => Ok(out.template_body().map(str::to_owned)),
+            Err(error) => {
+                let error = error.into_service_error();
+                if is_missing(&error) {
+                    Ok(None)
+                } else {
+                    Err(aws("GetTemplate")(error))
+                }
+            }
+        }
+    }
+
     /// DescribeStacks for one stack; a missing stack is [`DeployError::NoStack`].
     async fn describe_stack(
         &self,

@@ -80,6 +80,22 @@ pub struct Network {
     pub internet: bool,
     /// Use this VPC and its private subnets instead of creating a network.
     pub existing: Option<ExistingNetwork>,
+    /// How the grid's instances reach AWS APIs: through a NAT gateway from private subnets
+    /// (the default), or from public subnets with a public address of their own and no
+    /// inbound rule (no NAT gateway to pay for).
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// The way out to AWS APIs of the manager and the workers (`network.egress`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Private subnets behind a NAT gateway (and its Elastic IP).
+    #[default]
+    Nat,
+    /// Public subnets, a public IPv4 address per instance while it runs, no inbound rule.
+    Public,
 }
 
 /// A network the grid joins instead of creating one.
@@ -121,8 +137,10 @@ pub struct Queues {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Analytics {
-    /// `rds` (the stack creates the database) or `external` (the grid is given one: `local`
-    /// uses the PostgreSQL on loopback, since the emulator's RDS has no database behind it).
+    /// `rds` (the stack creates a PostgreSQL instance), `serverless` (the stack creates an
+    /// Aurora PostgreSQL Serverless v2 cluster that pauses when idle) or `external` (the grid
+    /// is given one: `local` uses the PostgreSQL on loopback, since the emulator's RDS has no
+    /// database behind it).
     pub provider: String,
     /// RDS instance class.
     pub instance_class: String,
@@ -137,6 +155,40 @@ pub struct Analytics {
     /// RDS enhanced monitoring: seconds between OS metrics (1, 5, 10, 15, 30 or 60), or 0 for
     /// none. On, the stack creates the monitoring role RDS publishes them with.
     pub enhanced_monitoring_seconds: u32,
+    /// `serverless`: the most Aurora capacity units (ACUs, 1 to 256 in half steps) the
+    /// cluster scales up to; the least is 0 (paused).
+    #[serde(default = "default_max_acu")]
+    pub max_acu: f64,
+    /// `serverless`: seconds without a connection before the cluster pauses (300 to 86400).
+    #[serde(default = "default_auto_pause_seconds")]
+    pub auto_pause_seconds: u32,
+}
+
+/// `analytics.provider: rds`.
+pub const PROVIDER_RDS: &str = "rds";
+/// `analytics.provider: serverless`.
+pub const PROVIDER_SERVERLESS: &str = "serverless";
+/// `analytics.provider: external`.
+pub const PROVIDER_EXTERNAL: &str = "external";
+
+fn default_max_acu() -> f64 {
+    4.0
+}
+
+fn default_auto_pause_seconds() -> u32 {
+    300
+}
+
+impl Analytics {
+    /// The stack creates the database (an RDS instance or an Aurora Serverless v2 cluster).
+    pub fn creates_database(&self) -> bool {
+        self.provider == PROVIDER_RDS || self.provider == PROVIDER_SERVERLESS
+    }
+
+    /// The database is Aurora PostgreSQL Serverless v2.
+    pub fn is_serverless(&self) -> bool {
+        self.provider == PROVIDER_SERVERLESS
+    }
 }
 
 /// Worker Auto Scaling group settings.
@@ -188,6 +240,13 @@ pub struct ManagerInstance {
     pub instance_type: String,
     /// `private` (reached through SSM port forwarding only).
     pub access: String,
+    /// Size of its root volume (gp3) in GiB, at least the image's 8.
+    #[serde(default = "default_manager_volume_gb")]
+    pub volume_gb: u32,
+}
+
+fn default_manager_volume_gb() -> u32 {
+    30
 }
 
 /// Settings of the machine image built by `make image` (the `image` stack).
@@ -515,6 +574,12 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
             "needs `internet: true` (the endpoint lives in its route table)".into(),
         ));
     }
+    if env.network.egress == Egress::Public && (!env.network.internet || env.network.existing.is_some()) {
+        return Err((
+            root.key("network").key("egress"),
+            "`public` needs the network batchgrid creates with `internet: true` (its public subnets)".into(),
+        ));
+    }
     if let Some(existing) = &env.network.existing {
         let existing_path = root.key("network").key("existing");
         if !aws_id_ok(&existing.vpc_id, "vpc-") {
@@ -581,8 +646,14 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
     if env.analytics.backup_retention_days > 35 {
         return Err((analytics.key("backup_retention_days"), "RDS keeps backups 0 to 35 days".into()));
     }
-    if !["rds", "external"].contains(&env.analytics.provider.as_str()) {
-        return Err((analytics.key("provider"), format!("`{}`: use `rds` or `external`", env.analytics.provider)));
+    if ![PROVIDER_RDS, PROVIDER_SERVERLESS, PROVIDER_EXTERNAL].contains(&env.analytics.provider.as_str()) {
+        return Err((
+            analytics.key("provider"),
+            format!("`{}`: use `rds`, `serverless` or `external`", env.analytics.provider),
+        ));
+    }
+    if env.analytics.is_serverless() {
+        validate_serverless(&env.analytics, &analytics)?;
     }
     if ![0, 1, 5, 10, 15, 30, 60].contains(&env.analytics.enhanced_monitoring_seconds) {
         return Err((
@@ -590,7 +661,7 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
             "RDS takes 0 (off), 1, 5, 10, 15, 30 or 60 seconds".into(),
         ));
     }
-    if env.protected && env.analytics.provider == "rds" && !env.analytics.deletion_protection {
+    if env.protected && env.analytics.creates_database() && !env.analytics.deletion_protection {
         return Err((analytics.key("deletion_protection"), "a protected environment needs deletion protection".into()));
     }
     let grid = root.key("grid");
@@ -672,6 +743,9 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
             ),
         ));
     }
+    if !(8..=16_384).contains(&env.manager.volume_gb) {
+        return Err((root.key("manager").key("volume_gb"), "must be between 8 (the image's size) and 16384".into()));
+    }
     if env.manager.access != "private" {
         return Err((
             root.key("manager").key("access"),
@@ -703,6 +777,28 @@ fn validate(env: &Environment) -> Result<(), Invalid> {
     let bucket = &env.image.deployment_bucket;
     if !bucket.is_empty() && !bucket_name_ok(bucket) {
         return Err((image.key("deployment_bucket"), format!("`{bucket}` is not an S3 bucket name")));
+    }
+    Ok(())
+}
+
+/// Aurora Serverless v2's own bounds: capacity in half ACUs up to 256, a pause after 5
+/// minutes to a day, and backups kept at least a day (Aurora has no 0).
+fn validate_serverless(analytics: &Analytics, path: &FieldPath) -> Result<(), Invalid> {
+    let acu = analytics.max_acu;
+    if !(1.0..=256.0).contains(&acu) || (acu * 2.0).fract() != 0.0 {
+        return Err((path.key("max_acu"), format!("`{acu}`: Aurora takes 1 to 256 ACUs in half steps")));
+    }
+    if !(300..=86_400).contains(&analytics.auto_pause_seconds) {
+        return Err((path.key("auto_pause_seconds"), "Aurora pauses after 300 to 86400 seconds".into()));
+    }
+    if analytics.backup_retention_days == 0 {
+        return Err((path.key("backup_retention_days"), "Aurora keeps backups 1 to 35 days (no 0)".into()));
+    }
+    if analytics.multi_az {
+        return Err((
+            path.key("multi_az"),
+            "`serverless` runs one instance; use provider `rds` for a standby in a second zone".into(),
+        ));
     }
     Ok(())
 }

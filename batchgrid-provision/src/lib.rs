@@ -6,6 +6,7 @@
 //!   [`environment::Environment`] before anything is rendered or sent.
 
 pub mod aws;
+pub mod cost;
 pub mod deploy;
 pub mod environment;
 pub mod image;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use handlebars::Handlebars;
 use serde::Serialize;
 
-use crate::environment::{Environment, RESERVED_TAGS};
+use crate::environment::{Egress, Environment, RESERVED_TAGS};
 
 /// The worker group's termination lifecycle hook, which workers complete after draining.
 pub const LIFECYCLE_HOOK: &str = "drain-on-termination";
@@ -23,13 +23,14 @@ pub const LIFECYCLE_HOOK: &str = "drain-on-termination";
 pub const DRAIN_DEADLINE: &str = "240s";
 
 /// The partials, in the order `main` includes them.
-const PARTIALS: [&str; 12] = [
+const PARTIALS: [&str; 13] = [
     "tags",
     "tags_deep",
     "bootstrap",
     "network",
     "storage",
     "queues",
+    "aurora",
     "analytics",
     "grid_data_access",
     "grid",
@@ -216,6 +217,46 @@ struct Context<'a> {
     scale_in_delay: String,
     rds: bool,
     internet: bool,
+    serverless: bool,
+    nat: bool,
+    public_egress: bool,
+    worker_subnet_refs: Vec<String>,
+    manager_subnet_ref: String,
+    database: DatabaseRefs,
+}
+
+/// How the templates name the database the stack creates: the RDS instance, or the Aurora
+/// cluster (whose IAM-auth resource id and attributes differ).
+#[derive(Serialize)]
+struct DatabaseRefs {
+    /// Its logical id, for `Fn::GetAtt`.
+    id: &'static str,
+    /// Its resource id inside `!Sub` (the `rds-db:connect` ARN).
+    resource_id_sub: &'static str,
+    /// Its endpoint's address inside `!Sub`.
+    host_sub: &'static str,
+    /// Its master secret's ARN inside `!Sub`.
+    secret_sub: &'static str,
+}
+
+impl DatabaseRefs {
+    fn of(env: &Environment) -> Self {
+        if env.analytics.is_serverless() {
+            Self {
+                id: "AuroraCluster",
+                resource_id_sub: "${AuroraCluster.DBClusterResourceId}",
+                host_sub: "${AuroraCluster.Endpoint.Address}",
+                secret_sub: "${AuroraCluster.MasterUserSecret.SecretArn}",
+            }
+        } else {
+            Self {
+                id: "Database",
+                resource_id_sub: "${Database.DbiResourceId}",
+                host_sub: "${Database.Endpoint.Address}",
+                secret_sub: "${Database.MasterUserSecret.SecretArn}",
+            }
+        }
+    }
 }
 
 /// The CloudFormation stack name of an environment.
@@ -282,6 +323,16 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
     if !env.network.internet {
         subnets.drain(..2);
     }
+    // Public egress needs the public subnets of a network batchgrid creates (validation says
+    // so); an environment changed after loading falls back to the private ones.
+    let public_egress = env.network.egress == Egress::Public && create_network && env.network.internet;
+    let worker_subnet_refs = if public_egress {
+        vec!["!Ref PublicSubnet1".to_owned(), "!Ref PublicSubnet2".to_owned()]
+    } else {
+        private_subnet_refs.clone()
+    };
+    let manager_subnet_ref =
+        if public_egress { "!Ref PublicSubnet1".to_owned() } else { first_private_subnet_ref.clone() };
     Context {
         description: format!("batchgrid: the {name} grid ({stack})"),
         renderer: format!("batchgrid-provision {}", env!("CARGO_PKG_VERSION")),
@@ -314,8 +365,14 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
         target_completion: crate::environment::duration_text(env.grid.target_completion),
         scale_in_delay: crate::environment::duration_text(env.grid.scale_in_delay),
         drain_deadline: DRAIN_DEADLINE,
-        rds: env.analytics.provider == "rds",
+        rds: env.analytics.creates_database(),
         internet: env.network.internet,
+        serverless: env.analytics.is_serverless(),
+        nat: env.network.internet && !public_egress,
+        public_egress,
+        worker_subnet_refs,
+        manager_subnet_ref,
+        database: DatabaseRefs::of(env),
     }
 }
 

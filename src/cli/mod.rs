@@ -90,6 +90,15 @@ enum Command {
     Outputs(provision::Place),
     /// Detect and print drift between the deployed stack and its template.
     Drift(provision::Place),
+    /// What an environment costs at list prices, from its rendered template: a month deployed
+    /// and idle, a month parked, stored data, each running worker's hour.
+    Cost {
+        #[command(flatten)]
+        place: provision::Place,
+        /// Print the estimate as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the worker group's instances with ones from the current image, a few at a time;
     /// each old worker drains through the termination lifecycle hook first.
     Rollout {
@@ -199,6 +208,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Deploy { place, yes } => provision::run(place, provision::Action::Deploy { yes }).await,
             Command::Outputs(place) => provision::run(place, provision::Action::Outputs).await,
             Command::Drift(place) => provision::run(place, provision::Action::Drift).await,
+            Command::Cost { place, json } => provision::run(place, provision::Action::Cost { json }).await,
             Command::Image(args) => image::run(args).await,
             Command::Teardown { place, confirm } => provision::teardown(place, confirm).await,
             Command::Rollout { place, min_healthy_percent } => provision::rollout(place, min_healthy_percent).await,

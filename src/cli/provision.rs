@@ -1,4 +1,4 @@
-//! `batchgrid render|diff|deploy|outputs|teardown ENV`: thin wrappers over
+//! `batchgrid render|diff|deploy|outputs|teardown|cost ENV`: thin wrappers over
 //! `batchgrid_provision`.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use batchgrid_provision::deploy::{Buckets, DeployOutcome, DeployRequest, Deployer, Event, PlannedChange};
 use batchgrid_provision::environment::Environment;
-use batchgrid_provision::{aws, environment, preflight, render};
+use batchgrid_provision::{aws, cost, environment, preflight, render};
 
 /// Where environments, templates and build output live.
 #[derive(Debug, clap::Args)]
@@ -44,6 +44,11 @@ pub enum Action {
     Outputs,
     /// Detect and print drift.
     Drift,
+    /// Print what the environment costs, from its rendered template.
+    Cost {
+        /// The estimate as JSON.
+        json: bool,
+    },
 }
 
 struct Prepared {
@@ -199,6 +204,8 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
             let changes = deployer.diff(&request(&prepared, &place.name)).await?;
             println!("stack {}:", prepared.stack);
             print_changes(&changes);
+            let deployed = deployer.deployed_template(&prepared.stack).await?;
+            println!("{}", idle_cost_change(&prepared, deployed.as_deref())?);
         }
         Action::Deploy { yes } => {
             let deployer = deployer(&prepared.environment).await;
@@ -241,6 +248,16 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
                 println!("  {:<9} {} ({})", resource.status, resource.logical_id, resource.resource_type);
             }
         }
+        Action::Cost { json } => {
+            let table = cost::PriceTable::builtin()?;
+            let estimate = cost::of_template(&prepared.template, &prepared.environment.region, &table)
+                .with_context(|| format!("pricing {}", prepared.dir.join("template.yaml").display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&estimate)?);
+            } else {
+                print!("{}", cost::text::render(&prepared.stack, &estimate));
+            }
+        }
         Action::Outputs => {
             let deployer = deployer(&prepared.environment).await;
             let outputs = deployer.outputs_for(&prepared.stack, &prepared.template).await?;
@@ -248,6 +265,20 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the deploy would move the idle cost: the deployed template's estimate against the
+/// rendered one's (a deployed template that cannot be priced is said, not fatal).
+fn idle_cost_change(prepared: &Prepared, deployed: Option<&str>) -> anyhow::Result<String> {
+    let table = cost::PriceTable::builtin()?;
+    let region = &prepared.environment.region;
+    let after = cost::of_template(&prepared.template, region, &table).context("pricing the rendered template")?;
+    let before = match deployed.map(|template| cost::of_template(template, region, &table)) {
+        None => None,
+        Some(Ok(before)) => Some(before),
+        Some(Err(error)) => return Ok(format!("idle cost: the deployed template cannot be priced ({error})")),
+    };
+    Ok(cost::text::idle_change(before.as_ref(), &after))
 }
 
 /// Deletes the stack; a protected environment needs `--confirm NAME` and keeps its buckets

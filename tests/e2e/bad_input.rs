@@ -150,7 +150,7 @@ fn bad_environments_send_nothing_to_aws() {
     ];
     for (text, expected) in cases {
         std::fs::write(dir.path().join("bad.yaml"), text).expect("env");
-        for command in ["diff", "deploy", "teardown"] {
+        for command in ["diff", "deploy", "teardown", "cost"] {
             let output = provision_command(&endpoint, &[command, "bad"], dir.path())
                 .env_remove("NOT_SET_ANYWHERE")
                 .output()

@@ -1,5 +1,6 @@
 //! The provisioning commands through the real binary against the local AWS emulator: deploy
-//! saves outputs, a second deploy has nothing to do, teardown removes the stack.
+//! saves outputs, a second deploy has nothing to do, diff prices the deployed template against
+//! the rendered one, teardown removes the stack.
 
 use crate::harness::{batchgrid_against, provision_command};
 use batchgrid_testkit::moto;
@@ -33,6 +34,11 @@ fn deploy_outputs_and_teardown_of_the_local_environment() {
     assert!(outputs["InputQueueUrl"].as_str().is_some_and(|u| u.contains("InputQueue")), "{outputs}");
     let again = run(&["deploy"]);
     assert!(again.contains("up to date: nothing to do"), "{again}");
+    // diff prices what is deployed (read back with GetTemplate) against the rendered template.
+    let diff = run(&["diff"]);
+    assert!(diff.contains("idle cost: $15.06 -> $15.06 a month (+$0.00)"), "{diff}");
+    let cost = run(&["cost"]);
+    assert!(cost.contains("deployed and idle: $15.06 a month") && cost.contains("us-east-1"), "{cost}");
     let listed = run(&["outputs"]);
     assert!(listed.contains("RawBucketName"), "{listed}");
     let gone = run(&["teardown"]);

@@ -424,3 +424,21 @@ mod teardown {
         assert!(text.ends_with("k9 AccessDenied; and 15 more"), "{text}");
     }
 }
+
+/// `diff` prices what is deployed: the stack's template as it was sent (GetTemplate), or
+/// nothing when there is no stack.
+#[tokio::test]
+async fn the_deployed_template_is_read_back_or_none_without_a_stack() {
+    use aws_sdk_cloudformation::operation::get_template::{GetTemplateError, GetTemplateOutput};
+    let found = mock!(Client::get_template)
+        .match_requests(|r| r.stack_name() == Some("grid"))
+        .then_output(|| GetTemplateOutput::builder().template_body("Resources: {}\n").build());
+    let gone = mock!(Client::get_template).match_requests(|r| r.stack_name() == Some("gone")).then_error(|| {
+        GetTemplateError::generic(
+            ErrorMetadata::builder().code("ValidationError").message("Stack with id gone does not exist").build(),
+        )
+    });
+    let deployer = deployer(&[&found, &gone]);
+    assert_eq!(deployer.deployed_template("grid").await.expect("template").as_deref(), Some("Resources: {}\n"));
+    assert_eq!(deployer.deployed_template("gone").await.expect("no stack"), None);
+}

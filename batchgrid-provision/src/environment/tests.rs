@@ -250,3 +250,43 @@ fn durations_are_written_as_one_humantime_word() {
         assert_eq!(humantime::parse_duration(&duration_text(duration)).expect("parses back"), duration);
     }
 }
+
+/// The serverless and public-egress options: their own bounds, each error at its file, line
+/// and key; `dev` uses both.
+#[test]
+fn serverless_and_public_egress_are_checked() {
+    let dev = load(&project_environments(), "dev", &with_pipeline).expect("dev");
+    assert!(dev.analytics.is_serverless() && dev.network.egress == Egress::Public);
+    let prod = load(&project_environments(), "prod", &with_pipeline).expect("prod");
+    assert!(prod.analytics.provider == PROVIDER_RDS && prod.network.egress == Egress::Nat, "defaults: rds and nat");
+    let serverless = "analytics:\n  provider: serverless\n";
+    let cases = [
+        (format!("{serverless}  max_acu: 0.5\n"), "test.yaml:3:3: analytics.max_acu: "),
+        (format!("{serverless}  max_acu: 2.25\n"), "test.yaml:3:3: analytics.max_acu: "),
+        (format!("{serverless}  auto_pause_seconds: 60\n"), "test.yaml:3:3: analytics.auto_pause_seconds: "),
+        (format!("{serverless}  backup_retention_days: 0\n"), "test.yaml:3:3: analytics.backup_retention_days: "),
+        (format!("{serverless}  multi_az: true\n"), "test.yaml:3:3: analytics.multi_az: "),
+        (format!("protected: true\n{serverless}"), "base.yaml"),
+        (
+            "analytics:\n  provider: aurora\n".to_owned(),
+            "test.yaml:2:3: analytics.provider: `aurora`: use `rds`, `serverless`",
+        ),
+        ("network:\n  egress: direct\n".to_owned(), "test.yaml:2:3: network.egress: unknown variant `direct`"),
+        (
+            "network:\n  internet: false\n  s3_gateway_endpoint: false\n  egress: public\n".to_owned(),
+            "test.yaml:4:3: network.egress: ",
+        ),
+        ("manager:\n  volume_gb: 4\n".to_owned(), "test.yaml:2:3: manager.volume_gb: "),
+    ];
+    for (overrides, expected) in cases {
+        let line = error(|b| b, &overrides);
+        assert!(line.contains(expected), "{overrides:?} -> {line}");
+    }
+    let line = error(|b| b, &format!("protected: true\n{serverless}"));
+    assert!(
+        line.contains("analytics.deletion_protection: a protected environment needs deletion protection"),
+        "{line}"
+    );
+    let ok = load_with(|b| b, &format!("{serverless}  max_acu: 2.5\n  auto_pause_seconds: 3600\n")).expect("valid");
+    assert_eq!((ok.analytics.max_acu, ok.analytics.auto_pause_seconds), (2.5, 3600));
+}

@@ -198,3 +198,102 @@ fn a_task_role_is_assumable_only_when_named_and_only_that_one() {
     crate::render::assert_checkov_skips_explained("dev with a task role", &with_role);
     crate::render::assert_checkov_clean(&[file]);
 }
+
+/// `network.egress: public` (dev): no NAT gateway, address or private default route; the
+/// workers launch in the public subnets with a public address, the manager too, neither
+/// security group lets anything in, and the database stays in the private subnets. S3 traffic
+/// keeps its gateway endpoint from both route tables. `nat` (ci) keeps today's layout.
+#[test]
+fn public_egress_drops_the_nat_gateway_and_keeps_the_database_private() {
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&rendered("dev")).expect("YAML");
+    let resources = &parsed["Resources"];
+    for gone in ["NatGateway", "NatAddress", "PrivateDefaultRoute"] {
+        assert!(resources.get(gone).is_none(), "{gone} with public egress");
+    }
+    let reference = |value: &serde_yaml::Value| match value {
+        serde_yaml::Value::Tagged(tagged) => tagged.value.as_str().map(str::to_owned),
+        _ => None,
+    };
+    let refs = |list: &serde_yaml::Value| -> Vec<String> {
+        list.as_sequence().expect("list").iter().filter_map(reference).collect()
+    };
+    let group = &resources["WorkerGroup"]["Properties"];
+    assert_eq!(refs(&group["VPCZoneIdentifier"]), ["PublicSubnet1", "PublicSubnet2"]);
+    let data = &resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"];
+    assert_eq!(data["NetworkInterfaces"][0]["AssociatePublicIpAddress"].as_bool(), Some(true));
+    assert!(data.get("SecurityGroupIds").is_none(), "groups go on the interface");
+    let manager = &resources["Manager"]["Properties"];
+    assert_eq!(manager["NetworkInterfaces"][0]["AssociatePublicIpAddress"].as_bool(), Some(true));
+    assert_eq!(reference(&manager["NetworkInterfaces"][0]["SubnetId"]).as_deref(), Some("PublicSubnet1"));
+    for group in ["WorkerSecurityGroup", "ManagerSecurityGroup"] {
+        assert!(resources[group]["Properties"].get("SecurityGroupIngress").is_none(), "{group} lets nothing in");
+    }
+    assert_eq!(
+        refs(&resources["DatabaseSubnetGroup"]["Properties"]["SubnetIds"]),
+        ["PrivateSubnet1", "PrivateSubnet2"]
+    );
+    for subnet in ["PublicSubnet1", "PublicSubnet2"] {
+        assert_eq!(resources[subnet]["Properties"]["MapPublicIpOnLaunch"].as_bool(), Some(false), "asked per launch");
+    }
+    let endpoint = &resources["S3GatewayEndpoint"]["Properties"]["RouteTableIds"];
+    assert_eq!(refs(endpoint), ["PrivateRouteTable", "PublicRouteTable"]);
+
+    let nat: serde_yaml::Value = serde_yaml::from_str(&rendered("ci")).expect("YAML");
+    let resources = &nat["Resources"];
+    assert!(resources.get("NatGateway").is_some() && resources.get("PrivateDefaultRoute").is_some());
+    assert_eq!(
+        refs(&resources["WorkerGroup"]["Properties"]["VPCZoneIdentifier"]),
+        ["PrivateSubnet1", "PrivateSubnet2"]
+    );
+    assert!(resources["Manager"]["Properties"].get("NetworkInterfaces").is_none());
+}
+
+/// `analytics.provider: serverless` (dev): an Aurora PostgreSQL Serverless v2 cluster from 0
+/// ACUs (auto-pause) to max_acu, encrypted, private, IAM auth and a managed secret; one
+/// db.serverless instance; the workers' `rds-db:connect` names the cluster's resource id, and
+/// the outputs and the manager's secret name the cluster. No RDS instance besides.
+#[test]
+fn serverless_analytics_is_an_aurora_cluster_that_pauses() {
+    let text = rendered("dev");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let resources = &parsed["Resources"];
+    assert!(resources.get("Database").is_none());
+    let cluster = &resources["AuroraCluster"];
+    assert_eq!(cluster["Type"].as_str(), Some("AWS::RDS::DBCluster"));
+    let properties = &cluster["Properties"];
+    assert_eq!(properties["Engine"].as_str(), Some("aurora-postgresql"));
+    let scaling = &properties["ServerlessV2ScalingConfiguration"];
+    assert_eq!(scaling["MinCapacity"].as_f64(), Some(0.0));
+    assert_eq!(scaling["MaxCapacity"].as_f64(), Some(2.0));
+    assert_eq!(scaling["SecondsUntilAutoPause"].as_u64(), Some(300));
+    for flag in ["StorageEncrypted", "ManageMasterUserPassword", "EnableIAMDatabaseAuthentication"] {
+        assert_eq!(properties[flag].as_bool(), Some(true), "{flag}");
+    }
+    assert_eq!(cluster["DeletionPolicy"].as_str(), Some("Delete"), "dev is not protected");
+    let instance = &resources["AuroraInstance"]["Properties"];
+    assert_eq!(instance["DBInstanceClass"].as_str(), Some("db.serverless"));
+    assert_eq!(instance["PubliclyAccessible"].as_bool(), Some(false));
+    assert!(text.contains("dbuser:${AuroraCluster.DBClusterResourceId}/batchgrid_worker"));
+    assert!(text.contains("BATCHGRID_DATABASE_HOST=${AuroraCluster.Endpoint.Address}"));
+    assert!(text.contains("BATCHGRID_DATABASE_SECRET_ARN=${AuroraCluster.MasterUserSecret.SecretArn}"));
+    assert!(!text.contains("Database."), "nothing names the RDS instance");
+    let outputs = &parsed["Outputs"];
+    assert_eq!(outputs["DatabaseEndpoint"]["Value"]["Fn::GetAtt"][0].as_str(), Some("AuroraCluster"));
+    assert_eq!(outputs["DatabaseSecretArn"]["Value"]["Fn::GetAtt"][0].as_str(), Some("AuroraCluster"));
+
+    // Protected: deletion protection and a final snapshot of the cluster.
+    let mut env = load(&root().join("environments"), "dev", &lookup).expect("environment");
+    env.protected = true;
+    env.analytics.deletion_protection = true;
+    let protected = render(&engine(&root().join("templates")).expect("engine"), "dev", &env).expect("render");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&protected).expect("YAML");
+    let cluster = &parsed["Resources"]["AuroraCluster"];
+    assert_eq!(cluster["DeletionPolicy"].as_str(), Some("Snapshot"));
+    assert_eq!(cluster["Properties"]["DeletionProtection"].as_bool(), Some(true));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("dev-protected.yaml");
+    std::fs::write(&file, &protected).expect("write");
+    assert_cfn_lint_clean(std::slice::from_ref(&file));
+    crate::render::assert_checkov_skips_explained("dev protected", &protected);
+    crate::render::assert_checkov_clean(&[file]);
+}
