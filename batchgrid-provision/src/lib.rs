@@ -9,6 +9,7 @@ pub mod aws;
 pub mod deploy;
 pub mod environment;
 pub mod image;
+pub mod park;
 pub mod preflight;
 pub mod render;
 
