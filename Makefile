@@ -12,7 +12,7 @@ DEMO_SEED  ?= 42
 WORKERS    ?= 2
 ENV        ?=
 
-.PHONY: help setup build tools emulator demo test screenshots lint bench render validate cost diff deploy outputs drift rollout teardown image smoke clean
+.PHONY: help setup build tools emulator demo test screenshots lint bench render validate cost diff deploy outputs drift rollout park teardown image smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -113,7 +113,7 @@ emulator: tools ## start the local AWS emulator (moto) on MOTO_PORT unless it is
 	  nohup moto_server -H 127.0.0.1 -p $(MOTO_PORT) > build/moto.log 2>&1 & \
 	  for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$(MOTO_PORT)) 2>/dev/null && break; sleep 0.2; done; fi
 
-diff deploy outputs drift rollout teardown: build $(if $(filter local,$(ENV)),emulator,) ## change set preview, deploy, outputs, drift, instance refresh, teardown (ENV=...)
+diff deploy outputs drift rollout park teardown: build $(if $(filter local,$(ENV)),emulator,) ## change set preview, deploy (resumes a parked grid), outputs, drift, instance refresh, park between peaks, teardown (ENV=...)
 	@[ -n "$(ENV)" ] || { echo "usage: make $@ ENV=name"; exit 2; }
 	$(LOCAL_AWS) $(BIN)/batchgrid $@ $(ENV) $(ARGS)
 

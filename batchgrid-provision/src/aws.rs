@@ -13,3 +13,8 @@ pub fn cloudformation(config: &aws_config::SdkConfig) -> aws_sdk_cloudformation:
 pub fn s3(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     batchgrid_core::aws::s3_client(config, &batchgrid_core::metering::RequestMeter::new())
 }
+
+/// The RDS client (only parking snapshots the database).
+pub fn rds(config: &aws_config::SdkConfig) -> aws_sdk_rds::Client {
+    aws_sdk_rds::Client::new(config)
+}

@@ -92,25 +92,27 @@ pub enum Buckets {
 }
 
 fn aws<E: ProvideErrorMetadata + std::error::Error>(operation: &'static str) -> impl Fn(E) -> DeployError {
-    move |error| {
-        let message = match (error.code(), error.message()) {
-            (Some(code), Some(message)) => format!("{code}: {message}"),
-            (_, Some(message)) => message.to_owned(),
-            // No AWS answer (no credentials, no network): the cause chain, innermost last.
-            _ => {
-                let mut chain = vec![error.to_string()];
-                let mut source = error.source();
-                while let Some(cause) = source {
-                    let text = cause.to_string();
-                    if chain.last() != Some(&text) {
-                        chain.push(text);
-                    }
-                    source = cause.source();
+    move |error| DeployError::Aws { operation, message: error_message(&error) }
+}
+
+/// An AWS error as one line: its code and message, or without an AWS answer (no credentials,
+/// no network) the cause chain, innermost last.
+pub(crate) fn error_message<E: ProvideErrorMetadata + std::error::Error>(error: &E) -> String {
+    match (error.code(), error.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (_, Some(message)) => message.to_owned(),
+        _ => {
+            let mut chain = vec![error.to_string()];
+            let mut source = error.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if chain.last() != Some(&text) {
+                    chain.push(text);
                 }
-                chain.join(": ")
+                source = cause.source();
             }
-        };
-        DeployError::Aws { operation, message }
+            chain.join(": ")
+        }
     }
 }
 
@@ -218,6 +220,11 @@ impl Deployer {
         Self { cfn, s3, poll, max_polls: 4 * 3600, template_bucket: None }
     }
 
+    /// The S3 client (for the stack's buckets).
+    pub fn s3(&self) -> &aws_sdk_s3::Client {
+        &self.s3
+    }
+
     /// Templates over [`MAX_INLINE_TEMPLATE`] are uploaded to `bucket` and passed by URL.
     pub fn with_template_bucket(mut self, bucket: Option<String>) -> Self {
         self.template_bucket = bucket.filter(|b| !b.is_empty());
@@ -309,6 +316,24 @@ impl Deployer {
                 }
             }
         }
+    }
+
+    /// The physical id of the stack's resource `logical_id`, or `None` when the stack has no
+    /// such resource (a parked stack has no database).
+    pub async fn physical_id(&self, stack: &str, logical_id: &str) -> Result<Option<String>, DeployError> {
+        let resources = self
+            .cfn
+            .describe_stack_resources()
+            .stack_name(stack)
+            .send()
+            .await
+            .map_err(|e| aws("DescribeStackResources")(e.into_service_error()))?;
+        Ok(resources
+            .stack_resources()
+            .iter()
+            .find(|r| r.logical_resource_id() == Some(logical_id))
+            .and_then(|r| r.physical_resource_id())
+            .map(str::to_owned))
     }
 
     /// DescribeStacks for one stack; a missing stack is [`DeployError::NoStack`].

@@ -10,6 +10,7 @@ pub mod cost;
 pub mod deploy;
 pub mod environment;
 pub mod image;
+pub mod park;
 pub mod preflight;
 pub mod render;
 

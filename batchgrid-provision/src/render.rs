@@ -23,7 +23,7 @@ pub const LIFECYCLE_HOOK: &str = "drain-on-termination";
 pub const DRAIN_DEADLINE: &str = "240s";
 
 /// The partials, in the order `main` includes them.
-const PARTIALS: [&str; 13] = [
+const PARTIALS: [&str; 14] = [
     "tags",
     "tags_deep",
     "bootstrap",
@@ -32,6 +32,7 @@ const PARTIALS: [&str; 13] = [
     "queues",
     "aurora",
     "analytics",
+    "logs",
     "grid_data_access",
     "grid",
     "manager",
@@ -223,6 +224,8 @@ struct Context<'a> {
     worker_subnet_refs: Vec<String>,
     manager_subnet_ref: String,
     database: DatabaseRefs,
+    parked: bool,
+    restore_snapshot: Option<&'a str>,
 }
 
 /// How the templates name the database the stack creates: the RDS instance, or the Aurora
@@ -257,6 +260,22 @@ impl DatabaseRefs {
             }
         }
     }
+}
+
+/// Which shape of an environment's stack to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape<'a> {
+    /// The whole grid, its database created empty.
+    #[default]
+    Running,
+    /// The whole grid, its database restored from the snapshot `batchgrid park` took (and named
+    /// again on every later deploy, or CloudFormation would replace it with an empty one).
+    Resumed {
+        /// The DB snapshot identifier.
+        snapshot: &'a str,
+    },
+    /// Only the data and what costs nothing standing still: buckets, queues, log group.
+    Parked,
 }
 
 /// The CloudFormation stack name of an environment.
@@ -302,7 +321,7 @@ fn json(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
 }
 
-fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
+fn context<'a>(name: &'a str, env: &'a Environment, shape: Shape<'a>) -> Context<'a> {
     let stack = stack_name(name, env);
     let tags = stack_tags(name, env);
     let [public1, public2, private1, private2] = quarter(&env.network.vpc_cidr);
@@ -373,6 +392,11 @@ fn context<'a>(name: &'a str, env: &'a Environment) -> Context<'a> {
         worker_subnet_refs,
         manager_subnet_ref,
         database: DatabaseRefs::of(env),
+        parked: shape == Shape::Parked,
+        restore_snapshot: match shape {
+            Shape::Resumed { snapshot } => Some(snapshot),
+            _ => None,
+        },
     }
 }
 
@@ -408,10 +432,20 @@ pub fn engine(dir: &Path) -> Result<Handlebars<'static>, RenderError> {
     Ok(engine)
 }
 
-/// Renders the template of environment `name`.
+/// Renders the template of environment `name`, the whole grid with an empty database.
 pub fn render(engine: &Handlebars<'_>, name: &str, env: &Environment) -> Result<String, RenderError> {
+    render_shape(engine, name, env, Shape::Running)
+}
+
+/// Renders the template of environment `name` in the given shape.
+pub fn render_shape(
+    engine: &Handlebars<'_>,
+    name: &str,
+    env: &Environment,
+    shape: Shape<'_>,
+) -> Result<String, RenderError> {
     engine
-        .render("main", &context(name, env))
+        .render("main", &context(name, env, shape))
         .map_err(|e| RenderError::Template { name: "main".to_owned(), message: e.to_string() })
 }
 

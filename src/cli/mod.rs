@@ -111,6 +111,15 @@ enum Command {
     /// Build the grid's machine image: upload the release binary, units and configuration,
     /// then deploy the image stack (EC2 Image Builder); the AMI id lands in its outputs.
     Image(image::ImageArgs),
+    /// Park an environment between peaks: snapshot its database, keep its buckets (and queues
+    /// and logs), remove everything billed by the hour; `deploy` resumes it.
+    Park {
+        #[command(flatten)]
+        place: provision::Place,
+        /// Park a protected environment without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Empty an environment's buckets and delete its stack.
     Teardown {
         #[command(flatten)]
@@ -210,6 +219,7 @@ pub fn main_with(registry: ProcessorRegistry) -> ExitCode {
             Command::Drift(place) => provision::run(place, provision::Action::Drift).await,
             Command::Cost { place, json } => provision::run(place, provision::Action::Cost { json }).await,
             Command::Image(args) => image::run(args).await,
+            Command::Park { place, yes } => provision::park(place, yes).await,
             Command::Teardown { place, confirm } => provision::teardown(place, confirm).await,
             Command::Rollout { place, min_healthy_percent } => provision::rollout(place, min_healthy_percent).await,
             Command::Split(args) => {

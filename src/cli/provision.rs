@@ -1,4 +1,4 @@
-//! `batchgrid render|diff|deploy|outputs|teardown|cost ENV`: thin wrappers over
+//! `batchgrid render|diff|deploy|outputs|park|teardown|cost ENV`: thin wrappers over
 //! `batchgrid_provision`.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use batchgrid_provision::deploy::{Buckets, DeployOutcome, DeployRequest, Deployer, Event, PlannedChange};
 use batchgrid_provision::environment::Environment;
-use batchgrid_provision::{aws, cost, environment, preflight, render};
+use batchgrid_provision::park::{ParkState, ParkingRecord, Snapshots};
+use batchgrid_provision::render::Shape;
+use batchgrid_provision::{aws, cost, environment, park, preflight, render};
 
 /// Where environments, templates and build output live.
 #[derive(Debug, clap::Args)]
@@ -69,6 +71,37 @@ fn prepare(place: &Place) -> anyhow::Result<Prepared> {
     std::fs::write(&path, &template).with_context(|| format!("writing {}", path.display()))?;
     let stack = render::stack_name(&place.name, &environment);
     Ok(Prepared { environment, template, stack, dir })
+}
+
+/// Renders the environment again in `shape` over the prepared template (and its file).
+fn reshape(place: &Place, prepared: &mut Prepared, shape: Shape<'_>) -> anyhow::Result<()> {
+    let engine = render::engine(&place.templates)?;
+    prepared.template = render::render_shape(&engine, &place.name, &prepared.environment, shape)?;
+    let path = prepared.dir.join("template.yaml");
+    std::fs::write(&path, &prepared.template).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether the environment's stack makes its own database (and so has snapshots to take).
+fn has_database(environment: &Environment) -> bool {
+    environment.analytics.provider == "rds"
+}
+
+/// A parked or resumed stack's record; the template is then rendered resumed from its snapshot
+/// (a resumed database keeps naming it, or CloudFormation would replace it with an empty one).
+async fn resume_shape(
+    place: &Place,
+    prepared: &mut Prepared,
+    deployer: &Deployer,
+) -> anyhow::Result<Option<ParkingRecord>> {
+    let record = park::parking_record(deployer, &prepared.stack, &prepared.template)
+        .await
+        .with_context(|| format!("reading the parking record of stack {}", prepared.stack))?;
+    if let Some(snapshot) = record.as_ref().and_then(|r| r.snapshot.as_deref()) {
+        if has_database(&prepared.environment) {
+            reshape(place, prepared, Shape::Resumed { snapshot })?;
+        }
+    }
+    Ok(record)
 }
 
 async fn deployer(environment: &Environment) -> Deployer {
@@ -193,7 +226,7 @@ fn request(prepared: &Prepared, name: &str) -> DeployRequest {
 
 /// Runs a provisioning action.
 pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
-    let prepared = prepare(&place)?;
+    let mut prepared = prepare(&place)?;
     match action {
         Action::Render => {
             println!("{}", prepared.dir.join("template.yaml").display());
@@ -201,6 +234,7 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
         Action::Diff => {
             let deployer = deployer(&prepared.environment).await;
             check_image(&deployer, &prepared, &place.name).await?;
+            resume_shape(&place, &mut prepared, &deployer).await?;
             let changes = deployer.diff(&request(&prepared, &place.name)).await?;
             println!("stack {}:", prepared.stack);
             print_changes(&changes);
@@ -210,6 +244,7 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
         Action::Deploy { yes } => {
             let deployer = deployer(&prepared.environment).await;
             check_image(&deployer, &prepared, &place.name).await?;
+            let record = resume_shape(&place, &mut prepared, &deployer).await?;
             let protected = prepared.environment.protected;
             let mut confirm = confirmation(&prepared.stack, &place.name, protected, yes);
             // The bar's length is the number of planned changes, known once the change set is.
@@ -232,13 +267,20 @@ pub async fn run(place: Place, action: Action) -> anyhow::Result<ExitCode> {
                     println!("stack {}: applied {} change(s)", prepared.stack, changes.len())
                 }
             }
-            let path = prepared.dir.join("outputs.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&outputs)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-            for (key, value) in &outputs {
-                println!("  {key} = {value}");
+            if let Some(record) = record.filter(|r| r.state == ParkState::Parked) {
+                park::mark_resumed(deployer.s3(), &record).await.context("recording the resume")?;
+                match &record.snapshot {
+                    Some(snapshot) => println!(
+                        "resumed from parking (parked {}): database restored from snapshot {snapshot}, buckets {} and {} adopted with their data",
+                        record.parked_at, record.raw_bucket, record.results_bucket
+                    ),
+                    None => println!(
+                        "resumed from parking (parked {}): buckets {} and {} adopted with their data",
+                        record.parked_at, record.raw_bucket, record.results_bucket
+                    ),
+                }
             }
-            println!("outputs saved to {}", path.display());
+            save_outputs(&prepared, &outputs)?;
         }
         Action::Drift => {
             let deployer = deployer(&prepared.environment).await;
@@ -281,6 +323,83 @@ fn idle_cost_change(prepared: &Prepared, deployed: Option<&str>) -> anyhow::Resu
     Ok(cost::text::idle_change(before.as_ref(), &after))
 }
 
+/// Writes the stack's outputs to build/NAME/outputs.json and shows them.
+fn save_outputs(prepared: &Prepared, outputs: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let path = prepared.dir.join("outputs.json");
+    std::fs::write(&path, serde_json::to_string_pretty(outputs)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    for (key, value) in outputs {
+        println!("  {key} = {value}");
+    }
+    println!("outputs saved to {}", path.display());
+    Ok(())
+}
+
+/// Parks the environment: snapshots its database, records what it keeps in the results bucket,
+/// and shrinks the stack to its buckets, queues and log group. A protected environment asks
+/// first, as a deploy does.
+pub async fn park(place: Place, yes: bool) -> anyhow::Result<ExitCode> {
+    let mut prepared = prepare(&place)?;
+    // Parking snapshots an RDS instance; an Aurora cluster needs a cluster snapshot and a
+    // restore through the cluster, not built yet. Refused rather than removed unsnapshotted.
+    anyhow::ensure!(
+        !prepared.environment.analytics.is_serverless(),
+        "{}: analytics.provider: serverless cannot be parked yet (its Aurora cluster would be \
+         removed without a snapshot); use `batchgrid teardown` (a protected environment keeps a final snapshot), \
+         or analytics.provider: rds",
+        place.environments.join(format!("{}.yaml", place.name)).display()
+    );
+    let running = prepared.template.clone();
+    reshape(&place, &mut prepared, Shape::Parked)?;
+    let deployer = deployer(&prepared.environment).await;
+    let snapshots = if has_database(&prepared.environment) {
+        let config = aws::sdk_config(&prepared.environment.region).await;
+        let poll = if aws::endpoint_override(&config) { Duration::from_millis(300) } else { Duration::from_secs(15) };
+        Some(Snapshots::new(aws::rds(&config), poll))
+    } else {
+        None
+    };
+    let mut confirm = confirmation(&prepared.stack, &place.name, prepared.environment.protected, yes);
+    let view = EventView::new(0);
+    let result =
+        park::park(&deployer, snapshots.as_ref(), &request(&prepared, &place.name), &running, &mut confirm, &mut |e| {
+            view.show(e)
+        })
+        .await;
+    view.finish();
+    let parked = result.with_context(|| format!("parking stack {}", prepared.stack))?;
+    let record = &parked.record;
+    println!(
+        "stack {} parked: {} resource(s) removed; kept buckets {} and {} with their data",
+        prepared.stack,
+        parked.removed.iter().filter(|c| c.action == "remove").count(),
+        record.raw_bucket,
+        record.results_bucket
+    );
+    match &record.snapshot {
+        Some(snapshot) => println!("database kept as snapshot {snapshot}"),
+        None => println!(
+            "database: external (analytics.provider {}), left as it is",
+            prepared.environment.analytics.provider
+        ),
+    }
+    if parked.deletion_protection_lifted {
+        println!("(the database's deletion protection was lifted to remove it; the resumed one has it again)");
+    }
+    if let Some(old) = &parked.superseded_snapshot {
+        println!("the previous parking's snapshot {old} was deleted (the new one holds the data)");
+    }
+    println!(
+        "parking record: s3://{}/{}; `batchgrid deploy {}` resumes it",
+        record.results_bucket,
+        park::RECORD_KEY,
+        place.name
+    );
+    let outputs = deployer.outputs_for(&prepared.stack, &prepared.template).await?;
+    save_outputs(&prepared, &outputs)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Deletes the stack; a protected environment needs `--confirm NAME` and keeps its buckets
 /// and their data (the template retains them), an unprotected one has them emptied first.
 pub async fn teardown(place: Place, confirm: Option<String>) -> anyhow::Result<ExitCode> {
@@ -293,12 +412,25 @@ pub async fn teardown(place: Place, confirm: Option<String>) -> anyhow::Result<E
     let outputs = deployer.outputs_for(&prepared.stack, &prepared.template).await?;
     let buckets: Vec<String> =
         ["RawBucketName", "ResultsBucketName"].iter().filter_map(|key| outputs.get(*key).cloned()).collect();
+    // Read before the buckets are emptied: a parked grid's database is only its snapshot.
+    let record = park::parking_record(&deployer, &prepared.stack, &prepared.template).await.ok().flatten();
     let policy = if protected { Buckets::Keep } else { Buckets::Empty };
     let view = EventView::new(buckets.len() as u64 + 1);
     let result = deployer.teardown(&prepared.stack, &buckets, policy, &mut |e| view.show(e)).await;
     view.finish();
     let done = result.with_context(|| format!("tearing down stack {}", prepared.stack))?;
     let _ = std::fs::remove_file(prepared.dir.join("outputs.json"));
+    if let Some(snapshot) = record.and_then(|r| r.snapshot) {
+        if protected {
+            println!("{} is protected, so its parked database snapshot {snapshot} stays", place.name);
+        } else {
+            let config = aws::sdk_config(&prepared.environment.region).await;
+            let snapshots = Snapshots::new(aws::rds(&config), Duration::from_secs(5));
+            if snapshots.delete(&snapshot).await.with_context(|| format!("deleting snapshot {snapshot}"))? {
+                println!("parked database snapshot {snapshot} deleted");
+            }
+        }
+    }
     if done.kept.is_empty() {
         println!(
             "stack {} deleted ({} objects and versions removed from {} bucket(s))",

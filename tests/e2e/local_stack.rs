@@ -68,7 +68,7 @@ fn free_port() -> u16 {
 
 impl LocalStack {
     /// Deploys the stack and starts the manager and `workers` workers.
-    fn start(workers: usize) -> Self {
+    pub(crate) fn start(workers: usize) -> Self {
         Self::start_with(workers, &[])
     }
 
@@ -180,6 +180,23 @@ impl LocalStack {
         }
     }
 
+    /// Stops the manager and every worker (SIGKILL), as the grid's instances go when it is
+    /// parked.
+    pub(crate) fn stop_processes(&mut self) {
+        for mut child in std::mem::take(&mut self.workers).into_iter().chain(self.manager.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a manager and `workers` workers again, as a resumed grid's instances start.
+    pub(crate) fn start_processes(&mut self, workers: usize) {
+        self.start_manager();
+        for index in 0..workers {
+            self.start_worker(index);
+        }
+    }
+
     /// Sets a variable in the environment of manager processes started from now on.
     pub(crate) fn set_manager_env(&mut self, key: &str, value: &str) {
         self.manager_env.push((key.to_owned(), value.to_owned()));
@@ -269,7 +286,7 @@ impl LocalStack {
         ApiClient::new(&self.manager_url, Secret::new(token)).expect("client")
     }
 
-    fn outputs(&self) -> serde_json::Value {
+    pub(crate) fn outputs(&self) -> serde_json::Value {
         let path = self.dir.path().join("build/local/outputs.json");
         serde_json::from_str(&std::fs::read_to_string(path).expect("outputs")).expect("json")
     }
@@ -283,7 +300,7 @@ impl LocalStack {
 
     /// Submits a job file and follows it to its end, downloading results; returns the exit
     /// code and the JSON report.
-    fn submit_and_watch(&self, job: &Path, results: &Path) -> (Option<i32>, serde_json::Value) {
+    pub(crate) fn submit_and_watch(&self, job: &Path, results: &Path) -> (Option<i32>, serde_json::Value) {
         let output = self.submit_command().arg("--download").arg(results).arg(job).output().expect("run submit");
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
         let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {

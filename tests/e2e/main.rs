@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod local_stack;
 mod logs;
+mod park;
 mod provision;
 mod report;
 mod resume;

@@ -42,6 +42,86 @@ fn every_environment_matches_its_golden_template() {
     }
 }
 
+/// The parked and resumed shapes checked in beside the environments' own renders.
+const SHAPED: [(&str, &str); 3] = [("dev-parked", "dev"), ("prod-parked", "prod"), ("prod-resumed", "prod")];
+
+/// The snapshot the resumed goldens restore from.
+const PARKED_SNAPSHOT: &str = "batchgrid-prod-parked-1764561600";
+
+fn rendered_shaped(golden: &str, name: &str) -> String {
+    let env = load(&root().join("environments"), name, &lookup).expect("environment");
+    let shape = if golden.ends_with("-parked") { Shape::Parked } else { Shape::Resumed { snapshot: PARKED_SNAPSHOT } };
+    render_shape(&engine(&root().join("templates")).expect("engine"), name, &env, shape).expect("render")
+}
+
+/// The parked and resumed shapes render to their checked-in templates; `UPDATE_GOLDEN=1`
+/// rewrites them.
+#[test]
+fn parked_and_resumed_shapes_match_their_golden_templates() {
+    let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for (golden, name) in SHAPED {
+        let text = rendered_shaped(golden, name);
+        let path = golden_dir.join(format!("{golden}.yaml"));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &text).expect("write golden");
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert!(text == expected, "{golden} differs from {}; review and rerun with UPDATE_GOLDEN=1", path.display());
+    }
+}
+
+fn resources(template: &str) -> serde_yaml::Mapping {
+    let parsed: serde_yaml::Value = serde_yaml::from_str(template).expect("YAML");
+    parsed["Resources"].as_mapping().expect("resources").clone()
+}
+
+/// A parked stack holds nothing billed by the hour (no instance, group, database, NAT gateway
+/// or address), and keeps its buckets, queues and log group exactly as the running stack
+/// declares them: the same logical ids and bodies, so CloudFormation keeps the same buckets.
+#[test]
+fn a_parked_stack_keeps_its_data_as_declared_and_nothing_billed_by_the_hour() {
+    for name in ["dev", "prod", "local"] {
+        let running = resources(&rendered(name));
+        let parked = resources(&rendered_shaped(&format!("{name}-parked"), name));
+        let hourly = [
+            "AWS::EC2::Instance",
+            "AWS::AutoScaling::AutoScalingGroup",
+            "AWS::RDS::DBInstance",
+            "AWS::EC2::NatGateway",
+            "AWS::EC2::EIP",
+        ];
+        for (id, body) in &parked {
+            let kind = body["Type"].as_str().unwrap_or_default();
+            assert!(!hourly.contains(&kind), "{name}: parked stack keeps {id:?} ({kind})");
+            assert_eq!(running.get(id), Some(body), "{name}: {id:?} is declared as in the running stack");
+        }
+        for id in ["RawBucket", "ResultsBucket", "InputQueue", "OutputQueue", "LogGroup"] {
+            assert!(parked.contains_key(id), "{name}: parked stack keeps {id}");
+        }
+    }
+}
+
+/// A resumed stack is the running one with its database restored from the snapshot: only the
+/// database differs, and it names the snapshot and none of what a restore refuses beside it.
+#[test]
+fn a_resumed_stack_restores_its_database_from_the_snapshot() {
+    let running = resources(&rendered("prod"));
+    let resumed = resources(&rendered_shaped("prod-resumed", "prod"));
+    assert_eq!(running.keys().collect::<Vec<_>>(), resumed.keys().collect::<Vec<_>>());
+    for (id, body) in &resumed {
+        if id.as_str() != Some("Database") {
+            assert_eq!(running.get(id), Some(body), "{id:?} is as in the running stack");
+        }
+    }
+    let database = &resumed["Database"]["Properties"];
+    assert_eq!(database["DBSnapshotIdentifier"].as_str(), Some(PARKED_SNAPSHOT));
+    for refused in ["DBName", "MasterUsername", "StorageEncrypted"] {
+        assert!(database.get(refused).is_none(), "{refused} beside DBSnapshotIdentifier");
+    }
+    assert_eq!(resumed["Database"]["DeletionPolicy"].as_str(), Some("Snapshot"), "prod still keeps a final snapshot");
+}
+
 #[test]
 fn hostile_values_cannot_change_the_structure() {
     let mut env = load(&root().join("environments"), "dev", &lookup).expect("environment");
@@ -88,8 +168,11 @@ fn an_existing_network_replaces_the_created_one() {
 #[test]
 fn golden_templates_pass_cfn_lint() {
     let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let files: Vec<PathBuf> =
-        ["local", "dev", "ci", "prod"].iter().map(|n| golden_dir.join(format!("{n}.yaml"))).collect();
+    let files: Vec<PathBuf> = ["local", "dev", "ci", "prod"]
+        .into_iter()
+        .chain(SHAPED.map(|(golden, _)| golden))
+        .map(|n| golden_dir.join(format!("{n}.yaml")))
+        .collect();
     assert_cfn_lint_clean(&files);
 }
 
@@ -106,8 +189,11 @@ fn the_makefile_pins_the_checkov_the_tests_expect() {
 #[test]
 fn golden_templates_pass_checkov() {
     let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let files: Vec<PathBuf> =
-        ["local", "dev", "ci", "prod"].iter().map(|n| golden_dir.join(format!("{n}.yaml"))).collect();
+    let files: Vec<PathBuf> = ["local", "dev", "ci", "prod"]
+        .into_iter()
+        .chain(SHAPED.map(|(golden, _)| golden))
+        .map(|n| golden_dir.join(format!("{n}.yaml")))
+        .collect();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         crate::render::assert_checkov_skips_explained(&file.display().to_string(), &text);
