@@ -123,7 +123,13 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         assert_eq!(worker["grid"]["input_queue_url"], "value-of-InputQueue");
         assert_eq!(worker["grid"]["output_queue_url"], "value-of-OutputQueue");
         assert_eq!(worker["grid"]["results_bucket"], "value-of-ResultsBucket");
-        assert_eq!(worker["grid"]["database"]["host"], "value-of-Database.Endpoint.Address");
+        // The RDS instance, or with analytics.provider serverless (dev) the Aurora cluster.
+        let database_resource = if environment.analytics.is_serverless() { "AuroraCluster" } else { "Database" };
+        assert_eq!(
+            worker["grid"]["database"]["host"],
+            format!("value-of-{database_resource}.Endpoint.Address").as_str(),
+            "{name}"
+        );
         let database = &worker["grid"]["database"];
         assert_eq!(database["auth"], "iam", "{name}: workers never read the master secret: {database}");
         assert_eq!(database["user"], "batchgrid_worker", "the role migration 0007 creates");
