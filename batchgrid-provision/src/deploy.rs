@@ -278,18 +278,9 @@ impl Deployer {
         }
         let parsed: serde_yaml::Value = serde_yaml::from_str(template).unwrap_or_default();
         let Some(declared) = parsed.get("Outputs").and_then(|o| o.as_mapping()) else { return Ok(outputs) };
-        let resources = self
-            .cfn
-            .describe_stack_resources()
-            .stack_name(stack)
-            .send()
-            .await
-            .map_err(|e| aws("DescribeStackResources")(e.into_service_error()))?;
-        let physical: BTreeMap<&str, &str> = resources
-            .stack_resources()
-            .iter()
-            .filter_map(|r| Some((r.logical_resource_id()?, r.physical_resource_id()?)))
-            .collect();
+        let resources = self.stack_resources(stack).await?;
+        let physical: BTreeMap<&str, &str> =
+            resources.iter().filter_map(|r| Some((r.logical_resource_id()?, r.physical_resource_id()?))).collect();
         let mut derived = BTreeMap::new();
         for (key, output) in declared {
             let referenced = match output.get("Value") {
@@ -321,19 +312,28 @@ impl Deployer {
     /// The physical id of the stack's resource `logical_id`, or `None` when the stack has no
     /// such resource (a parked stack has no database).
     pub async fn physical_id(&self, stack: &str, logical_id: &str) -> Result<Option<String>, DeployError> {
-        let resources = self
+        Ok(self
+            .stack_resources(stack)
+            .await?
+            .iter()
+            .find(|r| r.logical_resource_id() == Some(logical_id))
+            .and_then(|r| r.physical_resource_id())
+            .map(str::to_owned))
+    }
+
+    /// The stack's resources (DescribeStackResources).
+    async fn stack_resources(
+        &self,
+        stack: &str,
+    ) -> Result<Vec<aws_sdk_cloudformation::types::StackResource>, DeployError> {
+        let described = self
             .cfn
             .describe_stack_resources()
             .stack_name(stack)
             .send()
             .await
             .map_err(|e| aws("DescribeStackResources")(e.into_service_error()))?;
-        Ok(resources
-            .stack_resources()
-            .iter()
-            .find(|r| r.logical_resource_id() == Some(logical_id))
-            .and_then(|r| r.physical_resource_id())
-            .map(str::to_owned))
+        Ok(described.stack_resources.unwrap_or_default())
     }
 
     /// DescribeStacks for one stack; a missing stack is [`DeployError::NoStack`].
