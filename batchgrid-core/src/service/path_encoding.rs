@@ -20,5 +20,7 @@ mod tests {
         assert_eq!(encode_path("sub/a #b?c%20.txt"), "sub/a%20%23b%3Fc%2520.txt");
         assert_eq!(encode_path("plain-name_1.csv~"), "plain-name_1.csv~");
         assert_eq!(encode_path("é"), "%C3%A9");
+        // A job id or result path in a dashboard link (maud escapes it for HTML on top).
+        assert_eq!(encode_path("a/b c?d#e%"), "a/b%20c%3Fd%23e%25");
     }
 }

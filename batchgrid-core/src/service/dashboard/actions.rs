@@ -12,9 +12,10 @@ use axum::{Extension, Form};
 use maud::html;
 
 use super::auth::Caller;
-use super::layout::{error_page, respond, shell, url_path};
+use super::layout::{error_page, respond, shell};
 use super::login::CsrfForm;
 use super::{failure, Dashboard};
+use crate::service::path_encoding::encode_path;
 use crate::service::{JobStatus, ServiceError};
 
 /// What an operator can do to a job from its page.
@@ -99,7 +100,7 @@ pub(super) async fn confirm(
         Ok(status) => status,
         Err(error) => return failure(error),
     };
-    let base = format!("/ui/jobs/{}", url_path(&id));
+    let base = format!("/ui/jobs/{}", encode_path(&id));
     let body = html! {
         h1 { (action.name()) " " (status.name) "?" }
         p { "Job " code { (status.id) } " is " (status.state.as_str()) @if status.paused { " (paused)" } ". " (action.consequence()) }
@@ -128,7 +129,7 @@ pub(super) async fn perform(
         return error_page(StatusCode::NOT_FOUND, "no such action");
     };
     match action.perform(&state, &id).await {
-        Ok(()) => Redirect::to(&format!("/ui/jobs/{}", url_path(&id))).into_response(),
+        Ok(()) => Redirect::to(&format!("/ui/jobs/{}", encode_path(&id))).into_response(),
         Err(error) => failure(error),
     }
 }

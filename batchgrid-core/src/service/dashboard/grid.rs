@@ -9,11 +9,12 @@ use axum::Extension;
 use maud::html;
 
 use super::auth::Caller;
-use super::layout::{duration, respond, shell, time, url_path};
+use super::layout::{duration, respond, shell, time};
 use super::samples::SAMPLE_EVERY;
 use super::{failure, Dashboard};
 use crate::chart;
 use crate::manager::ManagerError;
+use crate::service::path_encoding::encode_path;
 use crate::service::ServiceError;
 
 /// The span of the over-time charts.
@@ -89,7 +90,7 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
                         @if worker.state != "stopped" && !worker.running.is_empty() {
                             ul.running {
                                 @for task in worker.running.iter().take(RUNNING_SHOWN) {
-                                    li { a href=(format!("/ui/jobs/{}", url_path(&task.job_id))) { (task.job_id) }
+                                    li { a href=(format!("/ui/jobs/{}", encode_path(&task.job_id))) { (task.job_id) }
                                          " / stage " (task.stage) " / " (task.task_id) " · " (duration(now.saturating_sub(task.started_at))) }
                                 }
                                 @if worker.running.len() > RUNNING_SHOWN { li { "… and " (worker.running.len() - RUNNING_SHOWN) " more" } }
@@ -133,7 +134,7 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
                                 @for run in schedule.occurrences.iter().take(3) {
                                     (time(run.fire_time)) " "
                                     @match &run.job_id {
-                                        Some(job) => a href=(format!("/ui/jobs/{}", url_path(job))) { (format!("{:?}", run.state).to_lowercase()) },
+                                        Some(job) => a href=(format!("/ui/jobs/{}", encode_path(job))) { (format!("{:?}", run.state).to_lowercase()) },
                                         None => (format!("{:?}", run.state).to_lowercase()),
                                     }
                                     @if let Some(reason) = &run.reason { " (" (reason) ")" }

@@ -12,11 +12,12 @@ use maud::html;
 use super::actions::Action;
 use super::auth::Caller;
 use super::jobs::{rate_and_eta, totals};
-use super::layout::{compute_cost, duration, progress, respond, shell, time, url_path};
+use super::layout::{compute_cost, duration, progress, respond, shell, time};
 use super::stragglers::{self, stragglers};
 use super::{failure, Dashboard};
 use crate::analytics::TimeHistogram;
 use crate::chart;
+use crate::service::path_encoding::encode_path;
 use crate::service::ServiceError;
 use crate::spec::JobSpec;
 
@@ -78,7 +79,7 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
         Ok(workers) => Ok(stragglers(id, workers, &times, now)),
         Err(error) => Err(error.to_string()),
     };
-    let base = format!("/ui/jobs/{}", url_path(id));
+    let base = format!("/ui/jobs/{}", encode_path(id));
     let body = html! {
         h1 { (status.name) " " span class=(format!("state state-{}", status.state.as_str())) #state { (status.state.as_str()) } }
         dl.facts {
@@ -170,7 +171,7 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
                              td { (task.attempts) } td { (task.worker_id.as_deref().unwrap_or("")) }
                              td { pre { (tail(task.last_error.as_deref().unwrap_or(""), ERROR_TAIL)) } }
                              td { @if let Some(stage) = stage_names.get(task.stage as usize) {
-                                 @let logs = format!("{base}/logs/{}/{}", url_path(stage), url_path(&task.task_id));
+                                 @let logs = format!("{base}/logs/{}/{}", encode_path(stage), encode_path(&task.task_id));
                                  a href=(format!("{logs}/stderr")) { "stderr" } " " a href=(format!("{logs}/stdout")) { "stdout" }
                              } } }
                     }
@@ -193,7 +194,7 @@ async fn render(state: &Dashboard, caller: &Caller, id: &str) -> Result<Response
             @if results.entries.is_empty() { p { "No result objects." } } @else {
                 ul #results {
                     @for (path, object) in &results.entries {
-                        li { a href=(format!("{base}/results/{}", url_path(path))) { (path) } " (" (object.size) " bytes)" }
+                        li { a href=(format!("{base}/results/{}", encode_path(path))) { (path) } " (" (object.size) " bytes)" }
                     }
                 }
                 @if results.next.is_some() {

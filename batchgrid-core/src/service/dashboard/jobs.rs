@@ -9,9 +9,10 @@ use maud::html;
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::layout::{compute_cost, duration, progress, respond, shell, time, url_path};
+use super::layout::{compute_cost, duration, progress, respond, shell, time};
 use super::{failure, Dashboard};
 use crate::analytics::{JobList, JobQuery, JobState, StageProgress};
+use crate::service::path_encoding::encode_path;
 use crate::service::ServiceError;
 
 /// Jobs shown on one page.
@@ -101,7 +102,7 @@ async fn render(state: &Dashboard, caller: &Caller, filters: Filters) -> Result<
                     @let (done, expected) = totals(stages);
                     @let (rate, eta) = rate_and_eta(stages, job.started_at, job.finished_at, now);
                     tr.job data-job=(job.id) data-done=(done) {
-                        td { a href=(format!("/ui/jobs/{}", url_path(&job.id))) { (job.name) } br; small { (job.id) } }
+                        td { a href=(format!("/ui/jobs/{}", encode_path(&job.id))) { (job.name) } br; small { (job.id) } }
                         td { span class=(format!("state state-{}", job.state.as_str())) { (job.state.as_str()) } }
                         td { (progress(done, expected)) }
                         td { @if let Some(rate) = rate { (format!("{rate:.1}")) } @else { "–" } }

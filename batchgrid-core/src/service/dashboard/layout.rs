@@ -94,12 +94,6 @@ pub fn progress(done: u64, total: Option<u64>) -> Markup {
     }
 }
 
-/// `segment` percent-encoded for a URL path (`/` kept): a result's path or a job's id can hold
-/// `?`, `#` or spaces, which must not end the path. maud escapes it for HTML on top.
-pub fn url_path(segment: &str) -> String {
-    crate::service::path_encoding::encode_path(segment)
-}
-
 /// A Unix-milliseconds time as UTC.
 pub fn time(millis: i64) -> String {
     chrono::DateTime::from_timestamp_millis(millis)
@@ -118,16 +112,5 @@ pub fn compute_cost(task_ms: u64, price: Option<&crate::metering::ComputePrice>)
     match price {
         Some(price) => format!("${:.2} ({hours:.1} task-h)", price.cost_of(task_ms)),
         None => format!("{hours:.1} task-h"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_encoded() {
-        assert_eq!(url_path("a/b c?d#e%"), "a/b%20c%3Fd%23e%25");
-        assert_eq!(url_path("é"), "%C3%A9");
     }
 }
