@@ -89,6 +89,22 @@ impl S3Store {
         StoreError::backend(format!("{action} s3://{}/{}{key}", self.bucket, self.prefix), S3Failure(error_text(error)))
     }
 
+    /// GetObject of `key` (of `range`, when given); a missing object is [`StoreError::NotFound`],
+    /// any other failure named by `action`.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<String>,
+        action: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+        let full_key = self.full_key(key)?;
+        match self.client.get_object().bucket(&self.bucket).key(full_key).set_range(range).send().await {
+            Ok(output) => Ok(output),
+            Err(e) if is_not_found(&e) => Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => Err(self.fail(action, key, &e)),
+        }
+    }
+
     async fn put_multipart(&self, key: &str, full_key: &str, path: &Path, size: u64) -> Result<(), StoreError> {
         let created = self
             .client
@@ -217,12 +233,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let full_key = self.full_key(key)?;
-        let output = match self.client.get_object().bucket(&self.bucket).key(full_key).send().await {
-            Ok(output) => output,
-            Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(key.to_owned())),
-            Err(e) => return Err(self.fail("get", key, &e)),
-        };
+        let output = self.get_object(key, None, "get").await?;
         let data = output.body.collect().await.map_err(|e| self.fail("read", key, &e))?;
         Ok(data.into_bytes())
     }
@@ -231,14 +242,8 @@ impl ObjectStore for S3Store {
         if start >= end {
             return Ok(Bytes::new());
         }
-        let full_key = self.full_key(key)?;
         // HTTP ranges are inclusive; a range past the end is cut short by S3, not refused.
-        let range = format!("bytes={start}-{}", end - 1);
-        let output = match self.client.get_object().bucket(&self.bucket).key(full_key).range(range).send().await {
-            Ok(output) => output,
-            Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(key.to_owned())),
-            Err(e) => return Err(self.fail("get_range", key, &e)),
-        };
+        let output = self.get_object(key, Some(format!("bytes={start}-{}", end - 1)), "get_range").await?;
         let data = output.body.collect().await.map_err(|e| self.fail("read", key, &e))?;
         Ok(data.into_bytes())
     }
@@ -255,12 +260,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
-        let full_key = self.full_key(key)?;
-        let output = match self.client.get_object().bucket(&self.bucket).key(full_key).send().await {
-            Ok(output) => output,
-            Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(key.to_owned())),
-            Err(e) => return Err(self.fail("get", key, &e)),
-        };
+        let output = self.get_object(key, None, "get").await?;
         let local = |e: std::io::Error| StoreError::backend(format!("write {}", path.display()), e);
         let mut file = tokio::fs::File::create(path).await.map_err(local)?;
         let mut body = output.body;
@@ -274,12 +274,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_stream(&self, key: &str) -> Result<ObjectReader, StoreError> {
-        let full_key = self.full_key(key)?;
-        let output = match self.client.get_object().bucket(&self.bucket).key(full_key).send().await {
-            Ok(output) => output,
-            Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(key.to_owned())),
-            Err(e) => return Err(self.fail("get", key, &e)),
-        };
+        let output = self.get_object(key, None, "get").await?;
         let size = output.content_length.unwrap_or(0).max(0) as u64;
         let failed = self.fail("read", key, &S3Failure("the body broke off".into()));
         let context = failed.to_string();
