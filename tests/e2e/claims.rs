@@ -25,12 +25,24 @@ pub fn reference(dir: &std::path::Path, input: &std::path::Path) -> std::path::P
     out
 }
 
+/// The example job's split line, which [`claims_job_split`] replaces.
+const EXAMPLE_SPLIT: &str = "  bytes: 16MiB\n";
+
 /// The example's job file with its input and output under `dir`.
 pub fn claims_job(dir: &std::path::Path) -> String {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/claims/job.yaml");
     let text = std::fs::read_to_string(example).expect("read example job");
     text.replace("../../build/demo/claims.csv", &dir.join("claims.csv").display().to_string())
         .replace("../../build/demo/results", &dir.join("results").display().to_string())
+}
+
+/// The example's job file split by `split` (`lines: 20000`) instead: tests use smaller inputs
+/// than the demo and want several tasks of them.
+pub fn claims_job_split(dir: &std::path::Path, split: &str) -> String {
+    let text = claims_job(dir);
+    // Loud, not a silent no-op, if the example's split changes.
+    assert!(text.contains(EXAMPLE_SPLIT), "the example job no longer splits by `{}`", EXAMPLE_SPLIT.trim());
+    text.replace(EXAMPLE_SPLIT, &format!("  {split}\n"))
 }
 
 /// What `make demo` does, asserted: 1,000,000 claims on 2 workers, totals equal to the
@@ -43,7 +55,7 @@ fn demo_totals_equal_the_single_process_reference() {
     let result = run_job(dir.path(), &claims_job(dir.path()), &["--workers", "2"]);
     assert_eq!(result.code, Some(0), "stderr: {}", result.stderr);
     assert_eq!(result.report["state"], "completed");
-    assert_eq!(result.report["stages"][0]["done"], 20, "1,000,000 rows in chunks of 50,000");
+    assert_eq!(result.report["stages"][0]["done"], 4, "1,000,000 rows (51 MB) in ranges of at most 16 MiB");
     assert_eq!(result.report["stages"][1]["done"], 1);
     assert_same_tree(&expected, &dir.path().join("results"));
     let summary = std::fs::read_to_string(dir.path().join("results/summary.txt")).expect("summary");
@@ -63,8 +75,7 @@ async fn a_worker_killed_mid_task_loses_nothing() {
         "command: [sh, -c, 'if [ \"$BATCHGRID_TASK_ID\" = 000001 ] && [ ! -e {marker} ]; then touch {marker}; kill -9 $(ps -o ppid= -p $PPID); sleep 1; exit 1; fi; exec batchgrid-claims validate \"$0\" \"$1\"', \"{{input}}\", \"{{output}}\"]",
         marker = marker.display()
     );
-    let job = claims_job(dir.path())
-        .replace("lines: 50000", "lines: 20000")
+    let job = claims_job_split(dir.path(), "lines: 20000")
         .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", &killer);
     // The task leaves its marker in the test's directory.
     let writable = [("BATCHGRID_TASK_WRITABLE", dir.path().to_str().expect("utf-8 path"))];

@@ -12,7 +12,7 @@ use batchgrid_core::service::client::ApiClient;
 use batchgrid_testkit::postgres::TestDatabase;
 use batchgrid_testkit::{MetadataServer, Moto};
 
-use crate::claims::{claims_job, generate, reference};
+use crate::claims::{claims_job_split, generate, reference};
 use crate::harness::{assert_same_tree, batchgrid_against, block_on};
 
 pub(crate) const TOKEN: &str = "local-stack-test-token";
@@ -362,7 +362,7 @@ fn claims_on_the_local_stack_equal_the_reference() {
     let input = generate(dir, 120_000);
     let expected = reference(dir, &input);
     let job = dir.join("claims.yaml");
-    std::fs::write(&job, claims_job(dir).replace("lines: 50000", "lines: 20000")).expect("write job");
+    std::fs::write(&job, claims_job_split(dir, "lines: 20000")).expect("write job");
     let (code, report) = stack.submit_and_watch(&job, &dir.join("results"));
     assert_eq!(code, Some(0), "report: {report}");
     assert_eq!(report["state"], "completed");
@@ -426,7 +426,7 @@ fn claims_split_by_byte_ranges_of_the_s3_object_equal_the_reference() {
     let job = dir.join("claims.yaml");
     // About seven ranges, cut anywhere: inside lines, inside fields.
     let range = size / 7 + 13;
-    std::fs::write(&job, claims_job(dir).replace("lines: 50000", &format!("bytes: {range}"))).expect("write job");
+    std::fs::write(&job, claims_job_split(dir, &format!("bytes: {range}"))).expect("write job");
     let (code, report) = stack.submit_and_watch(&job, &dir.join("results"));
     assert_eq!(code, Some(0), "report: {report}");
     // One task per range of the body (the header line is not split).
@@ -526,8 +526,7 @@ fn a_worker_killed_mid_task_on_the_local_stack_loses_nothing() {
         marker = marker.display()
     );
     let job = dir.join("claims.yaml");
-    let text = claims_job(dir)
-        .replace("lines: 50000", "lines: 20000")
+    let text = claims_job_split(dir, "lines: 20000")
         .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", &killer);
     std::fs::write(&job, text).expect("write job");
     let (code, report) = stack.submit_and_watch(&job, &dir.join("results"));
@@ -667,8 +666,7 @@ async fn a_worker_on_an_instance_protects_it_while_busy_and_hands_its_tasks_over
     let expected = reference(&dir, &input);
     let slow = "command: [sh, -c, 'sleep 1; case \"$PWD\" in *scratch-0*) [ -e SLOW ] && sleep 120;; esac; exec batchgrid-claims validate \"$0\" \"$1\"', \"{input}\", \"{output}\"]";
     let job = dir.join("claims.yaml");
-    let text = claims_job(&dir)
-        .replace("lines: 50000", "lines: 20000")
+    let text = claims_job_split(&dir, "lines: 20000")
         .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", slow);
     std::fs::write(&job, text.replace("SLOW", &dir.join("slow").display().to_string())).expect("job");
     let first = {
@@ -802,8 +800,7 @@ async fn the_manager_scales_the_group_from_zero_with_a_job_and_back_after_the_de
     let job = dir.join("claims.yaml");
     // Slow tasks keep the job running long enough to see the group held while work remains.
     let slow = "command: [sh, -c, 'sleep 1; exec batchgrid-claims validate \"$0\" \"$1\"', \"{input}\", \"{output}\"]";
-    let text = claims_job(&dir)
-        .replace("lines: 50000", "lines: 10000")
+    let text = claims_job_split(&dir, "lines: 10000")
         .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", slow);
     std::fs::write(&job, text).expect("job");
     let submitted = Instant::now();

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::claims::{claims_job, generate, reference};
+use crate::claims::{claims_job_split, generate, reference};
 use crate::harness::{assert_same_tree, block_on};
 use crate::local_stack::{LocalStack, REGION};
 
@@ -63,7 +63,7 @@ fn a_parked_grid_keeps_its_data_and_resumes_with_its_history() {
     let input = generate(&dir, 40_000);
     let expected = reference(&dir, &input);
     let job = dir.join("claims.yaml");
-    std::fs::write(&job, claims_job(&dir).replace("lines: 50000", "lines: 20000")).expect("write job");
+    std::fs::write(&job, claims_job_split(&dir, "lines: 20000")).expect("write job");
     let (code, report) = stack.submit_and_watch(&job, &dir.join("results"));
     assert_eq!(code, Some(0), "report: {report}");
     let job_id = report["job_id"].as_str().expect("job id").to_owned();

@@ -16,7 +16,7 @@ use batchgrid_core::spec::{InputPolicy, Overrides};
 use batchgrid_core::worker::{Worker, WorkerSettings};
 use tokio::sync::oneshot;
 
-use crate::claims::{claims_job, generate};
+use crate::claims::{claims_job_split, generate};
 use crate::harness::{batchgrid, claims_bin};
 
 /// The claims job over `rows` rows in `dir`, in chunks of 5,000, naming the binary by its path.
@@ -24,7 +24,7 @@ fn claims(dir: &Path, rows: u64) -> String {
     std::fs::create_dir_all(dir).expect("run directory");
     generate(dir, rows);
     let bin = claims_bin().display().to_string();
-    claims_job(dir).replace("lines: 50000", "lines: 5000").replace("[batchgrid-claims,", &format!("[{bin},"))
+    claims_job_split(dir, "lines: 5000").replace("[batchgrid-claims,", &format!("[{bin},"))
 }
 
 async fn run(service: &Arc<JobService>, text: &str) -> String {

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::claims::{claims_job, generate, reference};
+use crate::claims::{claims_job_split, generate, reference};
 use crate::harness::{analytics, assert_same_tree, batchgrid};
 use batchgrid_core::analytics::AnalyticsStore;
 
@@ -22,8 +22,7 @@ fn a_killed_run_is_resumed_to_exact_results_and_leaves_no_worker_behind() {
     // Ten chunks of half a second each on 2 workers x 1 slot: the run is killed part-way.
     let slow =
         "command: [sh, -c, 'sleep 0.5; exec batchgrid-claims validate \"$0\" \"$1\"', \"{input}\", \"{output}\"]";
-    let job = claims_job(dir.path())
-        .replace("lines: 50000", "lines: 10000")
+    let job = claims_job_split(dir.path(), "lines: 10000")
         .replace("command: [batchgrid-claims, validate, \"{input}\", \"{output}\"]", slow);
     let job_path = dir.path().join("job.yaml");
     std::fs::write(&job_path, job).expect("job");

@@ -8,7 +8,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use super::lines::LineCutter;
-use super::{plan, RangeError, RangeInput, MAX_HEADER_BYTES};
+use super::{RangeError, RangeInput, MAX_HEADER_BYTES};
 
 /// Read buffer of the line scan.
 const SCAN_BUFFER: usize = 1 << 20;
@@ -24,9 +24,23 @@ pub fn describe(input: &Path, header: bool) -> Result<RangeInput, RangeError> {
     RangeInput::with_header(&prefix, size)
 }
 
-/// Ranges of `range_bytes` over the body, from the size alone.
+/// Ranges of at most `range_bytes` over the body, from the size alone, as few as that allows
+/// and of equal sizes (within a byte): a short last range would leave a worker idle while
+/// another runs a full one, and that tail is the job's critical path.
 pub fn byte_ranges(input: &RangeInput, range_bytes: u64) -> Vec<(u64, u64)> {
-    plan(input.body_start, input.size, range_bytes)
+    let body = input.size.saturating_sub(input.body_start);
+    let count = body.div_ceil(range_bytes.max(1)).max(1);
+    let (base, longer) = (body / count, body % count);
+    let mut ranges = Vec::new();
+    let mut start = input.body_start;
+    for index in 0..count {
+        let end = start + base + u64::from(index < longer);
+        if end > start {
+            ranges.push((start, end));
+        }
+        start = end;
+    }
+    ranges
 }
 
 /// Ranges of exactly `lines` lines (the last one fewer) over the body, found by reading the

@@ -111,6 +111,22 @@ fn ranges_cover_the_body_once() {
 }
 
 #[test]
+fn a_split_cuts_ranges_of_equal_size_no_wider_than_asked() {
+    let input = |body_start, size| RangeInput { size, body_start, header: None };
+    let ranges = super::local::byte_ranges;
+    // 10 bytes at most 4 wide: three ranges (not 4, 4, 2), within a byte of each other.
+    assert_eq!(ranges(&input(4, 14), 4), vec![(4, 8), (8, 11), (11, 14)]);
+    assert_eq!(ranges(&input(0, 12), 4), vec![(0, 4), (4, 8), (8, 12)], "an exact fit is unchanged");
+    assert_eq!(ranges(&input(0, 0), 4), vec![]);
+    assert_eq!(ranges(&input(6, 6), 4), vec![], "a header only");
+    assert_eq!(ranges(&input(0, 3), 0), vec![(0, 1), (1, 2), (2, 3)], "a zero width is one byte");
+    // The claims example at 1,000,000 rows: 16 MiB asked, four ranges of about 12.7 MB.
+    let sizes: Vec<u64> = ranges(&input(0, 50_864_139), 16 << 20).iter().map(|(a, b)| b - a).collect();
+    assert_eq!(sizes.len(), 4);
+    assert!(sizes.iter().max().zip(sizes.iter().min()).is_some_and(|(a, b)| a - b <= 1), "{sizes:?}");
+}
+
+#[test]
 fn a_range_reads_little_more_than_itself() {
     let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n".repeat(10_000);
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
