@@ -161,7 +161,6 @@ fn a_resumed_serverless_stack_restores_its_cluster_from_the_snapshot() {
     ] {
         assert_eq!(cluster.get(kept), before.get(kept), "{kept} as in the running stack");
     }
-    assert_eq!(resumed["AuroraCluster"]["Metadata"]["checkov"]["skip"][0]["id"].as_str(), Some("CKV_AWS_96"));
 }
 
 #[test]
