@@ -1,11 +1,12 @@
 //! Parking a grid between peaks and resuming it.
 //!
-//! Parking snapshots the analytics database (RDS CreateDBSnapshot), then shrinks the stack to
-//! its data ([`crate::render::Shape::Parked`]): the buckets, queues and log group stay, and
-//! everything billed by the hour goes. What was kept is written to the parking record, an
-//! object in the results bucket ([`RECORD_KEY`]), before the stack shrinks. A deploy that
-//! finds the record renders the whole grid again with the database restored from the recorded
-//! snapshot ([`crate::render::Shape::Resumed`]), in the same stack, so the same buckets.
+//! Parking snapshots the analytics database (an RDS instance's DB snapshot, or an Aurora
+//! cluster's DB cluster snapshot: [`DatabaseKind`]), then shrinks the stack to its data
+//! ([`crate::render::Shape::Parked`]): the buckets, queues and log group stay, and everything
+//! billed by the hour goes. What was kept is written to the parking record, an object in the
+//! results bucket ([`RECORD_KEY`]), before the stack shrinks. A deploy that finds the record
+//! renders the whole grid again with the database restored from the recorded snapshot
+//! ([`crate::render::Shape::Resumed`]), in the same stack, so the same buckets.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,10 @@ use aws_sdk_rds::Client as RdsClient;
 use serde::{Deserialize, Serialize};
 
 use crate::deploy::{error_message, DeployError, DeployRequest, Deployer, Event, PlannedChange};
+
+mod database;
+
+pub use database::DatabaseKind;
 
 /// Where the parking record lives in the results bucket: outside `jobs/`, which expires.
 pub const RECORD_KEY: &str = "batchgrid/parking.json";
@@ -38,14 +43,30 @@ pub enum ParkError {
         message: String,
     },
     /// The snapshot ended in a state other than `available`.
-    #[error("snapshot {snapshot} of {instance} is {status}, not available")]
+    #[error("snapshot {snapshot} of {database} is {status}, not available")]
     SnapshotFailed {
         /// The snapshot.
         snapshot: String,
-        /// The database instance.
-        instance: String,
+        /// The database instance or cluster.
+        database: String,
         /// Its last status.
         status: String,
+    },
+    /// The parked snapshot is of another kind of database than the environment now creates
+    /// (its `analytics.provider` changed while parked), so the template cannot restore it.
+    #[error(
+        "stack {stack} was parked with a snapshot of an {parked} ({snapshot}), but the environment now \
+         creates an {wanted}: set analytics.provider back to resume it"
+    )]
+    KindMismatch {
+        /// The stack.
+        stack: String,
+        /// The parked snapshot.
+        snapshot: String,
+        /// What it is a snapshot of.
+        parked: DatabaseKind,
+        /// What the environment creates now.
+        wanted: DatabaseKind,
     },
     /// Waiting took longer than allowed.
     #[error("gave up waiting for {0}")]
@@ -87,15 +108,46 @@ pub struct ParkingRecord {
     /// When it was resumed (RFC 3339), once it was.
     #[serde(default)]
     pub resumed_at: Option<String>,
-    /// The DB snapshot the database is restored from; none with an external database.
+    /// The snapshot the database is restored from; none with an external database.
     pub snapshot: Option<String>,
-    /// The database instance the snapshot was taken of.
+    /// What `snapshot` is: a DB snapshot of an instance or a DB cluster snapshot (records from
+    /// before clusters could be parked have no such field and are of an instance).
+    #[serde(default)]
+    pub snapshot_kind: DatabaseKind,
+    /// The database instance the snapshot was taken of (kind `instance`).
     #[serde(default)]
     pub database_instance: Option<String>,
+    /// The Aurora cluster the snapshot was taken of (kind `cluster`).
+    #[serde(default)]
+    pub database_cluster: Option<String>,
     /// The raw input bucket, kept with its data.
     pub raw_bucket: String,
     /// The results bucket, kept with its data (and this record).
     pub results_bucket: String,
+}
+
+impl ParkingRecord {
+    /// The database the snapshot was taken of, instance or cluster as the kind says.
+    pub fn database(&self) -> Option<&str> {
+        match self.snapshot_kind {
+            DatabaseKind::Instance => self.database_instance.as_deref(),
+            DatabaseKind::Cluster => self.database_cluster.as_deref(),
+        }
+    }
+
+    /// Refuses to resume from a snapshot of another kind of database than the environment now
+    /// creates (`wanted`; `None` for an external database, which restores nothing).
+    pub fn check_resumable(&self, wanted: Option<DatabaseKind>) -> Result<(), ParkError> {
+        match (&self.snapshot, wanted) {
+            (Some(snapshot), Some(wanted)) if wanted != self.snapshot_kind => Err(ParkError::KindMismatch {
+                stack: self.stack.clone(),
+                snapshot: snapshot.clone(),
+                parked: self.snapshot_kind,
+                wanted,
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Now, in RFC 3339 to the second.
@@ -147,76 +199,60 @@ pub async fn write_record(s3: &aws_sdk_s3::Client, record: &ParkingRecord) -> Re
     Ok(())
 }
 
-/// The analytics database's snapshots, through RDS.
+/// The analytics database's snapshots, through RDS, for one kind of database.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
     rds: RdsClient,
+    kind: DatabaseKind,
     poll: Duration,
     max_polls: u32,
 }
 
 impl Snapshots {
-    /// Snapshots through this client, polling every `poll` for at most two hours.
-    pub fn new(rds: RdsClient, poll: Duration) -> Self {
+    /// Snapshots of `kind` through this client, polling every `poll` for at most two hours.
+    pub fn new(rds: RdsClient, kind: DatabaseKind, poll: Duration) -> Self {
         let max_polls = u32::try_from(7200 / poll.as_secs().max(1)).unwrap_or(u32::MAX);
-        Self { rds, poll, max_polls }
+        Self { rds, kind, poll, max_polls }
     }
 
-    /// Turns the instance's deletion protection off when it is on, so the parked stack can
+    /// The kind of database these snapshots are of.
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// The same client for snapshots of another kind (a record written by an earlier parking
+    /// names its own).
+    pub fn of_kind(&self, kind: DatabaseKind) -> Self {
+        Self { kind, ..self.clone() }
+    }
+
+    /// Turns the database's deletion protection off when it is on, so the parked stack can
     /// delete it (its data is in the snapshot by then); says whether it was on.
-    pub async fn allow_deletion(&self, instance: &str) -> Result<bool, ParkError> {
-        let described = self
-            .rds
-            .describe_db_instances()
-            .db_instance_identifier(instance)
-            .send()
-            .await
-            .map_err(|e| aws("DescribeDBInstances")(e.into_service_error()))?;
-        let protected = described.db_instances().first().and_then(|i| i.deletion_protection()).unwrap_or(false);
+    pub async fn allow_deletion(&self, database: &str) -> Result<bool, ParkError> {
+        let protected = self.kind.deletion_protected(&self.rds, database).await?;
         if protected {
-            self.set_deletion_protection(instance, false).await?;
+            self.set_deletion_protection(database, false).await?;
         }
         Ok(protected)
     }
 
-    /// Turns the instance's deletion protection on or off, at once.
-    pub async fn set_deletion_protection(&self, instance: &str, on: bool) -> Result<(), ParkError> {
-        self.rds
-            .modify_db_instance()
-            .db_instance_identifier(instance)
-            .deletion_protection(on)
-            .apply_immediately(true)
-            .send()
-            .await
-            .map_err(|e| aws("ModifyDBInstance")(e.into_service_error()))?;
-        Ok(())
+    /// Turns the database's deletion protection on or off, at once.
+    pub async fn set_deletion_protection(&self, database: &str, on: bool) -> Result<(), ParkError> {
+        self.kind.set_deletion_protection(&self.rds, database, on).await
     }
 
-    /// Takes snapshot `snapshot` of `instance` and waits until it is available.
-    pub async fn take(&self, instance: &str, snapshot: &str) -> Result<(), ParkError> {
-        self.rds
-            .create_db_snapshot()
-            .db_instance_identifier(instance)
-            .db_snapshot_identifier(snapshot)
-            .send()
-            .await
-            .map_err(|e| aws("CreateDBSnapshot")(e.into_service_error()))?;
+    /// Takes snapshot `snapshot` of `database` and waits until it is available.
+    pub async fn take(&self, database: &str, snapshot: &str) -> Result<(), ParkError> {
+        self.kind.create_snapshot(&self.rds, database, snapshot).await?;
         for _ in 0..self.max_polls {
-            let described = self
-                .rds
-                .describe_db_snapshots()
-                .db_snapshot_identifier(snapshot)
-                .send()
-                .await
-                .map_err(|e| aws("DescribeDBSnapshots")(e.into_service_error()))?;
-            let status = described.db_snapshots().first().and_then(|s| s.status()).unwrap_or("creating");
-            match status {
+            let status = self.kind.snapshot_status(&self.rds, snapshot).await?;
+            match status.as_deref().unwrap_or("creating") {
                 "available" => return Ok(()),
                 "creating" | "copying" | "pending" => tokio::time::sleep(self.poll).await,
                 other => {
                     return Err(ParkError::SnapshotFailed {
                         snapshot: snapshot.to_owned(),
-                        instance: instance.to_owned(),
+                        database: database.to_owned(),
                         status: other.to_owned(),
                     })
                 }
@@ -227,22 +263,28 @@ impl Snapshots {
 
     /// Deletes a snapshot; one already gone is no error. Says whether it was there.
     pub async fn delete(&self, snapshot: &str) -> Result<bool, ParkError> {
-        match self.rds.delete_db_snapshot().db_snapshot_identifier(snapshot).send().await {
-            Ok(_) => Ok(true),
-            Err(error) => {
-                let error = error.into_service_error();
-                if error.is_db_snapshot_not_found_fault() {
-                    Ok(false)
-                } else {
-                    Err(aws("DeleteDBSnapshot")(error))
-                }
-            }
-        }
+        self.kind.delete_snapshot(&self.rds, snapshot).await
     }
 }
 
-/// The logical id of the analytics database in the grid's template.
+/// Deletes the snapshot a parking record names, of the kind it names (teardown of a parked
+/// grid: nothing restores from it any more). Says which snapshot went; `None` when the record
+/// names none or it was gone already.
+pub async fn delete_parked_snapshot(
+    snapshots: &Snapshots,
+    record: &ParkingRecord,
+) -> Result<Option<String>, ParkError> {
+    let Some(snapshot) = &record.snapshot else { return Ok(None) };
+    let deleted = snapshots.of_kind(record.snapshot_kind).delete(snapshot).await?;
+    Ok(deleted.then(|| snapshot.clone()))
+}
+
+/// The logical id of the analytics database (an RDS instance) in the grid's template.
 pub const DATABASE: &str = "Database";
+
+/// The logical id of the analytics database with `analytics.provider: serverless` (an Aurora
+/// cluster) in the grid's template.
+pub const AURORA_CLUSTER: &str = "AuroraCluster";
 
 /// What parking did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,23 +327,26 @@ pub async fn park(
     }
     let (raw_bucket, results_bucket) = buckets(deployer, stack, running_template).await?;
     let previous = read_record(deployer.s3(), &results_bucket).await?;
-    let instance = match snapshots {
-        Some(_) => deployer.physical_id(stack, DATABASE).await?,
+    let database = match snapshots {
+        Some(snapshots) => deployer.physical_id(stack, snapshots.kind().logical_id()).await?,
         None => None,
     };
     let mut lifted = false;
-    let (snapshot, fresh) = match (snapshots, &instance) {
-        (Some(snapshots), Some(instance)) => {
+    let (snapshot, kind, database, fresh) = match (snapshots, database) {
+        (Some(snapshots), Some(database)) => {
             let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let id = snapshot_id(stack, unix);
-            on_event(&Event { logical_id: instance.clone(), status: format!("snapshotting to {id}"), reason: None });
-            snapshots.take(instance, &id).await?;
-            lifted = snapshots.allow_deletion(instance).await?;
+            on_event(&Event { logical_id: database.clone(), status: format!("snapshotting to {id}"), reason: None });
+            snapshots.take(&database, &id).await?;
+            lifted = snapshots.allow_deletion(&database).await?;
             on_event(&Event { logical_id: id.clone(), status: "snapshot available".into(), reason: None });
-            (Some(id), true)
+            (Some(id), snapshots.kind(), Some(database), true)
         }
         // Parked already (or no database of its own): the data is where the record says.
-        _ => (previous.as_ref().and_then(|r| r.snapshot.clone()), false),
+        _ => match &previous {
+            Some(r) => (r.snapshot.clone(), r.snapshot_kind, r.database().map(str::to_owned), false),
+            None => (None, DatabaseKind::default(), None, false),
+        },
     };
     let record = ParkingRecord {
         state: ParkState::Parked,
@@ -309,7 +354,9 @@ pub async fn park(
         parked_at: now_text(),
         resumed_at: None,
         snapshot: snapshot.clone(),
-        database_instance: instance.or_else(|| previous.as_ref().and_then(|r| r.database_instance.clone())),
+        snapshot_kind: kind,
+        database_instance: database.clone().filter(|_| kind == DatabaseKind::Instance),
+        database_cluster: database.filter(|_| kind == DatabaseKind::Cluster),
         raw_bucket,
         results_bucket,
     };
@@ -319,18 +366,19 @@ pub async fn park(
         Ok((crate::deploy::DeployOutcome::Unchanged, _)) => Vec::new(),
         Err(error) => {
             restore_record(deployer.s3(), &record.results_bucket, previous.as_ref()).await?;
-            if let (Some(snapshots), Some(instance), true) = (snapshots, &record.database_instance, lifted) {
-                snapshots.set_deletion_protection(instance, true).await?;
+            if let (Some(snapshots), Some(database), true) = (snapshots, record.database(), lifted) {
+                snapshots.set_deletion_protection(database, true).await?;
             }
             return Err(error.into());
         }
     };
     // The database made from an earlier parking's snapshot is gone and a newer snapshot holds
     // its data: the older one would only cost storage.
+    // It is deleted as the kind its own record names.
     let mut superseded = None;
-    if let (Some(snapshots), true, Some(old)) = (snapshots, fresh, previous.and_then(|r| r.snapshot)) {
-        if Some(&old) != snapshot.as_ref() && snapshots.delete(&old).await? {
-            superseded = Some(old);
+    if let (Some(snapshots), true, Some(previous)) = (snapshots, fresh, previous) {
+        if previous.snapshot != snapshot {
+            superseded = delete_parked_snapshot(snapshots, &previous).await?;
         }
     }
     Ok(Parked { record, removed, deletion_protection_lifted: lifted, superseded_snapshot: superseded })

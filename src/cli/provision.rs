@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use batchgrid_provision::deploy::{Buckets, DeployOutcome, DeployRequest, Deployer, Event, PlannedChange};
 use batchgrid_provision::environment::Environment;
-use batchgrid_provision::park::{ParkState, ParkingRecord, Snapshots};
+use batchgrid_provision::park::{DatabaseKind, ParkState, ParkingRecord, Snapshots};
 use batchgrid_provision::render::Shape;
 use batchgrid_provision::{aws, cost, environment, park, preflight, render};
 
@@ -81,11 +81,6 @@ fn reshape(place: &Place, prepared: &mut Prepared, shape: Shape<'_>) -> anyhow::
     std::fs::write(&path, &prepared.template).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Whether the environment's stack makes its own database (and so has snapshots to take).
-fn has_database(environment: &Environment) -> bool {
-    environment.analytics.provider == "rds"
-}
-
 /// A parked or resumed stack's record; the template is then rendered resumed from its snapshot
 /// (a resumed database keeps naming it, or CloudFormation would replace it with an empty one).
 async fn resume_shape(
@@ -96,10 +91,11 @@ async fn resume_shape(
     let record = park::parking_record(deployer, &prepared.stack, &prepared.template)
         .await
         .with_context(|| format!("reading the parking record of stack {}", prepared.stack))?;
-    if let Some(snapshot) = record.as_ref().and_then(|r| r.snapshot.as_deref()) {
-        if has_database(&prepared.environment) {
-            reshape(place, prepared, Shape::Resumed { snapshot })?;
-        }
+    let Some(found) = &record else { return Ok(record) };
+    let kind = DatabaseKind::of(&prepared.environment.analytics);
+    found.check_resumable(kind)?;
+    if let (Some(snapshot), Some(_)) = (found.snapshot.as_deref(), kind) {
+        reshape(place, prepared, Shape::Resumed { snapshot })?;
     }
     Ok(record)
 }
@@ -340,24 +336,17 @@ fn save_outputs(prepared: &Prepared, outputs: &BTreeMap<String, String>) -> anyh
 /// first, as a deploy does.
 pub async fn park(place: Place, yes: bool) -> anyhow::Result<ExitCode> {
     let mut prepared = prepare(&place)?;
-    // Parking snapshots an RDS instance; an Aurora cluster needs a cluster snapshot and a
-    // restore through the cluster, not built yet. Refused rather than removed unsnapshotted.
-    anyhow::ensure!(
-        !prepared.environment.analytics.is_serverless(),
-        "{}: analytics.provider: serverless cannot be parked yet (its Aurora cluster would be \
-         removed without a snapshot); use `batchgrid teardown` (a protected environment keeps a final snapshot), \
-         or analytics.provider: rds",
-        place.environments.join(format!("{}.yaml", place.name)).display()
-    );
     let running = prepared.template.clone();
     reshape(&place, &mut prepared, Shape::Parked)?;
     let deployer = deployer(&prepared.environment).await;
-    let snapshots = if has_database(&prepared.environment) {
-        let config = aws::sdk_config(&prepared.environment.region).await;
-        let poll = if aws::endpoint_override(&config) { Duration::from_millis(300) } else { Duration::from_secs(15) };
-        Some(Snapshots::new(aws::rds(&config), poll))
-    } else {
-        None
+    let snapshots = match DatabaseKind::of(&prepared.environment.analytics) {
+        Some(kind) => {
+            let config = aws::sdk_config(&prepared.environment.region).await;
+            let poll =
+                if aws::endpoint_override(&config) { Duration::from_millis(300) } else { Duration::from_secs(15) };
+            Some(Snapshots::new(aws::rds(&config), kind, poll))
+        }
+        None => None,
     };
     let mut confirm = confirmation(&prepared.stack, &place.name, prepared.environment.protected, yes);
     let view = EventView::new(0);
@@ -377,7 +366,7 @@ pub async fn park(place: Place, yes: bool) -> anyhow::Result<ExitCode> {
         record.results_bucket
     );
     match &record.snapshot {
-        Some(snapshot) => println!("database kept as snapshot {snapshot}"),
+        Some(snapshot) => println!("database ({}) kept as snapshot {snapshot}", record.snapshot_kind),
         None => println!(
             "database: external (analytics.provider {}), left as it is",
             prepared.environment.analytics.provider
@@ -420,14 +409,20 @@ pub async fn teardown(place: Place, confirm: Option<String>) -> anyhow::Result<E
     view.finish();
     let done = result.with_context(|| format!("tearing down stack {}", prepared.stack))?;
     let _ = std::fs::remove_file(prepared.dir.join("outputs.json"));
-    if let Some(snapshot) = record.and_then(|r| r.snapshot) {
+    if let Some(record) = record.filter(|r| r.snapshot.is_some()) {
+        let snapshot = record.snapshot.as_deref().unwrap_or_default();
         if protected {
             println!("{} is protected, so its parked database snapshot {snapshot} stays", place.name);
         } else {
             let config = aws::sdk_config(&prepared.environment.region).await;
-            let snapshots = Snapshots::new(aws::rds(&config), Duration::from_secs(5));
-            if snapshots.delete(&snapshot).await.with_context(|| format!("deleting snapshot {snapshot}"))? {
-                println!("parked database snapshot {snapshot} deleted");
+            // The record names the snapshot's kind (instance or cluster), whatever the
+            // environment file says now.
+            let snapshots = Snapshots::new(aws::rds(&config), record.snapshot_kind, Duration::from_secs(5));
+            if let Some(deleted) = park::delete_parked_snapshot(&snapshots, &record)
+                .await
+                .with_context(|| format!("deleting snapshot {snapshot}"))?
+            {
+                println!("parked database snapshot {deleted} ({}) deleted", record.snapshot_kind);
             }
         }
     }

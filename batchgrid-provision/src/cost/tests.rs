@@ -45,6 +45,13 @@ fn dev_idle_matches_the_figure_worked_out_by_hand() {
     let awake = estimate.idle_database_awake.as_ref().expect("a serverless database");
     assert!(close(awake.monthly, 0.5 * 730.0 * 0.13), "{awake:?}");
     assert!(estimate.idle.iter().all(|l| !l.detail.contains("NAT")), "no NAT gateway with public egress");
+    // Parked, the cluster is a DB cluster snapshot: Aurora backup storage, $0.021 a GB-month in
+    // eu-west-1, for all its data (no allocated size bounds it).
+    let snapshot = estimate.stored_data.iter().find(|r| r.item.contains("snapshot")).expect("snapshot rate");
+    assert_eq!(
+        (snapshot.item.as_str(), snapshot.per_gb_month, snapshot.at_most_gb),
+        ("AuroraCluster snapshot while parked", 0.021, None)
+    );
 }
 
 /// `prod` (eu-west-1; NAT and its address, db.m7g.large Multi-AZ with 100 GB, a t4g.small

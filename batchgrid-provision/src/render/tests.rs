@@ -42,15 +42,19 @@ fn every_environment_matches_its_golden_template() {
     }
 }
 
-/// The parked and resumed shapes checked in beside the environments' own renders.
-const SHAPED: [(&str, &str); 3] = [("dev-parked", "dev"), ("prod-parked", "prod"), ("prod-resumed", "prod")];
+/// The parked and resumed shapes checked in beside the environments' own renders: `dev` with
+/// its serverless (Aurora cluster) database, `prod` with its RDS instance.
+const SHAPED: [(&str, &str); 4] =
+    [("dev-parked", "dev"), ("dev-resumed", "dev"), ("prod-parked", "prod"), ("prod-resumed", "prod")];
 
-/// The snapshot the resumed goldens restore from.
+/// The snapshot the resumed goldens restore from (prod's; dev's is named the same way).
 const PARKED_SNAPSHOT: &str = "batchgrid-prod-parked-1764561600";
 
 fn rendered_shaped(golden: &str, name: &str) -> String {
     let env = load(&root().join("environments"), name, &lookup).expect("environment");
-    let shape = if golden.ends_with("-parked") { Shape::Parked } else { Shape::Resumed { snapshot: PARKED_SNAPSHOT } };
+    let snapshot = PARKED_SNAPSHOT.replace("-prod-", &format!("-{name}-"));
+    let shape =
+        if golden.ends_with("-parked") { Shape::Parked } else { Shape::Resumed { snapshot: snapshot.as_str() } };
     render_shape(&engine(&root().join("templates")).expect("engine"), name, &env, shape).expect("render")
 }
 
@@ -88,6 +92,7 @@ fn a_parked_stack_keeps_its_data_as_declared_and_nothing_billed_by_the_hour() {
             "AWS::EC2::Instance",
             "AWS::AutoScaling::AutoScalingGroup",
             "AWS::RDS::DBInstance",
+            "AWS::RDS::DBCluster",
             "AWS::EC2::NatGateway",
             "AWS::EC2::EIP",
         ];
@@ -120,6 +125,42 @@ fn a_resumed_stack_restores_its_database_from_the_snapshot() {
         assert!(database.get(refused).is_none(), "{refused} beside DBSnapshotIdentifier");
     }
     assert_eq!(resumed["Database"]["DeletionPolicy"].as_str(), Some("Snapshot"), "prod still keeps a final snapshot");
+}
+
+/// A resumed serverless stack (dev) restores its Aurora cluster from the parked DB cluster
+/// snapshot: only the cluster differs from the running stack, it names the snapshot and none of
+/// what CloudFormation says not to give beside it (MasterUsername, StorageEncrypted of an
+/// encrypted snapshot) or what a restore does not create (DatabaseName), and it keeps its
+/// managed secret, scaling and protection settings.
+#[test]
+fn a_resumed_serverless_stack_restores_its_cluster_from_the_snapshot() {
+    let running = resources(&rendered("dev"));
+    let resumed = resources(&rendered_shaped("dev-resumed", "dev"));
+    assert_eq!(running.keys().collect::<Vec<_>>(), resumed.keys().collect::<Vec<_>>());
+    for (id, body) in &resumed {
+        if id.as_str() != Some("AuroraCluster") {
+            assert_eq!(running.get(id), Some(body), "{id:?} is as in the running stack");
+        }
+    }
+    assert!(!resumed.contains_key("Database"), "no RDS instance besides the cluster");
+    let cluster = &resumed["AuroraCluster"]["Properties"];
+    assert_eq!(cluster["SnapshotIdentifier"].as_str(), Some("batchgrid-dev-parked-1764561600"));
+    for refused in ["MasterUsername", "MasterUserPassword", "StorageEncrypted", "DatabaseName", "KmsKeyId"] {
+        assert!(cluster.get(refused).is_none(), "{refused} beside SnapshotIdentifier");
+    }
+    let before = &running["AuroraCluster"]["Properties"];
+    for kept in [
+        "Engine",
+        "EngineVersion",
+        "ManageMasterUserPassword",
+        "EnableIAMDatabaseAuthentication",
+        "ServerlessV2ScalingConfiguration",
+        "DeletionProtection",
+        "DBSubnetGroupName",
+        "VpcSecurityGroupIds",
+    ] {
+        assert_eq!(cluster.get(kept), before.get(kept), "{kept} as in the running stack");
+    }
 }
 
 #[test]
