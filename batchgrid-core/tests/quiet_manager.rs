@@ -54,7 +54,9 @@ impl WorkerGroup for MemoryGroup {
 
 fn job_document(dir: &Path) -> String {
     std::fs::write(dir.join("input.txt"), "a\nb\n").expect("input");
-    "name: quiet\ninput:\n  path: input.txt\nstages:\n  - name: copy\n    command: [cat, \"{input}\"]\noutput:\n  path: out\n"
+    // Long enough for the autoscaler (a pass every 2 s) to see the job and raise the group.
+    "name: quiet\ninput:\n  path: input.txt\nstages:\n  - name: copy\n    command: [sh, -c, 'sleep 3; cat \"$0\"', \"{input}\"]\n\
+     output:\n  path: out\n"
         .to_owned()
 }
 
@@ -77,27 +79,46 @@ async fn wait_for_release(proxy: &StallingProxy, limit: Duration) -> Duration {
     while proxy.open_connections() > 0 {
         assert!(
             started.elapsed() < limit,
-            "the manager still holds {} connection(s) to the database after {limit:?} with nothing to do",
+            "the manager still holds {} connection(s) to the database after {limit:?}",
             proxy.open_connections()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     started.elapsed()
 }
 
-/// Asserts that for `span` the manager holds no connection and opens none.
-async fn assert_left_alone(proxy: &StallingProxy, span: Duration, what: &str) {
+/// Whether for `span` from now the manager holds no connection and opens none; `Err` says
+/// when it touched the database.
+async fn left_alone_for(proxy: &StallingProxy, span: Duration) -> Result<(), String> {
     let opened = proxy.connections_opened();
     let started = Instant::now();
     while started.elapsed() < span {
         let (open, now_opened) = (proxy.open_connections(), proxy.connections_opened());
-        assert!(
-            open == 0 && now_opened == opened,
-            "{what}: {:.1} s into {span:?} of quiet the manager holds {open} connection(s), {} opened since",
-            started.elapsed().as_secs_f64(),
-            now_opened - opened
-        );
+        if open > 0 || now_opened != opened {
+            return Err(format!(
+                "{:.1} s into {span:?} of quiet the manager holds {open} connection(s), {} opened since",
+                started.elapsed().as_secs_f64(),
+                now_opened - opened
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits until the manager leaves the database alone for `span` (no connection held, none
+/// opened), which must begin within `limit`; returns when it began, from now.
+async fn wait_for_quiet(proxy: &StallingProxy, span: Duration, limit: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        wait_for_release(proxy, limit.saturating_sub(started.elapsed())).await;
+        let began = started.elapsed();
+        assert!(began <= limit, "{what}: the manager did not let the database go within {limit:?}");
+        match left_alone_for(proxy, span).await {
+            Ok(()) => return began,
+            Err(touched) if started.elapsed() < limit => eprintln!("{what}: not quiet yet: {touched}"),
+            Err(touched) => panic!("{what}: the manager never left the database alone for {span:?}: {touched}"),
+        }
     }
 }
 
@@ -137,12 +158,15 @@ async fn a_quiet_manager_lets_the_database_go_and_wakes_for_submissions_and_due_
     }));
 
     let manager = Manager::new(grid.clone(), spool_dir(&state)).with_quiet(QuietSettings { horizon: HORIZON });
-    let service =
-        JobService::new(manager, Duration::from_millis(200), dir.path().to_path_buf(), InputPolicy::Operator);
+    let service = JobService::new(manager, Duration::from_millis(200), dir.path().to_path_buf(), InputPolicy::Operator);
     let group = Arc::new(MemoryGroup::default());
     let sizing = SizingSettings { scale_in_delay: Duration::from_secs(1), ..SizingSettings::default() };
-    let autoscaler = Autoscaler::new(grid.analytics.clone(), vec![grid.tasks.clone(), grid.chain.clone()], group.clone(), sizing);
-    let _loops = loops::start(&service, Some(autoscaler), loops::LoopIntervals::default());
+    let autoscaler =
+        Autoscaler::new(grid.analytics.clone(), vec![grid.tasks.clone(), grid.chain.clone()], group.clone(), sizing);
+    // The autoscaler at its production interval (2 s); schedules and samples every second
+    // rather than 5 s and 15 s, so that the passes a wake causes are over within seconds.
+    let intervals = loops::LoopIntervals { schedules: Duration::from_secs(1), samples: Duration::from_secs(1) };
+    let _loops = loops::start(&service, Some(autoscaler), intervals);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the API");
     let address = listener.local_addr().expect("API address");
     tokio::spawn(api::serve(listener, service.clone(), Secret::new(TOKEN), std::future::pending()));
@@ -152,9 +176,8 @@ async fn a_quiet_manager_lets_the_database_go_and_wakes_for_submissions_and_due_
     // A job runs; then the manager lets the database go and leaves it alone.
     let first = client.submit(&document, "quiet.yaml", None).await.expect("submit");
     assert_eq!(wait_for_end(&client, &first, Duration::from_secs(60)).await, JobState::Completed);
-    let released = wait_for_release(&proxy, Duration::from_secs(20)).await;
-    eprintln!("no connection {:.1} s after the first job ended", released.as_secs_f64());
-    assert_left_alone(&proxy, LEFT_ALONE, "after a job").await;
+    let quiet = wait_for_quiet(&proxy, LEFT_ALONE, Duration::from_secs(15), "after a job").await;
+    eprintln!("the manager let the database go {:.1} s after the job's end was seen", quiet.as_secs_f64());
     assert!(group.most.load(Ordering::SeqCst) >= 1, "the autoscaler raised the group for the job");
     assert_eq!(group.desired.load(Ordering::SeqCst), 0, "and lowered it after");
 
@@ -163,18 +186,22 @@ async fn a_quiet_manager_lets_the_database_go_and_wakes_for_submissions_and_due_
     let second = client.submit(&document, "quiet.yaml", None).await.expect("submit while quiet");
     assert_eq!(wait_for_end(&client, &second, Duration::from_secs(60)).await, JobState::Completed);
     assert!(proxy.connections_opened() > opened, "the manager connected again for the job");
-    wait_for_release(&proxy, Duration::from_secs(20)).await;
-
+    wait_for_quiet(&proxy, LEFT_ALONE, Duration::from_secs(15), "after the second job").await;
     // A one-off run stored now, due later: the manager rests until the horizon before it,
     // then fires it on time, though nothing calls the API meanwhile.
-    let at = now() + chrono_seconds(10);
-    let deferred = client
-        .submit_at(&document, "quiet.yaml", None, &[], &at.to_rfc3339())
-        .await
-        .expect("submit a one-off run");
-    wait_for_release(&proxy, Duration::from_secs(5)).await;
+    let at = now() + chrono_seconds(14);
+    let deferred =
+        client.submit_at(&document, "quiet.yaml", None, &[], &at.to_rfc3339()).await.expect("submit a one-off run");
+    // The write wakes every loop for one pass, each at its next interval (2 s at most here);
+    // then their connections close, and nothing touches the database until the horizon.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_for_release(&proxy, Duration::from_secs(10)).await;
     let rest = (at - now()).to_std().expect("the run is still ahead") - HORIZON - Duration::from_millis(300);
-    assert_left_alone(&proxy, rest, "before the one-off run's horizon").await;
+    assert!(rest >= LEFT_ALONE, "the test's own steps took too long: only {rest:?} left before the horizon");
+    eprintln!("left alone for the {:.1} s until the one-off run's horizon", rest.as_secs_f64());
+    if let Err(touched) = left_alone_for(&proxy, rest).await {
+        panic!("before the one-off run's horizon: {touched}");
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     let fired = loop {
         let jobs = direct.jobs().await.expect("jobs");
@@ -197,7 +224,7 @@ async fn a_quiet_manager_lets_the_database_go_and_wakes_for_submissions_and_due_
         assert!(Instant::now() < deadline, "the one-off run's job did not end");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for_release(&proxy, Duration::from_secs(20)).await;
+    wait_for_quiet(&proxy, LEFT_ALONE, Duration::from_secs(15), "after the one-off run").await;
 
     let _ = stop_worker.send(());
     worker.await.expect("worker task").expect("worker");

@@ -116,8 +116,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let s3 = batchgrid_core::aws::s3_client(&config, &grid.meter);
     let opener: BucketOpener =
         Arc::new(move |bucket: &str| Arc::new(S3Store::new(s3.clone(), bucket, "")) as Arc<dyn ObjectStore>);
-    let mut manager = Manager::new(grid, super::run::from_cwd(&args.spool))
-        .with_quiet(QuietSettings { horizon: args.quiet_horizon });
+    let mut manager =
+        Manager::new(grid, super::run::from_cwd(&args.spool)).with_quiet(QuietSettings { horizon: args.quiet_horizon });
     if let Some(group) = &stack.group_name {
         let usage = batchgrid_core::instance::cost::GroupActivity {
             client: batchgrid_core::aws::autoscaling_client(&config, &manager.grid().meter),

@@ -51,7 +51,8 @@ impl StallingProxy {
         let held_until = Arc::new(Mutex::new(None));
         let stopped = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
-        let (held, stop, upstream, counting) = (held_until.clone(), stopped.clone(), upstream.to_owned(), counts.clone());
+        let (held, stop, upstream, counting) =
+            (held_until.clone(), stopped.clone(), upstream.to_owned(), counts.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stop.load(Ordering::SeqCst) {

@@ -177,12 +177,7 @@ impl Activity {
         let outlook = Outlook { jobs: 0, group: GroupView::Unwatched, next_due: NextDue::Unknown };
         let (wakes, _) = watch::channel(0);
         Self {
-            inner: Arc::new(Inner {
-                outlook: Mutex::new(outlook),
-                logged_quiet: Mutex::new(false),
-                settings,
-                wakes,
-            }),
+            inner: Arc::new(Inner { outlook: Mutex::new(outlook), logged_quiet: Mutex::new(false), settings, wakes }),
         }
     }
 

@@ -233,7 +233,9 @@ impl JobService {
             // The next due time is known: the pass for it comes at that time, not up to `every`
             // after it (a little after, so that the pass finds it due).
             let until_due = match activity.outlook().next_due {
-                NextDue::At(at) => (at - crate::manager::quiet::wall_clock()).to_std().ok().map(|wait| wait + DUE_SLACK),
+                NextDue::At(at) => {
+                    (at - crate::manager::quiet::wall_clock()).to_std().ok().map(|wait| wait + DUE_SLACK)
+                }
                 NextDue::Never | NextDue::Unknown => None,
             };
             cadence.pace(until_due.map_or(every, |wait| wait.min(every))).await;
