@@ -37,6 +37,10 @@ pub const DATABASE_USER: &str = "BATCHGRID_DATABASE_USER";
 /// The database on the RDS instance (the stack's is `batchgrid`; without it, the secret's
 /// `dbname`, else `postgres`).
 pub const DATABASE_NAME: &str = "BATCHGRID_DATABASE_NAME";
+/// How long before a due schedule a quiet manager's loops look again (default 1m).
+pub const QUIET_HORIZON: &str = "BATCHGRID_QUIET_HORIZON";
+/// How long an unused analytics database connection stays open (default 60s).
+pub const DATABASE_IDLE_TIMEOUT: &str = "BATCHGRID_DATABASE_IDLE_TIMEOUT";
 /// A PostgreSQL URL (an external analytics database; overrides the stack's RDS).
 pub const DATABASE_URL: &str = "BATCHGRID_DATABASE_URL";
 /// The manager API's bearer token.

@@ -164,6 +164,9 @@ pub struct AwsGridSettings {
     pub database: DatabaseSource,
     /// Pooled database connections per process.
     pub database_connections: u32,
+    /// How long an unused pooled connection stays open (a quiet manager then holds none, and
+    /// a serverless database can pause).
+    pub database_idle_timeout: std::time::Duration,
     /// Whether this process migrates the database or only uses it.
     pub schema: SchemaAccess,
 }
@@ -181,7 +184,11 @@ impl Grid {
         let tasks = crate::queue::SqsQueue::open(sqs.clone(), &settings.input_queue_url).await?;
         let chain = crate::queue::SqsQueue::open(sqs, &settings.output_queue_url).await?;
         let credentials = database_credentials(&settings.database, &config, &meter)?;
-        let analytics = open_analytics(credentials, settings.database_connections, settings.schema).await?;
+        let pool = crate::analytics::PoolSettings {
+            max_connections: settings.database_connections,
+            idle_timeout: settings.database_idle_timeout,
+        };
+        let analytics = open_analytics(credentials, pool, settings.schema).await?;
         Ok(Self {
             store: Arc::new(crate::store::S3Store::new(s3, &settings.results_bucket, "")),
             tasks: Arc::new(tasks),
@@ -231,7 +238,7 @@ fn database_credentials(
 #[cfg(all(feature = "aws", feature = "postgres"))]
 async fn open_analytics(
     credentials: Arc<dyn crate::analytics::credentials::CredentialsSource>,
-    connections: u32,
+    pool: crate::analytics::PoolSettings,
     schema: SchemaAccess,
 ) -> Result<crate::analytics::PgAnalytics, GridError> {
     use crate::analytics::credentials::ReconnectSettings;
@@ -239,13 +246,13 @@ async fn open_analytics(
     const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     let wait = match schema {
         SchemaAccess::Migrate => {
-            return Ok(PgAnalytics::connect_with(credentials, connections, ReconnectSettings::default()).await?)
+            return Ok(PgAnalytics::connect_with_pool(credentials, pool, ReconnectSettings::default()).await?)
         }
         SchemaAccess::Attach(wait) => wait,
     };
     let deadline = std::time::Instant::now() + wait;
     loop {
-        let error = match PgAnalytics::attach(credentials.clone(), connections, ReconnectSettings::default()).await {
+        let error = match PgAnalytics::attach_pool(credentials.clone(), pool, ReconnectSettings::default()).await {
             Ok(analytics) => return Ok(analytics),
             Err(error) => error,
         };

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use batchgrid_core::grid::Grid;
-use batchgrid_core::manager::{BucketOpener, Manager};
+use batchgrid_core::manager::{BucketOpener, Manager, QuietSettings};
 use batchgrid_core::scaling::{AutoScalingGroup, Autoscaler, SizingSettings};
-use batchgrid_core::service::{api, JobService};
+use batchgrid_core::service::{api, loops, JobService};
 use batchgrid_core::store::{ObjectStore, S3Store};
 
 use super::parse_duration;
@@ -35,6 +35,11 @@ pub struct ManagerArgs {
     /// Print the configuration the manager would run with (names only, no secrets) and exit.
     #[arg(long)]
     print_config: bool,
+    /// With no job, no worker and nothing scheduled sooner than this, the manager's loops leave
+    /// the analytics database alone (it can pause); they look again this long before a
+    /// schedule or one-off run is due.
+    #[arg(long, env = env::QUIET_HORIZON, default_value = "1m", value_parser = parse_duration)]
+    quiet_horizon: Duration,
     #[command(flatten)]
     scaling: ScalingArgs,
 }
@@ -74,10 +79,6 @@ impl ScalingArgs {
     }
 }
 
-/// How often the manager looks for due schedule occurrences: well inside the minute a fire
-/// time may be late and still count as on time (`catch_up: skip`).
-const SCHEDULE_PASS: Duration = Duration::from_secs(5);
-
 /// Serves the API until SIGTERM.
 pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let stack = args.stack.resolve()?;
@@ -103,6 +104,9 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
             _ => serde_json::Value::Null,
         };
         config["api_token"] = token;
+        config["quiet_horizon"] = serde_json::json!(humantime::format_duration(args.quiet_horizon).to_string());
+        config["database_idle_timeout"] =
+            serde_json::json!(humantime::format_duration(stack.settings.database_idle_timeout).to_string());
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -112,7 +116,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let s3 = batchgrid_core::aws::s3_client(&config, &grid.meter);
     let opener: BucketOpener =
         Arc::new(move |bucket: &str| Arc::new(S3Store::new(s3.clone(), bucket, "")) as Arc<dyn ObjectStore>);
-    let mut manager = Manager::new(grid, super::run::from_cwd(&args.spool));
+    let mut manager =
+        Manager::new(grid, super::run::from_cwd(&args.spool)).with_quiet(QuietSettings { horizon: args.quiet_horizon });
     if let Some(group) = &stack.group_name {
         let usage = batchgrid_core::instance::cost::GroupActivity {
             client: batchgrid_core::aws::autoscaling_client(&config, &manager.grid().meter),
@@ -138,6 +143,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let mut autoscaler = None;
     if let (Some(group), false) = (&stack.group_name, args.scaling.no_autoscale) {
         let settings = args.scaling.settings(stack.scaling.as_ref());
         let client = batchgrid_core::aws::autoscaling_client(&config, &manager.grid().meter);
@@ -150,7 +156,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
         )
         .with_interval(args.scaling.scale_interval);
         tracing::info!(%group, ?settings, "sizing the worker group from the work");
-        tokio::spawn(scaler.run(termination()));
+        autoscaler = Some(scaler);
     }
     let manager =
         manager.with_buckets(opener).keep_results_in_store().with_dead_letter_scan_every(Duration::from_secs(5));
@@ -160,10 +166,9 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let policy = batchgrid_core::spec::InputPolicy::RawBucket(stack.raw_bucket.clone());
     let service = JobService::new(manager, args.tick, base_dir, policy);
     let resumed = service.resume().await.context("resuming unfinished jobs")?;
-    // Schedules fire from every manager; each occurrence's row makes it fire once.
-    tokio::spawn(service.clone().fire_schedules_every(SCHEDULE_PASS));
-    // The dashboard's queue depth and workers over time.
-    batchgrid_core::service::dashboard::samples::start_sampling(service.clone());
+    // Schedules, the dashboard's samples and the autoscaler, each resting while the manager is
+    // quiet; they stop when the API has stopped.
+    let _loops = loops::start(&service, autoscaler, loops::LoopIntervals::default());
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr().unwrap_or(args.listen);

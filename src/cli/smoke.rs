@@ -40,6 +40,7 @@ pub async fn run(args: SmokeArgs) -> anyhow::Result<ExitCode> {
         environments: args.environments.clone(),
         out: args.out.clone(),
         database_connections: 1,
+        database_idle_timeout: batchgrid_core::analytics::DEFAULT_IDLE_TIMEOUT,
     };
     let stack = stack_args.resolve()?;
     let client = args.connection.client_for(&stack).await?;

@@ -29,6 +29,10 @@ pub struct StackArgs {
     /// Pooled analytics database connections.
     #[arg(long, default_value_t = 4)]
     pub database_connections: u32,
+    /// How long an unused database connection stays open: well under the 5 minutes without
+    /// a connection after which a serverless database (Aurora Serverless v2) pauses.
+    #[arg(long, env = env::DATABASE_IDLE_TIMEOUT, default_value = "60s", value_parser = super::parse_duration)]
+    pub database_idle_timeout: std::time::Duration,
 }
 
 /// A deployed grid's names.
@@ -165,6 +169,7 @@ impl StackArgs {
                 output_queue_url: take("OutputQueueUrl")?,
                 database,
                 database_connections: self.database_connections,
+                database_idle_timeout: self.database_idle_timeout,
                 schema: SchemaAccess::Migrate,
             },
         })

@@ -163,6 +163,9 @@ fn user_data_and_units_start_the_services_with_the_stacks_names() {
         let text = |d| humantime::format_duration(d).to_string();
         assert_eq!(sizing["target_completion"].as_str(), Some(text(environment.grid.target_completion).as_str()));
         assert_eq!(sizing["scale_in_delay"].as_str(), Some(text(environment.grid.scale_in_delay).as_str()));
+        // Well under Aurora's 5 minutes without a connection, so a quiet manager lets it pause.
+        assert_eq!(manager["database_idle_timeout"], "1m", "{name}: {manager}");
+        assert_eq!(manager["quiet_horizon"], "1m", "{name}: {manager}");
     }
 }
 

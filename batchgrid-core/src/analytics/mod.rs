@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admission::{AdmissionStore, JobAdmission, PendingTask, DEFAULT_PRIORITY, MAX_PRIORITY};
 #[cfg(feature = "postgres")]
-pub use postgres::PgAnalytics;
+pub use postgres::{PgAnalytics, PoolSettings, DEFAULT_IDLE_TIMEOUT};
 pub use rollup::{StageTimes, TimeHistogram};
 pub use running::{RunningTask, MAX_RUNNING_RECORDED};
 pub use schedules::{OccurrenceRecord, OccurrenceState, ScheduleRecord, ScheduleStore};

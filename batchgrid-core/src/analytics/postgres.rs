@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -31,6 +32,28 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// Rows per multi-row statement: 12 parameters a row stays far under PostgreSQL's 65535.
 const ROWS_PER_STATEMENT: usize = 400;
+
+/// How long a pooled connection may sit unused before the pool closes it, by default: well
+/// under the 5 minutes without a connection after which Aurora Serverless v2 may pause (the
+/// pool looks for idle connections once per this period, so one may live up to twice it).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many connections the pool may open, and how long an unused one stays open. The pool
+/// keeps none open for their own sake (no minimum): an idle process holds no connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// The most connections open at once.
+    pub max_connections: u32,
+    /// How long an unused connection stays open.
+    pub idle_timeout: Duration,
+}
+
+impl From<u32> for PoolSettings {
+    /// `max_connections` connections, closed after [`DEFAULT_IDLE_TIMEOUT`] unused.
+    fn from(max_connections: u32) -> Self {
+        Self { max_connections, idle_timeout: DEFAULT_IDLE_TIMEOUT }
+    }
+}
 
 /// An [`AnalyticsStore`] in a PostgreSQL database, over a connection pool. Credentials the
 /// server refuses (a rotated secret) are read again from their source and the operation is
@@ -85,23 +108,37 @@ async fn add_to_rollups(
 impl PgAnalytics {
     /// Connects to `url` with up to `max_connections` pooled connections, and migrates.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, AnalyticsError> {
-        Self::connect_with(Arc::new(FixedUrl::parse(url)?), max_connections, ReconnectSettings::default()).await
+        Self::connect_pool(url, PoolSettings::from(max_connections)).await
+    }
+
+    /// Connects to `url` with the pool `pool` describes, and migrates.
+    pub async fn connect_pool(url: &str, pool: PoolSettings) -> Result<Self, AnalyticsError> {
+        Self::connect_with_pool(Arc::new(FixedUrl::parse(url)?), pool, ReconnectSettings::default()).await
     }
 
     /// Connects with the credentials `source` gives (read again whenever the server refuses
     /// them, also while connecting), with up to `max_connections` pooled connections, and
     /// migrates.
-    ///
-    /// Several processes may start at once: sqlx holds a session advisory lock on the database
-    /// while it migrates, so one applies the migrations and the others wait, then find them done.
     pub async fn connect_with(
         source: Arc<dyn CredentialsSource>,
         max_connections: u32,
         settings: ReconnectSettings,
     ) -> Result<Self, AnalyticsError> {
+        Self::connect_with_pool(source, PoolSettings::from(max_connections), settings).await
+    }
+
+    /// As [`PgAnalytics::connect_with`], with the pool `pool` describes.
+    ///
+    /// Several processes may start at once: sqlx holds a session advisory lock on the database
+    /// while it migrates, so one applies the migrations and the others wait, then find them done.
+    pub async fn connect_with_pool(
+        source: Arc<dyn CredentialsSource>,
+        pool: PoolSettings,
+        settings: ReconnectSettings,
+    ) -> Result<Self, AnalyticsError> {
         let reconnect = Arc::new(Reconnect::start(source, settings).await?);
         reconnect.run(|_| {}, || migrate(reconnect.options())).await?;
-        Self::open(reconnect, max_connections).await
+        Self::open(reconnect, pool).await
     }
 
     /// Connects like [`PgAnalytics::connect_with`] but without migrating, for a process whose
@@ -113,8 +150,17 @@ impl PgAnalytics {
         max_connections: u32,
         settings: ReconnectSettings,
     ) -> Result<Self, AnalyticsError> {
+        Self::attach_pool(source, PoolSettings::from(max_connections), settings).await
+    }
+
+    /// As [`PgAnalytics::attach`], with the pool `pool` describes.
+    pub async fn attach_pool(
+        source: Arc<dyn CredentialsSource>,
+        pool: PoolSettings,
+        settings: ReconnectSettings,
+    ) -> Result<Self, AnalyticsError> {
         let reconnect = Arc::new(Reconnect::start(source, settings).await?);
-        let analytics = Self::open(reconnect, max_connections).await?;
+        let analytics = Self::open(reconnect, pool).await?;
         let needed = MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
         let found = analytics.run(|sql| sql.schema_version()).await?;
         if found < needed {
@@ -125,14 +171,18 @@ impl PgAnalytics {
     }
 
     /// Opens the pool with the options `reconnect` holds (read again if refused).
-    async fn open(reconnect: Arc<Reconnect>, max_connections: u32) -> Result<Self, AnalyticsError> {
+    async fn open(reconnect: Arc<Reconnect>, settings: PoolSettings) -> Result<Self, AnalyticsError> {
         let pool = reconnect
             .run(
                 |_| {},
                 || async {
                     // sqlx refuses a pool of zero connections; one is the least that works.
+                    // No minimum kept open: a quiet manager holds no connection, so a
+                    // serverless database can pause.
                     let pool = PgPoolOptions::new()
-                        .max_connections(max_connections.max(1))
+                        .max_connections(settings.max_connections.max(1))
+                        .min_connections(0)
+                        .idle_timeout(settings.idle_timeout)
                         .connect_with(reconnect.options())
                         .await?;
                     Ok(pool)

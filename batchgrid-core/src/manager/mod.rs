@@ -17,12 +17,15 @@
 //! repairs lost forwards, [`health`] keeps what is failing and since when, [`results`]
 //! names the final stage's objects as the job's results, and `pacer` sets how soon the
 //! manager looks again between passes, so a stage's end is noticed as it happens.
+//! [`quiet`] says when the manager has nothing to do, so its periodic loops leave the
+//! analytics store alone and the database may pause.
 
 pub mod admission;
 mod dead_letters;
 mod dependencies;
 pub mod health;
 mod pacer;
+pub mod quiet;
 mod reconcile;
 mod redrive;
 pub mod results;
@@ -38,6 +41,7 @@ use bytes::Bytes;
 
 pub use self::admission::{allocate, AdmissionPass, AdmissionSettings};
 pub use self::health::{Backoff, Health, HealthReport};
+pub use self::quiet::{Activity, QuietSettings};
 pub use self::redrive::{RedriveFilter, RedriveRefusal, Redriven};
 use crate::analytics::{actor, AnalyticsError, JobRecord, JobState, StageProgress, StageRecord};
 use crate::db::now_millis;
@@ -195,6 +199,8 @@ pub struct Manager {
     /// The admission loop's state, shared by clones so one loop serves every job driven.
     admission: Arc<admission::Admission>,
     admission_settings: AdmissionSettings,
+    /// Whether the manager has anything to do, shared by its loops, drivers and API.
+    activity: Activity,
 }
 
 impl std::fmt::Debug for Manager {
@@ -222,7 +228,19 @@ impl Manager {
             watchdog_notes: Arc::default(),
             admission: Arc::default(),
             admission_settings: AdmissionSettings::default(),
+            activity: Activity::default(),
         }
+    }
+
+    /// Lets the loops rest as `settings` say instead of by the defaults (call before cloning).
+    pub fn with_quiet(mut self, settings: QuietSettings) -> Self {
+        self.activity = Activity::new(settings);
+        self
+    }
+
+    /// Whether the manager has anything to do; its loops pace themselves by it.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// Admits tasks as `settings` say instead of by the defaults.

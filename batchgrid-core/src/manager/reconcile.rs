@@ -53,6 +53,8 @@ impl Manager {
         tick_every: Duration,
         mut on_progress: impl FnMut(&str, &JobProgress) + Send,
     ) -> Result<JobReport, ManagerError> {
+        // The manager is busy while it drives a job; the guard's end wakes its loops.
+        let _busy = self.activity.job_started();
         let requests_before = self.retrying("reading request counts", || self.grid.analytics.request_totals()).await?;
         // The job's first-stage tasks go through admission while it is driven.
         let _admitting = self.admitting();

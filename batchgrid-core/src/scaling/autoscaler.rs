@@ -1,6 +1,8 @@
 //! The autoscaler: a loop in the manager that reads the work and the group every few seconds
 //! and applies [`decide`]. Level-triggered: each pass reads what is and takes the decision
-//! afresh, so a restarted manager or a missed pass changes nothing but timing.
+//! afresh, so a restarted manager or a missed pass changes nothing but timing. While the manager
+//! is quiet ([`crate::manager::quiet`]) it only glances at the group, which reads no database,
+//! and tells the manager if the group wants instances.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use super::group::{GroupError, WorkerGroup};
 use super::sizing::{decide, remaining_tasks, Decision, JobWork, SizingInput, SizingSettings};
 use super::warm_up::{self, WarmSchedule, WarmUp};
 use crate::analytics::{AnalyticsError, AnalyticsStore, JobState};
+use crate::manager::quiet::{Activity, Step};
 use crate::queue::{QueueError, TaskQueue};
 
 /// How often the autoscaler looks by default: a new job's first tasks raise a group at zero
@@ -42,6 +45,8 @@ pub struct Autoscaler {
     /// When the work last ran out (`None` while there is work). Starts at the autoscaler's
     /// start: a restarted manager waits a whole scale-in delay before it scales in.
     idle_since: Option<Instant>,
+    /// The manager's activity, told what the group wants and pacing the passes.
+    activity: Option<Activity>,
 }
 
 impl std::fmt::Debug for Autoscaler {
@@ -58,7 +63,22 @@ impl Autoscaler {
         group: Arc<dyn WorkerGroup>,
         settings: SizingSettings,
     ) -> Self {
-        Self { analytics, queues, group, settings, interval: DEFAULT_INTERVAL, idle_since: Some(Instant::now()) }
+        Self {
+            analytics,
+            queues,
+            group,
+            settings,
+            interval: DEFAULT_INTERVAL,
+            idle_since: Some(Instant::now()),
+            activity: None,
+        }
+    }
+
+    /// Tells `activity` what the group wants after each look, and rests while it is quiet.
+    pub fn with_activity(mut self, activity: Activity) -> Self {
+        activity.watch_group();
+        self.activity = Some(activity);
+        self
     }
 
     /// Looks every `interval` instead of [`DEFAULT_INTERVAL`].
@@ -144,28 +164,54 @@ impl Autoscaler {
         let has_work = jobs.iter().any(|j| j.remaining > 0) || queued > 0 || warm_up.is_some();
         let now = Instant::now();
         self.idle_since = if has_work { None } else { Some(self.idle_since.unwrap_or(now)) };
-        let group = self.group.state().await?;
+        let group = self.read_group().await?;
         let input = SizingInput { jobs, queued, group, idle_for: self.idle_since.map(|since| now - since), warm_up };
         let decision = decide(&input, &self.settings);
         if let Decision::Set { desired, reason } = &decision {
             self.group.set_desired(*desired).await?;
+            self.observe(Some(*desired));
             tracing::info!(from = group.desired, to = desired, %reason, "worker group resized");
         }
         Ok(decision)
+    }
+
+    /// The group's state, told to the manager's activity (a failed read as unknown).
+    async fn read_group(&self) -> Result<super::sizing::GroupState, ScalingError> {
+        let group = self.group.state().await;
+        self.observe(group.as_ref().ok().map(|group| group.desired));
+        Ok(group?)
+    }
+
+    fn observe(&self, desired: Option<u32>) {
+        if let Some(activity) = &self.activity {
+            activity.observe_group(desired);
+        }
+    }
+
+    /// While the manager is quiet: reads the group alone (no database). A group someone asked
+    /// for instances makes the manager busy, and the next step a whole pass.
+    async fn glance(&self) -> Result<(), ScalingError> {
+        self.read_group().await.map(|_| ())
     }
 
     /// Runs passes until `shutdown` resolves. Errors are logged and retried on the next pass:
     /// a throttled or unreachable API must never stop the manager.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut cadence = self.activity.as_ref().map(Activity::cadence);
         let mut failing = false;
+        let mut step = Step::Pass;
         loop {
-            match self.pass().await {
-                Ok(_) if failing => {
+            let result = match step {
+                Step::Pass => self.pass().await.map(|_| ()),
+                Step::Quiet => self.glance().await,
+            };
+            match result {
+                Ok(()) if failing => {
                     tracing::info!("autoscaler recovered");
                     failing = false;
                 }
-                Ok(_) => {}
+                Ok(()) => {}
                 Err(error) => {
                     // Once per outage at warn, then quietly: the cause is already in the log.
                     if !failing {
@@ -176,9 +222,19 @@ impl Autoscaler {
                     failing = true;
                 }
             }
+            let interval = self.interval;
+            let next = async {
+                match cadence.as_mut() {
+                    Some(cadence) => cadence.step(interval).await,
+                    None => {
+                        tokio::time::sleep(interval).await;
+                        Step::Pass
+                    }
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(self.interval) => {}
+                next = next => step = next,
             }
         }
     }

@@ -185,6 +185,7 @@ struct AppState {
 
 /// The API's routes over `service`, guarded by `token`.
 pub fn router(service: Arc<JobService>, token: Secret) -> Router {
+    let activity = service.manager().activity().clone();
     let state = AppState { service, token: Arc::new(token) };
     Router::new()
         .route("/v1/jobs", post(submit).get(list))
@@ -210,6 +211,22 @@ pub fn router(service: Arc<JobService>, token: Secret) -> Router {
         // The dashboard answers a browser without the bearer header (a cookie or the login
         // form), so it sits beside the bearer-only layer, with its own guard.
         .merge(super::dashboard::router(state.service, (*state.token).clone()))
+        .layer(axum::middleware::from_fn_with_state(activity, wake_on_write))
+}
+
+/// Wakes the manager's loops after any request that may have written (anything but a read,
+/// unless refused as the caller's error, which changes nothing): a new job, schedule or one-off
+/// run, a retry, a resumed job... A server error may have written half, so it wakes them too.
+/// Reads leave the loops resting; they may open a connection, which the pool closes again once
+/// it has sat idle.
+async fn wake_on_write(State(activity): State<crate::manager::Activity>, request: Request, next: Next) -> Response {
+    let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let response = next.run(request).await;
+    // After the handler: a schedule pass woken before the schedule was stored would miss it.
+    if !reads && !response.status().is_client_error() {
+        activity.wake();
+    }
+    response
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -4,7 +4,8 @@
 //! jobs' occurrences and `once` the one-off runs (`submit --at`); `control` retries and redrives
 //! a job's failed tasks; `dependencies` resolves the jobs a job waits for (`after:`). [`client`] is the other end of the API;
 //! [`compare`] fetches the reports `batchgrid report --compare` sets side by side; [`download`]
-//! fetches a job's results into a directory, [`path_encoding`] puts their names in URLs.
+//! fetches a job's results into a directory, [`path_encoding`] puts their names in URLs;
+//! [`loops`] starts the periodic loops (schedules, samples, autoscaler) of a manager service.
 
 pub mod api;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod dashboard;
 mod dependencies;
 pub mod download;
 pub mod eta;
+pub mod loops;
 pub mod metrics;
 mod once;
 pub mod path_encoding;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::dependencies::AfterOrigin;
 use super::{JobService, ServiceError};
 use crate::analytics::{OccurrenceRecord, OccurrenceState, ScheduleRecord};
+use crate::manager::quiet::NextDue;
 use crate::schedule::catch_up;
 use crate::schedule::overlap::{self, OverlapDecision};
 use crate::schedule::vars::Occurrence;
@@ -22,6 +23,10 @@ use crate::spec::{parse_job_with_policy, JobSpec, Overrides, SpecError};
 
 /// Occurrences read back to find a schedule's running and queued ones.
 const RECENT_OCCURRENCES: u32 = 100;
+
+/// How long after a due time its pass comes: the wall clock and the timer may disagree by a
+/// little, and a pass a moment early would find nothing due.
+const DUE_SLACK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A schedule as the API reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +56,36 @@ fn spec_of(record: &ScheduleRecord) -> Result<(JobSpec, crate::spec::ScheduleSpe
     let spec: JobSpec = serde_json::from_str(&record.spec).map_err(|e| corrupt(e.to_string()))?;
     let block = spec.schedule.as_deref().cloned().ok_or_else(|| corrupt("no schedule block".into()))?;
     Ok((spec, block))
+}
+
+/// When the schedules next need the manager, after a pass at `now` has fired what was due:
+/// the earliest next fire time of a live schedule (less its warm-up, when the autoscaler raises
+/// the group before it) or of a one-off run still to come. A schedule that cannot be read is
+/// left out: firing it fails the same way every pass, and says so.
+pub(crate) fn next_due(records: &[ScheduleRecord], now: DateTime<Utc>) -> NextDue {
+    let due = records.iter().filter(|record| !record.paused).filter_map(|record| {
+        let (_, block) = spec_of(record).ok()?;
+        if let Some(at) = block.once_at {
+            // At or before `now` it has just fired (and been paused) in this pass.
+            return DateTime::<Utc>::from_timestamp_millis(at).filter(|at| *at > now);
+        }
+        let fire_time = block.schedule().ok()?.next_after(now).ok().flatten()?.with_timezone(&Utc);
+        let lead = block.warm_up.and_then(|lead| chrono::Duration::from_std(lead).ok()).unwrap_or_default();
+        Some(fire_time.checked_sub_signed(lead).unwrap_or(fire_time))
+    });
+    due.min().map_or(NextDue::Never, NextDue::At)
+}
+
+/// Whether a schedule's firing failed on the grid (retried next pass) rather than on the
+/// schedule itself (a stored spec that cannot be read).
+fn is_infrastructure(error: &ServiceError) -> bool {
+    use crate::analytics::AnalyticsError;
+    use crate::manager::ManagerError;
+    match error {
+        ServiceError::Manager(ManagerError::Analytics(AnalyticsError::Corrupt(_))) => false,
+        ServiceError::Manager(error) => !error.is_job_fault(),
+        _ => false,
+    }
 }
 
 fn millis(time: &DateTime<Tz>) -> i64 {
@@ -185,34 +220,56 @@ impl JobService {
 
     /// Fires schedules every `every` until the task is dropped: the manager's clock loop. A
     /// pass that fails (the database away) is logged and the next one catches up, by the
-    /// schedules' own catch-up policies.
+    /// schedules' own catch-up policies. While the manager is quiet it makes no pass until it
+    /// is woken or the next due time comes within the quiet horizon ([`crate::manager::quiet`]).
     pub async fn fire_schedules_every(self: Arc<Self>, every: std::time::Duration) {
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let activity = self.manager.activity().clone();
+        let mut cadence = activity.cadence();
         loop {
-            ticker.tick().await;
             let now = DateTime::<Utc>::from(std::time::SystemTime::now());
             if let Err(error) = self.fire_schedules(now).await {
                 tracing::warn!(%error, "firing schedules failed; retrying on the next pass");
             }
+            // The next due time is known: the pass for it comes at that time, not up to `every`
+            // after it (a little after, so that the pass finds it due).
+            let until_due = match activity.outlook().next_due {
+                NextDue::At(at) => {
+                    (at - crate::manager::quiet::wall_clock()).to_std().ok().map(|wait| wait + DUE_SLACK)
+                }
+                NextDue::Never | NextDue::Unknown => None,
+            };
+            cadence.pace(until_due.map_or(every, |wait| wait.min(every))).await;
         }
     }
 
     /// One pass over every schedule at `now`: fires the due occurrences each catch-up policy
     /// keeps, starts queued ones whose turn has come, and moves the watermarks. Returns how many
     /// occurrences this manager claimed. One schedule's error is logged and does not stop the
-    /// others.
+    /// others. The schedules' next due time is left in the manager's activity; unknown after a
+    /// pass the infrastructure cut short, so the manager stays busy and tries again.
     pub async fn fire_schedules(self: &Arc<Self>, now: DateTime<Utc>) -> Result<usize, ServiceError> {
-        let mut claimed = 0;
-        for record in self.manager.grid().analytics.schedules().await? {
-            if record.paused {
-                continue;
+        let activity = self.manager.activity();
+        let records = match self.manager.grid().analytics.schedules().await {
+            Ok(records) => records,
+            Err(error) => {
+                activity.set_next_due(NextDue::Unknown);
+                return Err(error.into());
             }
-            match self.fire_schedule(&record, now).await {
+        };
+        let mut claimed = 0;
+        let mut cut_short = false;
+        for record in records.iter().filter(|record| !record.paused) {
+            match self.fire_schedule(record, now).await {
                 Ok(count) => claimed += count,
-                Err(error) => tracing::warn!(schedule = %record.name, %error, "firing the schedule failed"),
+                Err(error) => {
+                    // The schedule's own fault (a spec that cannot be read) fails every pass
+                    // alike and must not keep the manager awake; the infrastructure's must.
+                    cut_short |= is_infrastructure(&error);
+                    tracing::warn!(schedule = %record.name, %error, "firing the schedule failed");
+                }
             }
         }
+        activity.set_next_due(if cut_short { NextDue::Unknown } else { next_due(&records, now) });
         Ok(claimed)
     }
 

@@ -74,8 +74,8 @@ pub struct Estimate {
     pub prices_date: String,
     /// A month deployed with no work (worker groups at their minimum).
     pub idle: Vec<Line>,
-    /// A month deployed with no work while a serverless database cannot pause (a connection
-    /// stays open): the extra over `idle`.
+    /// A month deployed with a serverless database that never pauses (kept awake by jobs,
+    /// workers, or readers of the dashboard and API): the extra over `idle`.
     pub idle_database_awake: Option<Line>,
     /// A month parked (no instance, database, NAT gateway or address): fixed charges.
     pub parked: Vec<Line>,

@@ -32,7 +32,9 @@ pub fn render(title: &str, estimate: &Estimate) -> String {
     if let Some(awake) = &estimate.idle_database_awake {
         let _ = writeln!(
             out,
-            "  while the database cannot pause (a connection stays open): ${:.2} a month ({} {}: +${:.2})",
+            "  if the database never paused: ${:.2} a month ({} {}: +${:.2})\n    it is awake while a job or a \
+             worker runs and while someone reads the dashboard or the API; with none of these the manager lets it \
+             go, and it pauses",
             estimate.idle_monthly() + awake.monthly,
             awake.item,
             awake.detail,

@@ -64,7 +64,7 @@ async fn render(state: &Dashboard, caller: &Caller) -> Result<Response, ServiceE
         div.charts {
             figure #queue-over-time {
                 figcaption { "Queue depth (input and output queues)" }
-                @match queue_chart { Some(svg) => (svg), None => p { "Not sampled yet: the manager samples every " (SAMPLE_EVERY.as_secs()) " s." } }
+                @match queue_chart { Some(svg) => (svg), None => p { "No sample in the last day: the manager samples every " (SAMPLE_EVERY.as_secs()) " s while it has work, and not while it is quiet." } }
             }
             figure #workers-over-time {
                 figcaption { "Live workers and the tasks they hold" }

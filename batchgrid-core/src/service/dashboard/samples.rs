@@ -43,11 +43,16 @@ pub async fn sample(service: &JobService, now: i64) -> Result<GridSample, Servic
 /// Samples the grid every [`SAMPLE_EVERY`] for as long as the process runs; a failed sample
 /// (the database away) is logged and skipped, a gap in the charts.
 pub fn start_sampling(service: Arc<JobService>) {
+    start_sampling_every(service, SAMPLE_EVERY);
+}
+
+/// Samples the grid every `every`, and once after each wake while the manager is quiet (a
+/// quiet grid has nothing to draw: no queue, no worker; its charts show the last sample,
+/// taken as it went quiet, until the next wake).
+pub fn start_sampling_every(service: Arc<JobService>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(SAMPLE_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut cadence = service.manager().activity().cadence();
         loop {
-            ticks.tick().await;
             let now = crate::db::now_millis();
             let forget_before = now - i64::try_from(KEPT.as_millis()).unwrap_or(i64::MAX);
             let recorded = match sample(&service, now).await {
@@ -63,8 +68,9 @@ pub fn start_sampling(service: Arc<JobService>) {
             if let Err(error) = recorded {
                 tracing::warn!(%error, "could not sample the grid for the dashboard");
             }
+            cadence.pace(every).await;
         }
-    });
+    })
 }
 
 #[cfg(test)]
