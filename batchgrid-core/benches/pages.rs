@@ -80,7 +80,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         tokio::spawn(api::serve(listener, service, Secret::new(TOKEN.to_owned()), std::future::pending()));
-        let http = reqwest::Client::new();
+        let http = batchgrid_core::aws::https::builder().expect("TLS").build().expect("HTTP client");
 
         println!("history: {jobs} jobs, {attempts} attempts; SELECT count(*) FROM attempts: median {baseline:.0} ms");
         let pages = [

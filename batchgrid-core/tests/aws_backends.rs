@@ -135,3 +135,70 @@ async fn grid_control_changes_the_group_on_auto_scaling() {
     assert_eq!((resumed.bounds, resumed.paused), (kept, None));
     assert!(matches!(group.resume().await, Err(ControlError::State(_))), "resuming twice is refused");
 }
+
+/// The EC2 Query client (signed form posts, XML answers) and the job report's pricing against
+/// the emulator: the group's instances are described by EC2 with their type and zone, the
+/// emulator's spot price history is read, and the report prices what ran.
+#[tokio::test]
+async fn worker_instances_are_described_and_priced_on_the_emulator() {
+    use batchgrid_core::aws::autoscaling_client;
+    use batchgrid_core::aws::ec2::Ec2Client;
+    use batchgrid_core::instance::cost::usage;
+    use batchgrid_core::report::{PricedBy, Purchase};
+
+    const HOUR: i64 = 3_600_000;
+    let moto = Moto::start();
+    let config = moto.sdk_config("us-east-1").await;
+    let meter = RequestMeter::new();
+    let autoscaling = autoscaling_client(&config, &meter);
+    autoscaling
+        .create_launch_configuration()
+        .launch_configuration_name("workers")
+        .image_id("ami-12345678")
+        .instance_type("m7g.xlarge")
+        .send()
+        .await
+        .expect("launch configuration");
+    autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name("grid-workers")
+        .launch_configuration_name("workers")
+        .min_size(0)
+        .max_size(2)
+        .desired_capacity(2)
+        .availability_zones("us-east-1b")
+        .send()
+        .await
+        .expect("group");
+    let groups = autoscaling.describe_auto_scaling_groups().send().await.expect("groups");
+    let ids: Vec<String> = groups
+        .auto_scaling_groups()
+        .iter()
+        .flat_map(|g| g.instances())
+        .filter_map(|i| i.instance_id())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 2, "the emulator launched the group's instances");
+
+    let ec2 = Ec2Client::new(&config, &meter).expect("EC2 client");
+    let mut asked = ids.clone();
+    asked.push("i-0000000000000dead".into());
+    let described = ec2.describe_instances(&asked).await.expect("described");
+    assert_eq!(described.len(), 2, "an id EC2 does not know is left out, not an error: {described:?}");
+    assert!(
+        described.iter().all(|i| i.instance_type == "m7g.xlarge" && i.zone.as_deref() == Some("us-east-1b") && !i.spot),
+        "{described:?}"
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let history = ec2.spot_price_history("m7g.xlarge", "us-east-1b", now - HOUR, now).await.expect("history");
+    assert!(!history.is_empty() && history.iter().all(|c| c.usd_per_hour > 0.0), "{history:?}");
+
+    // A group without a mixed-instances policy buys on-demand, and EC2 agrees.
+    let used = usage(&autoscaling, Some(&ec2), "grid-workers", "m7g.large", now - HOUR, now).await.expect("usage");
+    assert_eq!(used.len(), 1, "{used:?}");
+    let line = &used[0];
+    assert_eq!((line.instance_type.as_str(), line.zone.as_deref()), ("m7g.xlarge", Some("us-east-1b")));
+    assert_eq!((line.purchase, line.priced_by, line.instances), (Purchase::OnDemand, PricedBy::OnDemandList, 2));
+    assert!((line.cost_usd.expect("priced") - 0.1632 * line.hours).abs() < 1e-9, "{line:?}");
+    assert!(meter.total_for("EC2") >= 3, "EC2 requests are counted: {:?}", meter.snapshot());
+}

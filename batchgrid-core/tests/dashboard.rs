@@ -117,7 +117,11 @@ async fn start() -> Dashboard {
     let base = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(api::serve(listener, service.clone(), Secret::new(TOKEN.to_owned()), std::future::pending()));
     // Redirects are what is under test: never followed.
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let http = batchgrid_core::aws::https::builder()
+        .expect("TLS")
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
     Dashboard { base, http, service, _dir: dir }
 }
 

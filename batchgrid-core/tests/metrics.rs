@@ -136,7 +136,7 @@ async fn metrics_are_refused_without_the_token_and_parse_with_every_series_with_
     let url = format!("http://{}/metrics", listener.local_addr().expect("address"));
     tokio::spawn(api::serve(listener, service, Secret::new(TOKEN.to_owned()), std::future::pending()));
 
-    let http = reqwest::Client::new();
+    let http = batchgrid_core::aws::https::builder().expect("TLS").build().expect("HTTP client");
     let anonymous = http.get(&url).send().await.expect("request");
     assert_eq!(anonymous.status(), 401, "no token, no metrics");
     let wrong = http.get(&url).bearer_auth("guess").send().await.expect("request");

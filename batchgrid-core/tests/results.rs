@@ -154,7 +154,10 @@ async fn pages_list_every_name_once() {
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(400));
 
     // The dashboard's job page shows the first page of them, and how to fetch the rest.
-    let page = reqwest::Client::new()
+    let page = batchgrid_core::aws::https::builder()
+        .expect("TLS")
+        .build()
+        .expect("HTTP client")
         .get(format!("http://{address}/ui/jobs/{id}"))
         .bearer_auth(TOKEN)
         .send()
@@ -222,4 +225,50 @@ async fn on_s3_files_come_from_presigned_urls() {
     assert_identical(&out, &names);
     assert_eq!(count("GetObject") - gets, 1 + 3, "the report, then one GET per file and no listing per file");
     assert_eq!(count("ListObjectsV2") - lists, through.pages, "one LIST per page");
+}
+
+/// Presigned URLs are HTTPS on AWS (the emulator's are plain HTTP, so the tests above cannot
+/// show it): the client downloads over TLS from a server whose certificate the trusted roots
+/// vouch for, and refuses a server they do not. `openssl s_server -www` stands in for S3;
+/// SSL_CERT_FILE names the roots, as it does for OpenSSL.
+#[tokio::test]
+async fn presigned_https_downloads_trust_the_platform_roots_and_only_them() {
+    use batchgrid_testkit::tls::TestCa;
+
+    let ca = TestCa::new("batchgrid-https-test");
+    let server_cert = ca.issue(&["localhost"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{port}")])
+        .arg("-cert")
+        .arg(&server_cert.cert)
+        .arg("-key")
+        .arg(&server_cert.key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server (make test installs openssl)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "openssl s_server did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("https://localhost:{port}/");
+
+    // Only this binary's tests read the variable, and none of the others speaks HTTPS.
+    std::env::set_var("SSL_CERT_FILE", ca.cert());
+    let client = ApiClient::new("http://127.0.0.1:9", Secret::new(TOKEN.to_owned())).expect("client");
+    let size = client.download_presigned(&url, &dir.path().join("page")).await.expect("an HTTPS download");
+    let page = std::fs::read_to_string(dir.path().join("page")).expect("downloaded");
+    assert!(size > 0 && page.contains("s_server"), "openssl's status page came back: {page}");
+
+    let stranger = TestCa::new("another-ca");
+    std::env::set_var("SSL_CERT_FILE", stranger.cert());
+    let client = ApiClient::new("http://127.0.0.1:9", Secret::new(TOKEN.to_owned())).expect("client");
+    let refused = client.download_presigned(&url, &dir.path().join("again")).await.expect_err("untrusted");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+    std::env::remove_var("SSL_CERT_FILE");
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -119,8 +119,18 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     let mut manager =
         Manager::new(grid, super::run::from_cwd(&args.spool)).with_quiet(QuietSettings { horizon: args.quiet_horizon });
     if let Some(group) = &stack.group_name {
+        // Spot capacity is priced from EC2's spot price history; without EC2 (no HTTPS on this
+        // machine) every instance is priced at the on-demand list price, and the report says so.
+        let ec2 = match batchgrid_core::aws::ec2::Ec2Client::new(&config, &manager.grid().meter) {
+            Ok(ec2) => Some(Arc::new(ec2) as Arc<dyn batchgrid_core::instance::cost::Ec2Facts>),
+            Err(error) => {
+                tracing::warn!(%error, "no EC2 client: job reports price spot capacity at on-demand list prices");
+                None
+            }
+        };
         let usage = batchgrid_core::instance::cost::GroupActivity {
             client: batchgrid_core::aws::autoscaling_client(&config, &manager.grid().meter),
+            ec2,
             group: group.clone(),
             default_type: stack.instance_type.clone().unwrap_or_default(),
         };

@@ -4,6 +4,8 @@
 //! The backends themselves live beside their embedded twins: [`crate::store::s3`],
 //! [`crate::queue::sqs`] and [`crate::analytics::postgres`].
 
+pub mod ec2;
+pub mod https;
 pub mod metering;
 #[cfg(feature = "postgres")]
 pub mod rds_iam;

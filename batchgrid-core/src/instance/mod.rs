@@ -12,6 +12,8 @@
 
 pub mod cost;
 pub mod metadata;
+pub mod placement;
+pub mod spot_price;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

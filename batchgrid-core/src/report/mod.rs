@@ -110,7 +110,8 @@ pub struct JobReport {
     /// Instance-hours of the worker group while the job ran, by type (empty on the embedded grid).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instance_usage: Vec<InstanceUsage>,
-    /// Their cost at on-demand list prices (types without a known price are left out).
+    /// Their cost: spot capacity at its zone's spot price history, the rest at on-demand list
+    /// prices (types without a known price are left out).
     #[serde(default)]
     pub instance_cost_usd: f64,
     /// Tasks done per time slot from submission to end (empty in reports stored before it
@@ -159,17 +160,73 @@ impl Waiting {
     }
 }
 
-/// Instance-hours of one instance type in a report.
+/// Instance-hours of one instance type, zone and purchase option in a report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceUsage {
     /// Instance type.
     pub instance_type: String,
+    /// The availability zone they ran in, where known (not in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Spot or on-demand, where known (not in older reports).
+    #[serde(default)]
+    pub purchase: Purchase,
     /// Instances of this type that ran during the job.
     pub instances: u64,
     /// Hours they ran during the job.
     pub hours: f64,
-    /// At the on-demand list price; `None` when the type's price is not in the table.
+    /// What they cost, priced as `priced_by` says; `None` when no price is known.
     pub cost_usd: Option<f64>,
+    /// Where `cost_usd` comes from (older reports priced everything at on-demand list prices).
+    #[serde(default)]
+    pub priced_by: PricedBy,
+}
+
+/// How an instance was bought.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Purchase {
+    /// At the on-demand price.
+    OnDemand,
+    /// Spot capacity, at the zone's spot price.
+    Spot,
+    /// Not known (an instance EC2 no longer lists, in a group that mixes both).
+    #[default]
+    Unknown,
+}
+
+impl std::fmt::Display for Purchase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Purchase::OnDemand => "on-demand",
+            Purchase::Spot => "spot",
+            Purchase::Unknown => "spot or on-demand",
+        })
+    }
+}
+
+/// Where an instance cost comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PricedBy {
+    /// On-demand instances at the on-demand list price (the checked-in table).
+    #[default]
+    OnDemandList,
+    /// Spot instances at EC2's spot price history for their type and zone, change by change.
+    SpotHistory,
+    /// The on-demand list price as an upper bound: spot (or unknown) capacity whose spot
+    /// price could not be read.
+    OnDemandUpperBound,
+}
+
+impl std::fmt::Display for PricedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PricedBy::OnDemandList => "on-demand list price",
+            PricedBy::SpotHistory => "spot price history",
+            PricedBy::OnDemandUpperBound => "on-demand list price, an upper bound",
+        })
+    }
 }
 
 /// Requests of one service operation in a report.
@@ -360,17 +417,19 @@ impl JobReport {
         }
         if !self.instance_usage.is_empty() {
             let hours: f64 = self.instance_usage.iter().map(|u| u.hours).sum();
-            let _ = writeln!(
-                out,
-                "  instances: {hours:.2} instance-hours, ${:.4} at on-demand list prices",
-                self.instance_cost_usd
-            );
+            let _ = writeln!(out, "  instances: {hours:.2} instance-hours, ${:.4}", self.instance_cost_usd);
             for usage in &self.instance_usage {
-                let cost = usage.cost_usd.map_or_else(|| "no list price known".to_owned(), |c| format!("${c:.4}"));
+                let cost = usage
+                    .cost_usd
+                    .map_or_else(|| "no price known".to_owned(), |c| format!("${c:.4} at the {}", usage.priced_by));
                 let _ = writeln!(
                     out,
-                    "    {:<14} {:>3} instance(s) {:>8.2} h  {cost}",
-                    usage.instance_type, usage.instances, usage.hours
+                    "    {:<14} {:<12} {:<17} {:>3} instance(s) {:>8.2} h  {cost}",
+                    usage.instance_type,
+                    usage.zone.as_deref().unwrap_or("zone unknown"),
+                    usage.purchase.to_string(),
+                    usage.instances,
+                    usage.hours
                 );
             }
         }

@@ -62,17 +62,19 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: String,
     token: Secret,
+    /// Why the client cannot speak HTTPS, when it cannot: the manager's own address is plain
+    /// HTTP (a port forward), so only presigned S3 URLs need TLS, and only they fail without it.
+    no_tls: Option<String>,
 }
 
 impl ApiClient {
     /// A client of the manager at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, token: Secret) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(IDLE_TIMEOUT)
-            .build()
-            .map_err(|e| ClientError::Unreachable { url: base.to_owned(), message: e.to_string() })?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token })
+        let (builder, no_tls) =
+            with_tls(|| reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).read_timeout(IDLE_TIMEOUT));
+        let http =
+            builder.build().map_err(|e| ClientError::Unreachable { url: base.to_owned(), message: e.to_string() })?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token, no_tls })
     }
 
     fn url(&self, path: &str) -> String {
@@ -281,6 +283,9 @@ impl ApiClient {
     /// token goes with it: the URL carries its own signature, and S3 refuses a request with both.
     pub async fn download_presigned(&self, url: &str, target: &std::path::Path) -> Result<u64, ClientError> {
         let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: host_of(url), message: error_chain(&e) };
+        if let (Some(why), true) = (&self.no_tls, url.starts_with("https:")) {
+            return Err(ClientError::Unreachable { url: host_of(url), message: format!("no HTTPS: {why}") });
+        }
         let response = self.http.get(url).send().await.map_err(unreachable)?;
         let status = response.status();
         if !status.is_success() {
@@ -362,6 +367,22 @@ impl ApiClient {
 /// A URL without its query: presigned URLs carry a signature that has no place in messages.
 fn host_of(url: &str) -> String {
     url.split('?').next().unwrap_or_default().to_owned()
+}
+
+/// `builder` with TLS where the build has it; otherwise why not.
+fn with_tls(builder: impl Fn() -> reqwest::ClientBuilder) -> (reqwest::ClientBuilder, Option<String>) {
+    #[cfg(feature = "aws")]
+    {
+        // A machine without root certificates can still reach its manager over plain HTTP.
+        match crate::aws::https::with_tls(builder()) {
+            Ok(builder) => (builder, None),
+            Err(error) => (builder(), Some(error.to_string())),
+        }
+    }
+    #[cfg(not(feature = "aws"))]
+    {
+        (builder(), Some("this build has no AWS support".to_owned()))
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
